@@ -1,0 +1,1370 @@
+//! The gateway configuration: a TOML model, `${VAR}` substitution, and validation that names the
+//! key path and the reason of every error (`routes[1].targets[0]: "htp://x" is not an http URL`).
+//!
+//! Parsing is pure: environment variables and key files are read through [`ConfigEnv`], which the
+//! shell implements with `std::env` and `std::fs` and tests implement with a map.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::{HeaderName, Method};
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::path;
+use crate::time::parse_duration;
+
+/// An invalid configuration: the key path (`routes[1].targets[0]`) and the reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {reason}")]
+pub struct ConfigError {
+    pub path: String,
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub fn new(path: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Where `${VAR}` values and `public_key_file` contents come from.
+pub trait ConfigEnv {
+    fn var(&self, name: &str) -> Option<String>;
+    fn read_file(&self, path: &str) -> Result<String, String>;
+}
+
+/// An environment with the given variables and no files.
+#[derive(Debug, Clone, Default)]
+pub struct MapEnv(pub BTreeMap<String, String>);
+
+impl MapEnv {
+    pub fn with(mut self, name: &str, value: &str) -> Self {
+        self.0.insert(name.to_owned(), value.to_owned());
+        self
+    }
+}
+
+impl ConfigEnv for MapEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        self.0.get(name).cloned()
+    }
+    fn read_file(&self, path: &str) -> Result<String, String> {
+        Err(format!(
+            "cannot read {path:?}: no files in this environment"
+        ))
+    }
+}
+
+/// A string that never shows in `Debug` output or logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The validated model.
+
+/// A validated configuration. Build it with [`Config::from_toml`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub auth: Option<AuthConfig>,
+    pub rate_limit: StoreConfig,
+    pub breaker: BreakerConfig,
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Serve `/gateway/*` here instead of on `listen`.
+    pub admin_listen: Option<SocketAddr>,
+    /// Peers whose `X-Forwarded-For` is believed when picking the client IP.
+    pub trusted_proxies: Vec<IpNet>,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub drain_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_uri_bytes: usize,
+    pub max_body_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JwtAlgorithm {
+    HS256,
+    HS384,
+    HS512,
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    ES256,
+    ES384,
+    EdDSA,
+}
+
+impl JwtAlgorithm {
+    pub const ALL: [JwtAlgorithm; 10] = [
+        JwtAlgorithm::HS256,
+        JwtAlgorithm::HS384,
+        JwtAlgorithm::HS512,
+        JwtAlgorithm::RS256,
+        JwtAlgorithm::RS384,
+        JwtAlgorithm::RS512,
+        JwtAlgorithm::PS256,
+        JwtAlgorithm::ES256,
+        JwtAlgorithm::ES384,
+        JwtAlgorithm::EdDSA,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            JwtAlgorithm::HS256 => "HS256",
+            JwtAlgorithm::HS384 => "HS384",
+            JwtAlgorithm::HS512 => "HS512",
+            JwtAlgorithm::RS256 => "RS256",
+            JwtAlgorithm::RS384 => "RS384",
+            JwtAlgorithm::RS512 => "RS512",
+            JwtAlgorithm::PS256 => "PS256",
+            JwtAlgorithm::ES256 => "ES256",
+            JwtAlgorithm::ES384 => "ES384",
+            JwtAlgorithm::EdDSA => "EdDSA",
+        }
+    }
+
+    pub fn is_hmac(self) -> bool {
+        matches!(
+            self,
+            JwtAlgorithm::HS256 | JwtAlgorithm::HS384 | JwtAlgorithm::HS512
+        )
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// The allow-list. A token whose header names another algorithm is refused; the header
+    /// never chooses the key type.
+    pub algorithms: Vec<JwtAlgorithm>,
+    pub secret: Option<Secret>,
+    pub public_key_pem: Option<String>,
+    /// Claim copied into `x-user-id`; `sub` when the claim is absent.
+    pub user_claim: String,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub leeway: Duration,
+    pub require_exp: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    Memory,
+    Redis,
+}
+
+/// What to do with a request when the counter store cannot answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnStoreError {
+    /// Admit and mark the response (fail open, as Envoy and Kong do).
+    Allow,
+    /// Answer 503 (fail closed).
+    Deny,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreConfig {
+    pub store: StoreKind,
+    pub redis_url: String,
+    pub key_prefix: String,
+    pub on_store_error: OnStoreError,
+    pub command_timeout: Duration,
+    /// Bound on live keys in the in-memory store.
+    pub memory_max_keys: usize,
+}
+
+/// Upstream HTTP statuses that count as breaker failures: a bitset over 0..640.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct StatusSet([u64; 10]);
+
+impl StatusSet {
+    pub const EMPTY: StatusSet = StatusSet([0; 10]);
+
+    pub fn server_errors() -> StatusSet {
+        let mut s = StatusSet::EMPTY;
+        for code in 500..=599 {
+            s.insert(code);
+        }
+        s
+    }
+
+    pub fn insert(&mut self, code: u16) {
+        let i = usize::from(code);
+        if i < 640 {
+            self.0[i / 64] |= 1 << (i % 64);
+        }
+    }
+
+    pub fn contains(&self, code: u16) -> bool {
+        let i = usize::from(code);
+        i < 640 && self.0[i / 64] & (1 << (i % 64)) != 0
+    }
+}
+
+impl fmt::Debug for StatusSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set()
+            .entries((0..640u16).filter(|c| self.contains(*c)))
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BreakerConfig {
+    pub failure_threshold: u32,
+    pub open_for: Duration,
+    /// A half-open probe whose outcome has not arrived after this long is counted as a failure
+    /// and its slot released, so a lost outcome never wedges the breaker.
+    pub probe_timeout: Duration,
+    pub failure_statuses: StatusSet,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LimitAlgorithm {
+    /// The seed's counter: at most `max` per key per aligned window of `window`.
+    FixedWindow,
+    /// Generic cell rate algorithm: `max / window` sustained, bursts of up to `max`.
+    Gcra,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitKeyKind {
+    /// The client IP (the socket peer, or `X-Forwarded-For` from a trusted proxy).
+    Ip,
+    /// The authenticated user id; the route must have `auth = true`.
+    User,
+    /// A request header's value; requests without it are keyed by IP.
+    Header(HeaderName),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitConfig {
+    pub max: u64,
+    pub window: Duration,
+    pub key: LimitKeyKind,
+    pub algorithm: LimitAlgorithm,
+}
+
+/// A host constraint: exact (`api.example.com`) or a wildcard over one or more labels
+/// (`*.example.com`). Compared case-insensitively, without the port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    Exact(String),
+    Suffix(String),
+}
+
+impl HostPattern {
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Exact(h) => host.eq_ignore_ascii_case(h),
+            HostPattern::Suffix(s) => {
+                host.len() > s.len()
+                    && host.as_bytes()[host.len() - s.len() - 1] == b'.'
+                    && host[host.len() - s.len()..].eq_ignore_ascii_case(s)
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetConfig {
+    /// As written, without a trailing slash: `http://127.0.0.1:3001`.
+    pub url: String,
+    pub authority: http::uri::Authority,
+    /// A path the forwarded path is appended to (`""` when the URL has none).
+    pub base_path: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteConfig {
+    /// Label in logs and metrics; the path unless `name` is set.
+    pub name: String,
+    /// Normalised prefix, without a trailing slash (except `/`).
+    pub path: String,
+    pub host: Option<HostPattern>,
+    pub methods: Option<Vec<Method>>,
+    pub targets: Vec<TargetConfig>,
+    pub auth: bool,
+    pub rate_limit: Option<LimitConfig>,
+    pub strip_prefix: bool,
+    pub timeout: Duration,
+    pub max_body_bytes: Option<u64>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The raw TOML model.
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    auth: Option<RawAuth>,
+    #[serde(default)]
+    rate_limit: RawStore,
+    #[serde(default)]
+    breaker: RawBreaker,
+    #[serde(default)]
+    routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
+    admin_listen: Option<String>,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
+    connect_timeout: Option<String>,
+    request_timeout: Option<String>,
+    header_read_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    drain_timeout: Option<String>,
+    max_header_size: Option<RawSize>,
+    max_uri_length: Option<RawSize>,
+    max_body_size: Option<RawSize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawSize {
+    Bytes(u64),
+    Text(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    algorithms: Option<Vec<String>>,
+    secret: Option<String>,
+    public_key_pem: Option<String>,
+    public_key_file: Option<String>,
+    user_claim: Option<String>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    leeway: Option<String>,
+    require_exp: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    store: Option<String>,
+    redis_url: Option<String>,
+    key_prefix: Option<String>,
+    on_store_error: Option<String>,
+    command_timeout: Option<String>,
+    memory_max_keys: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawBreaker {
+    failure_threshold: Option<i64>,
+    open_for: Option<String>,
+    probe_timeout: Option<String>,
+    failure_statuses: Option<Vec<RawStatus>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawStatus {
+    Code(i64),
+    Class(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    name: Option<String>,
+    path: String,
+    host: Option<String>,
+    methods: Option<Vec<String>>,
+    targets: Vec<String>,
+    #[serde(default)]
+    auth: bool,
+    rate_limit: Option<RawLimit>,
+    #[serde(default)]
+    strip_prefix: bool,
+    timeout: Option<String>,
+    max_body_size: Option<RawSize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimit {
+    max: i64,
+    window: String,
+    key: Option<String>,
+    algorithm: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parsing and validation.
+
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8000";
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
+
+impl Config {
+    /// Parses and validates a TOML document. `${VAR}` in any string value is replaced from
+    /// `env` (`$${` writes a literal `${`); a missing variable is an error naming it.
+    pub fn from_toml(text: &str, env: &dyn ConfigEnv) -> Result<Config, ConfigError> {
+        let mut value: toml::Value = toml::from_str(text)
+            .map_err(|e| ConfigError::new("config", one_line(&e.to_string())))?;
+        substitute(&mut value, &mut String::new(), env)?;
+        let raw: RawConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            let path = if path == "." {
+                "config".to_owned()
+            } else {
+                path
+            };
+            ConfigError::new(path, one_line(&e.into_inner().to_string()))
+        })?;
+        validate(raw, env)
+    }
+
+    /// Replaces the listen port, Redis URL or JWT secret: the seed's `PORT`, `REDIS_URL` and
+    /// `JWT_SECRET` variables override the file.
+    pub fn apply_overrides(
+        &mut self,
+        port: Option<&str>,
+        redis_url: Option<&str>,
+        jwt_secret: Option<&str>,
+    ) -> Result<(), ConfigError> {
+        if let Some(p) = port {
+            let port: u16 = p
+                .trim()
+                .parse()
+                .map_err(|_| ConfigError::new("PORT", format!("{p:?} is not a port number")))?;
+            self.server.listen.set_port(port);
+        }
+        if let Some(url) = redis_url {
+            check_redis_url(url).map_err(|r| ConfigError::new("REDIS_URL", r))?;
+            self.rate_limit.redis_url = url.to_owned();
+            self.rate_limit.store = StoreKind::Redis;
+        }
+        if let Some(secret) = jwt_secret {
+            if secret.is_empty() {
+                return Err(ConfigError::new("JWT_SECRET", "is empty"));
+            }
+            if let Some(auth) = &mut self.auth {
+                auth.secret = Some(Secret(secret.to_owned()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The route with this name, if any.
+    pub fn route(&self, name: &str) -> Option<&RouteConfig> {
+        self.routes.iter().find(|r| r.name == name)
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn substitute(
+    value: &mut toml::Value,
+    path: &mut String,
+    env: &dyn ConfigEnv,
+) -> Result<(), ConfigError> {
+    match value {
+        toml::Value::String(s) if s.contains('$') => {
+            *s = expand(s, env).map_err(|r| ConfigError::new(path.clone(), r))?;
+        }
+        toml::Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                substitute(item, path, env)?;
+                path.truncate(len);
+            }
+        }
+        toml::Value::Table(table) => {
+            for (key, item) in table.iter_mut() {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(key);
+                substitute(item, path, env)?;
+                path.truncate(len);
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn expand(s: &str, env: &dyn ConfigEnv) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        rest = &rest[i..];
+        if let Some(r) = rest.strip_prefix("$${") {
+            out.push_str("${");
+            rest = r;
+        } else if let Some(r) = rest.strip_prefix("${") {
+            let end = r
+                .find('}')
+                .ok_or_else(|| format!("unclosed \"${{\" in {s:?}"))?;
+            let name = &r[..end];
+            let valid = !name.is_empty()
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                && !name.as_bytes()[0].is_ascii_digit();
+            if !valid {
+                return Err(format!("{name:?} is not an environment variable name"));
+            }
+            let v = env
+                .var(name)
+                .ok_or_else(|| format!("environment variable {name} is not set"))?;
+            out.push_str(&v);
+            rest = &r[end + 1..];
+        } else {
+            out.push('$');
+            rest = &rest[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn duration(path: &str, raw: Option<&str>, default: Duration) -> Result<Duration, ConfigError> {
+    match raw {
+        None => Ok(default),
+        Some(s) => parse_duration(s).map_err(|r| ConfigError::new(path, r)),
+    }
+}
+
+fn positive_duration(
+    path: &str,
+    raw: Option<&str>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    let d = duration(path, raw, default)?;
+    if d.is_zero() {
+        return Err(ConfigError::new(path, "must be greater than zero"));
+    }
+    Ok(d)
+}
+
+/// `1024`, `"16KiB"`, `"10MiB"`, `"1GiB"`, `"500KB"`.
+fn size(path: &str, raw: &RawSize) -> Result<u64, ConfigError> {
+    let text = match raw {
+        RawSize::Bytes(n) => return Ok(*n),
+        RawSize::Text(t) => t.trim(),
+    };
+    let digits = text.bytes().take_while(|b| b.is_ascii_digit()).count();
+    let (num, unit) = text.split_at(digits);
+    let n: u64 = num.parse().map_err(|_| {
+        ConfigError::new(
+            path,
+            format!("{text:?} is not a size; write e.g. \"10MiB\" or 1024"),
+        )
+    })?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" => 1000,
+        "KiB" => 1 << 10,
+        "MB" => 1_000_000,
+        "MiB" => 1 << 20,
+        "GB" => 1_000_000_000,
+        "GiB" => 1 << 30,
+        u => {
+            return Err(ConfigError::new(
+                path,
+                format!("{text:?}: unknown unit {u:?} (use B, KiB, MiB, GiB, KB, MB, GB)"),
+            ));
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| ConfigError::new(path, format!("{text:?} is too large")))
+}
+
+fn socket_addr(path: &str, s: &str) -> Result<SocketAddr, ConfigError> {
+    s.parse().map_err(|_| {
+        ConfigError::new(
+            path,
+            format!("{s:?} is not an address:port such as \"0.0.0.0:8000\""),
+        )
+    })
+}
+
+fn check_redis_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("redis://")
+        .or_else(|| url.strip_prefix("rediss://"))
+        .or_else(|| url.strip_prefix("redis+unix://"))
+        .or_else(|| url.strip_prefix("unix://"))
+        .ok_or_else(|| format!("{url:?} is not a redis:// URL"))?;
+    if rest.is_empty() {
+        return Err(format!("{url:?} names no host"));
+    }
+    Ok(())
+}
+
+fn validate(raw: RawConfig, env: &dyn ConfigEnv) -> Result<Config, ConfigError> {
+    let server = validate_server(raw.server)?;
+    let auth = raw.auth.map(|a| validate_auth(a, env)).transpose()?;
+    let rate_limit = validate_store(raw.rate_limit)?;
+    let mut routes = Vec::with_capacity(raw.routes.len());
+    if raw.routes.is_empty() {
+        return Err(ConfigError::new(
+            "routes",
+            "at least one [[routes]] entry is required",
+        ));
+    }
+    for (i, r) in raw.routes.into_iter().enumerate() {
+        routes.push(validate_route(i, r, &server, auth.is_some())?);
+    }
+    check_route_overlaps(&routes)?;
+    let max_timeout = routes
+        .iter()
+        .map(|r| r.timeout)
+        .max()
+        .unwrap_or(server.request_timeout);
+    let breaker = validate_breaker(raw.breaker, max_timeout)?;
+    Ok(Config {
+        server,
+        auth,
+        rate_limit,
+        breaker,
+        routes,
+    })
+}
+
+fn validate_server(s: RawServer) -> Result<ServerConfig, ConfigError> {
+    let listen = socket_addr(
+        "server.listen",
+        s.listen.as_deref().unwrap_or(DEFAULT_LISTEN),
+    )?;
+    let admin_listen = s
+        .admin_listen
+        .as_deref()
+        .map(|a| socket_addr("server.admin_listen", a))
+        .transpose()?;
+    if admin_listen == Some(listen) {
+        return Err(ConfigError::new(
+            "server.admin_listen",
+            "must differ from server.listen",
+        ));
+    }
+    let mut trusted_proxies = Vec::with_capacity(s.trusted_proxies.len());
+    for (i, p) in s.trusted_proxies.iter().enumerate() {
+        let net = p
+            .parse::<IpNet>()
+            .or_else(|_| p.parse::<std::net::IpAddr>().map(IpNet::from))
+            .map_err(|_| {
+                ConfigError::new(
+                    format!("server.trusted_proxies[{i}]"),
+                    format!("{p:?} is not an IP address or CIDR block"),
+                )
+            })?;
+        trusted_proxies.push(net);
+    }
+    let size_or = |path: &str, raw: &Option<RawSize>, default: u64| -> Result<u64, ConfigError> {
+        raw.as_ref()
+            .map(|r| size(path, r))
+            .transpose()
+            .map(|v| v.unwrap_or(default))
+    };
+    let max_header = size_or("server.max_header_size", &s.max_header_size, 32 << 10)?;
+    if !(1024..=1 << 20).contains(&max_header) {
+        return Err(ConfigError::new(
+            "server.max_header_size",
+            "must be between 1KiB and 1MiB",
+        ));
+    }
+    let max_uri = size_or("server.max_uri_length", &s.max_uri_length, 8 << 10)?;
+    if !(64..=1 << 20).contains(&max_uri) {
+        return Err(ConfigError::new(
+            "server.max_uri_length",
+            "must be between 64 and 1MiB",
+        ));
+    }
+    let max_body_bytes = s
+        .max_body_size
+        .as_ref()
+        .map(|r| size("server.max_body_size", r))
+        .transpose()?;
+    Ok(ServerConfig {
+        listen,
+        admin_listen,
+        trusted_proxies,
+        connect_timeout: positive_duration(
+            "server.connect_timeout",
+            s.connect_timeout.as_deref(),
+            Duration::from_secs(5),
+        )?,
+        request_timeout: positive_duration(
+            "server.request_timeout",
+            s.request_timeout.as_deref(),
+            Duration::from_secs(30),
+        )?,
+        header_read_timeout: positive_duration(
+            "server.header_read_timeout",
+            s.header_read_timeout.as_deref(),
+            Duration::from_secs(10),
+        )?,
+        idle_timeout: positive_duration(
+            "server.idle_timeout",
+            s.idle_timeout.as_deref(),
+            Duration::from_secs(60),
+        )?,
+        drain_timeout: duration(
+            "server.drain_timeout",
+            s.drain_timeout.as_deref(),
+            Duration::from_secs(30),
+        )?,
+        max_header_bytes: max_header as usize,
+        max_uri_bytes: max_uri as usize,
+        max_body_bytes,
+    })
+}
+
+fn validate_auth(a: RawAuth, env: &dyn ConfigEnv) -> Result<AuthConfig, ConfigError> {
+    let names = a.algorithms.unwrap_or_else(|| vec!["HS256".to_owned()]);
+    if names.is_empty() {
+        return Err(ConfigError::new(
+            "auth.algorithms",
+            "must allow at least one algorithm",
+        ));
+    }
+    let mut algorithms = Vec::with_capacity(names.len());
+    for (i, n) in names.iter().enumerate() {
+        let alg = JwtAlgorithm::ALL
+            .into_iter()
+            .find(|a| a.name() == n)
+            .ok_or_else(|| {
+                let known: Vec<_> = JwtAlgorithm::ALL.iter().map(|a| a.name()).collect();
+                let why = if n.eq_ignore_ascii_case("none") {
+                    "\"none\" is never allowed: unsigned tokens prove nothing".to_owned()
+                } else {
+                    format!(
+                        "{n:?} is not a supported algorithm (one of {})",
+                        known.join(", ")
+                    )
+                };
+                ConfigError::new(format!("auth.algorithms[{i}]"), why)
+            })?;
+        if !algorithms.contains(&alg) {
+            algorithms.push(alg);
+        }
+    }
+    if a.public_key_pem.is_some() && a.public_key_file.is_some() {
+        return Err(ConfigError::new(
+            "auth.public_key_file",
+            "set either public_key_pem or public_key_file, not both",
+        ));
+    }
+    let public_key_pem = match (a.public_key_pem, a.public_key_file) {
+        (Some(p), None) => Some(p),
+        (None, Some(f)) => Some(
+            env.read_file(&f)
+                .map_err(|e| ConfigError::new("auth.public_key_file", e))?,
+        ),
+        _ => None,
+    };
+    let secret = a.secret.filter(|s| !s.is_empty()).map(Secret);
+    let wants_hmac = algorithms.iter().any(|a| a.is_hmac());
+    let wants_public = algorithms.iter().any(|a| !a.is_hmac());
+    if wants_hmac && secret.is_none() {
+        return Err(ConfigError::new(
+            "auth.secret",
+            "an HS* algorithm is allowed but no secret is set",
+        ));
+    }
+    if wants_public && public_key_pem.is_none() {
+        return Err(ConfigError::new(
+            "auth.public_key_pem",
+            "an asymmetric algorithm is allowed but no public_key_pem or public_key_file is set",
+        ));
+    }
+    if let (Some(s), Some(p)) = (&secret, &public_key_pem)
+        && s.0.trim() == p.trim()
+    {
+        return Err(ConfigError::new(
+            "auth.secret",
+            "must not be the public key: anyone could sign HS* tokens with it",
+        ));
+    }
+    let user_claim = a.user_claim.unwrap_or_else(|| "userId".to_owned());
+    if user_claim.is_empty() {
+        return Err(ConfigError::new("auth.user_claim", "must not be empty"));
+    }
+    let auth = AuthConfig {
+        algorithms,
+        secret,
+        public_key_pem,
+        user_claim,
+        issuer: a.issuer,
+        audience: a.audience,
+        leeway: duration("auth.leeway", a.leeway.as_deref(), DEFAULT_LEEWAY)?,
+        require_exp: a.require_exp.unwrap_or(true),
+    };
+    // Build the keys once here so that a bad PEM is a config error, not a runtime 401.
+    crate::auth::Verifier::new(&auth)?;
+    Ok(auth)
+}
+
+fn validate_store(s: RawStore) -> Result<StoreConfig, ConfigError> {
+    let store = match s.store.as_deref().unwrap_or("memory") {
+        "memory" => StoreKind::Memory,
+        "redis" => StoreKind::Redis,
+        other => {
+            return Err(ConfigError::new(
+                "rate_limit.store",
+                format!("{other:?} is not a store (\"memory\" or \"redis\")"),
+            ));
+        }
+    };
+    let redis_url = s.redis_url.unwrap_or_else(|| DEFAULT_REDIS_URL.to_owned());
+    check_redis_url(&redis_url).map_err(|r| ConfigError::new("rate_limit.redis_url", r))?;
+    let on_store_error = match s.on_store_error.as_deref().unwrap_or("allow") {
+        "allow" => OnStoreError::Allow,
+        "deny" => OnStoreError::Deny,
+        other => {
+            return Err(ConfigError::new(
+                "rate_limit.on_store_error",
+                format!("{other:?} is not a policy (\"allow\" or \"deny\")"),
+            ));
+        }
+    };
+    let memory_max_keys = s.memory_max_keys.unwrap_or(100_000);
+    if memory_max_keys == 0 {
+        return Err(ConfigError::new(
+            "rate_limit.memory_max_keys",
+            "must be at least 1",
+        ));
+    }
+    Ok(StoreConfig {
+        store,
+        redis_url,
+        key_prefix: s.key_prefix.unwrap_or_else(|| "aegis:rl:".to_owned()),
+        on_store_error,
+        command_timeout: positive_duration(
+            "rate_limit.command_timeout",
+            s.command_timeout.as_deref(),
+            Duration::from_millis(250),
+        )?,
+        memory_max_keys: usize::try_from(memory_max_keys).unwrap_or(usize::MAX),
+    })
+}
+
+fn validate_breaker(b: RawBreaker, max_timeout: Duration) -> Result<BreakerConfig, ConfigError> {
+    let failure_threshold = b.failure_threshold.unwrap_or(3);
+    let failure_threshold = u32::try_from(failure_threshold)
+        .ok()
+        .filter(|n| *n >= 1)
+        .ok_or_else(|| ConfigError::new("breaker.failure_threshold", "must be at least 1"))?;
+    let open_for = positive_duration(
+        "breaker.open_for",
+        b.open_for.as_deref(),
+        Duration::from_secs(60),
+    )?;
+    // A probe outlives its request timeout by a margin, so a slow-but-answered probe is judged by
+    // its real outcome and the release only covers outcomes that never arrive.
+    let default_probe = max_timeout + Duration::from_secs(5);
+    let probe_timeout = positive_duration(
+        "breaker.probe_timeout",
+        b.probe_timeout.as_deref(),
+        default_probe,
+    )?;
+    if probe_timeout < max_timeout {
+        return Err(ConfigError::new(
+            "breaker.probe_timeout",
+            format!(
+                "must be at least the longest route timeout ({}), or probes are abandoned \
+                 while they are still running",
+                crate::time::format_duration(max_timeout)
+            ),
+        ));
+    }
+    let failure_statuses = match b.failure_statuses {
+        None => StatusSet::server_errors(),
+        Some(list) => {
+            let mut set = StatusSet::EMPTY;
+            for (i, s) in list.iter().enumerate() {
+                let path = format!("breaker.failure_statuses[{i}]");
+                match s {
+                    RawStatus::Code(c) if (100..=599).contains(c) => set.insert(*c as u16),
+                    RawStatus::Code(c) => {
+                        return Err(ConfigError::new(path, format!("{c} is not an HTTP status")));
+                    }
+                    RawStatus::Class(c) => {
+                        let class = match c.as_str() {
+                            "4xx" => 400,
+                            "5xx" => 500,
+                            _ => {
+                                return Err(ConfigError::new(
+                                    path,
+                                    format!("{c:?} is not a status or class (\"4xx\", \"5xx\")"),
+                                ));
+                            }
+                        };
+                        for code in class..class + 100 {
+                            set.insert(code);
+                        }
+                    }
+                }
+            }
+            set
+        }
+    };
+    Ok(BreakerConfig {
+        failure_threshold,
+        open_for,
+        probe_timeout,
+        failure_statuses,
+    })
+}
+
+fn validate_target(path: &str, raw: &str) -> Result<TargetConfig, ConfigError> {
+    let bad = || ConfigError::new(path, format!("{raw:?} is not an http URL"));
+    let uri: http::Uri = raw.parse().map_err(|_| bad())?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(ConfigError::new(
+                path,
+                format!("{raw:?}: https upstreams are not supported; use http"),
+            ));
+        }
+        _ => return Err(bad()),
+    }
+    let authority = uri.authority().cloned().ok_or_else(bad)?;
+    if authority.host().is_empty() {
+        return Err(bad());
+    }
+    if authority.as_str().contains('@') {
+        return Err(ConfigError::new(
+            path,
+            format!("{raw:?}: credentials in URLs are refused"),
+        ));
+    }
+    if uri.query().is_some() {
+        return Err(ConfigError::new(
+            path,
+            format!("{raw:?}: a target URL takes no query"),
+        ));
+    }
+    let base_path = uri.path().trim_end_matches('/').to_owned();
+    let url = format!("http://{authority}{base_path}");
+    Ok(TargetConfig {
+        url,
+        authority,
+        base_path,
+    })
+}
+
+fn validate_route(
+    i: usize,
+    r: RawRoute,
+    server: &ServerConfig,
+    have_auth: bool,
+) -> Result<RouteConfig, ConfigError> {
+    let p = |key: &str| format!("routes[{i}].{key}");
+    if !r.path.starts_with('/') {
+        return Err(ConfigError::new(
+            p("path"),
+            format!("{:?} must start with \"/\"", r.path),
+        ));
+    }
+    if r.path.contains(['?', '#']) {
+        return Err(ConfigError::new(
+            p("path"),
+            format!("{:?} must not hold a query", r.path),
+        ));
+    }
+    let normal = path::normalize(&r.path)
+        .map_err(|e| ConfigError::new(p("path"), format!("{:?}: {e}", r.path)))?;
+    let mut norm = normal.into_owned();
+    while norm.len() > 1 && norm.ends_with('/') {
+        norm.pop();
+    }
+    let host = match r.host {
+        None => None,
+        Some(h) => {
+            let h = h.trim().to_ascii_lowercase();
+            let ok_chars = |s: &str| {
+                !s.is_empty()
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            };
+            if let Some(rest) = h.strip_prefix("*.") {
+                if !ok_chars(rest) {
+                    return Err(ConfigError::new(
+                        p("host"),
+                        format!("{h:?} is not a host name"),
+                    ));
+                }
+                Some(HostPattern::Suffix(rest.to_owned()))
+            } else {
+                if !ok_chars(&h) {
+                    return Err(ConfigError::new(
+                        p("host"),
+                        format!("{h:?} is not a host name (no port; \"*.\" for a wildcard)"),
+                    ));
+                }
+                Some(HostPattern::Exact(h))
+            }
+        }
+    };
+    let methods = match r.methods {
+        None => None,
+        Some(list) if list.is_empty() => {
+            return Err(ConfigError::new(
+                p("methods"),
+                "must list at least one method",
+            ));
+        }
+        Some(list) => {
+            let mut out = Vec::with_capacity(list.len());
+            for (j, m) in list.iter().enumerate() {
+                let upper = m.to_ascii_uppercase();
+                let method = Method::from_bytes(upper.as_bytes()).map_err(|_| {
+                    ConfigError::new(
+                        format!("routes[{i}].methods[{j}]"),
+                        format!("{m:?} is not a method"),
+                    )
+                })?;
+                if !out.contains(&method) {
+                    out.push(method);
+                }
+            }
+            Some(out)
+        }
+    };
+    if r.targets.is_empty() {
+        return Err(ConfigError::new(
+            p("targets"),
+            "must list at least one target",
+        ));
+    }
+    let mut targets: Vec<TargetConfig> = Vec::with_capacity(r.targets.len());
+    for (j, t) in r.targets.iter().enumerate() {
+        let tp = format!("routes[{i}].targets[{j}]");
+        let target = validate_target(&tp, t)?;
+        if let Some(k) = targets.iter().position(|x| x.url == target.url) {
+            return Err(ConfigError::new(tp, format!("{t:?} repeats targets[{k}]")));
+        }
+        targets.push(target);
+    }
+    if r.auth && !have_auth {
+        return Err(ConfigError::new(
+            p("auth"),
+            "is true but there is no [auth] section",
+        ));
+    }
+    let rate_limit = match r.rate_limit {
+        None => None,
+        Some(l) => {
+            let lp = |key: &str| format!("routes[{i}].rate_limit.{key}");
+            let max = u64::try_from(l.max)
+                .ok()
+                .filter(|m| *m >= 1)
+                .ok_or_else(|| ConfigError::new(lp("max"), "must be at least 1"))?;
+            let window = positive_duration(&lp("window"), Some(&l.window), Duration::ZERO)?;
+            if window < Duration::from_millis(1) {
+                return Err(ConfigError::new(lp("window"), "must be at least 1ms"));
+            }
+            if window > Duration::from_secs(366 * 86_400) {
+                return Err(ConfigError::new(lp("window"), "must be at most a year"));
+            }
+            let key = match l.key.as_deref().unwrap_or("ip") {
+                "ip" => LimitKeyKind::Ip,
+                "user" => {
+                    if !r.auth {
+                        return Err(ConfigError::new(
+                            lp("key"),
+                            "\"user\" needs auth = true on the route (there is no user otherwise)",
+                        ));
+                    }
+                    LimitKeyKind::User
+                }
+                other => match other.strip_prefix("header:") {
+                    Some(name) => LimitKeyKind::Header(
+                        HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| {
+                            ConfigError::new(lp("key"), format!("{name:?} is not a header name"))
+                        })?,
+                    ),
+                    None => {
+                        return Err(ConfigError::new(
+                            lp("key"),
+                            format!(
+                                "{other:?} is not a key (\"ip\", \"user\" or \"header:<name>\")"
+                            ),
+                        ));
+                    }
+                },
+            };
+            let algorithm = match l.algorithm.as_deref().unwrap_or("fixed_window") {
+                "fixed_window" => LimitAlgorithm::FixedWindow,
+                "gcra" => LimitAlgorithm::Gcra,
+                other => {
+                    return Err(ConfigError::new(
+                        lp("algorithm"),
+                        format!("{other:?} is not an algorithm (\"fixed_window\" or \"gcra\")"),
+                    ));
+                }
+            };
+            Some(LimitConfig {
+                max,
+                window,
+                key,
+                algorithm,
+            })
+        }
+    };
+    let timeout = positive_duration(&p("timeout"), r.timeout.as_deref(), server.request_timeout)?;
+    let max_body_bytes = match &r.max_body_size {
+        Some(s) => Some(size(&p("max_body_size"), s)?),
+        None => server.max_body_bytes,
+    };
+    let name = match r.name {
+        Some(n) if n.trim().is_empty() => {
+            return Err(ConfigError::new(p("name"), "must not be empty"));
+        }
+        Some(n) => n,
+        None => norm.clone(),
+    };
+    Ok(RouteConfig {
+        name,
+        path: norm,
+        host,
+        methods,
+        targets,
+        auth: r.auth,
+        rate_limit,
+        strip_prefix: r.strip_prefix,
+        timeout,
+        max_body_bytes,
+    })
+}
+
+/// Two routes with the same path and host whose methods overlap could never both be reached.
+fn check_route_overlaps(routes: &[RouteConfig]) -> Result<(), ConfigError> {
+    for (i, a) in routes.iter().enumerate() {
+        for (j, b) in routes.iter().enumerate().skip(i + 1) {
+            if a.name == b.name {
+                return Err(ConfigError::new(
+                    format!("routes[{j}].name"),
+                    format!("{:?} is already the name of routes[{i}]", b.name),
+                ));
+            }
+            let overlap = match (&a.methods, &b.methods) {
+                (Some(x), Some(y)) => x.iter().any(|m| y.contains(m)),
+                _ => true,
+            };
+            if a.path == b.path && a.host == b.host && overlap {
+                return Err(ConfigError::new(
+                    format!("routes[{j}]"),
+                    format!(
+                        "path {:?} with the same host and methods as routes[{i}] is unreachable",
+                        b.path
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED: &str = r#"
+        [server]
+        listen = "0.0.0.0:8000"
+        [auth]
+        algorithms = ["HS256"]
+        secret = "${JWT_SECRET}"
+        user_claim = "userId"
+        [rate_limit]
+        store = "memory"
+        [breaker]
+        failure_threshold = 3
+        open_for = "60s"
+        [[routes]]
+        path = "/users"
+        targets = ["http://127.0.0.1:3001", "http://127.0.0.1:3002", "http://127.0.0.1:3003"]
+        auth = true
+        rate_limit = { max = 10, window = "60s" }
+        [[routes]]
+        path = "/product"
+        targets = ["http://127.0.0.1:3004"]
+    "#;
+
+    fn env() -> MapEnv {
+        MapEnv::default().with("JWT_SECRET", "s3cret")
+    }
+
+    fn err(text: &str) -> String {
+        Config::from_toml(text, &env()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn seed_config_parses() {
+        let c = Config::from_toml(SEED, &env()).unwrap();
+        assert_eq!(c.routes.len(), 2);
+        assert_eq!(c.routes[0].targets[1].url, "http://127.0.0.1:3002");
+        assert_eq!(
+            c.auth.as_ref().unwrap().secret,
+            Some(Secret("s3cret".into()))
+        );
+        let rl = c.routes[0].rate_limit.as_ref().unwrap();
+        assert_eq!((rl.max, rl.window), (10, Duration::from_secs(60)));
+        assert_eq!(rl.algorithm, LimitAlgorithm::FixedWindow);
+        assert_eq!(c.breaker.open_for, Duration::from_secs(60));
+        assert!(c.breaker.failure_statuses.contains(503));
+        assert!(!c.breaker.failure_statuses.contains(404));
+        assert!(
+            !format!("{c:?}").contains("s3cret"),
+            "secrets never show in Debug"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_key_path() {
+        let bad_target = SEED.replace("http://127.0.0.1:3004", "htp://x");
+        assert_eq!(
+            err(&bad_target),
+            r#"routes[1].targets[0]: "htp://x" is not an http URL"#
+        );
+        let bad_window = SEED.replace(r#"window = "60s""#, r#"window = "60""#);
+        assert!(err(&bad_window).starts_with("routes[0].rate_limit.window: \"60\" has no unit"));
+        let typo = SEED.replace("failure_threshold", "failure_treshold");
+        assert!(
+            err(&typo).starts_with("breaker.failure_treshold: unknown field `failure_treshold`"),
+            "{}",
+            err(&typo)
+        );
+        let wrong_type = SEED.replace("max = 10", "max = \"ten\"");
+        assert!(
+            err(&wrong_type).starts_with("routes[0].rate_limit.max: "),
+            "{}",
+            err(&wrong_type)
+        );
+        let missing = Config::from_toml(SEED, &MapEnv::default()).unwrap_err();
+        assert_eq!(
+            missing.to_string(),
+            "auth.secret: environment variable JWT_SECRET is not set"
+        );
+        assert!(err("[server\n").starts_with("config: "));
+    }
+
+    #[test]
+    fn semantic_errors() {
+        let no_auth = SEED.replace("[auth]", "[unused]");
+        assert!(err(&no_auth).contains("unknown field `unused`"));
+        let cut = SEED.split("[auth]").next().unwrap().to_owned()
+            + SEED.split("user_claim = \"userId\"").nth(1).unwrap();
+        assert_eq!(
+            err(&cut),
+            "routes[0].auth: is true but there is no [auth] section"
+        );
+        let none = SEED.replace(r#"["HS256"]"#, r#"["none"]"#);
+        assert!(err(&none).starts_with("auth.algorithms[0]: \"none\" is never allowed"));
+        let rs = SEED.replace(r#"["HS256"]"#, r#"["RS256"]"#);
+        assert!(err(&rs).starts_with("auth.public_key_pem: "));
+        let user_key = SEED.replace(
+            "path = \"/product\"",
+            "path = \"/product\"\nrate_limit = { max = 1, window = \"1s\", key = \"user\" }",
+        );
+        assert!(err(&user_key).starts_with("routes[1].rate_limit.key: \"user\" needs auth"));
+        let dup = SEED.replace("/product", "/users");
+        assert!(
+            err(&dup).contains("is already the name of routes[0]"),
+            "{}",
+            err(&dup)
+        );
+        let zero = SEED.replace("failure_threshold = 3", "failure_threshold = 0");
+        assert_eq!(err(&zero), "breaker.failure_threshold: must be at least 1");
+        let probe = SEED.replace(
+            "open_for = \"60s\"",
+            "open_for = \"60s\"\nprobe_timeout = \"1s\"",
+        );
+        assert!(err(&probe).starts_with("breaker.probe_timeout: must be at least"));
+        let https = SEED.replace("http://127.0.0.1:3004", "https://x");
+        assert!(err(&https).contains("https upstreams are not supported"));
+        let repeat = SEED.replace("http://127.0.0.1:3002", "http://127.0.0.1:3001/");
+        assert!(
+            err(&repeat).starts_with("routes[0].targets[1]: "),
+            "{}",
+            err(&repeat)
+        );
+        let algo = SEED.replace("max = 10,", "max = 10, algorithm = \"leaky\",");
+        assert!(err(&algo).starts_with("routes[0].rate_limit.algorithm: "));
+        let none_routes = "[server]\nlisten = \"127.0.0.1:1\"\n";
+        assert!(err(none_routes).starts_with("routes: at least one"));
+    }
+
+    #[test]
+    fn substitution_and_overrides() {
+        let e = MapEnv::default().with("A", "x");
+        assert_eq!(expand("a${A}b$${A}$", &e).unwrap(), "axb${A}$");
+        assert!(expand("${A", &e).unwrap_err().contains("unclosed"));
+        assert!(
+            expand("${1A}", &e)
+                .unwrap_err()
+                .contains("not an environment variable name")
+        );
+        let mut c = Config::from_toml(SEED, &env()).unwrap();
+        c.apply_overrides(Some("9000"), Some("redis://10.0.0.1:6379"), Some("other"))
+            .unwrap();
+        assert_eq!(c.server.listen.port(), 9000);
+        assert_eq!(c.rate_limit.store, StoreKind::Redis);
+        assert_eq!(c.auth.unwrap().secret, Some(Secret("other".into())));
+        let mut c = Config::from_toml(SEED, &env()).unwrap();
+        assert_eq!(
+            c.apply_overrides(Some("http"), None, None)
+                .unwrap_err()
+                .to_string(),
+            "PORT: \"http\" is not a port number"
+        );
+    }
+
+    #[test]
+    fn sizes_hosts_and_statuses() {
+        assert_eq!(size("x", &RawSize::Text("10MiB".into())), Ok(10 << 20));
+        assert_eq!(size("x", &RawSize::Bytes(7)), Ok(7));
+        assert!(size("x", &RawSize::Text("10 parsecs".into())).is_err());
+        assert!(HostPattern::Suffix("example.com".into()).matches("api.Example.com"));
+        assert!(!HostPattern::Suffix("example.com".into()).matches("example.com"));
+        assert!(!HostPattern::Suffix("example.com".into()).matches("badexample.com"));
+        let text = SEED.replace(
+            "open_for = \"60s\"",
+            "open_for = \"60s\"\nfailure_statuses = [429, \"5xx\"]",
+        );
+        let c = Config::from_toml(&text, &env()).unwrap();
+        assert!(
+            c.breaker.failure_statuses.contains(429) && c.breaker.failure_statuses.contains(599)
+        );
+        assert!(!c.breaker.failure_statuses.contains(404));
+    }
+}

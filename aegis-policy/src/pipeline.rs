@@ -1,0 +1,634 @@
+//! The request pipeline: the one place that decides what happens to a request. The gateway and
+//! the simulator both drive it; neither re-implements a decision.
+//!
+//! ```text
+//!   on_request(view, now) ──▶ Step::Respond(reply)                 answer now (400/401/404/405)
+//!                        ├──▶ Step::Count(pending) ─┐               a rate-limit counter is needed
+//!                        └──▶ Step::Admit(ticket)   │
+//!                                   ▲               ▼
+//!                                   │   driver applies pending.request() on its store
+//!                                   │   (memory: at once; Redis: awaits one round trip)
+//!                                   └── on_counter(pending, reply, now) ──▶ Err(reply) 429/503
+//!   forward(ticket, &mut balancer, now) ──▶ Ok(Forward)  send to forward.target()
+//!                                     └──▶ Err(reply)    503: no target will take it
+//!   on_upstream_result(&mut balancer, forward.attempt, outcome, now)   exactly once per Forward
+//! ```
+//!
+//! [`Policy`] is immutable (`&self`) and can be shared by every worker thread; the mutable
+//! state is the per-route [`Balancer`] and the counter store, which the driver owns and locks
+//! as it sees fit. [`Engine`] is a driver for synchronous stores (memory, simulator).
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{ALLOW, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use serde_json::json;
+
+use crate::auth::{AuthFailure, Verifier};
+use crate::balancer::{Attempt, Balancer, TargetStats, UpstreamOutcome};
+use crate::config::{Config, ConfigError, LimitKeyKind, OnStoreError, RouteConfig};
+use crate::path::{normalize, split_query};
+use crate::ratelimit::{
+    ClientKey, CounterKey, CounterReply, CounterRequest, CounterStore, Limit, RateDecision,
+    StoreError, decide,
+};
+use crate::router::{RouteId, RouteMatch, Router, host_without_port};
+use crate::time::{Now, ceil_secs_min1, format_duration};
+
+pub const X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+pub const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+pub const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+/// Set on responses admitted without a rate-limit check because the store was unavailable.
+pub const AEGIS_RATELIMIT: HeaderName = HeaderName::from_static("x-aegis-ratelimit");
+
+/// A borrowed view of a request: all the pipeline reads.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestView<'a> {
+    pub method: &'a Method,
+    /// From the URI authority or the `Host` header, port included or not.
+    pub host: Option<&'a str>,
+    /// As received: `/users/42?x=1`.
+    pub path_and_query: &'a str,
+    pub headers: &'a HeaderMap,
+    /// The socket peer.
+    pub peer: IpAddr,
+}
+
+/// Why the pipeline answered a request itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reason {
+    BadRequest,
+    NotFound,
+    MethodNotAllowed,
+    Unauthorized(AuthFailure),
+    RateLimited,
+    StoreUnavailable,
+    NoHealthyTarget,
+}
+
+impl Reason {
+    /// A stable label for logs and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Reason::BadRequest => "bad_request",
+            Reason::NotFound => "no_route",
+            Reason::MethodNotAllowed => "method_not_allowed",
+            Reason::Unauthorized(_) => "unauthorized",
+            Reason::RateLimited => "rate_limited",
+            Reason::StoreUnavailable => "store_unavailable",
+            Reason::NoHealthyTarget => "no_healthy_target",
+        }
+    }
+}
+
+/// An answer the gateway gives without asking an upstream: status, headers and a JSON body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub body: String,
+    pub reason: Reason,
+    pub route: Option<RouteId>,
+}
+
+impl Reply {
+    fn new(
+        status: StatusCode,
+        reason: Reason,
+        route: Option<RouteId>,
+        body: serde_json::Value,
+    ) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: body.to_string(),
+            reason,
+            route,
+        }
+    }
+
+    fn header(mut self, name: HeaderName, value: HeaderValue) -> Reply {
+        self.headers.push((name, value));
+        self
+    }
+}
+
+/// Rate-limit information to put on the response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum RateHeaders {
+    None,
+    Decision(RateDecision, HeaderValue),
+    /// The store failed and `on_store_error = "allow"` let the request through.
+    Degraded,
+}
+
+impl RateHeaders {
+    fn apply(&self, headers: &mut HeaderMap) {
+        match self {
+            RateHeaders::None => {}
+            RateHeaders::Decision(d, policy) => {
+                headers.insert(RATELIMIT_LIMIT, HeaderValue::from(d.limit));
+                headers.insert(RATELIMIT_REMAINING, HeaderValue::from(d.remaining));
+                headers.insert(
+                    RATELIMIT_RESET,
+                    HeaderValue::from(d.reset.as_millis().div_ceil(1000) as u64),
+                );
+                headers.insert(RATELIMIT_POLICY, policy.clone());
+            }
+            RateHeaders::Degraded => {
+                headers.insert(AEGIS_RATELIMIT, HeaderValue::from_static("unavailable"));
+            }
+        }
+    }
+}
+
+/// A request that passed routing, auth and rate limiting; [`Policy::forward`] picks its target.
+#[must_use]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ticket {
+    route: RouteId,
+    user: Option<HeaderValue>,
+    rewrite: Option<String>,
+    rate: RateHeaders,
+}
+
+impl Ticket {
+    pub fn route(&self) -> RouteId {
+        self.route
+    }
+}
+
+/// A request waiting for its rate-limit counter. Apply [`Pending::request`] on the store, then
+/// hand the reply to [`Policy::on_counter`].
+#[must_use]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    request: CounterRequest,
+    ticket: Ticket,
+}
+
+impl Pending {
+    pub fn request(&self) -> &CounterRequest {
+        &self.request
+    }
+}
+
+/// What to do next with a request.
+#[must_use]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    Respond(Reply),
+    Count(Pending),
+    Admit(Ticket),
+}
+
+/// Send the request to a target. Report the outcome once with [`Policy::on_upstream_result`].
+#[must_use = "report the outcome with on_upstream_result"]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    pub route: RouteId,
+    pub attempt: Attempt,
+    /// The upstream response timeout of the route.
+    pub timeout: Duration,
+    user: Option<HeaderValue>,
+    rewrite: Option<String>,
+    base_path: Option<String>,
+    rate: RateHeaders,
+}
+
+impl Forward {
+    pub fn target(&self) -> usize {
+        self.attempt.target
+    }
+
+    /// The path and query to send upstream: the original unless normalisation, `strip_prefix`
+    /// or the target's base path changed it (only the last allocates).
+    pub fn path_and_query<'a>(&'a self, original: &'a str) -> Cow<'a, str> {
+        let p = self.rewrite.as_deref().unwrap_or(original);
+        match &self.base_path {
+            None => Cow::Borrowed(p),
+            Some(base) => Cow::Owned(format!("{base}{p}")),
+        }
+    }
+
+    /// The identity forwarded as `x-user-id`, if the route authenticated one.
+    pub fn user(&self) -> Option<&HeaderValue> {
+        self.user.as_ref()
+    }
+
+    /// Header edits on the request sent upstream: a client-sent `x-user-id` is always
+    /// removed, and the verified identity set.
+    pub fn apply_request_headers(&self, headers: &mut HeaderMap) {
+        headers.remove(X_USER_ID);
+        if let Some(u) = &self.user {
+            headers.insert(X_USER_ID, u.clone());
+        }
+    }
+
+    /// Header edits on the response sent to the client (`RateLimit-*`).
+    pub fn apply_response_headers(&self, headers: &mut HeaderMap) {
+        self.rate.apply(headers);
+    }
+}
+
+#[derive(Debug)]
+struct RouteRt {
+    name: Arc<str>,
+    limit: Option<(Limit, LimitKeyKind, HeaderValue)>,
+}
+
+/// The immutable half of the gateway's policy: config, router, verifier.
+#[derive(Debug)]
+pub struct Policy {
+    config: Config,
+    router: Router,
+    verifier: Option<Verifier>,
+    routes: Vec<RouteRt>,
+}
+
+impl Policy {
+    pub fn new(config: Config) -> Result<Policy, ConfigError> {
+        let verifier = config.auth.as_ref().map(Verifier::new).transpose()?;
+        let routes = config
+            .routes
+            .iter()
+            .map(|r| RouteRt {
+                name: Arc::from(r.name.as_str()),
+                limit: r.rate_limit.as_ref().map(|l| {
+                    let policy = format!("{};w={}", l.max, l.window.as_secs().max(1));
+                    let policy = HeaderValue::from_str(&policy).expect("digits are a header value");
+                    (Limit::from_config(l), l.key.clone(), policy)
+                }),
+            })
+            .collect();
+        Ok(Policy {
+            router: Router::new(&config.routes),
+            verifier,
+            routes,
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn route(&self, id: RouteId) -> &RouteConfig {
+        &self.config.routes[id.0]
+    }
+
+    /// One fresh balancer per route, indexed by [`RouteId`].
+    pub fn balancers(&self) -> Vec<Balancer> {
+        self.config
+            .routes
+            .iter()
+            .map(|r| Balancer::new(r, &self.config.breaker))
+            .collect()
+    }
+
+    /// The client address used for rate limiting: the socket peer, unless the peer is a trusted
+    /// proxy, in which case the right-most `X-Forwarded-For` entry that is not itself a trusted
+    /// proxy. A client can never choose its key by sending the header directly.
+    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        let trusted = &self.config.server.trusted_proxies;
+        let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+        if trusted.is_empty() || !is_trusted(&peer) {
+            return peer;
+        }
+        let mut client = peer;
+        let values: Vec<&HeaderValue> = headers.get_all(X_FORWARDED_FOR).iter().collect();
+        for v in values.iter().rev() {
+            let Ok(s) = v.to_str() else { return client };
+            for entry in s.rsplit(',') {
+                match entry.trim().parse::<IpAddr>() {
+                    Ok(ip) if is_trusted(&ip) => client = ip,
+                    Ok(ip) => return ip,
+                    Err(_) => return client,
+                }
+            }
+        }
+        client
+    }
+
+    /// Step one: route, authenticate, and ask for a rate-limit counter if the route has one.
+    pub fn on_request(&self, req: &RequestView<'_>, now: Now) -> Step {
+        let (raw_path, query) = split_query(req.path_and_query);
+        let path = match normalize(raw_path) {
+            Ok(p) => p,
+            Err(e) => {
+                return Step::Respond(Reply::new(
+                    StatusCode::BAD_REQUEST,
+                    Reason::BadRequest,
+                    None,
+                    json!({"error": "bad_request", "message": format!("invalid request path: {e}")}),
+                ));
+            }
+        };
+        let host = req.host.map(host_without_port);
+        let id = match self.router.find(req.method, host, &path) {
+            RouteMatch::Found(id) => id,
+            RouteMatch::NotFound => {
+                return Step::Respond(Reply::new(
+                    StatusCode::NOT_FOUND,
+                    Reason::NotFound,
+                    None,
+                    json!({"error": "not_found", "message": "no route matches this path", "path": &*path}),
+                ));
+            }
+            RouteMatch::MethodNotAllowed(allowed) => {
+                let list: Vec<&str> = allowed.iter().map(Method::as_str).collect();
+                let allow =
+                    HeaderValue::from_str(&list.join(", ")).expect("method names are header-safe");
+                return Step::Respond(
+                    Reply::new(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        Reason::MethodNotAllowed,
+                        None,
+                        json!({"error": "method_not_allowed", "message": format!("{} is not allowed here", req.method), "allow": list}),
+                    )
+                    .header(ALLOW, allow),
+                );
+            }
+        };
+        let route = &self.config.routes[id.0];
+        let rt = &self.routes[id.0];
+
+        let user = if route.auth {
+            let verifier = self
+                .verifier
+                .as_ref()
+                .expect("validated: auth routes have [auth]");
+            match verifier.verify(req.headers, now.wall) {
+                Ok(u) => Some(u),
+                Err(f) => return Step::Respond(unauthorized(id, f)),
+            }
+        } else {
+            None
+        };
+
+        let rewrite = rewrite_path(route, raw_path, &path, query);
+        let ticket = Ticket {
+            route: id,
+            user,
+            rewrite,
+            rate: RateHeaders::None,
+        };
+        let Some((limit, key_kind, _)) = &rt.limit else {
+            return Step::Admit(ticket);
+        };
+        let client = match key_kind {
+            LimitKeyKind::Ip => ClientKey::Ip(self.client_ip(req.peer, req.headers)),
+            LimitKeyKind::User => {
+                let u = ticket
+                    .user
+                    .as_ref()
+                    .and_then(|u| u.to_str().ok())
+                    .unwrap_or_default();
+                ClientKey::User(Arc::from(u))
+            }
+            LimitKeyKind::Header(name) => match req.headers.get(name).and_then(|v| v.to_str().ok())
+            {
+                Some(v) if !v.is_empty() && v.len() <= 256 => ClientKey::Header(Arc::from(v)),
+                _ => ClientKey::Ip(self.client_ip(req.peer, req.headers)),
+            },
+        };
+        let request = CounterRequest {
+            key: CounterKey {
+                route: rt.name.clone(),
+                client,
+            },
+            limit: *limit,
+            now: now.wall,
+        };
+        Step::Count(Pending { request, ticket })
+    }
+
+    /// Step two: the store's answer for a [`Step::Count`]. Admits, or answers 429 (over the
+    /// limit) or 503 (store failed and `on_store_error = "deny"`).
+    pub fn on_counter(
+        &self,
+        pending: Pending,
+        reply: Result<CounterReply, StoreError>,
+        now: Now,
+    ) -> Result<Ticket, Reply> {
+        let Pending {
+            request,
+            mut ticket,
+        } = pending;
+        let id = ticket.route;
+        let (limit, _, policy) = self.routes[id.0]
+            .limit
+            .as_ref()
+            .expect("a Count step has a limit");
+        let reply = match reply {
+            Ok(r) => r,
+            Err(e) => {
+                return match self.config.rate_limit.on_store_error {
+                    OnStoreError::Allow => {
+                        ticket.rate = RateHeaders::Degraded;
+                        Ok(ticket)
+                    }
+                    OnStoreError::Deny => Err(Reply::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        Reason::StoreUnavailable,
+                        Some(id),
+                        json!({"error": "rate_limit_unavailable", "message": e.to_string()}),
+                    )
+                    .header(RETRY_AFTER, HeaderValue::from_static("1"))),
+                };
+            }
+        };
+        let decision = decide(limit, &reply, request.now);
+        debug_assert_eq!(request.now, now.wall);
+        if decision.allowed {
+            ticket.rate = RateHeaders::Decision(decision, policy.clone());
+            return Ok(ticket);
+        }
+        let retry = ceil_secs_min1(decision.retry_after.unwrap_or(decision.reset));
+        let route = &self.config.routes[id.0];
+        let window = &route.rate_limit.as_ref().expect("limited route").window;
+        let mut r = Reply::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            Reason::RateLimited,
+            Some(id),
+            json!({
+                "error": "rate_limited",
+                "message": format!("rate limit of {} per {} exceeded", limit.max, format_duration(*window)),
+                "retryAfter": retry,
+            }),
+        );
+        let mut h = HeaderMap::new();
+        RateHeaders::Decision(decision, policy.clone()).apply(&mut h);
+        r.headers
+            .extend(h.into_iter().filter_map(|(k, v)| k.map(|k| (k, v))));
+        Err(r.header(RETRY_AFTER, HeaderValue::from(retry)))
+    }
+
+    /// Step three: pick a target. 503 naming the route, with `Retry-After`, when none will take
+    /// the request.
+    pub fn forward(
+        &self,
+        ticket: Ticket,
+        balancer: &mut Balancer,
+        now: Now,
+    ) -> Result<Forward, Reply> {
+        let route = &self.config.routes[ticket.route.0];
+        match balancer.pick(now.mono) {
+            Ok(attempt) => Ok(Forward {
+                route: ticket.route,
+                attempt,
+                timeout: route.timeout,
+                base_path: Some(&route.targets[attempt.target].base_path)
+                    .filter(|b| !b.is_empty())
+                    .cloned(),
+                rewrite: ticket.rewrite,
+                user: ticket.user,
+                rate: ticket.rate,
+            }),
+            Err(u) => {
+                let retry = ceil_secs_min1(u.retry_after);
+                Err(Reply::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Reason::NoHealthyTarget,
+                    Some(ticket.route),
+                    json!({
+                        "error": "no_healthy_target",
+                        "route": route.path,
+                        "message": format!("every target of {} has an open circuit", route.path),
+                        "retryAfter": retry,
+                    }),
+                )
+                .header(RETRY_AFTER, HeaderValue::from(retry)))
+            }
+        }
+    }
+
+    /// Step four: how the forwarded request ended. Call exactly once per [`Forward`].
+    pub fn on_upstream_result(
+        &self,
+        balancer: &mut Balancer,
+        attempt: Attempt,
+        outcome: UpstreamOutcome,
+        now: Now,
+    ) {
+        balancer.on_result(attempt, outcome, now.mono);
+    }
+
+    /// The `/gateway/stats` document: one line per (route, target), in config order.
+    pub fn stats<'a>(
+        &self,
+        balancers: impl IntoIterator<Item = &'a Balancer>,
+        now: Now,
+    ) -> Vec<TargetStats> {
+        self.config
+            .routes
+            .iter()
+            .zip(balancers)
+            .flat_map(|(r, b)| b.snapshot(r, now.mono))
+            .collect()
+    }
+}
+
+fn unauthorized(id: RouteId, f: AuthFailure) -> Reply {
+    let challenge =
+        format!("Bearer realm=\"aegis\", error=\"invalid_token\", error_description=\"{f}\"");
+    Reply::new(
+        StatusCode::UNAUTHORIZED,
+        Reason::Unauthorized(f.clone()),
+        Some(id),
+        json!({"error": "unauthorized", "reason": f.reason(), "message": f.to_string()}),
+    )
+    .header(
+        WWW_AUTHENTICATE,
+        HeaderValue::from_str(&challenge).expect("reasons are header-safe"),
+    )
+}
+
+/// The upstream path, if it differs from what the client sent.
+fn rewrite_path(
+    route: &RouteConfig,
+    raw: &str,
+    normal: &str,
+    query: Option<&str>,
+) -> Option<String> {
+    let path = if route.strip_prefix && route.path != "/" {
+        let rest = &normal[route.path.len()..];
+        if rest.is_empty() { "/" } else { rest }
+    } else {
+        normal
+    };
+    if path == raw {
+        return None;
+    }
+    let mut out = String::with_capacity(path.len() + query.map_or(0, |q| q.len() + 1));
+    out.push_str(path);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    Some(out)
+}
+
+/// A complete synchronous driver: the pipeline plus its balancers and a counter store that
+/// answers at once. The simulator, benches and tests use it; the gateway drives the same
+/// steps with an async store and per-route locks.
+#[derive(Debug)]
+pub struct Engine<S> {
+    pub policy: Policy,
+    pub balancers: Vec<Balancer>,
+    pub store: S,
+}
+
+/// The final outcome of [`Engine::handle`].
+#[must_use]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Respond(Reply),
+    Forward(Forward),
+}
+
+impl<S: CounterStore> Engine<S> {
+    pub fn new(policy: Policy, store: S) -> Engine<S> {
+        let balancers = policy.balancers();
+        Engine {
+            policy,
+            balancers,
+            store,
+        }
+    }
+
+    pub fn handle(&mut self, req: &RequestView<'_>, now: Now) -> Decision {
+        let ticket = match self.policy.on_request(req, now) {
+            Step::Respond(r) => return Decision::Respond(r),
+            Step::Admit(t) => t,
+            Step::Count(p) => {
+                let reply = self.store.apply(p.request());
+                match self.policy.on_counter(p, reply, now) {
+                    Ok(t) => t,
+                    Err(r) => return Decision::Respond(r),
+                }
+            }
+        };
+        let balancer = &mut self.balancers[ticket.route().0];
+        match self.policy.forward(ticket, balancer, now) {
+            Ok(f) => Decision::Forward(f),
+            Err(r) => Decision::Respond(r),
+        }
+    }
+
+    pub fn on_upstream_result(&mut self, fwd: &Forward, outcome: UpstreamOutcome, now: Now) {
+        let balancer = &mut self.balancers[fwd.route.0];
+        self.policy
+            .on_upstream_result(balancer, fwd.attempt, outcome, now);
+    }
+
+    pub fn stats(&self, now: Now) -> Vec<TargetStats> {
+        self.policy.stats(&self.balancers, now)
+    }
+}

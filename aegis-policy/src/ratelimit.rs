@@ -1,0 +1,604 @@
+//! Rate limiting: one pure step per algorithm, and the stores that apply it atomically.
+//!
+//! The maths is separate from the storage (governor's `measure_and_replace`): [`step`] takes the
+//! stored state and `now` and returns the new state and whether the request was admitted;
+//! [`decide`] turns that reply into the headers a client sees. [`MemoryStore`] runs `step` under
+//! `&mut self`; the Redis store runs [`REDIS_SCRIPT`], which mirrors `step` line for line, and a
+//! test in aegis-tokio feeds both the same inputs.
+//!
+//! Time here is wall time ([`UnixMillis`]): a Redis shared by several gateways needs one clock.
+//!
+//! ## Algorithms and their bounds
+//!
+//! * `fixed_window` (the seed's counter): windows are aligned to the Unix epoch
+//!   (`[k·window, (k+1)·window)`); at most `max` requests are admitted per key per window.
+//!   Denied requests do not count. A burst of `2·max` can straddle a window edge.
+//! * `gcra` (generic cell rate algorithm, a smooth "sliding" limit): each admission costs
+//!   `T = window / max` (in whole microseconds, rounded down) of credit, and up to `max` may be
+//!   spent at once. In any interval of length `L`, at most `max + ceil(L / T) - 1` requests are
+//!   admitted, so at most `2·max - 1` per `window`, and the long-run rate is `max / window`.
+//!   Denials carry the exact wait until the next admission.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::BuildHasher;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{LimitAlgorithm, LimitConfig};
+use crate::time::{UnixMillis, duration_millis};
+
+/// Whose budget a request spends, within a route.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ClientKey {
+    Ip(IpAddr),
+    User(Arc<str>),
+    Header(Arc<str>),
+}
+
+impl fmt::Display for ClientKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientKey::Ip(ip) => write!(f, "ip:{ip}"),
+            ClientKey::User(u) => write!(f, "user:{u}"),
+            ClientKey::Header(h) => write!(f, "header:{h}"),
+        }
+    }
+}
+
+/// One counter: a route (by name, so it survives a reload that reorders routes) and a client.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CounterKey {
+    pub route: Arc<str>,
+    pub client: ClientKey,
+}
+
+impl fmt::Display for CounterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}|{}", self.route, self.client)
+    }
+}
+
+/// A route's limit in the units the step uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Limit {
+    pub algorithm: LimitAlgorithm,
+    pub max: u64,
+    pub window_ms: u64,
+}
+
+impl Limit {
+    pub fn from_config(c: &LimitConfig) -> Limit {
+        Limit {
+            algorithm: c.algorithm,
+            max: c.max,
+            window_ms: duration_millis(c.window).max(1),
+        }
+    }
+
+    /// GCRA emission interval in microseconds (at least 1).
+    fn interval_us(&self) -> u64 {
+        (self.window_ms.saturating_mul(1000) / self.max.max(1)).max(1)
+    }
+
+    /// Start of the fixed window holding `now`.
+    pub fn window_start(&self, now: UnixMillis) -> u64 {
+        now.0 - now.0 % self.window_ms
+    }
+}
+
+/// The state a store keeps per key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CounterState {
+    /// Admissions so far in the window starting at `window_start` (Unix ms).
+    Fixed { window_start: u64, count: u64 },
+    /// GCRA theoretical arrival time, Unix microseconds.
+    Gcra { tat_us: u64 },
+}
+
+/// What the counter store is asked to do: apply `limit` for `key` at `now`, atomically.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CounterRequest {
+    pub key: CounterKey,
+    pub limit: Limit,
+    pub now: UnixMillis,
+}
+
+/// What a store answers: whether it admitted, and the state after the step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CounterReply {
+    pub admitted: bool,
+    pub state: CounterState,
+}
+
+/// The counter store could not answer (unreachable, timed out, full). `on_store_error` decides.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("rate-limit store: {0}")]
+pub struct StoreError(pub String);
+
+/// The pure step. `prev` is the stored state, if any and not expired. Returns the reply and how
+/// long the new state must be kept (its TTL, at least 1 ms).
+pub fn step(limit: &Limit, prev: Option<CounterState>, now: UnixMillis) -> (CounterReply, u64) {
+    match limit.algorithm {
+        LimitAlgorithm::FixedWindow => {
+            let start = limit.window_start(now);
+            let count = match prev {
+                Some(CounterState::Fixed {
+                    window_start,
+                    count,
+                }) if window_start == start => count,
+                _ => 0,
+            };
+            let admitted = count < limit.max;
+            let count = if admitted { count + 1 } else { count };
+            let ttl = (start + limit.window_ms).saturating_sub(now.0).max(1);
+            (
+                CounterReply {
+                    admitted,
+                    state: CounterState::Fixed {
+                        window_start: start,
+                        count,
+                    },
+                },
+                ttl,
+            )
+        }
+        LimitAlgorithm::Gcra => {
+            let now_us = now.0.saturating_mul(1000);
+            let t = limit.interval_us();
+            let burst = t.saturating_mul(limit.max);
+            let tat = match prev {
+                Some(CounterState::Gcra { tat_us }) => tat_us.max(now_us),
+                _ => now_us,
+            };
+            let new_tat = tat.saturating_add(t);
+            if new_tat - now_us <= burst {
+                let ttl = (new_tat - now_us).div_ceil(1000).max(1);
+                (
+                    CounterReply {
+                        admitted: true,
+                        state: CounterState::Gcra { tat_us: new_tat },
+                    },
+                    ttl,
+                )
+            } else {
+                let ttl = (tat - now_us).div_ceil(1000).max(1);
+                (
+                    CounterReply {
+                        admitted: false,
+                        state: CounterState::Gcra { tat_us: tat },
+                    },
+                    ttl,
+                )
+            }
+        }
+    }
+}
+
+/// The outcome a client sees: the IETF `RateLimit-*` fields and, on denial, `Retry-After`.
+#[must_use]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateDecision {
+    pub allowed: bool,
+    pub limit: u64,
+    pub remaining: u64,
+    /// Time until the budget is whole again.
+    pub reset: Duration,
+    /// Time until a request would be admitted (denials only).
+    pub retry_after: Option<Duration>,
+}
+
+/// Turns a store's reply into the client-facing decision.
+pub fn decide(limit: &Limit, reply: &CounterReply, now: UnixMillis) -> RateDecision {
+    match reply.state {
+        CounterState::Fixed {
+            window_start,
+            count,
+        } => {
+            let reset =
+                Duration::from_millis((window_start + limit.window_ms).saturating_sub(now.0));
+            RateDecision {
+                allowed: reply.admitted,
+                limit: limit.max,
+                remaining: limit.max.saturating_sub(count),
+                reset,
+                retry_after: (!reply.admitted).then_some(reset),
+            }
+        }
+        CounterState::Gcra { tat_us } => {
+            let now_us = now.0.saturating_mul(1000);
+            let t = limit.interval_us();
+            let burst = t.saturating_mul(limit.max);
+            let used = tat_us.saturating_sub(now_us);
+            let remaining = burst.saturating_sub(used) / t;
+            let retry_after =
+                (!reply.admitted).then(|| Duration::from_micros((used + t).saturating_sub(burst)));
+            RateDecision {
+                allowed: reply.admitted,
+                limit: limit.max,
+                remaining,
+                reset: Duration::from_micros(used),
+                retry_after,
+            }
+        }
+    }
+}
+
+/// A counter store that answers synchronously (in memory, in the simulator). The async Redis
+/// store lives in aegis-tokio and is driven through the pipeline's counter requests instead.
+pub trait CounterStore {
+    fn apply(&mut self, req: &CounterRequest) -> Result<CounterReply, StoreError>;
+}
+
+/// A bounded in-memory store. Expired keys are swept at most once per `SWEEP_EVERY_MS` of wall
+/// time, and whenever the store is full; if it is still full of live keys, a new key is a
+/// [`StoreError`] (and `on_store_error` decides), so memory never grows past `max_keys`.
+///
+/// The hasher is injected: the gateway passes a randomly seeded one (client-chosen keys must not
+/// be able to force collisions), the simulator a fixed one.
+#[derive(Debug)]
+pub struct MemoryStore<S> {
+    map: HashMap<CounterKey, (CounterState, u64), S>,
+    max_keys: usize,
+    next_sweep: u64,
+}
+
+const SWEEP_EVERY_MS: u64 = 1000;
+
+impl<S: BuildHasher> MemoryStore<S> {
+    pub fn with_hasher(max_keys: usize, hasher: S) -> Self {
+        MemoryStore {
+            map: HashMap::with_hasher(hasher),
+            max_keys: max_keys.max(1),
+            next_sweep: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    fn sweep(&mut self, now: u64) {
+        self.map.retain(|_, (_, expires)| *expires > now);
+        self.next_sweep = now.saturating_add(SWEEP_EVERY_MS);
+    }
+}
+
+impl<S: BuildHasher> CounterStore for MemoryStore<S> {
+    fn apply(&mut self, req: &CounterRequest) -> Result<CounterReply, StoreError> {
+        let now = req.now.0;
+        if now >= self.next_sweep {
+            self.sweep(now);
+        }
+        let prev = match self.map.get(&req.key) {
+            Some((state, expires)) if *expires > now => Some(*state),
+            Some(_) => None,
+            None => {
+                if self.map.len() >= self.max_keys {
+                    self.sweep(now);
+                    if self.map.len() >= self.max_keys {
+                        return Err(StoreError(format!(
+                            "in-memory store is full ({} live keys)",
+                            self.max_keys
+                        )));
+                    }
+                }
+                None
+            }
+        };
+        let (reply, ttl) = step(&req.limit, prev, req.now);
+        self.map
+            .insert(req.key.clone(), (reply.state, now.saturating_add(ttl)));
+        Ok(reply)
+    }
+}
+
+/// A fixed, seedless hasher (FNV-1a) for deterministic runs: the simulator and tests.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FixedHasher;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x100_0000_01b3);
+        }
+    }
+}
+
+impl BuildHasher for FixedHasher {
+    type Hasher = Fnv;
+    fn build_hasher(&self) -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The Redis mirror of `step`: kept here, beside the code it mirrors, as data. The adapter sends
+// it with EVALSHA; it must not decide anything the pure step would decide differently.
+
+/// KEYS[1] = counter key. ARGV = algorithm (0 fixed, 1 gcra), max, window_ms, now_ms.
+/// Returns `{admitted (0/1), a, b}`: fixed → `{admitted, window_start_ms, count}`,
+/// gcra → `{admitted, tat_us_high, tat_us_low}` (split so no value exceeds 2^53 in Lua).
+pub const REDIS_SCRIPT: &str = r#"
+local alg = tonumber(ARGV[1])
+local max = tonumber(ARGV[2])
+local window = tonumber(ARGV[3])
+local now = tonumber(ARGV[4])
+if alg == 0 then
+  local start = now - (now % window)
+  local key = KEYS[1] .. ':' .. start
+  local count = tonumber(redis.call('GET', key) or '0')
+  local admitted = 0
+  if count < max then
+    admitted = 1
+    count = redis.call('INCR', key)
+  end
+  local ttl = start + window - now
+  if ttl < 1 then ttl = 1 end
+  redis.call('PEXPIRE', key, ttl)
+  return {admitted, start, count}
+else
+  local now_us = now * 1000
+  local t = math.floor(window * 1000 / max)
+  if t < 1 then t = 1 end
+  local burst = t * max
+  local stored = redis.call('GET', KEYS[1])
+  local tat = now_us
+  if stored then
+    local s = tonumber(stored)
+    if s > tat then tat = s end
+  end
+  local new_tat = tat + t
+  local admitted = 0
+  local keep = tat
+  if new_tat - now_us <= burst then
+    admitted = 1
+    keep = new_tat
+  end
+  local ttl = math.ceil((keep - now_us) / 1000)
+  if ttl < 1 then ttl = 1 end
+  redis.call('SET', KEYS[1], string.format('%.0f', keep), 'PX', ttl)
+  local high = math.floor(keep / 1000000)
+  return {admitted, high, keep - high * 1000000}
+end
+"#;
+
+impl CounterRequest {
+    /// The Redis key (`<prefix><route>|<client>`; the script appends the fixed window's start)
+    /// and the script's arguments.
+    pub fn redis_call(&self, prefix: &str) -> (String, [u64; 4]) {
+        let alg = match self.limit.algorithm {
+            LimitAlgorithm::FixedWindow => 0,
+            LimitAlgorithm::Gcra => 1,
+        };
+        let key = format!("{prefix}{}", self.key);
+        (key, [alg, self.limit.max, self.limit.window_ms, self.now.0])
+    }
+
+    /// Reads the script's reply back into the pure model.
+    pub fn redis_reply(&self, values: &[i64]) -> Result<CounterReply, StoreError> {
+        let bad = || StoreError(format!("unexpected script reply {values:?}"));
+        let [admitted, a, b] = values else {
+            return Err(bad());
+        };
+        let admitted = match admitted {
+            0 => false,
+            1 => true,
+            _ => return Err(bad()),
+        };
+        let a = u64::try_from(*a).map_err(|_| bad())?;
+        let b = u64::try_from(*b).map_err(|_| bad())?;
+        let state = match self.limit.algorithm {
+            LimitAlgorithm::FixedWindow => CounterState::Fixed {
+                window_start: a,
+                count: b,
+            },
+            LimitAlgorithm::Gcra => CounterState::Gcra {
+                tat_us: a
+                    .checked_mul(1_000_000)
+                    .and_then(|v| v.checked_add(b))
+                    .ok_or_else(bad)?,
+            },
+        };
+        Ok(CounterReply { admitted, state })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn req(limit: Limit, key: &str, now: u64) -> CounterRequest {
+        CounterRequest {
+            key: CounterKey {
+                route: "/r".into(),
+                client: ClientKey::User(key.into()),
+            },
+            limit,
+            now: UnixMillis(now),
+        }
+    }
+
+    const FIXED: Limit = Limit {
+        algorithm: LimitAlgorithm::FixedWindow,
+        max: 10,
+        window_ms: 60_000,
+    };
+    const GCRA: Limit = Limit {
+        algorithm: LimitAlgorithm::Gcra,
+        max: 10,
+        window_ms: 60_000,
+    };
+
+    #[test]
+    fn seed_fifteen_requests() {
+        let mut s = MemoryStore::with_hasher(100, FixedHasher);
+        let t0 = 1_800_000_000_000 + 1000;
+        let mut out = Vec::new();
+        for i in 0..15 {
+            let r = req(FIXED, "a", t0 + i);
+            let reply = s.apply(&r).unwrap();
+            out.push(decide(&FIXED, &reply, r.now));
+        }
+        assert!(out[..10].iter().all(|d| d.allowed));
+        assert!(out[10..].iter().all(|d| !d.allowed));
+        assert_eq!(out[0].remaining, 9);
+        assert_eq!(out[9].remaining, 0);
+        assert_eq!(out[10].retry_after, Some(out[10].reset));
+        assert_eq!(out[10].reset, Duration::from_millis(60_000 - 1010));
+        // The next window starts fresh.
+        let reply = s.apply(&req(FIXED, "a", t0 + 60_000)).unwrap();
+        assert!(reply.admitted);
+        // Another key has its own budget.
+        assert!(s.apply(&req(FIXED, "b", t0 + 20)).unwrap().admitted);
+    }
+
+    #[test]
+    fn gcra_spacing_and_retry_after() {
+        let mut s = MemoryStore::with_hasher(100, FixedHasher);
+        let t0 = 1_000_000;
+        for i in 0..10 {
+            let r = s.apply(&req(GCRA, "a", t0)).unwrap();
+            assert!(r.admitted, "burst of max admitted ({i})");
+        }
+        let r = req(GCRA, "a", t0);
+        let denied = s.apply(&r).unwrap();
+        let d = decide(&GCRA, &denied, r.now);
+        assert!(!d.allowed);
+        assert_eq!(d.retry_after, Some(Duration::from_secs(6)));
+        assert_eq!(d.remaining, 0);
+        assert!(!s.apply(&req(GCRA, "a", t0 + 5_999)).unwrap().admitted);
+        assert!(s.apply(&req(GCRA, "a", t0 + 6_000)).unwrap().admitted);
+    }
+
+    #[test]
+    fn memory_is_bounded_and_swept() {
+        let mut s = MemoryStore::with_hasher(50, FixedHasher);
+        let short = Limit {
+            algorithm: LimitAlgorithm::FixedWindow,
+            max: 1,
+            window_ms: 100,
+        };
+        for i in 0..50 {
+            assert!(s.apply(&req(short, &format!("k{i}"), 10_000)).is_ok());
+        }
+        assert_eq!(s.len(), 50);
+        // Full of live keys: a new key is refused, an existing one still served.
+        assert!(s.apply(&req(short, "new", 10_001)).is_err());
+        assert!(s.apply(&req(short, "k1", 10_001)).is_ok());
+        // Once they expire, the sweep reclaims them all.
+        assert!(s.apply(&req(short, "new", 10_200)).is_ok());
+        assert_eq!(s.len(), 1);
+        // Dead keys do not linger past the periodic sweep either.
+        let mut s = MemoryStore::with_hasher(10_000, FixedHasher);
+        for i in 0..1000 {
+            s.apply(&req(short, &format!("k{i}"), 20_000 + i)).unwrap();
+        }
+        s.apply(&req(short, "x", 25_000)).unwrap();
+        assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn redis_reply_round_trip() {
+        let r = req(GCRA, "a", 1_800_000_000_123);
+        let tat: u64 = 1_800_000_006_123_456;
+        let high = (tat / 1_000_000) as i64;
+        let low = (tat % 1_000_000) as i64;
+        let reply = r.redis_reply(&[1, high, low]).unwrap();
+        assert_eq!(reply.state, CounterState::Gcra { tat_us: tat });
+        assert!(r.redis_reply(&[2, 0, 0]).is_err());
+        assert!(r.redis_reply(&[1, 0]).is_err());
+        let (key, args) = r.redis_call("aegis:");
+        assert_eq!(key, "aegis:/r|user:a");
+        assert_eq!(args, [1, 10, 60_000, 1_800_000_000_123]);
+    }
+
+    fn arb_limit(alg: LimitAlgorithm) -> impl Strategy<Value = Limit> {
+        (1u64..8, 1u64..5_000).prop_map(move |(max, window_ms)| Limit {
+            algorithm: alg,
+            max,
+            window_ms,
+        })
+    }
+
+    proptest! {
+        /// fixed_window never admits more than `max` per key per aligned window.
+        #[test]
+        fn fixed_window_bound(limit in arb_limit(LimitAlgorithm::FixedWindow),
+                              gaps in prop::collection::vec((0u64..400, 0usize..3), 1..200)) {
+            let mut s = MemoryStore::with_hasher(1000, FixedHasher);
+            let mut now = 1_000_000u64;
+            let mut per_window = std::collections::BTreeMap::new();
+            for (gap, k) in gaps {
+                now += gap;
+                let r = req(limit, &k.to_string(), now);
+                if s.apply(&r).unwrap().admitted {
+                    *per_window.entry((k, limit.window_start(r.now))).or_insert(0u64) += 1;
+                }
+            }
+            for (w, n) in per_window {
+                prop_assert!(n <= limit.max, "window {:?} admitted {}", w, n);
+            }
+        }
+
+        /// gcra: in any interval of length L, at most max + ceil(L/T) - 1 admissions.
+        #[test]
+        fn gcra_bound(limit in arb_limit(LimitAlgorithm::Gcra),
+                      gaps in prop::collection::vec(0u64..300, 1..200),
+                      l_ms in 1u64..10_000) {
+            let mut s = MemoryStore::with_hasher(10, FixedHasher);
+            let mut now = 1_000_000u64;
+            let mut admitted = Vec::new();
+            for gap in gaps {
+                now += gap;
+                if s.apply(&req(limit, "k", now)).unwrap().admitted {
+                    admitted.push(now);
+                }
+            }
+            let t_us = limit.interval_us();
+            let bound = limit.max + (l_ms * 1000).div_ceil(t_us) - 1;
+            for (i, &a) in admitted.iter().enumerate() {
+                let n = admitted[i..].iter().take_while(|&&b| b < a + l_ms).count() as u64;
+                prop_assert!(n <= bound, "{} admissions in [{}, {}+{}) > {}", n, a, a, l_ms, bound);
+            }
+        }
+
+        /// Remaining never exceeds the limit, a denial always says when to retry, and a request
+        /// made after that wait is admitted.
+        #[test]
+        fn decisions_are_consistent(alg in prop_oneof![Just(LimitAlgorithm::FixedWindow), Just(LimitAlgorithm::Gcra)],
+                                    max in 1u64..6, window_ms in 1u64..3000,
+                                    gaps in prop::collection::vec(0u64..200, 1..100)) {
+            let limit = Limit { algorithm: alg, max, window_ms };
+            let mut s = MemoryStore::with_hasher(10, FixedHasher);
+            let mut now = 5_000_000u64;
+            for gap in gaps {
+                now += gap;
+                let r = req(limit, "k", now);
+                let reply = s.apply(&r).unwrap();
+                let d = decide(&limit, &reply, r.now);
+                prop_assert!(d.remaining <= d.limit);
+                if !d.allowed {
+                    let wait = d.retry_after.expect("denials carry Retry-After");
+                    let later = req(limit, "k", now + u64::try_from(wait.as_millis()).unwrap() + 1);
+                    let mut probe = MemoryStore::with_hasher(10, FixedHasher);
+                    probe.map = s.map.clone();
+                    prop_assert!(probe.apply(&later).unwrap().admitted);
+                }
+            }
+        }
+    }
+}
