@@ -164,7 +164,10 @@ mod tests {
     #[test]
     fn saturating_arithmetic() {
         assert_eq!(Nanos(5).since(Nanos(10)), Duration::ZERO);
-        assert_eq!(Nanos(u64::MAX).saturating_add(Duration::from_secs(1)), Nanos(u64::MAX));
+        assert_eq!(
+            Nanos(u64::MAX).saturating_add(Duration::from_secs(1)),
+            Nanos(u64::MAX)
+        );
         assert_eq!(ceil_secs_min1(Duration::ZERO), 1);
         assert_eq!(ceil_secs_min1(Duration::from_millis(1001)), 2);
         assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
