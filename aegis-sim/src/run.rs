@@ -1,0 +1,581 @@
+//! The event loop of a scenario run: virtual time, clients that send requests, simulated
+//! upstreams that answer them (after a latency, or not at all), breaker ticks; everything
+//! ordered by (time, sequence number) so that a seed fixes the whole run.
+
+use std::borrow::Cow;
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::net::IpAddr;
+
+use aegis_policy::http::{HeaderMap, Method};
+use aegis_policy::{BreakerState, Nanos, Now, Policy, RequestView, UpstreamOutcome};
+
+use crate::driver::{Driver, FaultyStore, Handled, OUTCOMES};
+use crate::report::{LimitedKey, Report, TargetReport, TraceLine, TransitionReport};
+use crate::rng::Rng;
+use crate::scenario::{Down, FaultKind, Latency, Scenario, ScenarioError, TokenKind, UpstreamSpec};
+use crate::tokens::Minter;
+
+/// How to run a scenario.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub seed: u64,
+    /// Record one [`TraceLine`] per request.
+    pub trace: bool,
+    /// How to name the scenario in the reproduce line (its path).
+    pub scenario_ref: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ev {
+    Load(u32),
+    Script(u32, u32),
+    Done(u32),
+    Tick(u32),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Event {
+    t: u64,
+    seq: u64,
+    ev: Ev,
+}
+
+impl Ord for Event {
+    fn cmp(&self, other: &Self) -> Ordering {
+        // Reversed: BinaryHeap is a max-heap and we want the earliest first.
+        (other.t, other.seq).cmp(&(self.t, self.seq))
+    }
+}
+
+impl PartialOrd for Event {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    heap: BinaryHeap<Event>,
+    seq: u64,
+}
+
+impl Queue {
+    fn push(&mut self, t: u64, ev: Ev) {
+        self.seq += 1;
+        self.heap.push(Event {
+            t,
+            seq: self.seq,
+            ev,
+        });
+    }
+}
+
+/// A simulated instance behind one target URL, with its own random stream.
+#[derive(Debug)]
+struct Upstream {
+    spec: UpstreamSpec,
+    rng: Rng,
+}
+
+fn sample(rng: &mut Rng, l: Latency) -> u64 {
+    match l {
+        Latency::Fixed(x) => x,
+        Latency::Uniform { min, max } => rng.range(min, max),
+        Latency::Exponential { min, mean, max } => {
+            min.saturating_add(rng.exponential(mean)).min(max)
+        }
+    }
+}
+
+impl Upstream {
+    /// How a request sent at `t` to `path` ends, and when (delay from `t`).
+    fn answer(&mut self, t: u64, path: &str, timeout: u64) -> (UpstreamOutcome, u64) {
+        let down = |d: Down, lat: u64, connect: u64| match d {
+            Down::Refused => (UpstreamOutcome::ConnectError, connect),
+            Down::Hang => (UpstreamOutcome::Timeout, timeout),
+            Down::Status(s) => (UpstreamOutcome::Status(s), lat),
+        };
+        let mut latency = self.spec.latency;
+        let mut status = 200;
+        for f in &self.spec.faults {
+            if t < f.from || t >= f.until {
+                continue;
+            }
+            match f.kind {
+                FaultKind::Down(d) => {
+                    let lat = sample(&mut self.rng, latency).min(timeout);
+                    return down(d, lat, self.spec.connect_latency);
+                }
+                FaultKind::Flap {
+                    period,
+                    down_for,
+                    down: d,
+                } if (t - f.from) % period < down_for => {
+                    let lat = sample(&mut self.rng, latency).min(timeout);
+                    return down(d, lat, self.spec.connect_latency);
+                }
+                FaultKind::Flap { .. } => {}
+                FaultKind::Errors { ppm, status: s } => {
+                    if status == 200 && self.rng.chance_ppm(ppm) {
+                        status = s;
+                    }
+                }
+                FaultKind::Slow(l) => latency = l,
+            }
+        }
+        if status == 200 && self.rng.chance_ppm(self.spec.error_ppm) {
+            status = self.spec.error_status;
+        }
+        // The fake upstream's contract (`aegis upstream`): `/fail` answers 500, `?status=N`
+        // answers N, `?sleep_ms=N` waits N ms.
+        let (p, query) = path.split_once('?').unwrap_or((path, ""));
+        if p.ends_with("/fail") {
+            status = 500;
+        }
+        let mut sleep = None;
+        for kv in query.split('&') {
+            if let Some(v) = kv.strip_prefix("status=")
+                && let Ok(s) = v.parse::<u16>()
+                && (100..=599).contains(&s)
+            {
+                status = s;
+            } else if let Some(v) = kv.strip_prefix("sleep_ms=")
+                && let Ok(ms) = v.parse::<u64>()
+            {
+                sleep = Some(ms.min(60_000) * 1_000_000);
+            }
+        }
+        let lat = match sleep {
+            Some(s) => s,
+            None => sample(&mut self.rng, latency),
+        };
+        if lat >= timeout {
+            (UpstreamOutcome::Timeout, timeout)
+        } else {
+            (UpstreamOutcome::Status(status), lat)
+        }
+    }
+}
+
+#[derive(Debug)]
+struct LoadState {
+    rng: Rng,
+    k: u64,
+    next: u64,
+    cursor: u64,
+    /// `[user][token kind]`, minted on first use.
+    headers: Vec<[Option<HeaderMap>; 4]>,
+}
+
+fn kind_index(k: TokenKind) -> usize {
+    match k {
+        TokenKind::Valid => 0,
+        TokenKind::Missing => 1,
+        TokenKind::Expired => 2,
+        TokenKind::BadSignature => 3,
+    }
+}
+
+/// Runs a scenario with the given seed.
+pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
+    let seed = opts.seed;
+    let config = &s.config;
+    let policy =
+        Policy::new(config.clone()).map_err(|e| ScenarioError::new("gateway", e.to_string()))?;
+    let end_secs = (s.wall_start.0 + s.duration / 1_000_000) / 1000;
+    let minter = config
+        .auth
+        .as_ref()
+        .and_then(|a| Minter::new(a, s.wall_start.as_secs(), end_secs));
+    let needs_tokens = s
+        .loads
+        .iter()
+        .any(|l| l.tokens.iter().any(|(k, _)| *k != TokenKind::Missing))
+        || s.requests.iter().any(|r| r.token != TokenKind::Missing);
+    if config.auth.is_some() && minter.is_none() && needs_tokens {
+        return Err(ScenarioError::new(
+            "gateway.auth.algorithms",
+            "allows no HS algorithm: the simulator mints HS tokens with the config's secret and \
+             cannot sign asymmetric ones; allow HS256 too, or send only missing tokens",
+        ));
+    }
+    let empty = HeaderMap::new();
+    let mint = |user: &str, kind: TokenKind| -> HeaderMap {
+        minter
+            .as_ref()
+            .map(|m| m.headers(user, kind))
+            .unwrap_or_default()
+    };
+
+    let store = FaultyStore::new(
+        config.rate_limit.memory_max_keys,
+        s.store_faults.clone(),
+        config.rate_limit.command_timeout,
+    );
+    let mut driver = Driver::new(policy, store);
+
+    // Upstreams by URL, and each (route, target)'s index into them.
+    let urls: Vec<&String> = s.upstreams.keys().collect();
+    let mut upstreams: Vec<Upstream> = s
+        .upstreams
+        .iter()
+        .map(|(url, spec)| Upstream {
+            spec: spec.clone(),
+            rng: Rng::derive(seed, &format!("upstream {url}")),
+        })
+        .collect();
+    let target_up: Vec<Vec<usize>> = config
+        .routes
+        .iter()
+        .map(|r| {
+            r.targets
+                .iter()
+                .map(|t| urls.iter().position(|u| **u == t.url).unwrap_or(0))
+                .collect()
+        })
+        .collect();
+
+    let mut q = Queue::default();
+    let mut loads: Vec<LoadState> = s
+        .loads
+        .iter()
+        .enumerate()
+        .map(|(i, l)| LoadState {
+            rng: Rng::derive(seed, &format!("load {i}")),
+            k: 0,
+            next: l.from,
+            cursor: 0,
+            headers: (0..l.users.len())
+                .map(|_| [None, None, None, None])
+                .collect(),
+        })
+        .collect();
+    for (i, l) in loads.iter().enumerate() {
+        q.push(l.next, Ev::Load(i as u32));
+    }
+    let script_headers: Vec<HeaderMap> =
+        s.requests.iter().map(|r| mint(&r.user, r.token)).collect();
+    for (i, r) in s.requests.iter().enumerate() {
+        q.push(r.at, Ev::Script(i as u32, 0));
+    }
+
+    let mut outcomes: Vec<UpstreamOutcome> = Vec::new();
+    let mut trace: Vec<TraceLine> = Vec::new();
+    let mut last_t = 0u64;
+
+    while let Some(Event { t, ev, .. }) = q.heap.pop() {
+        last_t = t;
+        let now = Now::virtual_at(Nanos(t), s.wall_start);
+        match ev {
+            Ev::Tick(route) => driver.tick(route as usize, Nanos(t)),
+            Ev::Done(slot) => {
+                let outcome = outcomes[slot as usize];
+                if let Some((req, status)) = driver.complete(slot, outcome, now)
+                    && opts.trace
+                    && let Some(line) = trace.get_mut(req as usize)
+                {
+                    line.status = status;
+                }
+            }
+            Ev::Load(i) => {
+                let spec = &s.loads[i as usize];
+                let st = &mut loads[i as usize];
+                if t >= spec.until || t >= s.duration {
+                    continue;
+                }
+                // Schedule the next arrival first, so the stream is independent of outcomes.
+                st.k += 1;
+                let next = if spec.poisson {
+                    let mean = (1_000_000_000_000u128 / u128::from(spec.rate_milli)) as u64;
+                    t.saturating_add(st.rng.exponential(mean).max(1))
+                } else {
+                    spec.from.saturating_add(
+                        (u128::from(st.k) * 1_000_000_000_000u128 / u128::from(spec.rate_milli))
+                            as u64,
+                    )
+                };
+                st.next = next;
+                q.push(next, Ev::Load(i));
+                let path = &spec.paths[st.rng.below(spec.paths.len() as u64) as usize];
+                let (ip_i, user_i) = if spec.sequential {
+                    st.cursor += 1;
+                    (
+                        (st.cursor - 1) % spec.ips.len() as u64,
+                        (st.cursor - 1) % spec.users.len() as u64,
+                    )
+                } else {
+                    (
+                        st.rng.below(spec.ips.len() as u64),
+                        st.rng.below(spec.users.len() as u64),
+                    )
+                };
+                let roll = st.rng.below(spec.tokens.last().map_or(1, |x| x.1));
+                let kind = spec
+                    .tokens
+                    .iter()
+                    .find(|(_, c)| roll < *c)
+                    .map_or(TokenKind::Valid, |x| x.0);
+                let headers: &HeaderMap = if kind == TokenKind::Missing || minter.is_none() {
+                    &empty
+                } else {
+                    let slot = &mut st.headers[user_i as usize][kind_index(kind)];
+                    if slot.is_none() {
+                        *slot = Some(mint(&spec.users[user_i as usize], kind));
+                    }
+                    slot.as_ref().unwrap_or(&empty)
+                };
+                let peer = spec.ips[ip_i as usize];
+                let req = Req {
+                    method: &spec.method,
+                    host: spec.host.as_deref(),
+                    path,
+                    headers,
+                    peer,
+                };
+                send(
+                    &mut driver,
+                    &mut upstreams,
+                    &target_up,
+                    &mut q,
+                    &mut outcomes,
+                    opts.trace.then_some(&mut trace),
+                    &req,
+                    now,
+                );
+            }
+            Ev::Script(i, n) => {
+                let r = &s.requests[i as usize];
+                if t >= s.duration {
+                    continue;
+                }
+                if n + 1 < r.count {
+                    q.push(t.saturating_add(r.every), Ev::Script(i, n + 1));
+                }
+                let req = Req {
+                    method: &r.method,
+                    host: r.host.as_deref(),
+                    path: &r.path,
+                    headers: &script_headers[i as usize],
+                    peer: r.ip,
+                };
+                send(
+                    &mut driver,
+                    &mut upstreams,
+                    &target_up,
+                    &mut q,
+                    &mut outcomes,
+                    opts.trace.then_some(&mut trace),
+                    &req,
+                    now,
+                );
+            }
+        }
+        for (tt, route) in driver.ticks.drain(..) {
+            q.push(tt.max(t), Ev::Tick(route as u32));
+        }
+        if driver.failed() {
+            break;
+        }
+    }
+
+    let end = Nanos(last_t.max(s.duration));
+    let stopped_early = driver.failed();
+    if !stopped_early {
+        driver.finish(end);
+    }
+    let finals = driver.final_states(end);
+    if s.expect.all_closed_at_end && !driver.failed() {
+        for (r, states) in finals.iter().enumerate() {
+            for (t, st) in states.iter().enumerate() {
+                if *st != BreakerState::Closed {
+                    driver.violations.push(crate::driver::Violation {
+                        t_ms: end.as_millis(),
+                        invariant: "liveness_all_closed",
+                        detail: format!(
+                            "breaker of {} on route {} is {} at the end, after the faults ended",
+                            config.routes[r].targets[t].url,
+                            config.routes[r].name,
+                            st.as_str()
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    let mut report = build_report(s, seed, &driver, end, &finals);
+    for (code, want) in &s.expect.status_counts {
+        let got = report.status_counts.get(code).copied().unwrap_or(0);
+        if got != *want {
+            report
+                .expectations_failed
+                .push(format!("status {code}: expected {want}, got {got}"));
+        }
+    }
+    if !report.invariant_violations.is_empty() {
+        report.reproduce = Some(format!(
+            "aegis-sim run {} --seed {seed}",
+            if opts.scenario_ref.is_empty() {
+                &s.name
+            } else {
+                &opts.scenario_ref
+            }
+        ));
+    }
+    if opts.trace {
+        report.trace = Some(trace);
+    }
+    Ok(report)
+}
+
+struct Req<'a> {
+    method: &'a Method,
+    host: Option<&'a str>,
+    path: &'a str,
+    headers: &'a HeaderMap,
+    peer: IpAddr,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn send(
+    driver: &mut Driver,
+    upstreams: &mut [Upstream],
+    target_up: &[Vec<usize>],
+    q: &mut Queue,
+    outcomes: &mut Vec<UpstreamOutcome>,
+    trace: Option<&mut Vec<TraceLine>>,
+    req: &Req<'_>,
+    now: Now,
+) {
+    let view = RequestView {
+        method: req.method,
+        host: req.host,
+        path_and_query: req.path,
+        headers: req.headers,
+        peer: req.peer,
+    };
+    let handled = driver.request(&view, now);
+    let mut line = trace.map(|tr| {
+        tr.push(TraceLine {
+            t_ms: now.mono.as_millis(),
+            client: req.peer.to_string(),
+            method: req.method.to_string(),
+            path: req.path.to_owned(),
+            status: 0,
+            target: None,
+        });
+        tr.last_mut()
+    });
+    match handled {
+        Handled::Respond { status, .. } => {
+            if let Some(tr) = line.as_mut().and_then(|tr| tr.as_mut()) {
+                tr.status = status;
+            }
+        }
+        Handled::Forward {
+            slot,
+            route,
+            target,
+            timeout,
+            ..
+        } => {
+            let timeout_ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
+            // The path the upstream sees (after strip_prefix / base path): borrowed unless
+            // the policy rewrote it.
+            let up_path: Option<Cow<'_, str>> =
+                driver.forward(slot).map(|f| f.path_and_query(req.path));
+            let (outcome, delay) = upstreams[target_up[route][target]].answer(
+                now.mono.0,
+                up_path.as_deref().unwrap_or(req.path),
+                timeout_ns,
+            );
+            let slot_i = slot as usize;
+            if outcomes.len() <= slot_i {
+                outcomes.resize(slot_i + 1, UpstreamOutcome::Cancelled);
+            }
+            outcomes[slot_i] = outcome;
+            q.push(now.mono.0.saturating_add(delay), Ev::Done(slot));
+            if let Some(tr) = line.as_mut().and_then(|tr| tr.as_mut()) {
+                tr.target = Some(driver.balancers[route].url(target).to_owned());
+            }
+        }
+    }
+}
+
+fn build_report(
+    s: &Scenario,
+    seed: u64,
+    driver: &Driver,
+    end: Nanos,
+    finals: &[Vec<BreakerState>],
+) -> Report {
+    let config = &s.config;
+    let c = &driver.counts;
+    let status_counts: BTreeMap<u16, u64> = c
+        .status
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n > 0)
+        .map(|(code, n)| (code as u16, *n))
+        .collect();
+    let outcomes: BTreeMap<&'static str, u64> = OUTCOMES
+        .iter()
+        .zip(c.outcomes.iter())
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, n)| (*k, *n))
+        .collect();
+    let mut per_target = Vec::new();
+    for (r, route) in config.routes.iter().enumerate() {
+        for (t, target) in route.targets.iter().enumerate() {
+            let (requests, failures) = c.per_target[r][t];
+            per_target.push(TargetReport {
+                route: route.name.clone(),
+                target: target.url.clone(),
+                requests,
+                failures,
+                final_state: finals[r][t].as_str(),
+            });
+        }
+    }
+    let transitions = driver
+        .transitions
+        .iter()
+        .map(|x| TransitionReport {
+            t_ms: x.at.as_millis(),
+            route: config.routes[x.route].name.clone(),
+            target: config.routes[x.route].targets[x.target].url.clone(),
+            from: x.from.as_str(),
+            to: x.to.as_str(),
+        })
+        .collect();
+    let mut limited: Vec<(&aegis_policy::CounterKey, u64)> =
+        driver.limited.iter().map(|(k, v)| (k, *v)).collect();
+    limited.sort();
+    let limited_keys = limited
+        .into_iter()
+        .map(|(k, v)| LimitedKey {
+            key: k.to_string(),
+            limited: v,
+        })
+        .collect();
+    Report {
+        scenario: s.name.clone(),
+        seed,
+        virtual_ms: end.as_millis(),
+        requests: c.requests,
+        responses: c.responses,
+        status_counts,
+        outcomes,
+        unauthorized: c.auth.iter().copied().collect(),
+        store_errors: c.store_errors,
+        admitted_unchecked: c.unchecked,
+        per_target,
+        transitions,
+        limited_keys,
+        invariant_checks: c.checks,
+        invariant_violations: driver.violations.clone(),
+        expectations_failed: Vec::new(),
+        reproduce: None,
+        trace: None,
+    }
+}

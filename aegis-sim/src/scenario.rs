@@ -1,0 +1,1023 @@
+//! Scenario files: the gateway config (inline under `[gateway]` or by `gateway_config` path),
+//! upstream behaviour per target over virtual time, client load, scripted requests and store
+//! faults; parsed and validated with errors that name the key path and the reason.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+
+use aegis_policy::config::ConfigEnv;
+use aegis_policy::http::Method;
+use aegis_policy::time::parse_duration;
+use aegis_policy::{Config, UnixMillis};
+use serde::Deserialize;
+
+/// Unix ms at virtual time zero unless a scenario says otherwise (2027-01-15, a multiple of
+/// every common window so fixed windows start at t = 0).
+pub const DEFAULT_WALL_START: u64 = 1_800_000_000_000;
+
+const NS_PER_MS: u64 = 1_000_000;
+
+/// An invalid scenario: the key path (`load[0].rate`) and the reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {reason}")]
+pub struct ScenarioError {
+    pub path: String,
+    pub reason: String,
+}
+
+impl ScenarioError {
+    pub fn new(path: impl Into<String>, reason: impl Into<String>) -> ScenarioError {
+        ScenarioError {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The validated model. Times are virtual nanoseconds since the start of the run.
+
+/// A latency distribution, in nanoseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Latency {
+    Fixed(u64),
+    /// Uniform over `min..=max`.
+    Uniform {
+        min: u64,
+        max: u64,
+    },
+    /// `min` plus an exponential with mean `mean`, capped at `max`.
+    Exponential {
+        min: u64,
+        mean: u64,
+        max: u64,
+    },
+}
+
+/// What a target does while it is down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Down {
+    /// Connection refused: the gateway answers 502.
+    Refused,
+    /// Accepts and never answers: the route's timeout fires (504).
+    Hang,
+    /// Answers this status.
+    Status(u16),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    Down(Down),
+    /// A fraction (per million) of requests answered with `status`.
+    Errors {
+        ppm: u32,
+        status: u16,
+    },
+    /// Responses take this long instead.
+    Slow(Latency),
+    /// Down for `down_for` at the start of every `period`, then up for the rest of it.
+    Flap {
+        period: u64,
+        down_for: u64,
+        down: Down,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamFault {
+    pub from: u64,
+    pub until: u64,
+    pub kind: FaultKind,
+}
+
+/// One target URL's behaviour. URLs are instances: a URL used by two routes is one instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamSpec {
+    pub latency: Latency,
+    pub error_ppm: u32,
+    pub error_status: u16,
+    /// How long a refused connection takes to be known.
+    pub connect_latency: u64,
+    pub faults: Vec<UpstreamFault>,
+}
+
+impl Default for UpstreamSpec {
+    fn default() -> Self {
+        UpstreamSpec {
+            latency: Latency::Uniform {
+                min: NS_PER_MS,
+                max: 5 * NS_PER_MS,
+            },
+            error_ppm: 0,
+            error_status: 500,
+            connect_latency: NS_PER_MS / 2,
+            faults: Vec::new(),
+        }
+    }
+}
+
+/// What a simulated client puts in `Authorization`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TokenKind {
+    Valid,
+    Missing,
+    Expired,
+    BadSignature,
+}
+
+impl TokenKind {
+    pub const ALL: [TokenKind; 4] = [
+        TokenKind::Valid,
+        TokenKind::Missing,
+        TokenKind::Expired,
+        TokenKind::BadSignature,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TokenKind::Valid => "valid",
+            TokenKind::Missing => "missing",
+            TokenKind::Expired => "expired",
+            TokenKind::BadSignature => "bad_signature",
+        }
+    }
+
+    fn parse(path: &str, s: &str) -> Result<TokenKind, ScenarioError> {
+        TokenKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| {
+                ScenarioError::new(
+                    path,
+                    format!("{s:?} is not a token kind (valid, missing, expired, bad_signature)"),
+                )
+            })
+    }
+}
+
+/// A steady stream of requests from a pool of clients.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadSpec {
+    pub name: String,
+    /// Requests per 1000 seconds (rate × 1000), so the schedule is integer arithmetic.
+    pub rate_milli: u64,
+    pub from: u64,
+    pub until: u64,
+    pub poisson: bool,
+    pub method: Method,
+    pub host: Option<String>,
+    pub paths: Vec<String>,
+    pub ips: Vec<IpAddr>,
+    pub users: Vec<String>,
+    /// Walk the ip and user pools in order instead of drawing from them.
+    pub sequential: bool,
+    /// Cumulative weights (per million of the total) of each token kind.
+    pub tokens: Vec<(TokenKind, u64)>,
+}
+
+/// `count` requests at `at`, `at + every`, ...
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScriptSpec {
+    pub at: u64,
+    pub every: u64,
+    pub count: u32,
+    pub method: Method,
+    pub host: Option<String>,
+    pub path: String,
+    pub ip: IpAddr,
+    pub user: String,
+    pub token: TokenKind,
+}
+
+/// The counter store is unreachable (`slow: None`) or answers after `slow` between the times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreFault {
+    pub from: u64,
+    pub until: u64,
+    pub slow: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Expect {
+    /// Liveness: once the load has ended and every outcome is in, every breaker is CLOSED.
+    pub all_closed_at_end: bool,
+    /// Exact counts for the statuses listed.
+    pub status_counts: BTreeMap<u16, u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub name: String,
+    pub description: String,
+    /// The seed used when the command line gives none.
+    pub seed: u64,
+    pub config: Config,
+    pub wall_start: UnixMillis,
+    /// When arrivals stop; the run then continues until every outcome is in.
+    pub duration: u64,
+    /// Every target URL of the config, in URL order.
+    pub upstreams: BTreeMap<String, UpstreamSpec>,
+    pub loads: Vec<LoadSpec>,
+    pub requests: Vec<ScriptSpec>,
+    pub store_faults: Vec<StoreFault>,
+    pub expect: Expect,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The raw TOML model.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScenario {
+    name: Option<String>,
+    description: Option<String>,
+    seed: Option<u64>,
+    duration: Option<String>,
+    wall_clock_start: Option<u64>,
+    gateway_config: Option<String>,
+    gateway: Option<toml::Table>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    upstream: Option<RawUpstream>,
+    #[serde(default)]
+    upstreams: BTreeMap<String, RawUpstream>,
+    #[serde(default)]
+    load: Vec<RawLoad>,
+    #[serde(default)]
+    requests: Vec<RawScript>,
+    #[serde(default)]
+    store_faults: Vec<RawStoreFault>,
+    expect: Option<RawExpect>,
+}
+
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawLatency {
+    min: Option<String>,
+    max: Option<String>,
+    mean: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    latency: Option<RawLatency>,
+    error_rate: Option<f64>,
+    error_status: Option<u16>,
+    connect_latency: Option<String>,
+    #[serde(default)]
+    faults: Vec<RawFault>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFault {
+    kind: String,
+    from: String,
+    until: String,
+    status: Option<u16>,
+    rate: Option<f64>,
+    latency: Option<RawLatency>,
+    period: Option<String>,
+    down_for: Option<String>,
+    down: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawPool {
+    Count(u32),
+    List(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLoad {
+    name: Option<String>,
+    rate: f64,
+    from: Option<String>,
+    duration: Option<String>,
+    until: Option<String>,
+    arrival: Option<String>,
+    method: Option<String>,
+    host: Option<String>,
+    paths: Vec<String>,
+    ips: Option<RawPool>,
+    users: Option<RawPool>,
+    pick: Option<String>,
+    tokens: Option<BTreeMap<String, f64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScript {
+    at: String,
+    path: String,
+    method: Option<String>,
+    host: Option<String>,
+    ip: Option<String>,
+    user: Option<String>,
+    token: Option<String>,
+    count: Option<u32>,
+    every: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStoreFault {
+    kind: String,
+    from: String,
+    until: String,
+    latency: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExpect {
+    all_closed_at_end: Option<bool>,
+    status_counts: Option<BTreeMap<String, u64>>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parsing.
+
+/// `${VAR}` values come from the scenario's `[env]` table (never the process environment, so a
+/// run does not depend on where it runs); key files are read relative to the scenario.
+#[derive(Debug, Clone)]
+pub struct ScenarioEnv {
+    pub vars: BTreeMap<String, String>,
+    pub base: PathBuf,
+}
+
+impl ConfigEnv for ScenarioEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        self.vars.get(name).cloned()
+    }
+    fn read_file(&self, path: &str) -> Result<String, String> {
+        let p = self.base.join(path);
+        std::fs::read_to_string(&p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn dur(path: &str, s: &str) -> Result<u64, ScenarioError> {
+    let d = parse_duration(s).map_err(|r| ScenarioError::new(path, r))?;
+    Ok(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+fn opt_dur(path: &str, s: Option<&str>, default: u64) -> Result<u64, ScenarioError> {
+    s.map_or(Ok(default), |s| dur(path, s))
+}
+
+fn ppm(path: &str, p: f64) -> Result<u32, ScenarioError> {
+    if !p.is_finite() || !(0.0..=1.0).contains(&p) {
+        return Err(ScenarioError::new(
+            path,
+            format!("{p} is not a fraction between 0 and 1"),
+        ));
+    }
+    Ok((p * 1_000_000.0).round() as u32)
+}
+
+fn status(path: &str, s: u16) -> Result<u16, ScenarioError> {
+    if (100..=599).contains(&s) {
+        Ok(s)
+    } else {
+        Err(ScenarioError::new(
+            path,
+            format!("{s} is not an HTTP status"),
+        ))
+    }
+}
+
+fn window(path: &str, from: &str, until: &str) -> Result<(u64, u64), ScenarioError> {
+    let f = dur(&format!("{path}.from"), from)?;
+    let u = dur(&format!("{path}.until"), until)?;
+    if u <= f {
+        return Err(ScenarioError::new(
+            format!("{path}.until"),
+            format!("{until:?} must be later than from ({from:?})"),
+        ));
+    }
+    Ok((f, u))
+}
+
+fn method(path: &str, m: Option<&str>) -> Result<Method, ScenarioError> {
+    let m = m.unwrap_or("GET");
+    Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+        .map_err(|_| ScenarioError::new(path, format!("{m:?} is not a method")))
+}
+
+fn request_path(path: &str, p: &str) -> Result<String, ScenarioError> {
+    if !p.starts_with('/') {
+        return Err(ScenarioError::new(
+            path,
+            format!("{p:?} must start with \"/\""),
+        ));
+    }
+    Ok(p.to_owned())
+}
+
+fn ip(path: &str, s: &str) -> Result<IpAddr, ScenarioError> {
+    s.parse()
+        .map_err(|_| ScenarioError::new(path, format!("{s:?} is not an IP address")))
+}
+
+fn latency(path: &str, raw: &RawLatency) -> Result<Latency, ScenarioError> {
+    let min = raw
+        .min
+        .as_deref()
+        .map(|s| dur(&format!("{path}.min"), s))
+        .transpose()?;
+    let max = raw
+        .max
+        .as_deref()
+        .map(|s| dur(&format!("{path}.max"), s))
+        .transpose()?;
+    let mean = raw
+        .mean
+        .as_deref()
+        .map(|s| dur(&format!("{path}.mean"), s))
+        .transpose()?;
+    match (min, max, mean) {
+        (Some(a), None, None) | (None, Some(a), None) => Ok(Latency::Fixed(a)),
+        (Some(a), Some(b), None) if b >= a => Ok(Latency::Uniform { min: a, max: b }),
+        (Some(_), Some(_), None) => Err(ScenarioError::new(
+            format!("{path}.max"),
+            "must not be less than min",
+        )),
+        (min, max, Some(m)) => {
+            let min = min.unwrap_or(0);
+            let max = max.unwrap_or(u64::MAX);
+            if max < min {
+                return Err(ScenarioError::new(
+                    format!("{path}.max"),
+                    "must not be less than min",
+                ));
+            }
+            Ok(Latency::Exponential { min, mean: m, max })
+        }
+        (None, None, None) => Err(ScenarioError::new(
+            path,
+            "give min (fixed), min and max (uniform), or mean (exponential)",
+        )),
+    }
+}
+
+fn down(path: &str, kind: &str, status_raw: Option<u16>) -> Result<Down, ScenarioError> {
+    match kind {
+        "refused" => Ok(Down::Refused),
+        "hang" => Ok(Down::Hang),
+        "status" => Ok(Down::Status(status(
+            &format!("{path}.status"),
+            status_raw.unwrap_or(500),
+        )?)),
+        other => Err(ScenarioError::new(
+            path,
+            format!("{other:?} is not a way to be down (\"refused\", \"hang\" or \"status\")"),
+        )),
+    }
+}
+
+fn fault(path: &str, f: &RawFault) -> Result<UpstreamFault, ScenarioError> {
+    let (from, until) = window(path, &f.from, &f.until)?;
+    let kp = format!("{path}.kind");
+    let kind = match f.kind.as_str() {
+        "refused" | "hang" | "status" => FaultKind::Down(down(&kp, &f.kind, f.status)?),
+        "errors" => FaultKind::Errors {
+            ppm: ppm(&format!("{path}.rate"), f.rate.unwrap_or(1.0))?,
+            status: status(&format!("{path}.status"), f.status.unwrap_or(500))?,
+        },
+        "slow" => {
+            let raw = f.latency.clone().ok_or_else(|| {
+                ScenarioError::new(format!("{path}.latency"), "a slow fault needs a latency")
+            })?;
+            FaultKind::Slow(latency(&format!("{path}.latency"), &raw)?)
+        }
+        "flap" => {
+            let pp = format!("{path}.period");
+            let period = dur(
+                &pp,
+                f.period
+                    .as_deref()
+                    .ok_or_else(|| ScenarioError::new(&pp, "a flap fault needs a period"))?,
+            )?;
+            if period == 0 {
+                return Err(ScenarioError::new(pp, "must be greater than zero"));
+            }
+            let down_for = opt_dur(
+                &format!("{path}.down_for"),
+                f.down_for.as_deref(),
+                period / 2,
+            )?;
+            if down_for > period {
+                return Err(ScenarioError::new(
+                    format!("{path}.down_for"),
+                    "must not exceed period",
+                ));
+            }
+            FaultKind::Flap {
+                period,
+                down_for,
+                down: down(
+                    &format!("{path}.down"),
+                    f.down.as_deref().unwrap_or("refused"),
+                    f.status,
+                )?,
+            }
+        }
+        other => {
+            return Err(ScenarioError::new(
+                kp,
+                format!("{other:?} is not a fault (refused, hang, status, errors, slow, flap)"),
+            ));
+        }
+    };
+    Ok(UpstreamFault { from, until, kind })
+}
+
+fn upstream(
+    path: &str,
+    base: &UpstreamSpec,
+    raw: &RawUpstream,
+) -> Result<UpstreamSpec, ScenarioError> {
+    let mut u = base.clone();
+    if let Some(l) = &raw.latency {
+        u.latency = latency(&format!("{path}.latency"), l)?;
+    }
+    if let Some(r) = raw.error_rate {
+        u.error_ppm = ppm(&format!("{path}.error_rate"), r)?;
+    }
+    if let Some(s) = raw.error_status {
+        u.error_status = status(&format!("{path}.error_status"), s)?;
+    }
+    if let Some(c) = &raw.connect_latency {
+        u.connect_latency = dur(&format!("{path}.connect_latency"), c)?;
+    }
+    for (i, f) in raw.faults.iter().enumerate() {
+        u.faults.push(fault(&format!("{path}.faults[{i}]"), f)?);
+    }
+    Ok(u)
+}
+
+fn pool_ips(
+    path: &str,
+    pool: Option<&RawPool>,
+    index: usize,
+) -> Result<Vec<IpAddr>, ScenarioError> {
+    match pool {
+        None => Ok(vec![generated_ip(index, 0)]),
+        Some(RawPool::Count(0)) => Err(ScenarioError::new(path, "must be at least 1")),
+        Some(RawPool::Count(n)) if *n > 65_000 => {
+            Err(ScenarioError::new(path, "must be at most 65000"))
+        }
+        Some(RawPool::Count(n)) => Ok((0..*n).map(|i| generated_ip(index, i)).collect()),
+        Some(RawPool::List(l)) if l.is_empty() => {
+            Err(ScenarioError::new(path, "must list at least one address"))
+        }
+        Some(RawPool::List(l)) => l
+            .iter()
+            .enumerate()
+            .map(|(i, s)| ip(&format!("{path}[{i}]"), s))
+            .collect(),
+    }
+}
+
+/// Client `i` of load `index`: `10.<index+1>.<i/256>.<i%256 + 1>`-ish, distinct per load.
+fn generated_ip(index: usize, i: u32) -> IpAddr {
+    let i = i + 1;
+    IpAddr::V4(Ipv4Addr::new(
+        10,
+        (index as u8).wrapping_add(1),
+        (i >> 8) as u8,
+        (i & 0xff) as u8,
+    ))
+}
+
+fn pool_users(path: &str, pool: Option<&RawPool>) -> Result<Vec<String>, ScenarioError> {
+    match pool {
+        None => Ok(vec!["test-123".to_owned()]),
+        Some(RawPool::Count(0)) => Err(ScenarioError::new(path, "must be at least 1")),
+        Some(RawPool::Count(n)) if *n > 100_000 => {
+            Err(ScenarioError::new(path, "must be at most 100000"))
+        }
+        Some(RawPool::Count(n)) => Ok((1..=*n).map(|i| format!("user-{i}")).collect()),
+        Some(RawPool::List(l)) if l.is_empty() => {
+            Err(ScenarioError::new(path, "must list at least one user"))
+        }
+        Some(RawPool::List(l)) => {
+            for (i, u) in l.iter().enumerate() {
+                if u.is_empty() || u.len() > 256 || !u.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+                    return Err(ScenarioError::new(
+                        format!("{path}[{i}]"),
+                        format!("{u:?} is not a header-safe user id"),
+                    ));
+                }
+            }
+            Ok(l.clone())
+        }
+    }
+}
+
+fn load(i: usize, raw: &RawLoad) -> Result<LoadSpec, ScenarioError> {
+    let p = |k: &str| format!("load[{i}].{k}");
+    if !raw.rate.is_finite() || raw.rate <= 0.0 || raw.rate > 10_000_000.0 {
+        return Err(ScenarioError::new(
+            p("rate"),
+            format!(
+                "{} is not a rate between 0 and 10000000 requests per second",
+                raw.rate
+            ),
+        ));
+    }
+    let rate_milli = ((raw.rate * 1000.0).round() as u64).max(1);
+    let from = opt_dur(&p("from"), raw.from.as_deref(), 0)?;
+    let until = match (&raw.duration, &raw.until) {
+        (Some(_), Some(_)) => {
+            return Err(ScenarioError::new(
+                p("until"),
+                "set duration or until, not both",
+            ));
+        }
+        (Some(d), None) => from.saturating_add(dur(&p("duration"), d)?),
+        (None, Some(u)) => dur(&p("until"), u)?,
+        (None, None) => {
+            return Err(ScenarioError::new(
+                p("duration"),
+                "a load needs a duration or an until",
+            ));
+        }
+    };
+    if until <= from {
+        return Err(ScenarioError::new(p("until"), "must be later than from"));
+    }
+    let poisson = match raw.arrival.as_deref().unwrap_or("uniform") {
+        "uniform" => false,
+        "poisson" => true,
+        other => {
+            return Err(ScenarioError::new(
+                p("arrival"),
+                format!("{other:?} is not an arrival process (\"uniform\" or \"poisson\")"),
+            ));
+        }
+    };
+    let sequential = match raw.pick.as_deref().unwrap_or("random") {
+        "random" => false,
+        "sequential" => true,
+        other => {
+            return Err(ScenarioError::new(
+                p("pick"),
+                format!("{other:?} is not a pick (\"random\" or \"sequential\")"),
+            ));
+        }
+    };
+    if raw.paths.is_empty() {
+        return Err(ScenarioError::new(
+            p("paths"),
+            "must list at least one path",
+        ));
+    }
+    let paths = raw
+        .paths
+        .iter()
+        .enumerate()
+        .map(|(j, s)| request_path(&format!("load[{i}].paths[{j}]"), s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut tokens = Vec::new();
+    match &raw.tokens {
+        None => tokens.push((TokenKind::Valid, 1_000_000)),
+        Some(map) => {
+            let mut total = 0u64;
+            for (k, w) in map {
+                let kind = TokenKind::parse(&p("tokens"), k)?;
+                let w = u64::from(ppm(&format!("load[{i}].tokens.{k}"), *w)?);
+                if w > 0 {
+                    total += w;
+                    tokens.push((kind, total));
+                }
+            }
+            if total == 0 {
+                return Err(ScenarioError::new(
+                    p("tokens"),
+                    "the weights add up to zero",
+                ));
+            }
+        }
+    }
+    Ok(LoadSpec {
+        name: raw.name.clone().unwrap_or_else(|| format!("load[{i}]")),
+        rate_milli,
+        from,
+        until,
+        poisson,
+        method: method(&p("method"), raw.method.as_deref())?,
+        host: raw.host.clone(),
+        paths,
+        ips: pool_ips(&p("ips"), raw.ips.as_ref(), i)?,
+        users: pool_users(&p("users"), raw.users.as_ref())?,
+        sequential,
+        tokens,
+    })
+}
+
+fn script(i: usize, raw: &RawScript) -> Result<ScriptSpec, ScenarioError> {
+    let p = |k: &str| format!("requests[{i}].{k}");
+    let count = raw.count.unwrap_or(1);
+    if count == 0 {
+        return Err(ScenarioError::new(p("count"), "must be at least 1"));
+    }
+    let user = raw.user.clone().unwrap_or_else(|| "test-123".to_owned());
+    pool_users(&p("user"), Some(&RawPool::List(vec![user.clone()])))
+        .map_err(|e| ScenarioError::new(p("user"), e.reason))?;
+    Ok(ScriptSpec {
+        at: dur(&p("at"), &raw.at)?,
+        every: opt_dur(&p("every"), raw.every.as_deref(), 0)?,
+        count,
+        method: method(&p("method"), raw.method.as_deref())?,
+        host: raw.host.clone(),
+        path: request_path(&p("path"), &raw.path)?,
+        ip: ip(&p("ip"), raw.ip.as_deref().unwrap_or("10.0.0.1"))?,
+        user,
+        token: TokenKind::parse(&p("token"), raw.token.as_deref().unwrap_or("valid"))?,
+    })
+}
+
+impl Scenario {
+    /// Reads and validates a scenario file; its name defaults to the file stem.
+    pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ScenarioError::new("scenario", format!("cannot read {}: {e}", path.display()))
+        })?;
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "scenario".to_owned());
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Scenario::from_toml(&text, &name, &base)
+    }
+
+    pub fn from_toml(text: &str, name: &str, base: &Path) -> Result<Scenario, ScenarioError> {
+        let value: toml::Value = toml::from_str(text)
+            .map_err(|e| ScenarioError::new("scenario", one_line(&e.to_string())))?;
+        Scenario::from_value(value, name, base)
+    }
+
+    /// Validates an already-parsed document (the fuzzer builds them in memory).
+    pub fn from_value(
+        value: toml::Value,
+        name: &str,
+        base: &Path,
+    ) -> Result<Scenario, ScenarioError> {
+        let raw: RawScenario = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            let path = if path == "." {
+                "scenario".to_owned()
+            } else {
+                path
+            };
+            let msg = one_line(&e.into_inner().to_string());
+            let msg = if msg.contains("untagged enum RawPool") {
+                "expected a count or a list of strings".to_owned()
+            } else {
+                msg
+            };
+            ScenarioError::new(path, msg)
+        })?;
+        validate(raw, name, base)
+    }
+}
+
+fn validate(raw: RawScenario, name: &str, base: &Path) -> Result<Scenario, ScenarioError> {
+    let env = ScenarioEnv {
+        vars: raw.env.clone(),
+        base: base.to_path_buf(),
+    };
+    let config = match (&raw.gateway, &raw.gateway_config) {
+        (Some(_), Some(_)) => {
+            return Err(ScenarioError::new(
+                "gateway_config",
+                "set either [gateway] or gateway_config, not both",
+            ));
+        }
+        (None, None) => {
+            return Err(ScenarioError::new(
+                "gateway",
+                "a scenario needs the gateway config: a [gateway] table or gateway_config = \"path\"",
+            ));
+        }
+        (Some(table), None) => {
+            let text = toml::to_string(table)
+                .map_err(|e| ScenarioError::new("gateway", one_line(&e.to_string())))?;
+            Config::from_toml(&text, &env).map_err(|e| {
+                let path = if e.path == "config" {
+                    "gateway".to_owned()
+                } else {
+                    format!("gateway.{}", e.path)
+                };
+                ScenarioError::new(path, e.reason)
+            })?
+        }
+        (None, Some(file)) => {
+            let text = env
+                .read_file(file)
+                .map_err(|r| ScenarioError::new("gateway_config", r))?;
+            Config::from_toml(&text, &env)
+                .map_err(|e| ScenarioError::new("gateway_config", format!("{file}: {e}")))?
+        }
+    };
+
+    let defaults = match &raw.upstream {
+        Some(u) => upstream("upstream", &UpstreamSpec::default(), u)?,
+        None => UpstreamSpec::default(),
+    };
+    let mut upstreams: BTreeMap<String, UpstreamSpec> = BTreeMap::new();
+    for route in &config.routes {
+        for t in &route.targets {
+            upstreams.insert(t.url.clone(), defaults.clone());
+        }
+    }
+    for (url, u) in &raw.upstreams {
+        let key = url.trim_end_matches('/');
+        let path = format!("upstreams.{url:?}");
+        let Some(slot) = upstreams.get_mut(key) else {
+            let known: Vec<&str> = config
+                .routes
+                .iter()
+                .flat_map(|r| r.targets.iter().map(|t| t.url.as_str()))
+                .collect();
+            return Err(ScenarioError::new(
+                path,
+                format!(
+                    "is not a target of any route (targets: {})",
+                    known.join(", ")
+                ),
+            ));
+        };
+        *slot = upstream(&path, &defaults, u)?;
+    }
+
+    let loads = raw
+        .load
+        .iter()
+        .enumerate()
+        .map(|(i, l)| load(i, l))
+        .collect::<Result<Vec<_>, _>>()?;
+    let requests = raw
+        .requests
+        .iter()
+        .enumerate()
+        .map(|(i, r)| script(i, r))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut store_faults = Vec::new();
+    for (i, f) in raw.store_faults.iter().enumerate() {
+        let p = format!("store_faults[{i}]");
+        let (from, until) = window(&p, &f.from, &f.until)?;
+        let slow = match f.kind.as_str() {
+            "unavailable" => None,
+            "slow" => Some(dur(
+                &format!("{p}.latency"),
+                f.latency.as_deref().ok_or_else(|| {
+                    ScenarioError::new(format!("{p}.latency"), "a slow store fault needs a latency")
+                })?,
+            )?),
+            other => {
+                return Err(ScenarioError::new(
+                    format!("{p}.kind"),
+                    format!("{other:?} is not a store fault (\"unavailable\" or \"slow\")"),
+                ));
+            }
+        };
+        store_faults.push(StoreFault { from, until, slow });
+    }
+
+    let last_arrival = loads
+        .iter()
+        .map(|l| l.until)
+        .chain(requests.iter().map(|r| {
+            r.at.saturating_add(r.every.saturating_mul(u64::from(r.count - 1)))
+                .saturating_add(1)
+        }))
+        .max()
+        .unwrap_or(0);
+    let duration = match &raw.duration {
+        Some(d) => dur("duration", d)?,
+        None => last_arrival,
+    };
+    if duration == 0 {
+        return Err(ScenarioError::new(
+            "load",
+            "the scenario sends no requests: add [[load]] or [[requests]] entries",
+        ));
+    }
+
+    let mut expect = Expect::default();
+    if let Some(e) = raw.expect {
+        expect.all_closed_at_end = e.all_closed_at_end.unwrap_or(false);
+        for (k, v) in e.status_counts.unwrap_or_default() {
+            let code = k
+                .parse::<u16>()
+                .ok()
+                .filter(|c| (100..=599).contains(c))
+                .ok_or_else(|| {
+                    ScenarioError::new(
+                        format!("expect.status_counts.{k}"),
+                        format!("{k:?} is not an HTTP status"),
+                    )
+                })?;
+            expect.status_counts.insert(code, v);
+        }
+    }
+
+    Ok(Scenario {
+        name: raw.name.unwrap_or_else(|| name.to_owned()),
+        description: raw.description.unwrap_or_default(),
+        seed: raw.seed.unwrap_or(1),
+        config,
+        wall_start: UnixMillis(raw.wall_clock_start.unwrap_or(DEFAULT_WALL_START)),
+        duration,
+        upstreams,
+        loads,
+        requests,
+        store_faults,
+        expect,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GW: &str = r#"
+[gateway]
+[[gateway.routes]]
+path = "/users"
+targets = ["http://u1:1", "http://u2:1"]
+"#;
+
+    fn err(extra: &str) -> String {
+        let text = format!("{GW}\n{extra}");
+        Scenario::from_toml(&text, "t", Path::new("."))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn errors_name_the_key_path() {
+        assert_eq!(
+            err("[[load]]\nrate = -1.0\nduration = \"1s\"\npaths = [\"/users\"]"),
+            "load[0].rate: -1 is not a rate between 0 and 10000000 requests per second"
+        );
+        assert!(
+            err("[[load]]\nrate = 1.0\nduration = \"1s\"\npaths = [\"/users\"]\nips = true")
+                .starts_with("load[0].ips: expected a count or a list")
+        );
+        assert!(
+            err("[upstreams.\"http://nope:1\"]\nerror_rate = 0.1\n[[requests]]\nat = \"0s\"\npath = \"/users\"")
+                .starts_with("upstreams.\"http://nope:1\": is not a target of any route")
+        );
+        assert!(
+            err("[upstreams.\"http://u1:1\"]\nfaults = [{ kind = \"melt\", from = \"0s\", until = \"1s\" }]")
+                .starts_with("upstreams.\"http://u1:1\".faults[0].kind: \"melt\" is not a fault")
+        );
+        assert!(
+            err("[[store_faults]]\nkind = \"unavailable\"\nfrom = \"5s\"\nuntil = \"1s\"")
+                .starts_with("store_faults[0].until:")
+        );
+        assert!(err("[[requests]]\nat = \"0\"\npath = \"/users\"").starts_with("requests[0].at:"));
+        assert!(
+            err("bogus = 1").starts_with("bogus: unknown field")
+                || err("bogus = 1").contains("unknown field `bogus`")
+        );
+        let bad_gw = Scenario::from_toml(
+            "[gateway]\n[[gateway.routes]]\npath = \"/x\"\ntargets = [\"htp://x\"]\n",
+            "t",
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert_eq!(bad_gw.path, "gateway.routes[0].targets[0]");
+    }
+
+    #[test]
+    fn defaults_and_pools() {
+        let s = Scenario::from_toml(
+            &format!("{GW}\n[[load]]\nrate = 2.5\nduration = \"10s\"\npaths = [\"/users\"]\nips = 3\nusers = 2\ntokens = {{ valid = 0.75, missing = 0.25 }}"),
+            "t",
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(s.duration, 10_000_000_000);
+        assert_eq!(s.upstreams.len(), 2);
+        let l = &s.loads[0];
+        assert_eq!(l.rate_milli, 2500);
+        assert_eq!(l.ips.len(), 3);
+        assert_eq!(l.users, vec!["user-1", "user-2"]);
+        assert_eq!(
+            l.tokens,
+            vec![(TokenKind::Missing, 250_000), (TokenKind::Valid, 1_000_000)]
+        );
+    }
+}
