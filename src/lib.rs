@@ -889,6 +889,27 @@ mod tests {
     }
 
     #[test]
+    fn client_round_trips_with_a_raw_upstream() {
+        let up = RawUpstream::start(|head, s| {
+            let body = format!("{{\"line\":{:?}}}", head.lines().next().unwrap_or(""));
+            let _ = write!(
+                s,
+                "HTTP/1.1 201 Created\r\nX-Two: a\r\nX-Two: b\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+        });
+        let r = request(up.addr, "POST", "/p?q=1", &[("X-A", "1")], b"hello").unwrap();
+        assert_eq!(r.status, 201);
+        assert_eq!(r.header_all("x-two"), ["a", "b"]);
+        assert_eq!(r.json()["line"], "POST /p?q=1 HTTP/1.1");
+        let head = up.requests.recv_timeout(IO_TIMEOUT).unwrap();
+        assert!(head.contains("Content-Length: 5\r\n"), "{head}");
+        assert!(head.contains("Connection: close\r\n"), "{head}");
+        wait_until("a true condition", Duration::from_millis(10), || true);
+        assert_eq!(wait_for("a value", Duration::from_secs(1), || Some(7)), 7);
+    }
+
+    #[test]
     fn tokens_carry_an_expiry() {
         let t = mint_token("s", serde_json::json!({"userId": "u"}));
         let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);

@@ -144,7 +144,7 @@ fn sigterm_drains_in_flight_requests_and_exits_zero() {
             .unwrap()
             .recv_timeout(Duration::from_secs(20));
         let _ = s.write_all(
-            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 7\r\n\r\ndrained",
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: 7\r\n\r\ndrained",
         );
     });
     let mut gw = Gateway::start(
