@@ -67,7 +67,7 @@ fn sighup_reloads_under_load_without_failing_a_request() {
             let done = done.clone();
             thread::spawn(move || {
                 let mut n = 0u64;
-                while !stop.load(Ordering::Relaxed) && n < 200_000 {
+                while !stop.load(Ordering::Relaxed) && n < 20_000 {
                     match aegis_suite::request(addr, "GET", "/a", &[], b"") {
                         Ok(r) if r.status == 200 => {}
                         Ok(r) => {

@@ -111,6 +111,15 @@ fn redis_outage_with_allow_admits_marks_and_recovers() {
     let log = gw.stderr();
     assert_eq!(count(&log, "redis store unavailable"), 1, "{log}");
     assert_eq!(count(&log, "redis store available again"), 1, "{log}");
+    // Nor is any other line about Redis repeated per request (30+ requests saw the outage).
+    let redis_lines = log
+        .lines()
+        .filter(|l| l.to_ascii_lowercase().contains("redis"))
+        .count();
+    assert!(
+        redis_lines <= 6,
+        "{redis_lines} log lines mention redis:\n{log}"
+    );
 }
 
 #[test]
