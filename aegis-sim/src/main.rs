@@ -36,6 +36,23 @@ enum Cmd {
     },
     /// Validate a scenario file: prints `ok` or the error naming the key.
     Check { scenario: PathBuf },
+    /// Random scenarios, one per seed: a 60 s safety phase with upstream and store faults,
+    /// then a liveness phase without them after which every breaker must be CLOSED. Stops at
+    /// the first violation, saves that scenario and prints the command that reproduces it.
+    Fuzz {
+        /// How many seeds to run.
+        #[arg(long, default_value_t = 100)]
+        seeds: u64,
+        /// The first seed.
+        #[arg(long, default_value_t = 1)]
+        first: u64,
+        /// Keep this scenario's gateway config and fuzz faults and load around it.
+        #[arg(long)]
+        scenario: Option<PathBuf>,
+        /// Directory where a failing scenario is saved.
+        #[arg(long, default_value = ".")]
+        save: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -80,6 +97,12 @@ fn main() -> ExitCode {
                 ExitCode::from(3)
             }
         }
+        Cmd::Fuzz {
+            seeds,
+            first,
+            scenario,
+            save,
+        } => fuzz(seeds, first, scenario, save),
         Cmd::Check { scenario } => match Scenario::load(&scenario) {
             Ok(s) => {
                 println!(
@@ -97,4 +120,47 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+fn fuzz(seeds: u64, first: u64, scenario: Option<PathBuf>, save: PathBuf) -> ExitCode {
+    let base = match scenario
+        .as_deref()
+        .map(aegis_sim::fuzz::Base::load)
+        .transpose()
+    {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let out = match aegis_sim::fuzz::fuzz(first, seeds, base.as_ref()) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let Some((seed, mut report, text)) = out.failure else {
+        println!(
+            "fuzz: {} seeds ({}..={}), {} requests: every invariant held and every breaker closed again after the faults",
+            out.seeds_run,
+            first,
+            first + out.seeds_run.saturating_sub(1),
+            out.requests
+        );
+        return ExitCode::SUCCESS;
+    };
+    report.reproduce = None;
+    print!("{}", report.to_text());
+    let file = save.join(format!("fuzz-{seed}.toml"));
+    let base_arg = scenario
+        .map(|p| format!(" --scenario {}", p.display()))
+        .unwrap_or_default();
+    match std::fs::write(&file, text) {
+        Ok(()) => println!("reproduce: aegis-sim run {} --seed {seed}", file.display()),
+        Err(e) => eprintln!("cannot save the scenario to {}: {e}", file.display()),
+    }
+    println!("or: aegis-sim fuzz --first {seed} --seeds 1{base_arg}");
+    ExitCode::from(3)
 }
