@@ -1,0 +1,52 @@
+# syntax=docker/dockerfile:1
+# The Aegis gateway image: one static-ish `aegis` binary that serves a config (`aegis run`) and
+# also plays the fake upstream services (`aegis upstream`) in docker-compose.yml.
+#
+#   docker build -t aegis .
+#   docker run --rm -p 8000:8000 -e JWT_SECRET=change-me \
+#     -v "$PWD/config/aegis.compose.toml:/etc/aegis/aegis.toml:ro" aegis
+
+# ---- build ----------------------------------------------------------------------------------
+FROM rust:1-slim-bookworm AS build
+WORKDIR /src
+# The whole workspace is copied: `cargo build -p aegis-tokio` still loads every member's
+# manifest and target list. Dependency caching is done with BuildKit cache mounts for the
+# registry and target dir instead of a stub-source layer: it survives source edits, needs no
+# list of stub files to keep in sync with the workspace, and the build-push-action in CI maps it
+# onto the GitHub Actions cache. The binary is copied out of the (unpersisted) cache mount.
+COPY . .
+RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
+    --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
+    --mount=type=cache,target=/src/target,sharing=locked \
+    cargo build --release --locked -p aegis-tokio --bin aegis \
+    && install -D -m 0755 target/release/aegis /out/aegis
+
+# ---- runtime --------------------------------------------------------------------------------
+FROM debian:bookworm-slim AS runtime
+# curl is here only for the HEALTHCHECK: it speaks HTTP properly (status line, --fail on 503,
+# --max-time), costs a few MB, and keeps the check a one-liner. A bash /dev/tcp probe would
+# need no package but hand-parses HTTP; the contract has no `aegis` health subcommand.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends curl \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --system --gid 10001 aegis \
+    && useradd --system --uid 10001 --gid aegis --no-create-home --home-dir /nonexistent \
+       --shell /usr/sbin/nologin aegis \
+    && mkdir -p /etc/aegis
+COPY --from=build /out/aegis /usr/local/bin/aegis
+# The compose config, so the image runs as is; mount your own at /etc/aegis/aegis.toml.
+COPY config/aegis.compose.toml /etc/aegis/aegis.toml
+
+USER aegis:aegis
+ENV RUST_LOG=info
+EXPOSE 8000
+# Checks the proxy listener on $PORT (the env override of server.listen's port), default 8000.
+# /gateway/health answers 503 when the Redis store is down and on_store_error = "deny".
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+    CMD curl -fsS --max-time 2 "http://127.0.0.1:${PORT:-8000}/gateway/health" >/dev/null || exit 1
+
+# SIGTERM (docker stop) drains in-flight requests within server.drain_timeout, then exits 0;
+# give `docker stop -t` / stop_grace_period at least that long.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["aegis"]
+CMD ["run", "--config", "/etc/aegis/aegis.toml"]
