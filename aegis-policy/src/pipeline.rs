@@ -177,6 +177,11 @@ impl Pending {
     pub fn request(&self) -> &CounterRequest {
         &self.request
     }
+
+    /// The route whose limit is being counted.
+    pub fn route(&self) -> RouteId {
+        self.ticket.route
+    }
 }
 
 /// What to do next with a request.

@@ -1,0 +1,81 @@
+//! The access log: one line per request, in the seed's text shape or as JSON (the input of
+//! `aegis-sim replay`). No work is done when the `aegis::access` target is off.
+
+use std::net::SocketAddr;
+
+use http::header::{AUTHORIZATION, HOST};
+use http::request::Parts;
+use tracing::Level;
+
+use crate::proxy::Exchange;
+use crate::runtime::{LogFormat, Runtime, Shared};
+
+pub fn log(
+    shared: &Shared,
+    rt: &Runtime,
+    peer: SocketAddr,
+    parts: &Parts,
+    ex: &Exchange,
+    status: u16,
+) {
+    if !tracing::enabled!(target: "aegis::access", Level::INFO) {
+        return;
+    }
+    let elapsed = ex.started.elapsed();
+    let id = ex.request_id.to_str().unwrap_or("-");
+    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let route = ex.route.map(|r| rt.policy.route(aegis_policy::RouteId(r)));
+    let target = route.zip(ex.target).map(|(r, t)| r.targets[t].url.as_str());
+    match shared.log_format {
+        LogFormat::Text => {
+            let ms = elapsed.as_millis();
+            match target {
+                Some(t) => tracing::info!(
+                    target: "aegis::access",
+                    "[{}] {t}{pq} → {status} ({ms}ms) [{id}]",
+                    parts.method
+                ),
+                None => tracing::info!(
+                    target: "aegis::access",
+                    "[{}] {pq} → {status} ({ms}ms) [{id}] {}",
+                    parts.method,
+                    ex.reason
+                ),
+            }
+        }
+        LogFormat::Json => {
+            let auth = if !parts.headers.contains_key(AUTHORIZATION) {
+                "absent"
+            } else if ex.auth_rejected {
+                "rejected"
+            } else if route.is_some_and(|r| r.auth) && ex.user.is_some() {
+                "verified"
+            } else {
+                "unchecked"
+            };
+            let host = parts
+                .uri
+                .authority()
+                .map(|a| a.as_str())
+                .or_else(|| parts.headers.get(HOST).and_then(|h| h.to_str().ok()));
+            let client_ip = rt.policy.client_ip(peer.ip(), &parts.headers);
+            tracing::info!(
+                target: "aegis::access",
+                ts_ms = crate::clock::wall().0,
+                request_id = id,
+                method = parts.method.as_str(),
+                path = pq,
+                host,
+                route = route.map(|r| r.name.as_str()),
+                target,
+                status,
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                client_ip = %client_ip,
+                user = ex.user.as_ref().and_then(|u| u.to_str().ok()),
+                auth,
+                reason = ex.reason,
+                "request"
+            );
+        }
+    }
+}

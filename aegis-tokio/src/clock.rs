@@ -1,0 +1,44 @@
+//! The one place the gateway reads the real clocks. The policy takes time as a [`Now`] value;
+//! this turns the process's monotonic clock and the wall clock into one.
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use aegis_policy::{Nanos, Now, UnixMillis};
+
+/// Monotonic time since the gateway started, plus Unix wall time.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    origin: Instant,
+}
+
+impl Clock {
+    pub fn new() -> Clock {
+        Clock {
+            origin: Instant::now(),
+        }
+    }
+
+    /// Both clocks, read once.
+    pub fn now(&self) -> Now {
+        Now {
+            mono: Nanos(u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)),
+            wall: wall(),
+        }
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::new()
+    }
+}
+
+/// Unix wall time in milliseconds (zero if the clock is before 1970).
+pub fn wall() -> UnixMillis {
+    UnixMillis(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0),
+    )
+}

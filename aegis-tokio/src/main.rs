@@ -1,0 +1,179 @@
+//! The `aegis` command line. Exit codes: 0 ok, 1 bad config or runtime failure, 2 usage.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use aegis_policy::time::parse_duration;
+use aegis_tokio::runtime::{ConfigSource, LogFormat};
+use aegis_tokio::{demo, init_logging, server, token, upstream};
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Aegis: an API gateway with JWT auth, rate limits (memory or Redis), round-robin load
+/// balancing and circuit breakers, whose policy also runs in a deterministic simulator.
+#[derive(Debug, Parser)]
+#[command(name = "aegis", version)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+impl From<Format> for LogFormat {
+    fn from(f: Format) -> LogFormat {
+        match f {
+            Format::Text => LogFormat::Text,
+            Format::Json => LogFormat::Json,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Serve a config file. PORT, REDIS_URL and JWT_SECRET override it; SIGHUP reloads it;
+    /// SIGTERM drains and exits.
+    Run {
+        #[arg(long, short, default_value = "aegis.toml")]
+        config: PathBuf,
+        /// Access log: the seed's text line, or one JSON object per request (for
+        /// `aegis-sim replay`).
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: Format,
+        /// Runtime worker threads (default: one per CPU).
+        #[arg(long)]
+        workers: Option<usize>,
+    },
+    /// Everything in one process, no setup: the gateway, six demo upstreams, the seed's routes,
+    /// the in-memory store, a ready token and the curl walkthrough.
+    Demo {
+        #[arg(long, default_value = "0.0.0.0:8000")]
+        listen: SocketAddr,
+        /// First of six consecutive upstream ports on 127.0.0.1 (0: any free ports).
+        #[arg(long, default_value_t = 3001)]
+        upstream_port: u16,
+        /// How long an opened circuit stays open.
+        #[arg(long, default_value = "60s")]
+        open_for: String,
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: Format,
+    },
+    /// Validate a config file: prints `ok: N routes`, or the error naming the key (exit 1).
+    Check {
+        #[arg(long, short, default_value = "aegis.toml")]
+        config: PathBuf,
+    },
+    /// Mint an HS256 test token.
+    Token {
+        /// The HS256 secret (default: $JWT_SECRET).
+        #[arg(long)]
+        secret: Option<String>,
+        /// The identity, as `userId` and `sub`.
+        #[arg(long, default_value = "test-123")]
+        user: String,
+        /// An extra claim, `key=value` (repeatable; JSON values keep their type).
+        #[arg(long)]
+        claim: Vec<String>,
+        /// Lifetime.
+        #[arg(long, default_value = "1h")]
+        exp: String,
+    },
+    /// A fake upstream service answering JSON (what the demo and compose file run).
+    Upstream {
+        #[arg(long)]
+        name: String,
+        #[arg(long, conflicts_with = "port")]
+        listen: Option<SocketAddr>,
+        /// Listen on 0.0.0.0:PORT.
+        #[arg(long)]
+        port: Option<u16>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.cmd) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("aegis: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime, String> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        b.worker_threads(n.max(1));
+    }
+    b.enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+}
+
+fn run(cmd: Cmd) -> Result<(), String> {
+    match cmd {
+        Cmd::Run {
+            config,
+            log_format,
+            workers,
+        } => {
+            if !config.exists() {
+                return Err(format!(
+                    "config file {} not found (pass --config FILE, or try `aegis demo`)",
+                    config.display()
+                ));
+            }
+            init_logging(log_format.into());
+            runtime(workers)?.block_on(server::serve(
+                ConfigSource::File(config),
+                log_format.into(),
+                |_| {},
+            ))
+        }
+        Cmd::Demo {
+            listen,
+            upstream_port,
+            open_for,
+            log_format,
+        } => {
+            parse_duration(&open_for).map_err(|e| format!("--open-for: {e}"))?;
+            init_logging(log_format.into());
+            runtime(None)?.block_on(demo::run(
+                listen,
+                upstream_port,
+                &open_for,
+                log_format.into(),
+            ))
+        }
+        Cmd::Check { config } => {
+            let c = ConfigSource::File(config).load()?;
+            let n = c.routes.len();
+            println!("ok: {n} route{}", if n == 1 { "" } else { "s" });
+            Ok(())
+        }
+        Cmd::Token {
+            secret,
+            user,
+            claim,
+            exp,
+        } => {
+            let secret = secret
+                .or_else(|| std::env::var("JWT_SECRET").ok().filter(|s| !s.is_empty()))
+                .ok_or("--secret is required (or set JWT_SECRET)")?;
+            let exp = parse_duration(&exp).map_err(|e| format!("--exp: {e}"))?;
+            println!("{}", token::mint(&secret, &user, &claim, exp)?);
+            Ok(())
+        }
+        Cmd::Upstream { name, listen, port } => {
+            let addr =
+                listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], port.unwrap_or(3000))));
+            init_logging(LogFormat::Text);
+            runtime(Some(1))?.block_on(upstream::run(&name, addr))
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! Prometheus metrics: lock-free counters on the request path, rendered as text on scrape.
+//!
+//! Per-route counters are registered by route name, so they survive reloads that keep the
+//! route; breaker states are read from the live balancers when scraped.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use aegis_policy::{BreakerState, TargetStats};
+
+/// Upper bounds (seconds) of the upstream latency histogram buckets.
+const BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+/// Status codes 100..=599 are counted individually; anything else lands in slot 0.
+const STATUS_SLOTS: usize = 600;
+
+/// The counters of one route (or of requests that matched none).
+#[derive(Debug)]
+pub struct RouteMetrics {
+    status: Box<[AtomicU64]>,
+    rate_limited: AtomicU64,
+    buckets: [AtomicU64; BUCKETS.len()],
+    upstream_count: AtomicU64,
+    upstream_sum_us: AtomicU64,
+}
+
+impl RouteMetrics {
+    fn new() -> RouteMetrics {
+        RouteMetrics {
+            status: (0..STATUS_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            rate_limited: AtomicU64::new(0),
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            upstream_count: AtomicU64::new(0),
+            upstream_sum_us: AtomicU64::new(0),
+        }
+    }
+
+    pub fn response(&self, status: u16) {
+        let slot = usize::from(status);
+        let slot = if (100..STATUS_SLOTS).contains(&slot) {
+            slot
+        } else {
+            0
+        };
+        self.status[slot].fetch_add(1, Relaxed);
+    }
+
+    pub fn rate_limited(&self) {
+        self.rate_limited.fetch_add(1, Relaxed);
+    }
+
+    /// Time from sending a request upstream to its response head (or its failure).
+    pub fn upstream_latency(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.upstream_count.fetch_add(1, Relaxed);
+        self.upstream_sum_us
+            .fetch_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX), Relaxed);
+    }
+}
+
+/// Every metric of the process.
+#[derive(Debug)]
+pub struct Metrics {
+    routes: Mutex<BTreeMap<String, Arc<RouteMetrics>>>,
+    /// Requests that matched no route (400, 404, admin paths).
+    pub unrouted: Arc<RouteMetrics>,
+    pub store_errors: AtomicU64,
+    pub reloads: AtomicU64,
+    pub reload_failures: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            routes: Mutex::new(BTreeMap::new()),
+            unrouted: Arc::new(RouteMetrics::new()),
+            store_errors: AtomicU64::new(0),
+            reloads: AtomicU64::new(0),
+            reload_failures: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Metrics {
+    /// The counters of the route named `name`, created on first use.
+    pub fn route(&self, name: &str) -> Arc<RouteMetrics> {
+        self.routes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(name.to_owned())
+            .or_insert_with(|| Arc::new(RouteMetrics::new()))
+            .clone()
+    }
+
+    /// The Prometheus text exposition (version 0.0.4).
+    pub fn render(&self, stats: &[TargetStats], store_kind: &str, store_healthy: bool) -> String {
+        let routes: Vec<(String, Arc<RouteMetrics>)> = self
+            .routes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let all = || {
+            routes
+                .iter()
+                .map(|(n, m)| (n.as_str(), &**m))
+                .chain([("", &*self.unrouted)])
+        };
+        let mut out = String::with_capacity(4096);
+        out.push_str("# HELP aegis_requests_total Responses sent, by route and status.\n");
+        out.push_str("# TYPE aegis_requests_total counter\n");
+        for (name, m) in all() {
+            for (code, c) in m.status.iter().enumerate() {
+                let n = c.load(Relaxed);
+                if n > 0 {
+                    let status = if code == 0 {
+                        "other".to_owned()
+                    } else {
+                        code.to_string()
+                    };
+                    let _ = writeln!(
+                        out,
+                        "aegis_requests_total{{route=\"{}\",status=\"{status}\"}} {n}",
+                        esc(name)
+                    );
+                }
+            }
+        }
+        out.push_str(
+            "# HELP aegis_rate_limited_total Requests refused with 429, by route.\n\
+             # TYPE aegis_rate_limited_total counter\n",
+        );
+        for (name, m) in &routes {
+            let _ = writeln!(
+                out,
+                "aegis_rate_limited_total{{route=\"{}\"}} {}",
+                esc(name),
+                m.rate_limited.load(Relaxed)
+            );
+        }
+        out.push_str(
+            "# HELP aegis_upstream_duration_seconds Time to the upstream's response head.\n\
+             # TYPE aegis_upstream_duration_seconds histogram\n",
+        );
+        for (name, m) in &routes {
+            let name = esc(name);
+            let mut cum = 0;
+            for (b, c) in BUCKETS.iter().zip(&m.buckets) {
+                cum += c.load(Relaxed);
+                let _ = writeln!(
+                    out,
+                    "aegis_upstream_duration_seconds_bucket{{route=\"{name}\",le=\"{b}\"}} {cum}"
+                );
+            }
+            let count = m.upstream_count.load(Relaxed);
+            let _ = writeln!(
+                out,
+                "aegis_upstream_duration_seconds_bucket{{route=\"{name}\",le=\"+Inf\"}} {count}"
+            );
+            let _ = writeln!(
+                out,
+                "aegis_upstream_duration_seconds_sum{{route=\"{name}\"}} {}",
+                m.upstream_sum_us.load(Relaxed) as f64 / 1e6
+            );
+            let _ = writeln!(
+                out,
+                "aegis_upstream_duration_seconds_count{{route=\"{name}\"}} {count}"
+            );
+        }
+        out.push_str(
+            "# HELP aegis_breaker_state Circuit state per target: 0 closed, 1 half-open, 2 open.\n\
+             # TYPE aegis_breaker_state gauge\n",
+        );
+        for s in stats {
+            let v = match s.state {
+                BreakerState::Closed => 0,
+                BreakerState::HalfOpen => 1,
+                BreakerState::Open => 2,
+            };
+            let _ = writeln!(
+                out,
+                "aegis_breaker_state{{route=\"{}\",target=\"{}\"}} {v}",
+                esc(&s.route),
+                esc(&s.target_url)
+            );
+        }
+        out.push_str(
+            "# HELP aegis_breaker_failures Consecutive failures per target.\n\
+             # TYPE aegis_breaker_failures gauge\n",
+        );
+        for s in stats {
+            let _ = writeln!(
+                out,
+                "aegis_breaker_failures{{route=\"{}\",target=\"{}\"}} {}",
+                esc(&s.route),
+                esc(&s.target_url),
+                s.failures
+            );
+        }
+        let _ = write!(
+            out,
+            "# HELP aegis_store_errors_total Rate-limit store operations that failed.\n\
+             # TYPE aegis_store_errors_total counter\n\
+             aegis_store_errors_total{{store=\"{store_kind}\"}} {}\n\
+             # HELP aegis_store_up Whether the rate-limit store answers (1) or not (0).\n\
+             # TYPE aegis_store_up gauge\n\
+             aegis_store_up{{store=\"{store_kind}\"}} {}\n\
+             # HELP aegis_config_reloads_total Config reloads applied (ok) or refused (error).\n\
+             # TYPE aegis_config_reloads_total counter\n\
+             aegis_config_reloads_total{{result=\"ok\"}} {}\n\
+             aegis_config_reloads_total{{result=\"error\"}} {}\n",
+            self.store_errors.load(Relaxed),
+            u8::from(store_healthy),
+            self.reloads.load(Relaxed),
+            self.reload_failures.load(Relaxed),
+        );
+        out
+    }
+}
+
+/// A Prometheus label value: backslash, quote and newline escaped.
+fn esc(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.contains(['\\', '"', '\n']) {
+        return s.into();
+    }
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+        .into()
+}

@@ -1,0 +1,625 @@
+//! The request path: limits, admin, the policy pipeline, the upstream exchange, and the
+//! access log. Every decision is the policy's; this module moves bytes and reads clocks.
+//!
+//! ```text
+//!   request ─▶ 414/431 limits ─▶ /gateway/* (admin) ─▶ policy.on_request ─▶ [store] ─▶ on_counter
+//!           ─▶ 413 (declared body) ─▶ policy.forward (balancer lock) ─▶ upstream (timeout)
+//!           ─▶ on_upstream_result exactly once (OutcomeGuard: also on drop = client gone)
+//! ```
+
+use std::convert::Infallible;
+use std::error::Error as StdError;
+use std::fmt;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use aegis_policy::{
+    Attempt, Forward, Reason, Reply, RequestView, Step, UpstreamOutcome, http::HeaderName,
+};
+use bytes::Bytes;
+use http::header::{
+    CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, PROXY_AUTHORIZATION, TE, TRAILER,
+    TRANSFER_ENCODING, UPGRADE,
+};
+use http::uri::{PathAndQuery, Scheme};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use serde_json::json;
+
+use crate::runtime::{Runtime, Shared, lock};
+use crate::store::Store;
+use crate::{access, admin};
+
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+/// The longest client-sent `X-Request-ID` that is kept.
+const MAX_REQUEST_ID: usize = 128;
+
+// ---------------------------------------------------------------------------------------------
+// Bodies.
+
+/// The response body: a gateway-made reply, or the upstream's body streamed through.
+#[derive(Debug)]
+pub enum ProxyBody {
+    Full(Option<Bytes>),
+    Upstream(Incoming),
+}
+
+impl ProxyBody {
+    pub fn full(b: impl Into<Bytes>) -> ProxyBody {
+        ProxyBody::Full(Some(b.into()))
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Upstream(i) => Pin::new(i).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Full(b) => b.is_none(),
+            ProxyBody::Upstream(i) => i.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            ProxyBody::Upstream(i) => i.size_hint(),
+        }
+    }
+}
+
+/// Why a request body stopped streaming upstream.
+#[derive(Debug)]
+pub enum BodyError {
+    /// It grew past the route's `max_body_size` (bytes).
+    TooLarge(u64),
+    /// The client's connection failed mid-body.
+    Client(hyper::Error),
+}
+
+impl fmt::Display for BodyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BodyError::TooLarge(n) => write!(f, "request body larger than {n} bytes"),
+            BodyError::Client(e) => write!(f, "client body: {e}"),
+        }
+    }
+}
+
+impl StdError for BodyError {}
+
+/// The client's request body, streamed upstream frame by frame, cut off past a size limit.
+#[derive(Debug)]
+pub struct LimitedBody {
+    inner: Incoming,
+    limit: Option<u64>,
+    seen: u64,
+}
+
+impl LimitedBody {
+    pub fn new(inner: Incoming, limit: Option<u64>) -> LimitedBody {
+        LimitedBody {
+            inner,
+            limit,
+            seen: 0,
+        }
+    }
+}
+
+impl Body for LimitedBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(limit), Some(d)) = (this.limit, frame.data_ref()) {
+                    this.seen += d.len() as u64;
+                    if this.seen > limit {
+                        return Poll::Ready(Some(Err(BodyError::TooLarge(limit))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Client(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The outcome guard.
+
+/// Reports a forwarded request's outcome to its breaker exactly once: explicitly with
+/// [`OutcomeGuard::report`], or as `Cancelled` when dropped unreported (the client went away
+/// and hyper dropped the handler mid-exchange).
+struct OutcomeGuard<'a> {
+    shared: &'a Shared,
+    rt: &'a Runtime,
+    route: usize,
+    attempt: Option<Attempt>,
+}
+
+impl OutcomeGuard<'_> {
+    fn report(&mut self, outcome: UpstreamOutcome) {
+        let Some(attempt) = self.attempt.take() else {
+            return;
+        };
+        let now = self.shared.clock.now();
+        let balancer = &self.rt.balancers[self.route];
+        let mut b = lock(balancer);
+        self.rt
+            .policy
+            .on_upstream_result(&mut b, attempt, outcome, now);
+        let transitions: Vec<_> = b.drain_transitions().collect();
+        if !transitions.is_empty() {
+            let urls: Vec<String> = transitions
+                .iter()
+                .map(|t| b.url(t.target).to_owned())
+                .collect();
+            drop(b);
+            let route = &self.rt.policy.config().routes[self.route].name;
+            for (t, url) in transitions.iter().zip(urls) {
+                tracing::warn!(
+                    "circuit {:?} → {:?} for {url} on route {route}",
+                    t.transition.from,
+                    t.transition.to
+                );
+            }
+        }
+    }
+}
+
+impl Drop for OutcomeGuard<'_> {
+    fn drop(&mut self) {
+        self.report(UpstreamOutcome::Cancelled);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The handler.
+
+/// What the access log needs to know about a request, filled as it goes.
+#[derive(Debug)]
+pub struct Exchange {
+    pub started: Instant,
+    pub request_id: HeaderValue,
+    pub route: Option<usize>,
+    pub target: Option<usize>,
+    pub user: Option<HeaderValue>,
+    pub reason: &'static str,
+    pub auth_rejected: bool,
+}
+
+/// Serves one request on the proxy listener.
+pub async fn handle(
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let rt = shared.runtime.load_full();
+    let mut ex = Exchange {
+        started: Instant::now(),
+        request_id: request_id(req.headers()),
+        route: None,
+        target: None,
+        user: None,
+        reason: "forwarded",
+        auth_rejected: false,
+    };
+    let (parts, body) = req.into_parts();
+    let mut resp = exchange(&shared, &rt, peer, &parts, body, &mut ex).await;
+    resp.headers_mut()
+        .insert(X_REQUEST_ID, ex.request_id.clone());
+    let status = resp.status().as_u16();
+    match ex.route {
+        Some(r) => rt.routes[r].metrics.response(status),
+        None => shared.metrics.unrouted.response(status),
+    }
+    access::log(&shared, &rt, peer, &parts, &ex, status);
+    Ok(resp)
+}
+
+async fn exchange(
+    shared: &Shared,
+    rt: &Runtime,
+    peer: SocketAddr,
+    parts: &http::request::Parts,
+    body: Incoming,
+    ex: &mut Exchange,
+) -> Response<ProxyBody> {
+    let server = &rt.policy.config().server;
+    let pq = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
+    if pq.len() > server.max_uri_bytes {
+        ex.reason = "uri_too_long";
+        return error(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!("request URI longer than {} bytes", server.max_uri_bytes),
+        );
+    }
+    let header_bytes: usize = parts
+        .headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if header_bytes > server.max_header_bytes {
+        ex.reason = "headers_too_large";
+        return error(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!(
+                "request headers larger than {} bytes",
+                server.max_header_bytes
+            ),
+        );
+    }
+    if shared.admin_on_proxy && pq.starts_with(admin::PREFIX) {
+        ex.reason = "admin";
+        return admin::handle(shared, rt, parts);
+    }
+
+    let host = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| parts.headers.get(HOST).and_then(|h| h.to_str().ok()));
+    let view = RequestView {
+        method: &parts.method,
+        host,
+        path_and_query: pq,
+        headers: &parts.headers,
+        peer: peer.ip(),
+    };
+    let now = shared.clock.now();
+    let ticket = match rt.policy.on_request(&view, now) {
+        Step::Respond(r) => return reply(r, ex),
+        Step::Admit(t) => t,
+        Step::Count(p) => {
+            ex.route = Some(p_route(&p));
+            let answer = match &*rt.store {
+                Store::Memory(m) => m.apply(p.request()),
+                Store::Redis(r) => r.apply(p.request()).await,
+            };
+            if answer.is_err() {
+                shared
+                    .metrics
+                    .store_errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            match rt.policy.on_counter(p, answer, now) {
+                Ok(t) => t,
+                Err(r) => {
+                    if r.reason == Reason::RateLimited {
+                        rt.routes[ex.route.unwrap_or_default()]
+                            .metrics
+                            .rate_limited();
+                    }
+                    return reply(r, ex);
+                }
+            }
+        }
+    };
+    let route = ticket.route().0;
+    ex.route = Some(route);
+
+    let max_body = rt.routes[route].max_body;
+    if let (Some(max), Some(len)) = (max_body, declared_length(&parts.headers)) {
+        if len > max {
+            ex.reason = "body_too_large";
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("request body of {len} bytes is over the limit of {max} bytes"),
+            );
+        }
+    }
+
+    // A pick may half-open a breaker; that transition is logged with the outcome's.
+    let picked = rt
+        .policy
+        .forward(ticket, &mut lock(&rt.balancers[route]), now);
+    let fwd = match picked {
+        Ok(f) => f,
+        Err(r) => return reply(r, ex),
+    };
+    ex.target = Some(fwd.target());
+    ex.user = fwd.user().cloned();
+    let mut guard = OutcomeGuard {
+        shared,
+        rt,
+        route,
+        attempt: Some(fwd.attempt),
+    };
+
+    let upstream_req = match upstream_request(rt, parts, peer, &fwd, body, max_body, ex) {
+        Ok(r) => r,
+        Err(resp) => {
+            guard.report(UpstreamOutcome::Cancelled);
+            return resp;
+        }
+    };
+    let sent = Instant::now();
+    let result = tokio::time::timeout(fwd.timeout, rt.client.request(upstream_req)).await;
+    let metrics = &rt.routes[route].metrics;
+    let url = || {
+        rt.policy.route(fwd.route).targets[fwd.target()]
+            .url
+            .as_str()
+    };
+    match result {
+        Ok(Ok(resp)) => {
+            metrics.upstream_latency(sent.elapsed());
+            guard.report(UpstreamOutcome::Status(resp.status().as_u16()));
+            let (mut head, body) = resp.into_parts();
+            strip_hop_by_hop(&mut head.headers);
+            fwd.apply_response_headers(&mut head.headers);
+            Response::from_parts(head, ProxyBody::Upstream(body))
+        }
+        Ok(Err(e)) => {
+            if let Some(limit) = body_too_large(&e) {
+                guard.report(UpstreamOutcome::Cancelled);
+                ex.reason = "body_too_large";
+                return error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    format!("request body is over the limit of {limit} bytes"),
+                );
+            }
+            if client_body_failed(&e) {
+                guard.report(UpstreamOutcome::Cancelled);
+                ex.reason = "client_aborted";
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "the request body could not be read",
+                );
+            }
+            metrics.upstream_latency(sent.elapsed());
+            guard.report(UpstreamOutcome::ConnectError);
+            ex.reason = "upstream_error";
+            let what = if e.is_connect() {
+                format!(
+                    "could not connect to upstream {}: {}",
+                    url(),
+                    root_cause(&e)
+                )
+            } else {
+                format!(
+                    "upstream {} failed before responding: {}",
+                    url(),
+                    root_cause(&e)
+                )
+            };
+            error(StatusCode::BAD_GATEWAY, "bad_gateway", what)
+        }
+        Err(_) => {
+            metrics.upstream_latency(sent.elapsed());
+            guard.report(UpstreamOutcome::Timeout);
+            ex.reason = "upstream_timeout";
+            error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "gateway_timeout",
+                format!(
+                    "upstream {} did not respond within {}",
+                    url(),
+                    fmt_duration(fwd.timeout)
+                ),
+            )
+        }
+    }
+}
+
+fn p_route(p: &aegis_policy::Pending) -> usize {
+    // A Count step always belongs to a route; the ticket inside carries it.
+    p.route().0
+}
+
+/// Builds the request sent upstream: same method, headers minus hop-by-hop, the identity and
+/// forwarding headers set, the body streamed through the size limit.
+fn upstream_request(
+    rt: &Runtime,
+    parts: &http::request::Parts,
+    peer: SocketAddr,
+    fwd: &Forward,
+    body: Incoming,
+    max_body: Option<u64>,
+    ex: &Exchange,
+) -> Result<Request<LimitedBody>, Response<ProxyBody>> {
+    let original = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
+    let pq = fwd.path_and_query(original);
+    let authority = rt.routes[fwd.route.0].targets[fwd.target()].clone();
+    let uri = Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(authority.clone())
+        .path_and_query(&*pq)
+        .build()
+        .map_err(|e| {
+            error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("cannot forward this path: {e}"),
+            )
+        })?;
+    let mut headers = parts.headers.clone();
+    strip_hop_by_hop(&mut headers);
+    fwd.apply_request_headers(&mut headers);
+    let original_host = parts
+        .uri
+        .authority()
+        .map(|a| HeaderValue::from_str(a.as_str()))
+        .transpose()
+        .ok()
+        .flatten()
+        .or_else(|| headers.get(HOST).cloned());
+    if let Some(h) = original_host {
+        headers.insert(X_FORWARDED_HOST, h);
+    }
+    headers.insert(
+        HOST,
+        HeaderValue::from_str(authority.as_str()).expect("an authority is a header value"),
+    );
+    append_forwarded_for(&mut headers, peer);
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    headers.insert(X_REQUEST_ID, ex.request_id.clone());
+    let mut req = Request::new(LimitedBody::new(body, max_body));
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = uri;
+    *req.headers_mut() = headers;
+    Ok(req)
+}
+
+/// Appends the peer to `X-Forwarded-For` (one comma-joined value).
+fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
+    let ip = peer.ip().to_string();
+    let mut joined = String::new();
+    for v in headers.get_all(&X_FORWARDED_FOR) {
+        if let Ok(s) = v.to_str() {
+            joined.push_str(s);
+            joined.push_str(", ");
+        }
+    }
+    joined.push_str(&ip);
+    if let Ok(v) = HeaderValue::from_str(&joined) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+}
+
+/// Removes the headers that describe one connection and must not be forwarded (RFC 9110
+/// §7.6.1): `Connection` and every header it names, and the fixed hop-by-hop set.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|s| s.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
+        headers.remove(CONNECTION);
+    }
+    for h in [
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        TE,
+        TRAILER,
+        TRANSFER_ENCODING,
+        UPGRADE,
+        PROXY_AUTHORIZATION,
+    ] {
+        headers.remove(h);
+    }
+}
+
+/// The client's `X-Request-ID` when it is sane (1–128 visible ASCII characters), else a
+/// fresh UUID v4.
+fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(&X_REQUEST_ID) {
+        let b = v.as_bytes();
+        if !b.is_empty() && b.len() <= MAX_REQUEST_ID && b.iter().all(|c| (0x21..=0x7e).contains(c))
+        {
+            return v.clone();
+        }
+    }
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let s = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    HeaderValue::from_str(s).expect("a uuid is a header value")
+}
+
+fn declared_length(h: &HeaderMap) -> Option<u64> {
+    h.get(CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+}
+
+fn chain<'a>(
+    e: &'a (dyn StdError + 'static),
+) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
+    std::iter::successors(Some(e), |e: &&'a (dyn StdError + 'static)| (*e).source())
+}
+
+fn body_too_large(e: &hyper_util::client::legacy::Error) -> Option<u64> {
+    chain(e).find_map(|e| match e.downcast_ref::<BodyError>() {
+        Some(BodyError::TooLarge(n)) => Some(*n),
+        _ => None,
+    })
+}
+
+fn client_body_failed(e: &hyper_util::client::legacy::Error) -> bool {
+    chain(e).any(|e| matches!(e.downcast_ref::<BodyError>(), Some(BodyError::Client(_))))
+}
+
+fn root_cause(e: &hyper_util::client::legacy::Error) -> String {
+    chain(e).last().map(|e| e.to_string()).unwrap_or_default()
+}
+
+fn fmt_duration(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+/// A policy reply as an HTTP response.
+fn reply(r: Reply, ex: &mut Exchange) -> Response<ProxyBody> {
+    ex.reason = r.reason.label();
+    ex.auth_rejected = matches!(r.reason, Reason::Unauthorized(_));
+    if let Some(id) = r.route {
+        ex.route = Some(id.0);
+    }
+    let mut resp = Response::new(ProxyBody::full(r.body));
+    *resp.status_mut() = r.status;
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    for (k, v) in r.headers {
+        h.append(k, v);
+    }
+    resp
+}
+
+/// A JSON error the shell itself produces: `{"error": code, "message": ...}`.
+pub fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response<ProxyBody> {
+    json_response(status, &json!({"error": code, "message": message.into()}))
+}
+
+pub fn json_response(status: StatusCode, v: &serde_json::Value) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::full(v.to_string()));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}

@@ -1,0 +1,195 @@
+//! The gateway's state: what a request reads (the current [`Runtime`], swapped whole on
+//! reload) and what lives for the whole process ([`Shared`]: clock, metrics, settings).
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use aegis_policy::config::RouteConfig;
+use aegis_policy::{Balancer, Config, ConfigEnv, Policy};
+use arc_swap::ArcSwap;
+use http::uri::Authority;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::clock::Clock;
+use crate::metrics::{Metrics, RouteMetrics};
+use crate::proxy::LimitedBody;
+use crate::store::Store;
+
+/// The pooled upstream client.
+pub type HttpClient = Client<HttpConnector, LimitedBody>;
+
+/// Idle upstream connections are kept this long for reuse.
+const POOL_IDLE: Duration = Duration::from_secs(90);
+
+/// One config, ready to serve: the policy, a balancer per route, the store and the client.
+/// Immutable once built except for the balancers' and store's interior state.
+#[derive(Debug)]
+pub struct Runtime {
+    pub policy: Policy,
+    /// Indexed by route. Locked only for a pick or an outcome, never across an `.await`.
+    pub balancers: Vec<Arc<Mutex<Balancer>>>,
+    pub store: Arc<Store>,
+    pub routes: Vec<RouteRt>,
+    pub client: HttpClient,
+}
+
+/// Per-route data the shell needs on the hot path.
+#[derive(Debug)]
+pub struct RouteRt {
+    pub metrics: Arc<RouteMetrics>,
+    pub targets: Vec<Authority>,
+    pub max_body: Option<u64>,
+}
+
+impl Runtime {
+    /// Builds the runtime of `config`. With `old` (a reload), breaker state of targets that
+    /// stay is kept: a route whose targets and breaker settings are unchanged keeps its very
+    /// balancer (so outcomes of requests still in flight land on it); a changed route inherits
+    /// the state of every target URL it keeps. The store, and its counters, is kept when its
+    /// settings are unchanged; so is the upstream client and its pool.
+    pub fn build(
+        config: Config,
+        old: Option<&Runtime>,
+        metrics: &Metrics,
+    ) -> Result<Runtime, String> {
+        let store = match old {
+            Some(o) if Store::reusable(&o.policy.config().rate_limit, &config.rate_limit) => {
+                o.store.clone()
+            }
+            _ => Arc::new(Store::from_config(&config.rate_limit)?),
+        };
+        let client = match old {
+            Some(o)
+                if o.policy.config().server.connect_timeout == config.server.connect_timeout =>
+            {
+                o.client.clone()
+            }
+            _ => client(config.server.connect_timeout),
+        };
+        let policy = Policy::new(config).map_err(|e| e.to_string())?;
+        let config = policy.config();
+        let balancers = config
+            .routes
+            .iter()
+            .map(|r| {
+                let fresh = Balancer::new(r, &config.breaker);
+                let Some(o) = old else {
+                    return Arc::new(Mutex::new(fresh));
+                };
+                let oc = o.policy.config();
+                let Some(j) = oc.routes.iter().position(|x| x.name == r.name) else {
+                    return Arc::new(Mutex::new(fresh));
+                };
+                if oc.routes[j].targets == r.targets && oc.breaker == config.breaker {
+                    return o.balancers[j].clone();
+                }
+                let mut fresh = fresh;
+                fresh.inherit(&lock(&o.balancers[j]));
+                Arc::new(Mutex::new(fresh))
+            })
+            .collect();
+        let routes = config
+            .routes
+            .iter()
+            .map(|r: &RouteConfig| RouteRt {
+                metrics: metrics.route(&r.name),
+                targets: r.targets.iter().map(|t| t.authority.clone()).collect(),
+                max_body: r.max_body_bytes.or(config.server.max_body_bytes),
+            })
+            .collect();
+        Ok(Runtime {
+            balancers,
+            store,
+            routes,
+            client,
+            policy,
+        })
+    }
+}
+
+fn client(connect_timeout: Duration) -> HttpClient {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.enforce_http(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE)
+        .pool_max_idle_per_host(1024)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .build(http)
+}
+
+/// Locks a balancer; a panic elsewhere while it was held does not wedge it.
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// How access lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The process environment: `${VAR}` values and `public_key_file` contents.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessEnv;
+
+impl ConfigEnv for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+    fn read_file(&self, path: &str) -> Result<String, String> {
+        std::fs::read_to_string(path).map_err(|e| format!("cannot read {path:?}: {e}"))
+    }
+}
+
+/// Where the config comes from, so that SIGHUP can read it again.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    File(PathBuf),
+    /// Built in (the demo): nothing to reload.
+    Inline(String),
+}
+
+impl ConfigSource {
+    /// Reads, parses and validates the config, then applies `PORT`, `REDIS_URL` and
+    /// `JWT_SECRET` from the environment.
+    pub fn load(&self) -> Result<Config, String> {
+        let (text, origin) = match self {
+            ConfigSource::File(p) => (
+                std::fs::read_to_string(p)
+                    .map_err(|e| format!("cannot read config {}: {e}", p.display()))?,
+                p.display().to_string(),
+            ),
+            ConfigSource::Inline(t) => (t.clone(), "built-in config".to_owned()),
+        };
+        let mut config =
+            Config::from_toml(&text, &ProcessEnv).map_err(|e| format!("{origin}: {e}"))?;
+        let var = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
+        config
+            .apply_overrides(
+                var("PORT").as_deref(),
+                var("REDIS_URL").as_deref(),
+                var("JWT_SECRET").as_deref(),
+            )
+            .map_err(|e| format!("{origin}: {e}"))?;
+        Ok(config)
+    }
+}
+
+/// What lives as long as the process.
+#[derive(Debug)]
+pub struct Shared {
+    pub clock: Clock,
+    pub metrics: Metrics,
+    pub runtime: ArcSwap<Runtime>,
+    pub log_format: LogFormat,
+    pub source: ConfigSource,
+    /// `/gateway/*` is answered on the proxy listener (no separate admin listener).
+    pub admin_on_proxy: bool,
+}
