@@ -336,15 +336,15 @@ async fn exchange(
     ex.route = Some(route);
 
     let max_body = rt.routes[route].max_body;
-    if let (Some(max), Some(len)) = (max_body, declared_length(&parts.headers)) {
-        if len > max {
-            ex.reason = "body_too_large";
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!("request body of {len} bytes is over the limit of {max} bytes"),
-            );
-        }
+    if let (Some(max), Some(len)) = (max_body, declared_length(&parts.headers))
+        && len > max
+    {
+        ex.reason = "body_too_large";
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body of {len} bytes is over the limit of {max} bytes"),
+        );
     }
 
     // A pick may half-open a breaker; that transition is logged with the outcome's.
@@ -366,9 +366,14 @@ async fn exchange(
 
     let upstream_req = match upstream_request(rt, parts, peer, &fwd, body, max_body, ex) {
         Ok(r) => r,
-        Err(resp) => {
+        Err(e) => {
             guard.report(UpstreamOutcome::Cancelled);
-            return resp;
+            ex.reason = "bad_request";
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("cannot forward this path: {e}"),
+            );
         }
     };
     let sent = Instant::now();
@@ -457,7 +462,7 @@ fn upstream_request(
     body: Incoming,
     max_body: Option<u64>,
     ex: &Exchange,
-) -> Result<Request<LimitedBody>, Response<ProxyBody>> {
+) -> Result<Request<LimitedBody>, http::Error> {
     let original = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
     let pq = fwd.path_and_query(original);
     let authority = rt.routes[fwd.route.0].targets[fwd.target()].clone();
@@ -465,14 +470,7 @@ fn upstream_request(
         .scheme(Scheme::HTTP)
         .authority(authority.clone())
         .path_and_query(&*pq)
-        .build()
-        .map_err(|e| {
-            error(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!("cannot forward this path: {e}"),
-            )
-        })?;
+        .build()?;
     let mut headers = parts.headers.clone();
     strip_hop_by_hop(&mut headers);
     fwd.apply_request_headers(&mut headers);
