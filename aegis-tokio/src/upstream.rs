@@ -1,6 +1,7 @@
 //! `aegis upstream`: the fake service behind the demo, the compose file and the end-to-end
 //! tests. It answers JSON naming itself and echoing what it received; the last path segment
-//! `fail` answers 500, `?status=N` answers N, `?sleep_ms=N` waits first.
+//! `fail` answers 500, `?status=N` answers N, `?sleep_ms=N` waits first, and `?bytes=N`
+//! answers N bytes of `x` instead of JSON (streamed in 64 KiB chunks, for large transfers).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -10,8 +11,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -58,10 +60,41 @@ pub async fn serve(name: Arc<str>, l: TcpListener) {
     }
 }
 
-async fn respond(
-    name: Arc<str>,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+type UpBody = BoxBody<Bytes, Infallible>;
+
+/// `n` bytes of `x`, in chunks that share one buffer.
+#[derive(Debug)]
+struct Repeat {
+    left: u64,
+    chunk: Bytes,
+}
+
+impl Body for Repeat {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        let n = self.left.min(self.chunk.len() as u64) as usize;
+        self.left -= n as u64;
+        std::task::Poll::Ready(Some(Ok(Frame::data(self.chunk.slice(..n)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.left == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.left)
+    }
+}
+
+async fn respond(name: Arc<str>, req: Request<Incoming>) -> Result<Response<UpBody>, Infallible> {
     let (parts, mut body) = req.into_parts();
     // Count the body as it streams: memory stays flat whatever its size.
     let mut body_bytes: u64 = 0;
@@ -91,6 +124,19 @@ async fn respond(
             .and_then(|s| StatusCode::from_u16(s).ok())
             .unwrap_or(StatusCode::OK)
     };
+    if let Some(n) = param("bytes") {
+        let body = Repeat {
+            left: n,
+            chunk: Bytes::from(vec![b'x'; 64 * 1024]),
+        };
+        let mut resp = Response::new(body.boxed());
+        *resp.status_mut() = status;
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        return Ok(resp);
+    }
     let mut headers: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for (k, v) in &parts.headers {
         headers
@@ -111,7 +157,7 @@ async fn respond(
     if status == StatusCode::INTERNAL_SERVER_ERROR && last == "fail" {
         v["error"] = json!("simulated failure");
     }
-    let mut resp = Response::new(Full::new(Bytes::from(v.to_string())));
+    let mut resp = Response::new(Full::new(Bytes::from(v.to_string())).boxed());
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(

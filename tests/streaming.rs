@@ -1,0 +1,153 @@
+//! Bodies stream through the gateway both ways without being buffered whole (1 GiB up and
+//! down with the gateway's peak memory staying flat), and a client that goes away mid-request
+//! still gets its breaker outcome reported (a half-open probe is released at once, not after
+//! the probe timeout).
+#![allow(clippy::disallowed_methods)] // real time: deadlines
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use aegis_suite::{Gateway, Upstream, wait_until};
+
+const GIB: u64 = 1 << 30;
+
+/// Peak resident memory of a process, in KiB (Linux `VmHWM`).
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc status")
+}
+
+/// Reads a response head; returns the status and the Content-Length.
+fn read_head(r: &mut impl BufRead) -> (u16, Option<u64>) {
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    let status = line.split(' ').nth(1).unwrap().parse().unwrap();
+    let mut len = None;
+    loop {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        let l = line.trim_end();
+        if l.is_empty() {
+            return (status, len);
+        }
+        if let Some((k, v)) = l.split_once(':')
+            && k.eq_ignore_ascii_case("content-length")
+        {
+            len = v.trim().parse().ok();
+        }
+    }
+}
+
+#[test]
+fn one_gib_streams_up_and_down_with_flat_memory() {
+    let up = Upstream::start("big");
+    let gw = Gateway::start(
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[[routes]]\npath = \"/\"\ntargets = [{:?}]\ntimeout = \"300s\"\n",
+            up.url()
+        ),
+        &[("RUST_LOG", "warn")],
+    );
+    let before = peak_rss_kib(gw.pid());
+
+    // Upload: 1 GiB with Content-Length; the upstream counts what arrives.
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(300))).unwrap();
+    write!(
+        s,
+        "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {GIB}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let chunk = vec![b'u'; 1 << 20];
+    for _ in 0..(GIB >> 20) {
+        s.write_all(&chunk).unwrap();
+    }
+    let mut r = BufReader::new(s);
+    let (status, _) = read_head(&mut r);
+    let mut body = String::new();
+    r.read_to_string(&mut body).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["bodyBytes"], GIB, "{body}");
+
+    // Download: 1 GiB from the upstream, Content-Length kept.
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(300))).unwrap();
+    write!(
+        s,
+        "GET /download?bytes={GIB} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut r = BufReader::with_capacity(1 << 20, s);
+    let (status, len) = read_head(&mut r);
+    assert_eq!((status, len), (200, Some(GIB)));
+    let got = std::io::copy(&mut r, &mut std::io::sink()).unwrap();
+    assert_eq!(got, GIB);
+
+    let after = peak_rss_kib(gw.pid());
+    assert!(
+        after < before + 64 * 1024,
+        "peak RSS grew from {before} KiB to {after} KiB moving 2 GiB: bodies are buffered"
+    );
+}
+
+#[test]
+fn a_client_gone_mid_request_releases_the_half_open_probe() {
+    let up = Upstream::start("svc");
+    let gw = Gateway::start(
+        &format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+
+[breaker]
+failure_threshold = 1
+open_for = "500ms"
+probe_timeout = "60s"
+
+[[routes]]
+path = "/"
+targets = [{:?}]
+timeout = "30s"
+"#,
+            up.url()
+        ),
+        &[],
+    );
+    assert_eq!(gw.get("/fail", &[]).status, 500);
+    let state = |gw: &Gateway| gw.stats()[0]["state"].as_str().unwrap().to_owned();
+    assert_eq!(state(&gw), "OPEN");
+    wait_until("half-open", Duration::from_secs(10), || {
+        state(&gw) == "HALF_OPEN"
+    });
+
+    // The probe: an upstream that takes 20 s, and a client that leaves after it is sent.
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    write!(
+        s,
+        "GET /slow?sleep_ms=20000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    wait_until("the probe to be in flight", Duration::from_secs(10), || {
+        gw.stats()[0]["probeInFlight"] == true
+    });
+    // While it is in flight no other request is admitted.
+    assert_eq!(gw.get("/", &[]).status, 503);
+    drop(s);
+
+    // The cancelled probe is reported at once: the slot is free long before the 60 s probe
+    // timeout, and the next request probes and closes the circuit.
+    wait_until(
+        "the probe slot to be released",
+        Duration::from_secs(10),
+        || gw.stats()[0]["probeInFlight"] == false,
+    );
+    let r = gw.get("/", &[]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(state(&gw), "CLOSED");
+}
