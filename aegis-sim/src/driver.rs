@@ -154,7 +154,12 @@ pub struct Counts {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Handled {
     /// The gateway answered at once.
-    Respond { request: u64, status: u16 },
+    Respond {
+        request: u64,
+        status: u16,
+        /// The route that answered (401, 429, 503), if routing got that far.
+        route: Option<usize>,
+    },
     /// Sent upstream; report how it went with [`Driver::complete`].
     Forward {
         request: u64,
@@ -484,7 +489,11 @@ impl Driver {
             }
         }
         self.answer(request, status, reason_index(&reply.reason), now.mono);
-        Handled::Respond { request, status }
+        Handled::Respond {
+            request,
+            status,
+            route: reply.route.map(|r| r.0),
+        }
     }
 
     fn answer(&mut self, request: u64, status: u16, label: usize, now: Nanos) {

@@ -53,6 +53,26 @@ enum Cmd {
         #[arg(long, default_value = ".")]
         save: PathBuf,
     },
+    /// Feed a recorded JSON access log (`aegis run --log-format json 2> access.jsonl`) through
+    /// a candidate config on the log's own timestamps and report what would change: statuses
+    /// before and after, requests that would now be 401/404/429/503 (or no longer), the keys
+    /// that would be rate limited, per route. Lines that are not access-log lines are skipped;
+    /// malformed access-log lines are reported by line number.
+    Replay {
+        /// The access log, one JSON object per line.
+        #[arg(long)]
+        log: PathBuf,
+        /// The candidate gateway config (the format `aegis run` reads; `${VAR}` from the
+        /// environment).
+        #[arg(long)]
+        config: PathBuf,
+        /// Print one JSON document instead of the summary.
+        #[arg(long)]
+        json: bool,
+        /// How many rate-limited keys to list.
+        #[arg(long, default_value_t = 20)]
+        top: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -103,6 +123,29 @@ fn main() -> ExitCode {
             scenario,
             save,
         } => fuzz(seeds, first, scenario, save),
+        Cmd::Replay {
+            log,
+            config,
+            json,
+            top,
+        } => match aegis_sim::replay::replay_files(&log, &config, top) {
+            Ok(r) => {
+                if json {
+                    print!("{}", r.to_json());
+                } else {
+                    print!("{}", r.to_text());
+                }
+                if r.ok() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(3)
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        },
         Cmd::Check { scenario } => match Scenario::load(&scenario) {
             Ok(s) => {
                 println!(

@@ -1,0 +1,265 @@
+//! `aegis-sim replay` on hand-written access logs (tests/fixtures/*.jsonl): exact counts of
+//! what a candidate config would change, the accounting of skipped and malformed lines, the
+//! synthesised tokens, and exit 1 with a precise message on unreadable input.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use aegis_sim::replay::{ReplayReport, replay_files};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+const FIX: &str = "aegis-sim/tests/fixtures";
+
+/// Runs from the repository root, as a user would (the EdDSA fixture names its key file
+/// relative to it, as `aegis run` reads key files).
+fn sim(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_aegis-sim"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("the aegis-sim binary runs")
+}
+
+fn replay_json(log: &str, config: &str) -> (Vec<u8>, serde_json::Value) {
+    let o = sim(&[
+        "replay",
+        "--log",
+        &format!("{FIX}/{log}"),
+        "--config",
+        &format!("{FIX}/{config}"),
+        "--json",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v = serde_json::from_slice(&o.stdout).expect("--json is JSON");
+    (o.stdout, v)
+}
+
+fn statuses(v: &serde_json::Value) -> BTreeMap<String, u64> {
+    v.as_object()
+        .expect("a status map")
+        .iter()
+        .map(|(k, n)| (k.clone(), n.as_u64().expect("a count")))
+        .collect()
+}
+
+fn map(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
+}
+
+fn lib(log: &str, config: &str) -> ReplayReport {
+    replay_files(
+        &root().join(FIX).join(log),
+        &root().join(FIX).join(config),
+        20,
+    )
+    .expect("replays")
+}
+
+/// 30 requests from one IP to /users, under a config without a limit; the candidate allows 10
+/// per 60 s: the last 20 become 429. /product is untouched, its logged 502 stays a 502.
+#[test]
+fn thirty_requests_and_a_limit_of_ten() {
+    let r = lib("access-30.jsonl", "candidate-max10.toml");
+    assert!(r.ok(), "{:?}", r.invariant_violations);
+    assert_eq!(r.lines, 38);
+    assert_eq!(r.requests, 33);
+    assert_eq!(r.span_ms, 29_000);
+    assert_eq!(r.other_messages, 2, "the startup and drain lines");
+    assert_eq!(r.admin_skipped, 1, "GET /gateway/stats");
+    assert_eq!((r.not_json.count, r.not_json.lines.clone()), (1, vec![15]));
+    assert_eq!(r.malformed.count, 1);
+    assert_eq!(r.malformed.lines[0].line, 28);
+    assert_eq!(r.malformed.lines[0].error, "ts_ms: missing");
+    assert_eq!(r.out_of_order, 0);
+
+    let b: Vec<(u16, u64)> = r.status_before.iter().map(|(k, v)| (*k, *v)).collect();
+    let a: Vec<(u16, u64)> = r.status_after.iter().map(|(k, v)| (*k, *v)).collect();
+    assert_eq!(b, vec![(200, 32), (502, 1)]);
+    assert_eq!(a, vec![(200, 12), (429, 20), (502, 1)]);
+    assert_eq!(r.changed, 20);
+    assert_eq!(r.changes.len(), 1);
+    assert_eq!(
+        (r.changes[0].from, r.changes[0].to, r.changes[0].requests),
+        (200, 429, 20)
+    );
+    let gl: Vec<(u16, u64, u64)> = r
+        .gained_lost
+        .iter()
+        .map(|(c, g)| (*c, g.gained, g.lost))
+        .collect();
+    assert_eq!(
+        gl,
+        vec![(401, 0, 0), (404, 0, 0), (429, 20, 0), (503, 0, 0)]
+    );
+    assert_eq!(r.limited_keys_total, 1);
+    assert_eq!(r.limited_keys[0].key, "/users|ip:203.0.113.7");
+    assert_eq!(r.limited_keys[0].limited, 20);
+    let routes: Vec<(&str, u64, u64)> = r
+        .per_route
+        .iter()
+        .map(|x| (x.route.as_str(), x.requests, x.changed))
+        .collect();
+    assert_eq!(routes, vec![("/users", 30, 20), ("/product", 3, 0)]);
+    // The candidate round-robins /users as the log did, so each admitted request goes where
+    // it went and gets its logged outcome.
+    assert_eq!(r.upstream_outcomes.as_logged, 13);
+    assert_eq!(r.upstream_outcomes.assumed_ok, 0);
+    assert_eq!(r.auth.absent, 33);
+    assert_eq!(r.auth.tokens, "none");
+}
+
+/// The same through the binary: --json carries the same numbers and is byte-identical.
+#[test]
+fn json_is_byte_identical_and_complete() {
+    let (bytes1, v) = replay_json("access-30.jsonl", "candidate-max10.toml");
+    let (bytes2, _) = replay_json("access-30.jsonl", "candidate-max10.toml");
+    assert_eq!(bytes1, bytes2);
+    assert_eq!(
+        statuses(&v["status_before"]),
+        map(&[("200", 32), ("502", 1)])
+    );
+    assert_eq!(
+        statuses(&v["status_after"]),
+        map(&[("200", 12), ("429", 20), ("502", 1)])
+    );
+    assert_eq!(v["changed"], 20);
+    assert_eq!(v["gained_lost"]["429"]["gained"], 20);
+    assert_eq!(v["limited_keys"][0]["key"], "/users|ip:203.0.113.7");
+    assert_eq!(v["malformed"]["lines"][0]["line"], 28);
+    assert_eq!(v["not_json"]["lines"][0], 15);
+    let text = sim(&[
+        "replay",
+        "--log",
+        &format!("{FIX}/access-30.jsonl"),
+        "--config",
+        &format!("{FIX}/candidate-max10.toml"),
+    ]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("    line 28: ts_ms: missing\n"), "{text}");
+    assert!(text.contains("  200 → 429  20\n"), "{text}");
+    assert!(
+        text.contains("  /users|ip:203.0.113.7                    20 × 429\n"),
+        "{text}"
+    );
+}
+
+/// Logged auth outcomes become tokens the candidate's policy verifies: verified users pass
+/// and are limited per user (alice's 3rd and 4th → 429), the rejected and absent stay 401,
+/// /public now authenticating turns its 3 header-less requests into 401 (the 2 that sent a
+/// header are assumed valid), and /health, a 404 before, is routed now.
+fn check_auth(r: &ReplayReport, tokens: &str) {
+    assert!(r.ok(), "{:?}", r.invariant_violations);
+    assert_eq!(r.auth.tokens, tokens);
+    assert_eq!(
+        (
+            r.auth.verified,
+            r.auth.rejected,
+            r.auth.absent,
+            r.auth.unchecked_anonymous
+        ),
+        (6, 1, 5, 2)
+    );
+    let b: Vec<(u16, u64)> = r.status_before.iter().map(|(k, v)| (*k, *v)).collect();
+    let a: Vec<(u16, u64)> = r.status_after.iter().map(|(k, v)| (*k, *v)).collect();
+    assert_eq!(b, vec![(200, 11), (401, 2), (404, 1)]);
+    assert_eq!(a, vec![(200, 7), (401, 5), (429, 2)]);
+    let changes: Vec<(u16, u16, u64)> = r
+        .changes
+        .iter()
+        .map(|c| (c.from, c.to, c.requests))
+        .collect();
+    assert_eq!(changes, vec![(200, 401, 3), (200, 429, 2), (404, 200, 1)]);
+    let gl: Vec<(u16, u64, u64)> = r
+        .gained_lost
+        .iter()
+        .map(|(c, g)| (*c, g.gained, g.lost))
+        .collect();
+    assert_eq!(gl, vec![(401, 3, 0), (404, 0, 1), (429, 2, 0), (503, 0, 0)]);
+    let keys: Vec<(&str, u64)> = r
+        .limited_keys
+        .iter()
+        .map(|k| (k.key.as_str(), k.limited))
+        .collect();
+    assert_eq!(keys, vec![("/users|user:alice", 2)]);
+    let routes: Vec<(&str, u64, u64)> = r
+        .per_route
+        .iter()
+        .map(|x| (x.route.as_str(), x.requests, x.changed))
+        .collect();
+    assert_eq!(
+        routes,
+        vec![("/users", 8, 2), ("/public", 5, 3), ("/health", 1, 1)]
+    );
+    assert_eq!(r.upstream_outcomes.as_logged, 6);
+    assert_eq!(r.upstream_outcomes.assumed_ok, 1, "/health has no history");
+}
+
+#[test]
+fn auth_with_the_candidates_secret() {
+    check_auth(
+        &lib("access-auth.jsonl", "candidate-auth.toml"),
+        "candidate_secret",
+    );
+}
+
+#[test]
+fn auth_with_a_public_key_candidate_uses_a_stand_in_key() {
+    // Key files resolve against the working directory, as for `aegis run`: use the binary.
+    let (_, v) = replay_json("access-auth.jsonl", "candidate-auth-eddsa.toml");
+    assert_eq!(v["auth"]["tokens"], "stand_in_key");
+    assert_eq!(
+        statuses(&v["status_after"]),
+        map(&[("200", 7), ("401", 5), ("429", 2)])
+    );
+    assert_eq!(v["limited_keys"][0]["key"], "/users|user:alice");
+}
+
+#[test]
+fn unreadable_inputs_exit_1_with_a_precise_message() {
+    let log = format!("{FIX}/access-30.jsonl");
+    let cfg = format!("{FIX}/candidate-max10.toml");
+    let cases: [(&str, &str, &str); 4] = [
+        (
+            "no-such.jsonl",
+            &cfg,
+            "error: cannot read the log no-such.jsonl: ",
+        ),
+        (
+            &log,
+            "no-such.toml",
+            "error: cannot read the config no-such.toml: ",
+        ),
+        (
+            &log,
+            "aegis-sim/tests/fixtures/candidate-bad.toml",
+            "error: invalid config aegis-sim/tests/fixtures/candidate-bad.toml: routes[0].targets[1]: \"htp://127.0.0.1:3002\" is not an http URL",
+        ),
+        (
+            &cfg,
+            &cfg,
+            "error: aegis-sim/tests/fixtures/candidate-max10.toml: no access-log lines",
+        ),
+    ];
+    for (log, config, want) in cases {
+        let o = sim(&["replay", "--log", log, "--config", config]);
+        assert_eq!(o.status.code(), Some(1), "{log} {config}");
+        assert!(o.stdout.is_empty());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.starts_with(want), "got {err:?}, want {want:?}");
+    }
+    let usage = sim(&["replay", "--log", &log]);
+    assert_eq!(
+        usage.status.code(),
+        Some(2),
+        "a missing --config is a usage error"
+    );
+}
