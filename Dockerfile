@@ -1,5 +1,4 @@
-# syntax=docker/dockerfile:1
-# The Aegis gateway image: one static-ish `aegis` binary that serves a config (`aegis run`) and
+# The Aegis gateway image: one `aegis` binary that serves a config (`aegis run`) and
 # also plays the fake upstream services (`aegis upstream`) in docker-compose.yml.
 #
 #   docker build -t aegis .
@@ -7,18 +6,23 @@
 #     -v "$PWD/config/aegis.compose.toml:/etc/aegis/aegis.toml:ro" aegis
 
 # ---- build ----------------------------------------------------------------------------------
-FROM rust:1-slim-bookworm AS build
+# Dependencies are compiled in their own layer with cargo-chef: `prepare` reduces the workspace
+# to a recipe (manifests, lock file, stub targets), `cook` builds only the dependencies from it,
+# so that layer is reused until Cargo.toml/Cargo.lock change, also from a registry cache such
+# as the GitHub Actions cache (which BuildKit cache mounts would not be exported to).
+FROM rust:1-slim-bookworm AS chef
+RUN cargo install cargo-chef --locked --version 0.1.78
 WORKDIR /src
-# The whole workspace is copied: `cargo build -p aegis-tokio` still loads every member's
-# manifest and target list. Dependency caching is done with BuildKit cache mounts for the
-# registry and target dir instead of a stub-source layer: it survives source edits, needs no
-# list of stub files to keep in sync with the workspace, and the build-push-action in CI maps it
-# onto the GitHub Actions cache. The binary is copied out of the (unpersisted) cache mount.
+
+FROM chef AS plan
 COPY . .
-RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
-    --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
-    --mount=type=cache,target=/src/target,sharing=locked \
-    cargo build --release --locked -p aegis-tokio --bin aegis \
+RUN cargo chef prepare --recipe-path recipe.json
+
+FROM chef AS build
+COPY --from=plan /src/recipe.json recipe.json
+RUN cargo chef cook --release --locked -p aegis-tokio --bin aegis --recipe-path recipe.json
+COPY . .
+RUN cargo build --release --locked -p aegis-tokio --bin aegis \
     && install -D -m 0755 target/release/aegis /out/aegis
 
 # ---- runtime --------------------------------------------------------------------------------
