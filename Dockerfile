@@ -30,6 +30,9 @@ FROM debian:bookworm-slim AS runtime
 # curl is here only for the HEALTHCHECK: it speaks HTTP properly (status line, --fail on 503,
 # --max-time), costs a few MB, and keeps the check a one-liner. A bash /dev/tcp probe would
 # need no package but hand-parses HTTP; the contract has no `aegis` health subcommand.
+# Not version-pinned (DL3008): bookworm's security updates replace the pinned version and the
+# build would break; the base image tag is what pins the release.
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends curl \
     && rm -rf /var/lib/apt/lists/* \
@@ -41,13 +44,14 @@ COPY --from=build /out/aegis /usr/local/bin/aegis
 # The compose config, so the image runs as is; mount your own at /etc/aegis/aegis.toml.
 COPY config/aegis.compose.toml /etc/aegis/aegis.toml
 
-USER aegis:aegis
+# Numeric, so that runtimes checking runAsNonRoot can tell without /etc/passwd.
+USER 10001:10001
 ENV RUST_LOG=info
 EXPOSE 8000
 # Checks the proxy listener on $PORT (the env override of server.listen's port), default 8000.
 # /gateway/health answers 503 when the Redis store is down and on_store_error = "deny".
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
-    CMD curl -fsS --max-time 2 "http://127.0.0.1:${PORT:-8000}/gateway/health" >/dev/null || exit 1
+    CMD ["sh", "-c", "curl -fsS --max-time 2 http://127.0.0.1:${PORT:-8000}/gateway/health >/dev/null || exit 1"]
 
 # SIGTERM (docker stop) drains in-flight requests within server.drain_timeout, then exits 0;
 # give `docker stop -t` / stop_grace_period at least that long.
