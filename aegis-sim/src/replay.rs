@@ -18,10 +18,13 @@
 //!   (claims, issuer, audience and leeway unchanged): valid tokens pass, bad ones fail, as
 //!   they would have.
 //! * **Upstream outcomes.** A request the candidate sends to the target the log shows gets
-//!   the logged outcome (status, 502 connect error or 504 timeout). Sent elsewhere, it gets its
-//!   own logged outcome on its route. Not forwarded in the log (it was refused), it gets the
-//!   latest outcome logged for the candidate's target, else for its route, else 200. A logged
-//!   duration at or past the candidate's route timeout becomes a timeout.
+//!   the logged outcome (status, 502 connect error or 504 timeout). Sent to another target,
+//!   or refused in the log, it gets the latest outcome logged for the candidate's target up
+//!   to that instant (the target's health then: when a candidate's breaker moves traffic off
+//!   a failing instance, the moved requests get the healthy instance's answers, not the
+//!   failing one's); a target without history yet gives the request's own logged outcome,
+//!   else the route's latest, else 200. A logged duration at or past the candidate's route
+//!   timeout becomes a timeout.
 //! * **Header-keyed limits** count per client IP (the log records no headers), as the
 //!   policy does for requests without the header.
 
@@ -299,11 +302,13 @@ pub struct AuthAccount {
 pub struct OutcomeAccount {
     /// The log shows the same target: its outcome, exactly.
     pub as_logged: u64,
-    /// Forwarded in the log to another target: the logged outcome on its route.
-    pub logged_other_target: u64,
-    /// Refused in the log: the latest outcome logged for the candidate's target.
+    /// Another target, or refused in the log: the latest outcome logged for the candidate's
+    /// target up to that instant (its health then).
     pub target_history: u64,
-    /// ... else the latest logged for its route.
+    /// ... the target has no history yet, and the request was forwarded in the log: its own
+    /// logged outcome.
+    pub logged_other_target: u64,
+    /// ... neither: the latest outcome logged for its route.
     pub route_history: u64,
     /// ... else assumed 200.
     pub assumed_ok: u64,
@@ -481,12 +486,16 @@ pub fn replay(
     let mut ticks: BinaryHeap<std::cmp::Reverse<(u64, usize)>> = BinaryHeap::new();
     let mut seq = 0u64;
 
+    // Delivers completions and breaker ticks due by `until`, in time order; returns the time
+    // of the last one delivered.
     let deliver = |driver: &mut Driver,
                    heap: &mut BinaryHeap<Pending>,
                    ticks: &mut BinaryHeap<std::cmp::Reverse<(u64, usize)>>,
                    in_flight: &[(UpstreamOutcome, u64)],
                    after: &mut [u16],
-                   until: u64| {
+                   until: u64|
+     -> u64 {
+        let mut last = 0;
         loop {
             let next_done = heap.peek().map(|p| p.0.t).filter(|t| *t <= until);
             let next_tick = ticks.peek().map(|r| r.0.0).filter(|t| *t <= until);
@@ -494,6 +503,7 @@ pub fn replay(
                 (Some(d), Some(t)) if t < d => {
                     let std::cmp::Reverse((t, route)) = ticks.pop().expect("peeked");
                     driver.tick(route, Nanos(t));
+                    last = t;
                 }
                 (Some(_), _) => {
                     let Pending(c) = heap.pop().expect("peeked");
@@ -502,15 +512,17 @@ pub fn replay(
                     if let Some((req, status)) = driver.complete(c.slot, outcome, now) {
                         after[req as usize] = status;
                     }
+                    last = c.t;
                 }
                 (None, Some(_)) => {
                     let std::cmp::Reverse((t, route)) = ticks.pop().expect("peeked");
                     driver.tick(route, Nanos(t));
+                    last = t;
                 }
-                (None, None) => break,
+                (None, None) => return last,
             }
             for (t, route) in driver.ticks.drain(..) {
-                ticks.push(std::cmp::Reverse((t, route)));
+                ticks.push(std::cmp::Reverse((t.max(last), route)));
             }
         }
     };
@@ -592,12 +604,12 @@ pub fn replay(
                 let chosen = if let Some(o) = own.filter(|_| r.target.as_deref() == Some(url)) {
                     outcomes.as_logged += 1;
                     o
-                } else if let Some(o) = own {
-                    outcomes.logged_other_target += 1;
-                    o
                 } else if let Some(o) = last_by_target.get(url) {
                     outcomes.target_history += 1;
                     *o
+                } else if let Some(o) = own {
+                    outcomes.logged_other_target += 1;
+                    o
                 } else if let Some(o) = last_by_route
                     .get(route_name)
                     .or_else(|| r.route.as_deref().and_then(|n| last_by_route.get(n)))
@@ -644,7 +656,7 @@ pub fn replay(
             break;
         }
     }
-    deliver(
+    let drained = deliver(
         &mut driver,
         &mut heap,
         &mut ticks,
@@ -652,7 +664,7 @@ pub fn replay(
         &mut after,
         u64::MAX,
     );
-    let end = (last - first).saturating_mul(NS_PER_MS);
+    let end = (last - first).saturating_mul(NS_PER_MS).max(drained);
     if !driver.failed() {
         driver.finish(Nanos(end));
     }
@@ -877,10 +889,10 @@ impl ReplayReport {
         let u = &self.upstream_outcomes;
         let _ = writeln!(
             o,
-            "  upstream outcomes: {} as logged, {} logged on another target, {} from the target's history, {} from the route's, {} assumed 200; {} now time out",
+            "  upstream outcomes: {} as logged, {} from the target's history, {} as logged on another target, {} from the route's history, {} assumed 200; {} now time out",
             u.as_logged,
-            u.logged_other_target,
             u.target_history,
+            u.logged_other_target,
             u.route_history,
             u.assumed_ok,
             u.now_timeouts

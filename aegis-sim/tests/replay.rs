@@ -263,3 +263,63 @@ fn unreadable_inputs_exit_1_with_a_precise_message() {
         "a missing --config is a usage error"
     );
 }
+
+fn pairs(m: &BTreeMap<u16, u64>) -> Vec<(u16, u64)> {
+    m.iter().map(|(k, v)| (*k, *v)).collect()
+}
+
+/// A log in which one of two instances refused every connection (the old breaker never
+/// opened): the candidate opens its circuit after 3 failures, and the requests it moves to
+/// the healthy instance get that instance's answers (its logged history), not the 502s.
+#[test]
+fn a_tighter_breaker_moves_traffic_off_the_failing_instance() {
+    let r = lib("access-failing.jsonl", "candidate-breaker.toml");
+    assert!(r.ok(), "{:?}", r.invariant_violations);
+    assert_eq!(r.other_messages, 1);
+    assert_eq!(pairs(&r.status_before), vec![(200, 10), (502, 10)]);
+    assert_eq!(pairs(&r.status_after), vec![(200, 17), (502, 3)]);
+    assert_eq!(r.changed, 7);
+    let u = &r.upstream_outcomes;
+    assert_eq!((u.as_logged, u.target_history), (13, 7));
+    let tr: Vec<String> = r
+        .transitions
+        .iter()
+        .map(|t| format!("{} {} {}>{}", t.t_ms, t.target, t.from, t.to))
+        .collect();
+    // Virtual time starts at the first ts_ms (request 0 logged 5 ms after it started); the
+    // third 502 is request 5, logged at +501 ms, answered 1 ms later.
+    assert_eq!(
+        tr,
+        vec![
+            "497 http://127.0.0.1:3002 CLOSED>OPEN",
+            "60497 http://127.0.0.1:3002 OPEN>HALF_OPEN",
+        ]
+    );
+}
+
+/// The same log through a candidate that keeps only the failing instance: once its circuit
+/// is open every request is a 503 from the gateway.
+#[test]
+fn no_healthy_target_left_gains_503s() {
+    let r = lib("access-failing.jsonl", "candidate-breaker-one.toml");
+    assert!(r.ok(), "{:?}", r.invariant_violations);
+    assert_eq!(pairs(&r.status_after), vec![(200, 1), (502, 3), (503, 16)]);
+    let changes: Vec<(u16, u16, u64)> = r
+        .changes
+        .iter()
+        .map(|c| (c.from, c.to, c.requests))
+        .collect();
+    assert_eq!(changes, vec![(200, 503, 8), (502, 503, 8), (200, 502, 1)]);
+    assert_eq!(r.gained_lost[&503].gained, 16);
+    let u = &r.upstream_outcomes;
+    // Request 0 (logged on 3001) comes before any history of 3002: its own outcome, 200.
+    assert_eq!(
+        (
+            u.as_logged,
+            u.target_history,
+            u.logged_other_target,
+            u.assumed_ok
+        ),
+        (2, 1, 1, 0)
+    );
+}
