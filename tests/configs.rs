@@ -118,6 +118,12 @@ fn compose_config_targets_are_the_compose_services() {
         }
     }
     assert_eq!(n, 6, "the seed's six upstream instances");
+    // The gateway serves the file this test parsed: config/ is mounted where its command looks.
+    assert!(
+        compose.contains("- ./config:/etc/aegis/config:ro")
+            && compose.contains(r#"["run", "--config", "/etc/aegis/config/aegis.compose.toml"]"#),
+        "docker-compose.yml's gateway does not run config/aegis.compose.toml"
+    );
 }
 
 /// Field names of `struct NAME { ... }` in the config model's source.
