@@ -1,23 +1,13 @@
 //! The access log: one line per request, in the seed's text shape or as JSON (the input of
 //! `aegis-sim replay`). No work is done when the `aegis::access` target is off.
 
-use std::net::SocketAddr;
-
-use http::header::{AUTHORIZATION, HOST};
 use http::request::Parts;
 use tracing::Level;
 
 use crate::proxy::Exchange;
 use crate::runtime::{LogFormat, Runtime, Shared};
 
-pub fn log(
-    shared: &Shared,
-    rt: &Runtime,
-    peer: SocketAddr,
-    parts: &Parts,
-    ex: &Exchange,
-    status: u16,
-) {
+pub fn log(shared: &Shared, rt: &Runtime, parts: &Parts, ex: &Exchange, status: u16) {
     if !tracing::enabled!(target: "aegis::access", Level::INFO) {
         return;
     }
@@ -44,7 +34,7 @@ pub fn log(
             }
         }
         LogFormat::Json => {
-            let auth = if !parts.headers.contains_key(AUTHORIZATION) {
+            let auth = if !ex.has_authorization {
                 "absent"
             } else if ex.auth_rejected {
                 "rejected"
@@ -57,8 +47,8 @@ pub fn log(
                 .uri
                 .authority()
                 .map(|a| a.as_str())
-                .or_else(|| parts.headers.get(HOST).and_then(|h| h.to_str().ok()));
-            let client_ip = rt.policy.client_ip(peer.ip(), &parts.headers);
+                .or_else(|| ex.host.as_ref().and_then(|h| h.to_str().ok()));
+            let client_ip = ex.client_ip.map(|ip| ip.to_string());
             tracing::info!(
                 target: "aegis::access",
                 ts_ms = crate::clock::wall().0,
@@ -70,7 +60,7 @@ pub fn log(
                 target,
                 status,
                 duration_ms = elapsed.as_secs_f64() * 1000.0,
-                client_ip = %client_ip,
+                client_ip = client_ip.as_deref(),
                 user = ex.user.as_ref().and_then(|u| u.to_str().ok()),
                 auth,
                 reason = ex.reason,

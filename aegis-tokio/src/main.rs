@@ -106,9 +106,15 @@ fn main() -> ExitCode {
 }
 
 fn runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime, String> {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = workers {
-        b.worker_threads(n.max(1));
+    // One worker: a current-thread runtime (no work-stealing machinery, no cross-thread
+    // wake-ups). More: the multi-thread scheduler.
+    let mut b = if workers == Some(1) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    if let Some(n) = workers.filter(|n| *n > 1) {
+        b.worker_threads(n);
     }
     b.enable_all()
         .build()

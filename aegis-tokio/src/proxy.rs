@@ -211,7 +211,24 @@ impl Drop for OutcomeGuard<'_> {
 // ---------------------------------------------------------------------------------------------
 // The handler.
 
-/// What the access log needs to know about a request, filled as it goes.
+/// The client end of a connection: its address and, made once per connection, the header
+/// value `X-Forwarded-For` gets.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    ip_header: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr) -> Peer {
+        let ip_header =
+            HeaderValue::from_str(&addr.ip().to_string()).expect("an IP address is a header value");
+        Peer { addr, ip_header }
+    }
+}
+
+/// What the access log needs to know about a request, filled as it goes (the request's
+/// headers move upstream, so what the log reads of them is kept here first).
 #[derive(Debug)]
 pub struct Exchange {
     pub started: Instant,
@@ -221,26 +238,35 @@ pub struct Exchange {
     pub user: Option<HeaderValue>,
     pub reason: &'static str,
     pub auth_rejected: bool,
+    pub has_authorization: bool,
+    pub host: Option<HeaderValue>,
+    /// The rate-limit client IP, worked out only for the JSON log.
+    pub client_ip: Option<std::net::IpAddr>,
 }
 
 /// Serves one request on the proxy listener.
 pub async fn handle(
     shared: Arc<Shared>,
-    peer: SocketAddr,
+    peer: Peer,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let rt = shared.runtime.load_full();
+    let h = req.headers();
     let mut ex = Exchange {
         started: Instant::now(),
-        request_id: request_id(req.headers()),
+        request_id: request_id(h),
         route: None,
         target: None,
         user: None,
         reason: "forwarded",
         auth_rejected: false,
+        has_authorization: h.contains_key(http::header::AUTHORIZATION),
+        host: h.get(HOST).cloned(),
+        client_ip: (shared.log_format == crate::runtime::LogFormat::Json)
+            .then(|| rt.policy.client_ip(peer.addr.ip(), h)),
     };
-    let (parts, body) = req.into_parts();
-    let mut resp = exchange(&shared, &rt, peer, &parts, body, &mut ex).await;
+    let (mut parts, body) = req.into_parts();
+    let mut resp = exchange(&shared, &rt, &peer, &mut parts, body, &mut ex).await;
     resp.headers_mut()
         .insert(X_REQUEST_ID, ex.request_id.clone());
     let status = resp.status().as_u16();
@@ -248,15 +274,15 @@ pub async fn handle(
         Some(r) => rt.routes[r].metrics.response(status),
         None => shared.metrics.unrouted.response(status),
     }
-    access::log(&shared, &rt, peer, &parts, &ex, status);
+    access::log(&shared, &rt, &parts, &ex, status);
     Ok(resp)
 }
 
 async fn exchange(
     shared: &Shared,
     rt: &Runtime,
-    peer: SocketAddr,
-    parts: &http::request::Parts,
+    peer: &Peer,
+    parts: &mut http::request::Parts,
     body: Incoming,
     ex: &mut Exchange,
 ) -> Response<ProxyBody> {
@@ -301,7 +327,7 @@ async fn exchange(
         host,
         path_and_query: pq,
         headers: &parts.headers,
-        peer: peer.ip(),
+        peer: peer.addr.ip(),
     };
     let now = shared.clock.now();
     let ticket = match rt.policy.on_request(&view, now) {
@@ -456,8 +482,8 @@ fn p_route(p: &aegis_policy::Pending) -> usize {
 /// forwarding headers set, the body streamed through the size limit.
 fn upstream_request(
     rt: &Runtime,
-    parts: &http::request::Parts,
-    peer: SocketAddr,
+    parts: &mut http::request::Parts,
+    peer: &Peer,
     fwd: &Forward,
     body: Incoming,
     max_body: Option<u64>,
@@ -465,13 +491,14 @@ fn upstream_request(
 ) -> Result<Request<LimitedBody>, http::Error> {
     let original = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
     let pq = fwd.path_and_query(original);
-    let authority = rt.routes[fwd.route.0].targets[fwd.target()].clone();
+    let (authority, host) = &rt.routes[fwd.route.0].targets[fwd.target()];
     let uri = Uri::builder()
         .scheme(Scheme::HTTP)
         .authority(authority.clone())
         .path_and_query(&*pq)
         .build()?;
-    let mut headers = parts.headers.clone();
+    // The client's headers move upstream (the access log kept what it needs of them).
+    let mut headers = std::mem::take(&mut parts.headers);
     strip_hop_by_hop(&mut headers);
     fwd.apply_request_headers(&mut headers);
     let original_host = parts
@@ -485,10 +512,7 @@ fn upstream_request(
     if let Some(h) = original_host {
         headers.insert(X_FORWARDED_HOST, h);
     }
-    headers.insert(
-        HOST,
-        HeaderValue::from_str(authority.as_str()).expect("an authority is a header value"),
-    );
+    headers.insert(HOST, host.clone());
     append_forwarded_for(&mut headers, peer);
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     headers.insert(X_REQUEST_ID, ex.request_id.clone());
@@ -500,8 +524,12 @@ fn upstream_request(
 }
 
 /// Appends the peer to `X-Forwarded-For` (one comma-joined value).
-fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
-    let ip = peer.ip().to_string();
+fn append_forwarded_for(headers: &mut HeaderMap, peer: &Peer) {
+    if !headers.contains_key(&X_FORWARDED_FOR) {
+        headers.insert(X_FORWARDED_FOR, peer.ip_header.clone());
+        return;
+    }
+    let ip = peer.addr.ip().to_string();
     let mut joined = String::new();
     for v in headers.get_all(&X_FORWARDED_FOR) {
         if let Ok(s) = v.to_str() {

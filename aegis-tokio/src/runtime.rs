@@ -8,6 +8,7 @@ use std::time::Duration;
 use aegis_policy::config::RouteConfig;
 use aegis_policy::{Balancer, Config, ConfigEnv, Policy};
 use arc_swap::ArcSwap;
+use http::HeaderValue;
 use http::uri::Authority;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -40,7 +41,8 @@ pub struct Runtime {
 #[derive(Debug)]
 pub struct RouteRt {
     pub metrics: Arc<RouteMetrics>,
-    pub targets: Vec<Authority>,
+    /// Per target: its authority and the `Host` header sent to it.
+    pub targets: Vec<(Authority, HeaderValue)>,
     pub max_body: Option<u64>,
 }
 
@@ -96,7 +98,15 @@ impl Runtime {
             .iter()
             .map(|r: &RouteConfig| RouteRt {
                 metrics: metrics.route(&r.name),
-                targets: r.targets.iter().map(|t| t.authority.clone()).collect(),
+                targets: r
+                    .targets
+                    .iter()
+                    .map(|t| {
+                        let host = HeaderValue::from_str(t.authority.as_str())
+                            .expect("a validated authority is a header value");
+                        (t.authority.clone(), host)
+                    })
+                    .collect(),
                 max_body: r.max_body_bytes.or(config.server.max_body_bytes),
             })
             .collect();

@@ -96,9 +96,12 @@ pub async fn serve(
     let why = loop {
         tokio::select! {
             r = listener.accept() => match r {
-                Ok((stream, peer)) => {
+                Ok((stream, addr)) => {
                     let shared = shared.clone();
-                    let svc = service_fn(move |req| proxy::handle(shared.clone(), peer, req));
+                    let peer = proxy::Peer::new(addr);
+                    let svc = service_fn(move |req| {
+                        proxy::handle(shared.clone(), peer.clone(), req)
+                    });
                     spawn(&builder, &graceful, stream, svc);
                 }
                 Err(e) => accept_error(e).await,
