@@ -18,13 +18,13 @@
 //!   (claims, issuer, audience and leeway unchanged): valid tokens pass, bad ones fail, as
 //!   they would have.
 //! * **Upstream outcomes.** A request the candidate sends to the target the log shows gets
-//!   the logged outcome (status, 502 connect error or 504 timeout). Sent to another target,
-//!   or refused in the log, it gets the latest outcome logged for the candidate's target up
-//!   to that instant (the target's health then: when a candidate's breaker moves traffic off
-//!   a failing instance, the moved requests get the healthy instance's answers, not the
-//!   failing one's); a target without history yet gives the request's own logged outcome,
-//!   else the route's latest, else 200. A logged duration at or past the candidate's route
-//!   timeout becomes a timeout.
+//!   the logged outcome (status, 502 connect error or 504 timeout), `duration_ms` later.
+//!   Sent to another target: if that target's latest logged outcome at that instant was a
+//!   refused connection or a timeout, it was down, and the request gets that; otherwise the
+//!   request's own logged HTTP answer (instances of a service answer a request alike: a
+//!   `/fail` fails everywhere). A request refused in the log, or whose logged instance was
+//!   down while the candidate's is up, gets the latest HTTP answer logged for the same path,
+//!   else 200. A logged duration at or past the candidate's route timeout becomes a timeout.
 //! * **Header-keyed limits** count per client IP (the log records no headers), as the
 //!   policy does for requests without the header.
 
@@ -302,18 +302,25 @@ pub struct AuthAccount {
 pub struct OutcomeAccount {
     /// The log shows the same target: its outcome, exactly.
     pub as_logged: u64,
-    /// Another target, or refused in the log: the latest outcome logged for the candidate's
-    /// target up to that instant (its health then).
-    pub target_history: u64,
-    /// ... the target has no history yet, and the request was forwarded in the log: its own
-    /// logged outcome.
-    pub logged_other_target: u64,
-    /// ... neither: the latest outcome logged for its route.
-    pub route_history: u64,
-    /// ... else assumed 200.
+    /// Another target (or refused in the log), whose latest logged outcome at that instant
+    /// was a refused connection or a timeout: that target was down, so this again.
+    pub target_down: u64,
+    /// Another target, up: the HTTP answer the request got from the logged one (instances of
+    /// a service answer a request alike).
+    pub answer_from_other_target: u64,
+    /// Refused in the log, or its logged instance was down: the latest HTTP answer logged for
+    /// the same path and query.
+    pub path_history: u64,
+    /// ... none logged: assumed 200.
     pub assumed_ok: u64,
     /// Logged durations at or past the candidate's route timeout, replayed as timeouts.
     pub now_timeouts: u64,
+}
+
+/// An HTTP answer (the service's), as opposed to a refused connection or a timeout (the
+/// instance's health).
+fn is_answer(o: LoggedOutcome) -> bool {
+    matches!(o.outcome, UpstreamOutcome::Status(_))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -476,8 +483,10 @@ pub fn replay(
         ..AuthAccount::default()
     };
     let mut outcomes = OutcomeAccount::default();
+    // The latest logged outcome of each target (its health), and the latest HTTP answer to
+    // each path (the service's answer, whichever instance gave it).
     let mut last_by_target: BTreeMap<&str, LoggedOutcome> = BTreeMap::new();
-    let mut last_by_route: BTreeMap<&str, LoggedOutcome> = BTreeMap::new();
+    let mut last_by_path: BTreeMap<&str, LoggedOutcome> = BTreeMap::new();
     // Status after, by the driver's request id (= position in `order`).
     let mut after: Vec<u16> = vec![0; order.len()];
     let mut after_route: Vec<Option<usize>> = vec![None; order.len()];
@@ -543,8 +552,8 @@ pub fn replay(
         let own = r.logged_outcome();
         if let (Some(o), Some(target)) = (own, r.target.as_deref()) {
             last_by_target.insert(target, o);
-            if let Some(route) = r.route.as_deref() {
-                last_by_route.insert(route, o);
+            if is_answer(o) {
+                last_by_path.insert(r.path.as_str(), o);
             }
         }
 
@@ -600,21 +609,17 @@ pub fn replay(
             } => {
                 after_route[req_id] = Some(route);
                 let url = driver.balancers[route].url(target);
-                let route_name = driver.policy.config().routes[route].name.as_str();
                 let chosen = if let Some(o) = own.filter(|_| r.target.as_deref() == Some(url)) {
                     outcomes.as_logged += 1;
                     o
-                } else if let Some(o) = last_by_target.get(url) {
-                    outcomes.target_history += 1;
+                } else if let Some(o) = last_by_target.get(url).filter(|o| !is_answer(**o)) {
+                    outcomes.target_down += 1;
                     *o
-                } else if let Some(o) = own {
-                    outcomes.logged_other_target += 1;
+                } else if let Some(o) = own.filter(|o| is_answer(*o)) {
+                    outcomes.answer_from_other_target += 1;
                     o
-                } else if let Some(o) = last_by_route
-                    .get(route_name)
-                    .or_else(|| r.route.as_deref().and_then(|n| last_by_route.get(n)))
-                {
-                    outcomes.route_history += 1;
+                } else if let Some(o) = last_by_path.get(r.path.as_str()) {
+                    outcomes.path_history += 1;
                     *o
                 } else {
                     outcomes.assumed_ok += 1;
@@ -889,11 +894,11 @@ impl ReplayReport {
         let u = &self.upstream_outcomes;
         let _ = writeln!(
             o,
-            "  upstream outcomes: {} as logged, {} from the target's history, {} as logged on another target, {} from the route's history, {} assumed 200; {} now time out",
+            "  upstream outcomes: {} as logged, {} to a target that was down, {} answered as on the logged target, {} from the path's history, {} assumed 200; {} now time out",
             u.as_logged,
-            u.target_history,
-            u.logged_other_target,
-            u.route_history,
+            u.target_down,
+            u.answer_from_other_target,
+            u.path_history,
             u.assumed_ok,
             u.now_timeouts
         );

@@ -279,8 +279,10 @@ fn a_tighter_breaker_moves_traffic_off_the_failing_instance() {
     assert_eq!(pairs(&r.status_before), vec![(200, 10), (502, 10)]);
     assert_eq!(pairs(&r.status_after), vec![(200, 17), (502, 3)]);
     assert_eq!(r.changed, 7);
+    // The moved requests were connection failures on 3002; 3001 was up, and no HTTP answer
+    // to their paths is logged: assumed 200.
     let u = &r.upstream_outcomes;
-    assert_eq!((u.as_logged, u.target_history), (13, 7));
+    assert_eq!((u.as_logged, u.assumed_ok), (13, 7));
     let tr: Vec<String> = r
         .transitions
         .iter()
@@ -312,14 +314,74 @@ fn no_healthy_target_left_gains_503s() {
     assert_eq!(changes, vec![(200, 503, 8), (502, 503, 8), (200, 502, 1)]);
     assert_eq!(r.gained_lost[&503].gained, 16);
     let u = &r.upstream_outcomes;
-    // Request 0 (logged on 3001) comes before any history of 3002: its own outcome, 200.
+    // Request 0 (a 200 from 3001) comes before anything is known of 3002: its own answer.
+    // Request 2 (a 200 from 3001) comes after 3002 refused request 1: 3002 is down, 502.
     assert_eq!(
         (
             u.as_logged,
-            u.target_history,
-            u.logged_other_target,
+            u.target_down,
+            u.answer_from_other_target,
             u.assumed_ok
         ),
         (2, 1, 1, 0)
     );
+}
+
+/// A log recorded from the real gateway (`aegis run --log-format json`, three
+/// `aegis upstream`s; curl: 30 × /product, /users without and with a bad token, 6 ×
+/// /users/fail interleaved with /users/N under a valid token, a 404, /gateway/stats) replayed
+/// through the config that recorded it changes nothing: the same targets are picked and the
+/// breaker opens when the gateway's did (its log line says 0.798 s after the first request).
+#[test]
+fn a_recorded_log_through_its_own_config_changes_nothing() {
+    let r = lib("recorded.jsonl", "recorded-old.toml");
+    assert!(r.ok(), "{:?}", r.invariant_violations);
+    assert_eq!(
+        (r.lines, r.requests, r.other_messages, r.admin_skipped),
+        (50, 45, 4, 1)
+    );
+    assert_eq!(r.malformed.count + r.not_json.count, 0);
+    assert_eq!(
+        pairs(&r.status_before),
+        vec![(200, 36), (401, 2), (404, 1), (500, 6)]
+    );
+    assert_eq!(r.status_after, r.status_before);
+    assert_eq!(r.changed, 0);
+    assert_eq!(r.upstream_outcomes.as_logged, 42, "every forward as logged");
+    assert_eq!(
+        (r.auth.verified, r.auth.rejected, r.auth.absent),
+        (12, 1, 32)
+    );
+    let tr: Vec<(u64, &str)> = r.transitions.iter().map(|t| (t.t_ms, t.to)).collect();
+    assert_eq!(tr, vec![(798, "OPEN"), (60_798, "HALF_OPEN")]);
+}
+
+/// The same log through a candidate with a limit on /product and a breaker that opens after
+/// 2 failures: 20 × 429, and the /users/fail requests it moves to the other instance still
+/// fail (their own HTTP answer), so nothing else changes.
+#[test]
+fn a_recorded_log_through_a_candidate() {
+    let r = lib("recorded.jsonl", "candidate-recorded.toml");
+    assert!(r.ok(), "{:?}", r.invariant_violations);
+    assert_eq!(
+        pairs(&r.status_after),
+        vec![(200, 16), (401, 2), (404, 1), (429, 20), (500, 6)]
+    );
+    let changes: Vec<(u16, u16, u64)> = r
+        .changes
+        .iter()
+        .map(|c| (c.from, c.to, c.requests))
+        .collect();
+    assert_eq!(changes, vec![(200, 429, 20)]);
+    assert_eq!(r.limited_keys[0].key, "/product|ip:127.0.0.1");
+    assert_eq!(r.limited_keys[0].limited, 20);
+    assert_eq!(
+        (
+            r.upstream_outcomes.as_logged,
+            r.upstream_outcomes.answer_from_other_target
+        ),
+        (19, 3)
+    );
+    let tr: Vec<(u64, &str)> = r.transitions.iter().map(|t| (t.t_ms, t.to)).collect();
+    assert_eq!(tr, vec![(692, "OPEN"), (60_692, "HALF_OPEN")]);
 }
