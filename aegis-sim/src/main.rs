@@ -69,8 +69,8 @@ enum Cmd {
         /// Print one JSON document instead of the summary.
         #[arg(long)]
         json: bool,
-        /// How many rate-limited keys to list.
-        #[arg(long, default_value_t = 20)]
+        /// How many rate-limited keys, and changed requests, to list.
+        #[arg(long, default_value_t = 10)]
         top: usize,
     },
 }

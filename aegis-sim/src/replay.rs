@@ -330,6 +330,19 @@ pub struct StatusChange {
     pub requests: u64,
 }
 
+/// One request whose status changes, to find it in the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChangedRequest {
+    pub line: usize,
+    /// Since the first request.
+    pub t_ms: u64,
+    pub client_ip: String,
+    pub method: String,
+    pub path: String,
+    pub before: u16,
+    pub after: u16,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct GainedLost {
     /// Requests that get this status now and did not before.
@@ -370,6 +383,8 @@ pub struct ReplayReport {
     pub changed: u64,
     /// Every (before, after) pair that differs, by count then codes.
     pub changes: Vec<StatusChange>,
+    /// The first requests (in time order) whose status changes, up to `--top`.
+    pub first_changed: Vec<ChangedRequest>,
     /// 401, 404, 429 and 503: gained and lost.
     pub gained_lost: BTreeMap<u16, GainedLost>,
     pub per_route: Vec<RouteReplay>,
@@ -386,7 +401,7 @@ pub struct ReplayReport {
 /// Options of a replay.
 #[derive(Debug, Clone)]
 pub struct ReplayOptions {
-    /// How many limited keys to list.
+    /// How many limited keys, and changed requests, to list.
     pub top: usize,
     /// How to name the log and the config in the report.
     pub log_name: String,
@@ -396,7 +411,7 @@ pub struct ReplayOptions {
 impl Default for ReplayOptions {
     fn default() -> Self {
         ReplayOptions {
-            top: 20,
+            top: 10,
             log_name: String::new(),
             config_name: String::new(),
         }
@@ -698,6 +713,7 @@ pub fn replay(
         .collect();
     let no_route = per_route.len() - 1;
     let replayed = driver.counts.requests as usize;
+    let mut first_changed = Vec::new();
     for (req_id, &ri) in order.iter().enumerate().take(replayed) {
         let b = log.records[ri].status;
         let a = after[req_id];
@@ -710,6 +726,18 @@ pub fn replay(
         if a != b {
             pr.changed += 1;
             *changes.entry((b, a)).or_insert(0) += 1;
+            if first_changed.len() < opts.top {
+                let rec = &log.records[ri];
+                first_changed.push(ChangedRequest {
+                    line: rec.line,
+                    t_ms: rec.ts_ms - first,
+                    client_ip: rec.client_ip.to_string(),
+                    method: rec.method.to_string(),
+                    path: rec.path.clone(),
+                    before: b,
+                    after: a,
+                });
+            }
             if let Some(g) = gained_lost.get_mut(&a) {
                 g.gained += 1;
             }
@@ -778,6 +806,7 @@ pub fn replay(
         status_before,
         status_after,
         changes,
+        first_changed,
         gained_lost,
         per_route,
         limited_keys_total,
@@ -928,6 +957,26 @@ impl ReplayReport {
             .map(|(c, g)| format!("{c} +{}/-{}", g.gained, g.lost))
             .collect();
         let _ = writeln!(o, "  gained/lost: {}", gl.join("  "));
+        if !self.first_changed.is_empty() {
+            let _ = writeln!(
+                o,
+                "  first {} changed (log line, time, client, request):",
+                self.first_changed.len()
+            );
+            for c in &self.first_changed {
+                let _ = writeln!(
+                    o,
+                    "    line {:<6} {:>10} {:<15} {} {}  {} → {}",
+                    c.line,
+                    secs(c.t_ms),
+                    c.client_ip,
+                    c.method,
+                    c.path,
+                    c.before,
+                    c.after
+                );
+            }
+        }
         let _ = writeln!(o, "per route (candidate's routing):");
         for r in &self.per_route {
             let _ = writeln!(

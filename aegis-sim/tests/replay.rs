@@ -80,6 +80,13 @@ fn thirty_requests_and_a_limit_of_ten() {
     assert_eq!(r.malformed.lines[0].line, 28);
     assert_eq!(r.malformed.lines[0].error, "ts_ms: missing");
     assert_eq!(r.out_of_order, 0);
+    // The 11th /users request (log line 17, 10 s in) is the first over the limit.
+    let c = &r.first_changed[0];
+    assert_eq!(
+        (c.line, c.t_ms, c.path.as_str(), c.before, c.after),
+        (17, 10_000, "/users?page=10", 200, 429)
+    );
+    assert_eq!(r.first_changed.len(), 20, "lib() lists up to 20");
 
     let b: Vec<(u16, u64)> = r.status_before.iter().map(|(k, v)| (*k, *v)).collect();
     let a: Vec<(u16, u64)> = r.status_after.iter().map(|(k, v)| (*k, *v)).collect();
