@@ -9,6 +9,9 @@ use aegis_tokio::runtime::{ConfigSource, LogFormat};
 use aegis_tokio::{demo, init_logging, server, token, upstream};
 use clap::{Parser, Subcommand, ValueEnum};
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Aegis: an API gateway with JWT auth, rate limits (memory or Redis), round-robin load
 /// balancing and circuit breakers, whose policy also runs in a deterministic simulator.
 #[derive(Debug, Parser)]
