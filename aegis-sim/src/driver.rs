@@ -11,8 +11,8 @@ use std::time::Duration;
 use aegis_policy::config::LimitAlgorithm;
 use aegis_policy::http::header::RETRY_AFTER;
 use aegis_policy::{
-    Balancer, BreakerState, CounterKey, CounterReply, CounterRequest, CounterStore, FixedHasher,
-    Forward, MemoryStore, Nanos, Now, Policy, Reason, Reply, RequestView, Step, StoreError,
+    Attempt, Balancer, BreakerState, CounterKey, CounterReply, CounterRequest, CounterStore,
+    FixedHasher, MemoryStore, Nanos, Now, Policy, Reason, Reply, RequestView, Step, StoreError,
     UnixMillis, UpstreamOutcome, Verdict,
 };
 
@@ -125,11 +125,13 @@ struct Shadow {
     probes: u32,
 }
 
+/// A forward in flight: only what reporting its outcome needs (the `Forward` itself is
+/// large and is dropped once the upstream request is described).
 #[derive(Debug)]
 struct Flight {
     request: u64,
     route: usize,
-    fwd: Forward,
+    attempt: Attempt,
     probe_era: Option<u64>,
 }
 
@@ -151,7 +153,7 @@ pub struct Counts {
 }
 
 /// How the pipeline handled a new request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Handled {
     /// The gateway answered at once.
     Respond {
@@ -167,6 +169,9 @@ pub enum Handled {
         route: usize,
         target: usize,
         timeout: Duration,
+        /// The path and query the upstream receives, when the policy rewrote it
+        /// (normalisation, `strip_prefix`, a target base path); `None`: as the client sent it.
+        upstream_path: Option<String>,
     },
 }
 
@@ -254,14 +259,6 @@ impl Driver {
         !self.violations.is_empty()
     }
 
-    /// The forward behind a slot in flight (for the upstream path it will carry).
-    pub fn forward(&self, slot: u32) -> Option<&Forward> {
-        self.flights
-            .get(slot as usize)
-            .and_then(|f| f.as_ref())
-            .map(|f| &f.fwd)
-    }
-
     /// A new request arrives at `now`.
     pub fn request(&mut self, view: &RequestView<'_>, now: Now) -> Handled {
         let request = self.answered.len() as u64;
@@ -344,10 +341,15 @@ impl Driver {
         self.check_consistent(route, target, now.mono);
         self.counts.per_target[route][target].0 += 1;
         let timeout = fwd.timeout;
+        let original = view.path_and_query;
+        let upstream_path = match fwd.path_and_query(original) {
+            p if *p == *original => None,
+            p => Some(p.into_owned()),
+        };
         let flight = Flight {
             request,
             route,
-            fwd,
+            attempt: fwd.attempt,
             probe_era,
         };
         let slot = match self.free.pop() {
@@ -366,6 +368,7 @@ impl Driver {
             route,
             target,
             timeout,
+            upstream_path,
         }
     }
 
@@ -388,7 +391,7 @@ impl Driver {
         };
         self.free.push(slot);
         let route = flight.route;
-        let target = flight.fwd.target();
+        let target = flight.attempt.target;
         if self.balancers[route].verdict(outcome) == Verdict::Failure {
             self.counts.per_target[route][target].1 += 1;
         }
@@ -398,12 +401,8 @@ impl Driver {
                 s.probes = s.probes.saturating_sub(1);
             }
         }
-        self.policy.on_upstream_result(
-            &mut self.balancers[route],
-            flight.fwd.attempt,
-            outcome,
-            now,
-        );
+        self.policy
+            .on_upstream_result(&mut self.balancers[route], flight.attempt, outcome, now);
         self.drain(route);
         self.check_consistent(route, target, now.mono);
         let (status, label) = match outcome {

@@ -2,7 +2,6 @@
 //! upstreams that answer them (after a latency, or not at all), breaker ticks; everything
 //! ordered by (time, sequence number) so that a seed fixes the whole run.
 
-use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::net::IpAddr;
@@ -54,20 +53,38 @@ impl PartialOrd for Event {
     }
 }
 
+/// The event queue, ordered by (time, push sequence). Client arrivals (one pending event per
+/// load or scripted entry) and everything else (upstream answers, breaker ticks: one per
+/// request in flight) live in two heaps, so the big one sees half the traffic; `pop` takes
+/// the earlier of the two tops, which gives exactly the order of a single heap.
 #[derive(Debug, Default)]
 struct Queue {
-    heap: BinaryHeap<Event>,
+    arrivals: BinaryHeap<Event>,
+    others: BinaryHeap<Event>,
     seq: u64,
 }
 
 impl Queue {
     fn push(&mut self, t: u64, ev: Ev) {
         self.seq += 1;
-        self.heap.push(Event {
+        let e = Event {
             t,
             seq: self.seq,
             ev,
-        });
+        };
+        match ev {
+            Ev::Load(_) | Ev::Script(..) => self.arrivals.push(e),
+            Ev::Done(_) | Ev::Tick(_) => self.others.push(e),
+        }
+    }
+
+    fn pop(&mut self) -> Option<Event> {
+        // `Event`'s order is reversed: the greater is the earlier.
+        match (self.arrivals.peek(), self.others.peek()) {
+            (Some(a), Some(o)) if a < o => self.others.pop(),
+            (Some(_), _) => self.arrivals.pop(),
+            (None, _) => self.others.pop(),
+        }
     }
 }
 
@@ -264,7 +281,7 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
     let mut trace: Vec<TraceLine> = Vec::new();
     let mut last_t = 0u64;
 
-    while let Some(Event { t, ev, .. }) = q.heap.pop() {
+    while let Some(Event { t, ev, .. }) = q.pop() {
         last_t = t;
         let now = Now::virtual_at(Nanos(t), s.wall_start);
         match ev {
@@ -477,16 +494,14 @@ fn send(
             route,
             target,
             timeout,
+            upstream_path,
             ..
         } => {
             let timeout_ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
-            // The path the upstream sees (after strip_prefix / base path): borrowed unless
-            // the policy rewrote it.
-            let up_path: Option<Cow<'_, str>> =
-                driver.forward(slot).map(|f| f.path_and_query(req.path));
+            // The path the upstream sees (after strip_prefix / base path).
             let (outcome, delay) = upstreams[target_up[route][target]].answer(
                 now.mono.0,
-                up_path.as_deref().unwrap_or(req.path),
+                upstream_path.as_deref().unwrap_or(req.path),
                 timeout_ns,
             );
             let slot_i = slot as usize;
