@@ -1059,4 +1059,98 @@ mod tests {
             ]
         );
     }
+
+    /// Random logs (valid lines with every field value, out-of-order times, truncated lines,
+    /// junk bytes, other messages) never panic the parser or the replay, every parsed request
+    /// gets exactly one status after, and the invariants hold.
+    #[test]
+    fn random_logs_replay_without_surprises() {
+        use crate::rng::Rng;
+        let config = Config::from_toml(
+            "[auth]\nsecret = \"s\"\n[breaker]\nfailure_threshold = 2\nopen_for = \"2s\"\n\
+             [[routes]]\npath = \"/a\"\ntargets = [\"http://t1:1\", \"http://t2:1\"]\nauth = true\n\
+             rate_limit = { max = 3, window = \"1s\", key = \"user\" }\ntimeout = \"50ms\"\n\
+             [[routes]]\npath = \"/b\"\ntargets = [\"http://t3:1\"]\n\
+             rate_limit = { max = 5, window = \"2s\", algorithm = \"gcra\" }\n",
+            &aegis_policy::MapEnv::default(),
+        )
+        .expect("valid");
+        for seed in 1..=20u64 {
+            let mut rng = Rng::derive(seed, "replay log");
+            let mut text = Vec::new();
+            let mut ts = 1_800_000_000_000u64;
+            for _ in 0..400 {
+                ts = match rng.below(10) {
+                    0 => ts.saturating_sub(rng.below(50)),
+                    _ => ts + rng.below(40),
+                };
+                let pick =
+                    |rng: &mut Rng, xs: &[&'static str]| xs[rng.below(xs.len() as u64) as usize];
+                let target = pick(
+                    &mut rng,
+                    &[
+                        "\"http://t1:1\"",
+                        "\"http://t2:1\"",
+                        "\"http://t3:1\"",
+                        "null",
+                    ],
+                );
+                let reason = pick(
+                    &mut rng,
+                    &[
+                        "forwarded",
+                        "upstream_error",
+                        "upstream_timeout",
+                        "unauthorized",
+                        "rate_limited",
+                        "no_route",
+                    ],
+                );
+                let line = format!(
+                    "{{\"message\":\"request\",\"ts_ms\":{ts},\"method\":\"{}\",\"path\":\"{}\",\"host\":null,\
+                     \"route\":\"/a\",\"target\":{target},\"status\":{},\"duration_ms\":{}.5,\"client_ip\":\"10.0.0.{}\",\
+                     \"user\":{},\"auth\":\"{}\",\"reason\":\"{reason}\"}}",
+                    pick(&mut rng, &["GET", "POST", "DELETE"]),
+                    pick(
+                        &mut rng,
+                        &["/a", "/a/x?y=1", "/b/fail", "/c", "/a/../b", "//a"]
+                    ),
+                    pick(&mut rng, &["200", "500", "502", "504", "401", "429"]),
+                    rng.below(80),
+                    rng.below(5),
+                    pick(&mut rng, &["null", "\"u1\"", "\"u2\""]),
+                    pick(&mut rng, &["absent", "verified", "rejected", "unchecked"]),
+                );
+                match rng.below(20) {
+                    0 => text.extend_from_slice(&line.as_bytes()[..line.len() / 2]),
+                    1 => text.extend_from_slice(&[0xff, 0xfe, b'{']),
+                    2 => text.extend_from_slice(b"{\"message\":\"reload\"}"),
+                    3 => text.extend_from_slice(line.replace("\"ts_ms\"", "\"ts\"").as_bytes()),
+                    _ => text.extend_from_slice(line.as_bytes()),
+                }
+                text.push(b'\n');
+            }
+            let log = AccessLog::parse(&text);
+            let r = replay(&log, config.clone(), &ReplayOptions::default()).expect("replays");
+            assert!(r.ok(), "seed {seed}: {:?}", r.invariant_violations);
+            assert_eq!(r.requests, log.records.len() as u64, "seed {seed}");
+            assert_eq!(
+                r.status_after.values().sum::<u64>(),
+                r.requests,
+                "seed {seed}"
+            );
+            assert!(
+                !r.status_after.contains_key(&0),
+                "seed {seed}: a request got no status"
+            );
+            assert_eq!(
+                log.records.len()
+                    + log.not_json.len()
+                    + log.malformed.len()
+                    + log.other_messages as usize,
+                400,
+                "seed {seed}: every line accounted for"
+            );
+        }
+    }
 }
