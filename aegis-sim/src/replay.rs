@@ -844,6 +844,15 @@ fn counts(m: &BTreeMap<u16, u64>) -> String {
     }
 }
 
+/// `1 key`, `2 keys`.
+fn plural(n: u64, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
 fn signed(d: i128) -> String {
     if d > 0 {
         format!("+{d}")
@@ -877,10 +886,16 @@ impl ReplayReport {
         );
         let mut skipped = vec![format!("{} lines", self.lines)];
         if self.other_messages > 0 {
-            skipped.push(format!("{} other log lines skipped", self.other_messages));
+            skipped.push(format!(
+                "{} skipped",
+                plural(self.other_messages, "other log line")
+            ));
         }
         if self.admin_skipped > 0 {
-            skipped.push(format!("{} admin requests skipped", self.admin_skipped));
+            skipped.push(format!(
+                "{} skipped",
+                plural(self.admin_skipped, "admin request")
+            ));
         }
         if self.not_json.count > 0 {
             let l: Vec<String> = self.not_json.lines.iter().map(|n| n.to_string()).collect();
@@ -947,7 +962,7 @@ impl ReplayReport {
                 signed(i128::from(a) - i128::from(b))
             );
         }
-        let _ = writeln!(o, "{} requests change status:", self.changed);
+        let _ = writeln!(o, "{} change status:", plural(self.changed, "request"));
         for c in &self.changes {
             let _ = writeln!(o, "  {} → {}  {}", c.from, c.to, c.requests);
         }
@@ -981,7 +996,7 @@ impl ReplayReport {
         for r in &self.per_route {
             let _ = writeln!(
                 o,
-                "  {:<16} {:>7} requests  {}  →  {}  ({} changed)",
+                "  {:<16} {:>7} req  {}  →  {}  ({} changed)",
                 r.route,
                 r.requests,
                 counts(&r.before),
@@ -992,8 +1007,8 @@ impl ReplayReport {
         if self.limited_keys_total > 0 {
             let _ = writeln!(
                 o,
-                "would be rate limited ({} keys; top {}):",
-                self.limited_keys_total,
+                "would be rate limited ({}; top {}):",
+                plural(self.limited_keys_total, "key"),
                 self.limited_keys.len()
             );
             for k in &self.limited_keys {
