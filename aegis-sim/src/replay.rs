@@ -420,28 +420,9 @@ impl Default for ReplayOptions {
 
 const STAND_IN_SECRET: &str = "aegis-sim replay stand-in key for a public-key config";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct Completion {
-    /// Reversed (earliest first) via `Reverse` ordering below.
-    t: u64,
-    seq: u64,
-    slot: u32,
-}
-
-#[derive(Debug, PartialEq, Eq)]
-struct Pending(Completion);
-
-impl Ord for Pending {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (other.0.t, other.0.seq).cmp(&(self.0.t, self.0.seq))
-    }
-}
-
-impl PartialOrd for Pending {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
+/// An upstream answer due at `.0` (virtual ns), pushed `.1`-th, for the flight in slot `.2`;
+/// a min-heap of these delivers answers in time order, ties in push order.
+type Due = std::cmp::Reverse<(u64, u64, u32)>;
 
 /// Replays `log` through `config`.
 pub fn replay(
@@ -506,14 +487,14 @@ pub fn replay(
     let mut after: Vec<u16> = vec![0; order.len()];
     let mut after_route: Vec<Option<usize>> = vec![None; order.len()];
     let mut in_flight: Vec<(UpstreamOutcome, u64)> = Vec::new();
-    let mut heap: BinaryHeap<Pending> = BinaryHeap::new();
+    let mut heap: BinaryHeap<Due> = BinaryHeap::new();
     let mut ticks: BinaryHeap<std::cmp::Reverse<(u64, usize)>> = BinaryHeap::new();
     let mut seq = 0u64;
 
     // Delivers completions and breaker ticks due by `until`, in time order; returns the time
     // of the last one delivered.
     let deliver = |driver: &mut Driver,
-                   heap: &mut BinaryHeap<Pending>,
+                   heap: &mut BinaryHeap<Due>,
                    ticks: &mut BinaryHeap<std::cmp::Reverse<(u64, usize)>>,
                    in_flight: &[(UpstreamOutcome, u64)],
                    after: &mut [u16],
@@ -521,7 +502,7 @@ pub fn replay(
      -> u64 {
         let mut last = 0;
         loop {
-            let next_done = heap.peek().map(|p| p.0.t).filter(|t| *t <= until);
+            let next_done = heap.peek().map(|d| d.0.0).filter(|t| *t <= until);
             let next_tick = ticks.peek().map(|r| r.0.0).filter(|t| *t <= until);
             match (next_done, next_tick) {
                 (Some(d), Some(t)) if t < d => {
@@ -530,13 +511,13 @@ pub fn replay(
                     last = t;
                 }
                 (Some(_), _) => {
-                    let Pending(c) = heap.pop().expect("peeked");
-                    let now = Now::virtual_at(Nanos(c.t), wall0);
-                    let (outcome, _) = in_flight[c.slot as usize];
-                    if let Some((req, status)) = driver.complete(c.slot, outcome, now) {
+                    let std::cmp::Reverse((t, _, slot)) = heap.pop().expect("peeked");
+                    let now = Now::virtual_at(Nanos(t), wall0);
+                    let (outcome, _) = in_flight[slot as usize];
+                    if let Some((req, status)) = driver.complete(slot, outcome, now) {
                         after[req as usize] = status;
                     }
-                    last = c.t;
+                    last = t;
                 }
                 (None, Some(_)) => {
                     let std::cmp::Reverse((t, route)) = ticks.pop().expect("peeked");
@@ -662,11 +643,7 @@ pub fn replay(
                 }
                 in_flight[s] = (outcome, delay);
                 seq += 1;
-                heap.push(Pending(Completion {
-                    t: t.saturating_add(delay),
-                    seq,
-                    slot,
-                }));
+                heap.push(std::cmp::Reverse((t.saturating_add(delay), seq, slot)));
             }
         }
         for (tt, route) in driver.ticks.drain(..) {
