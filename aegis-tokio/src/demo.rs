@@ -81,7 +81,8 @@ auth = true
         products = products.join(", "),
     );
     let token = token::mint(&secret, "test-123", &[], Duration::from_secs(24 * 3600))?;
-    server::serve(ConfigSource::Inline(config), log_format, move |addr| {
+    // One worker: the demo's six upstreams share the main thread.
+    server::serve(ConfigSource::Inline(config), log_format, 1, move |addr| {
         print_walkthrough(addr, &token)
     })
     .await

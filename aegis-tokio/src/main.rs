@@ -47,7 +47,8 @@ enum Cmd {
         /// `aegis-sim replay`).
         #[arg(long, value_enum, default_value = "text")]
         log_format: Format,
-        /// Runtime worker threads (default: one per CPU).
+        /// Worker threads, each with its own listener (SO_REUSEPORT) and upstream pool
+        /// (default: one per CPU).
         #[arg(long)]
         workers: Option<usize>,
     },
@@ -108,20 +109,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime, String> {
-    // One worker: a current-thread runtime (no work-stealing machinery, no cross-thread
-    // wake-ups). More: the multi-thread scheduler.
-    let mut b = if workers == Some(1) {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-    };
-    if let Some(n) = workers.filter(|n| *n > 1) {
-        b.worker_threads(n);
-    }
-    b.enable_all()
+/// The main thread's runtime: signals, reloads, the admin listener (and the demo's upstreams).
+/// Proxy traffic runs on the worker threads `server::serve` starts.
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))
+}
+
+/// `--workers`, or one per CPU.
+fn worker_count(workers: Option<usize>) -> usize {
+    workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 fn run(cmd: Cmd) -> Result<(), String> {
@@ -138,9 +137,10 @@ fn run(cmd: Cmd) -> Result<(), String> {
                 ));
             }
             init_logging(log_format.into());
-            runtime(workers)?.block_on(server::serve(
+            runtime()?.block_on(server::serve(
                 ConfigSource::File(config),
                 log_format.into(),
+                worker_count(workers),
                 |_| {},
             ))
         }
@@ -152,7 +152,7 @@ fn run(cmd: Cmd) -> Result<(), String> {
         } => {
             parse_duration(&open_for).map_err(|e| format!("--open-for: {e}"))?;
             init_logging(log_format.into());
-            runtime(None)?.block_on(demo::run(
+            runtime()?.block_on(demo::run(
                 listen,
                 upstream_port,
                 &open_for,
@@ -182,7 +182,7 @@ fn run(cmd: Cmd) -> Result<(), String> {
             let addr =
                 listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], port.unwrap_or(3000))));
             init_logging(LogFormat::Text);
-            runtime(Some(1))?.block_on(upstream::run(&name, addr))
+            runtime()?.block_on(upstream::run(&name, addr))
         }
     }
 }

@@ -403,7 +403,8 @@ async fn exchange(
         }
     };
     let sent = Instant::now();
-    let result = tokio::time::timeout(fwd.timeout, rt.client.request(upstream_req)).await;
+    let client = crate::runtime::client(rt.policy.config().server.connect_timeout);
+    let result = tokio::time::timeout(fwd.timeout, client.request(upstream_req)).await;
     let metrics = &rt.routes[route].metrics;
     let url = || {
         rt.policy.route(fwd.route).targets[fwd.target()]

@@ -25,7 +25,7 @@ pub type HttpClient = Client<HttpConnector, LimitedBody>;
 /// Idle upstream connections are kept this long for reuse.
 const POOL_IDLE: Duration = Duration::from_secs(90);
 
-/// One config, ready to serve: the policy, a balancer per route, the store and the client.
+/// One config, ready to serve: the policy, a balancer per route and the store.
 /// Immutable once built except for the balancers' and store's interior state.
 #[derive(Debug)]
 pub struct Runtime {
@@ -34,7 +34,6 @@ pub struct Runtime {
     pub balancers: Vec<Arc<Mutex<Balancer>>>,
     pub store: Arc<Store>,
     pub routes: Vec<RouteRt>,
-    pub client: HttpClient,
 }
 
 /// Per-route data the shell needs on the hot path.
@@ -51,7 +50,7 @@ impl Runtime {
     /// stay is kept: a route whose targets and breaker settings are unchanged keeps its very
     /// balancer (so outcomes of requests still in flight land on it); a changed route inherits
     /// the state of every target URL it keeps. The store, and its counters, is kept when its
-    /// settings are unchanged; so is the upstream client and its pool.
+    /// settings are unchanged.
     pub fn build(
         config: Config,
         old: Option<&Runtime>,
@@ -62,14 +61,6 @@ impl Runtime {
                 o.store.clone()
             }
             _ => Arc::new(Store::from_config(&config.rate_limit)?),
-        };
-        let client = match old {
-            Some(o)
-                if o.policy.config().server.connect_timeout == config.server.connect_timeout =>
-            {
-                o.client.clone()
-            }
-            _ => client(config.server.connect_timeout),
         };
         let policy = Policy::new(config).map_err(|e| e.to_string())?;
         let config = policy.config();
@@ -114,13 +105,35 @@ impl Runtime {
             balancers,
             store,
             routes,
-            client,
             policy,
         })
     }
 }
 
-fn client(connect_timeout: Duration) -> HttpClient {
+thread_local! {
+    /// This worker thread's upstream client (its own connection pool, so a pooled connection
+    /// is always driven by the thread that uses it), and the connect timeout it was made with.
+    static CLIENT: std::cell::RefCell<Option<(Duration, HttpClient)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The calling worker's pooled upstream client; made on first use, and again when a reload
+/// changes `server.connect_timeout`.
+pub fn client(connect_timeout: Duration) -> HttpClient {
+    CLIENT.with(|c| {
+        let mut c = c.borrow_mut();
+        match &*c {
+            Some((t, client)) if *t == connect_timeout => client.clone(),
+            _ => {
+                let client = new_client(connect_timeout);
+                *c = Some((connect_timeout, client.clone()));
+                client
+            }
+        }
+    })
+}
+
+fn new_client(connect_timeout: Duration) -> HttpClient {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
