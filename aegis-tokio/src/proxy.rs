@@ -337,7 +337,9 @@ async fn exchange(
             ex.route = Some(p_route(&p));
             let answer = match &*rt.store {
                 Store::Memory(m) => m.apply(p.request()),
-                Store::Redis(r) => r.apply(p.request()).await,
+                // Boxed: the Redis round trip's future is large and rare next to the rest,
+                // and every request's future is moved once into hyper's connection.
+                Store::Redis(r) => Box::pin(r.apply(p.request())).await,
             };
             if answer.is_err() {
                 shared
