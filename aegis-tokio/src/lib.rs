@@ -6,7 +6,7 @@
 //!   TcpListener ─▶ hyper (h1 / h2c auto) ─▶ proxy::handle ─▶ aegis_policy::Policy
 //!                                              │    ▲  counters: store::Store (memory | Redis)
 //!                                              ▼    │
-//!                                   pooled hyper-util client ─▶ upstream
+//!                                   pool (per-worker HTTP/1.1 keep-alive) ─▶ upstream
 //!   SIGHUP ─▶ Runtime::build ─▶ ArcSwap      SIGTERM/SIGINT ─▶ stop accepting, drain
 //! ```
 #![forbid(unsafe_code)]
@@ -18,6 +18,7 @@ pub mod admin;
 pub mod clock;
 pub mod demo;
 pub mod metrics;
+pub mod pool;
 pub mod proxy;
 pub mod redis_store;
 pub mod runtime;

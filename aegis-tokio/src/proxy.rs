@@ -24,11 +24,12 @@ use http::header::{
     CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, PROXY_AUTHORIZATION, TE, TRAILER,
     TRANSFER_ENCODING, UPGRADE,
 };
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use serde_json::json;
 
+use crate::pool::{self, SendError};
 use crate::runtime::{Runtime, Shared, lock};
 use crate::store::Store;
 use crate::{access, admin};
@@ -110,7 +111,7 @@ impl StdError for BodyError {}
 /// The client's request body, streamed upstream frame by frame, cut off past a size limit.
 #[derive(Debug)]
 pub struct LimitedBody {
-    inner: Incoming,
+    inner: Option<Incoming>,
     limit: Option<u64>,
     seen: u64,
 }
@@ -118,8 +119,17 @@ pub struct LimitedBody {
 impl LimitedBody {
     pub fn new(inner: Incoming, limit: Option<u64>) -> LimitedBody {
         LimitedBody {
-            inner,
+            inner: Some(inner),
             limit,
+            seen: 0,
+        }
+    }
+
+    /// No body.
+    pub fn empty() -> LimitedBody {
+        LimitedBody {
+            inner: None,
+            limit: None,
             seen: 0,
         }
     }
@@ -134,7 +144,10 @@ impl Body for LimitedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let Some(inner) = &mut this.inner else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(limit), Some(d)) = (this.limit, frame.data_ref()) {
                     this.seen += d.len() as u64;
@@ -151,11 +164,13 @@ impl Body for LimitedBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }
 
@@ -405,8 +420,13 @@ async fn exchange(
         }
     };
     let sent = Instant::now();
-    let client = crate::runtime::client(rt.policy.config().server.connect_timeout);
-    let result = tokio::time::timeout(fwd.timeout, client.request(upstream_req)).await;
+    let authority = &rt.routes[route].targets[fwd.target()].0;
+    let connect_timeout = rt.policy.config().server.connect_timeout;
+    let result = tokio::time::timeout(
+        fwd.timeout,
+        pool::send(authority, upstream_req, connect_timeout),
+    )
+    .await;
     let metrics = &rt.routes[route].metrics;
     let url = || {
         rt.policy.route(fwd.route).targets[fwd.target()]
@@ -444,18 +464,15 @@ async fn exchange(
             metrics.upstream_latency(sent.elapsed());
             guard.report(UpstreamOutcome::ConnectError);
             ex.reason = "upstream_error";
-            let what = if e.is_connect() {
-                format!(
-                    "could not connect to upstream {}: {}",
-                    url(),
-                    root_cause(&e)
-                )
-            } else {
-                format!(
+            let what = match &e {
+                SendError::Connect(why) => {
+                    format!("could not connect to upstream {}: {why}", url())
+                }
+                SendError::Exchange(_) => format!(
                     "upstream {} failed before responding: {}",
                     url(),
                     root_cause(&e)
-                )
+                ),
             };
             error(StatusCode::BAD_GATEWAY, "bad_gateway", what)
         }
@@ -491,15 +508,12 @@ fn upstream_request(
     body: Incoming,
     max_body: Option<u64>,
     ex: &Exchange,
-) -> Result<Request<LimitedBody>, http::Error> {
+) -> Result<Request<LimitedBody>, http::uri::InvalidUri> {
     let original = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
     let pq = fwd.path_and_query(original);
-    let (authority, host) = &rt.routes[fwd.route.0].targets[fwd.target()];
-    let uri = Uri::builder()
-        .scheme(Scheme::HTTP)
-        .authority(authority.clone())
-        .path_and_query(&*pq)
-        .build()?;
+    let (_, host) = &rt.routes[fwd.route.0].targets[fwd.target()];
+    // Origin form (`/path?query`): the connection already goes to the target.
+    let uri = Uri::try_from(&*pq)?;
     // The client's headers move upstream (the access log kept what it needs of them).
     let mut headers = std::mem::take(&mut parts.headers);
     strip_hop_by_hop(&mut headers);
@@ -600,19 +614,28 @@ fn chain<'a>(
     std::iter::successors(Some(e), |e: &&'a (dyn StdError + 'static)| (*e).source())
 }
 
-fn body_too_large(e: &hyper_util::client::legacy::Error) -> Option<u64> {
+fn body_too_large(e: &SendError) -> Option<u64> {
+    let SendError::Exchange(e) = e else {
+        return None;
+    };
     chain(e).find_map(|e| match e.downcast_ref::<BodyError>() {
         Some(BodyError::TooLarge(n)) => Some(*n),
         _ => None,
     })
 }
 
-fn client_body_failed(e: &hyper_util::client::legacy::Error) -> bool {
+fn client_body_failed(e: &SendError) -> bool {
+    let SendError::Exchange(e) = e else {
+        return false;
+    };
     chain(e).any(|e| matches!(e.downcast_ref::<BodyError>(), Some(BodyError::Client(_))))
 }
 
-fn root_cause(e: &hyper_util::client::legacy::Error) -> String {
-    chain(e).last().map(|e| e.to_string()).unwrap_or_default()
+fn root_cause(e: &SendError) -> String {
+    match e {
+        SendError::Connect(why) => why.clone(),
+        SendError::Exchange(e) => chain(e).last().map(|e| e.to_string()).unwrap_or_default(),
+    }
 }
 
 fn fmt_duration(d: Duration) -> String {

@@ -3,27 +3,16 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use aegis_policy::config::RouteConfig;
 use aegis_policy::{Balancer, Config, ConfigEnv, Policy};
 use arc_swap::ArcSwap;
 use http::HeaderValue;
 use http::uri::Authority;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::clock::Clock;
 use crate::metrics::{Metrics, RouteMetrics};
-use crate::proxy::LimitedBody;
 use crate::store::Store;
-
-/// The pooled upstream client.
-pub type HttpClient = Client<HttpConnector, LimitedBody>;
-
-/// Idle upstream connections are kept this long for reuse.
-const POOL_IDLE: Duration = Duration::from_secs(90);
 
 /// One config, ready to serve: the policy, a balancer per route and the store.
 /// Immutable once built except for the balancers' and store's interior state.
@@ -108,42 +97,6 @@ impl Runtime {
             policy,
         })
     }
-}
-
-thread_local! {
-    /// This worker thread's upstream client (its own connection pool, so a pooled connection
-    /// is always driven by the thread that uses it), and the connect timeout it was made with.
-    static CLIENT: std::cell::RefCell<Option<(Duration, HttpClient)>> =
-        const { std::cell::RefCell::new(None) };
-}
-
-/// The calling worker's pooled upstream client; made on first use, and again when a reload
-/// changes `server.connect_timeout`.
-pub fn client(connect_timeout: Duration) -> HttpClient {
-    CLIENT.with(|c| {
-        let mut c = c.borrow_mut();
-        match &*c {
-            Some((t, client)) if *t == connect_timeout => client.clone(),
-            _ => {
-                let client = new_client(connect_timeout);
-                *c = Some((connect_timeout, client.clone()));
-                client
-            }
-        }
-    })
-}
-
-fn new_client(connect_timeout: Duration) -> HttpClient {
-    let mut http = HttpConnector::new();
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(connect_timeout));
-    http.enforce_http(true);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(POOL_IDLE)
-        .pool_max_idle_per_host(1024)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(http)
 }
 
 /// Locks a balancer; a panic elsewhere while it was held does not wedge it.

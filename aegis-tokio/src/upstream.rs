@@ -2,6 +2,7 @@
 //! tests. It answers JSON naming itself and echoing what it received; the last path segment
 //! `fail` answers 500, `?status=N` answers N, `?sleep_ms=N` waits first, and `?bytes=N`
 //! answers N bytes of `x` instead of JSON (streamed in 64 KiB chunks, for large transfers).
+//! `peerPort` in the JSON is the client port of the connection (to see connection reuse).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -38,7 +39,7 @@ pub async fn run(name: &str, addr: SocketAddr) -> Result<(), String> {
 pub async fn serve(name: Arc<str>, l: TcpListener) {
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
-        let (stream, _) = match l.accept().await {
+        let (stream, peer) = match l.accept().await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!("upstream {name}: accept failed: {e}");
@@ -51,7 +52,7 @@ pub async fn serve(name: Arc<str>, l: TcpListener) {
         let conn = builder
             .serve_connection(
                 TokioIo::new(stream),
-                service_fn(move |req| respond(name.clone(), req)),
+                service_fn(move |req| respond(name.clone(), peer, req)),
             )
             .into_owned();
         tokio::spawn(async move {
@@ -94,7 +95,11 @@ impl Body for Repeat {
     }
 }
 
-async fn respond(name: Arc<str>, req: Request<Incoming>) -> Result<Response<UpBody>, Infallible> {
+async fn respond(
+    name: Arc<str>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<UpBody>, Infallible> {
     let (parts, mut body) = req.into_parts();
     // Count the body as it streams: memory stays flat whatever its size.
     let mut body_bytes: u64 = 0;
@@ -153,6 +158,7 @@ async fn respond(name: Arc<str>, req: Request<Incoming>) -> Result<Response<UpBo
         "requestId": text("x-request-id"),
         "headers": headers,
         "bodyBytes": body_bytes,
+        "peerPort": peer.port(),
     });
     if status == StatusCode::INTERNAL_SERVER_ERROR && last == "fail" {
         v["error"] = json!("simulated failure");

@@ -1,0 +1,56 @@
+//! The upstream connection pool: connections an upstream closes after answering are not
+//! reused (no request fails because of one), and a pooled connection survives between
+//! requests.
+#![allow(clippy::disallowed_methods)] // real time: pauses between requests
+
+use std::io::Write;
+use std::time::Duration;
+
+use aegis_suite::{Gateway, RawUpstream, Upstream};
+
+#[test]
+fn connections_closed_by_the_upstream_are_not_reused() {
+    // Answers as if it kept the connection alive (no `Connection: close`), then closes it.
+    let up = RawUpstream::start(|_head, s| {
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    });
+    let gw = Gateway::start(
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[[routes]]\npath = \"/\"\ntargets = [{:?}]\n",
+            up.url()
+        ),
+        &[],
+    );
+    for i in 0..20 {
+        let r = gw.get("/x", &[]);
+        assert_eq!(r.status, 200, "request {i}: {r:?}");
+        assert_eq!(r.text(), "ok");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(up.requests.try_iter().count(), 20);
+}
+
+#[test]
+fn a_pooled_connection_serves_many_requests() {
+    let up = Upstream::start("svc");
+    let gw = Gateway::start(
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[[routes]]\npath = \"/\"\ntargets = [{:?}]\n",
+            up.url()
+        ),
+        &[],
+    );
+    // The upstream reports the client port it saw: one pooled connection per worker thread at
+    // most, far fewer than requests.
+    let mut ports = std::collections::BTreeSet::new();
+    for _ in 0..30 {
+        let r = gw.get("/echo", &[]);
+        assert_eq!(r.status, 200);
+        ports.insert(r.json()["peerPort"].as_u64().expect("peerPort"));
+    }
+    assert!(
+        ports.len() <= 4,
+        "30 requests used {} upstream connections",
+        ports.len()
+    );
+}
