@@ -275,23 +275,24 @@ impl<S: BuildHasher> CounterStore for MemoryStore<S> {
         if now >= self.next_sweep {
             self.sweep(now);
         }
-        let prev = match self.map.get(&req.key) {
-            Some((state, expires)) if *expires > now => Some(*state),
-            Some(_) => None,
-            None => {
-                if self.map.len() >= self.max_keys {
-                    self.sweep(now);
-                    if self.map.len() >= self.max_keys {
-                        return Err(StoreError(format!(
-                            "in-memory store is full ({} live keys)",
-                            self.max_keys
-                        )));
-                    }
-                }
-                None
+        // A live key is updated in place: one lookup, no key clone.
+        if let Some((state, expires)) = self.map.get_mut(&req.key) {
+            let prev = (*expires > now).then_some(*state);
+            let (reply, ttl) = step(&req.limit, prev, req.now);
+            *state = reply.state;
+            *expires = now.saturating_add(ttl);
+            return Ok(reply);
+        }
+        if self.map.len() >= self.max_keys {
+            self.sweep(now);
+            if self.map.len() >= self.max_keys {
+                return Err(StoreError(format!(
+                    "in-memory store is full ({} live keys)",
+                    self.max_keys
+                )));
             }
-        };
-        let (reply, ttl) = step(&req.limit, prev, req.now);
+        }
+        let (reply, ttl) = step(&req.limit, None, req.now);
         self.map
             .insert(req.key.clone(), (reply.state, now.saturating_add(ttl)));
         Ok(reply)
