@@ -151,3 +151,31 @@ timeout = "30s"
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(state(&gw), "CLOSED");
 }
+
+#[test]
+fn a_chunked_upload_is_forwarded_chunked_and_whole() {
+    let up = Upstream::start("svc");
+    let gw = Gateway::start(
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[[routes]]\npath = \"/\"\ntargets = [{:?}]\n",
+            up.url()
+        ),
+        &[],
+    );
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(
+        b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+          5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    )
+    .unwrap();
+    let mut r = BufReader::new(s);
+    let (status, _) = read_head(&mut r);
+    let mut body = String::new();
+    r.read_to_string(&mut body).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["bodyBytes"], 11, "{body}");
+    assert_eq!(v["headers"]["transfer-encoding"][0], "chunked", "{body}");
+    assert!(v["headers"].get("content-length").is_none(), "{body}");
+}
