@@ -191,6 +191,12 @@ fn seed_walkthrough_circuit_breaker() {
     assert_eq!(opened["failures"], 3);
     let open_url = opened["targetUrl"].as_str().unwrap().to_owned();
     let open_name = seed.name_of(&open_url);
+    let logged = format!("circuit CLOSED → OPEN for {open_url} on route /users [");
+    wait_until(
+        "the transition to be logged",
+        Duration::from_secs(5),
+        || gw.stderr().contains(&logged),
+    );
 
     // The seed's stats shape: path, targetUrl, failures, state for all six targets, in order.
     let stats = gw.stats();

@@ -185,6 +185,8 @@ struct OutcomeGuard<'a> {
     rt: &'a Runtime,
     route: usize,
     attempt: Option<Attempt>,
+    /// For the log line of a breaker transition this outcome causes.
+    request_id: HeaderValue,
 }
 
 impl OutcomeGuard<'_> {
@@ -206,11 +208,12 @@ impl OutcomeGuard<'_> {
                 .collect();
             drop(b);
             let route = &self.rt.policy.config().routes[self.route].name;
+            let id = self.request_id.to_str().unwrap_or("-");
             for (t, url) in transitions.iter().zip(urls) {
                 tracing::warn!(
-                    "circuit {:?} → {:?} for {url} on route {route}",
-                    t.transition.from,
-                    t.transition.to
+                    "circuit {} → {} for {url} on route {route} [{id}]",
+                    t.transition.from.as_str(),
+                    t.transition.to.as_str()
                 );
             }
         }
@@ -405,6 +408,7 @@ async fn exchange(
         rt,
         route,
         attempt: Some(fwd.attempt),
+        request_id: ex.request_id.clone(),
     };
 
     let upstream_req = match upstream_request(rt, parts, peer, &fwd, body, max_body, ex) {

@@ -342,6 +342,14 @@ fn reload(shared: &Shared) {
         if c.server.listen != was.listen || c.server.admin_listen != was.admin_listen {
             tracing::warn!("listen addresses changed in the config: a restart applies them");
         }
+        if c.server.header_read_timeout != was.header_read_timeout
+            || c.server.idle_timeout != was.idle_timeout
+        {
+            tracing::warn!(
+                "server.header_read_timeout / server.idle_timeout changed: connections accepted \
+                 after a restart use them"
+            );
+        }
         Runtime::build(c, Some(&old), &shared.metrics)
     });
     match result {
