@@ -4,8 +4,8 @@
 //! A pooled connection stays in its list while in use: hyper reports it ready again only once
 //! the previous exchange, body included, is over, so a checkout takes the first ready one.
 //! Connections the upstream closed are dropped when seen; connections idle for [`IDLE`] are
-//! closed. A request that finds a pooled connection closed before it was written is sent again
-//! on another one (it never reached the upstream).
+//! closed, and so are idle ones beyond [`MAX_IDLE`]. A request that finds a pooled connection
+//! closed before it was written is sent again on another one (it never reached the upstream).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -24,6 +24,9 @@ use crate::proxy::LimitedBody;
 
 /// An idle pooled connection is closed after this long.
 const IDLE: Duration = Duration::from_secs(90);
+/// Idle connections kept per target per worker; more are closed once idle (a burst may open
+/// more while it lasts).
+const MAX_IDLE: usize = 512;
 /// Pooled connections found closed under one request before a fresh one is made.
 const STALE_RETRIES: usize = 4;
 
@@ -67,6 +70,14 @@ pub async fn send(
             let list = p.get_mut(authority)?;
             let now = Instant::now();
             list.retain(|c| !c.send.is_closed() && now.duration_since(c.last_used) < IDLE);
+            if list.len() > MAX_IDLE {
+                let mut idle = list.iter().filter(|c| c.send.is_ready()).count();
+                list.retain(|c| {
+                    let drop = idle > MAX_IDLE && c.send.is_ready();
+                    idle -= usize::from(drop);
+                    !drop
+                });
+            }
             let c = list.iter_mut().find(|c| c.send.is_ready())?;
             c.last_used = now;
             Some(c.send.try_send_request(req_take(&mut req)))
