@@ -173,3 +173,27 @@ fn http2_cleartext_clients_are_served() {
         }
     });
 }
+
+#[test]
+fn in_flight_and_open_connection_gauges_follow_a_held_request() {
+    let up = Upstream::start("svc");
+    let gw = Gateway::start(&config(&up), &[]);
+    let gauge = |name: &str| -> i64 {
+        let text = get(gw.addr, "/gateway/metrics", &[]).text();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in metrics:\n{text}"))
+    };
+    // The metrics request itself is one request in flight on one connection.
+    assert_eq!(gauge("aegis_requests_in_flight"), 1);
+    let addr = gw.addr;
+    let slow = std::thread::spawn(move || get(addr, "/public/slow?sleep_ms=1500", &[]));
+    wait_for("the held request to count", Duration::from_secs(10), || {
+        (gauge("aegis_requests_in_flight") == 2).then_some(())
+    });
+    assert!(gauge("aegis_connections_open") >= 2);
+    assert_eq!(slow.join().unwrap().status, 200);
+    wait_for("the gauges to come back", Duration::from_secs(10), || {
+        (gauge("aegis_requests_in_flight") == 1).then_some(())
+    });
+}

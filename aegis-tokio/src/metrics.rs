@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -74,6 +74,10 @@ pub struct Metrics {
     pub store_errors: AtomicU64,
     pub reloads: AtomicU64,
     pub reload_failures: AtomicU64,
+    /// Requests being handled now (admin requests included).
+    pub in_flight: AtomicI64,
+    /// Client connections open now.
+    pub connections: AtomicI64,
 }
 
 impl Default for Metrics {
@@ -84,6 +88,8 @@ impl Default for Metrics {
             store_errors: AtomicU64::new(0),
             reloads: AtomicU64::new(0),
             reload_failures: AtomicU64::new(0),
+            in_flight: AtomicI64::new(0),
+            connections: AtomicI64::new(0),
         }
     }
 }
@@ -216,11 +222,19 @@ impl Metrics {
              # HELP aegis_config_reloads_total Config reloads applied (ok) or refused (error).\n\
              # TYPE aegis_config_reloads_total counter\n\
              aegis_config_reloads_total{{result=\"ok\"}} {}\n\
-             aegis_config_reloads_total{{result=\"error\"}} {}\n",
+             aegis_config_reloads_total{{result=\"error\"}} {}\n\
+             # HELP aegis_requests_in_flight Requests being handled now.\n\
+             # TYPE aegis_requests_in_flight gauge\n\
+             aegis_requests_in_flight {}\n\
+             # HELP aegis_connections_open Client connections open now.\n\
+             # TYPE aegis_connections_open gauge\n\
+             aegis_connections_open {}\n",
             self.store_errors.load(Relaxed),
             u8::from(store_healthy),
             self.reloads.load(Relaxed),
             self.reload_failures.load(Relaxed),
+            self.in_flight.load(Relaxed),
+            self.connections.load(Relaxed),
         );
         out
     }
@@ -235,4 +249,21 @@ fn esc(s: &str) -> std::borrow::Cow<'_, str> {
         .replace('"', "\\\"")
         .replace('\n', "\\n")
         .into()
+}
+
+/// Counts one unit in a gauge while it lives (also when its future is dropped midway).
+#[derive(Debug)]
+pub struct GaugeGuard<'a>(&'a AtomicI64);
+
+impl<'a> GaugeGuard<'a> {
+    pub fn enter(g: &'a AtomicI64) -> GaugeGuard<'a> {
+        g.fetch_add(1, Relaxed);
+        GaugeGuard(g)
+    }
+}
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
 }

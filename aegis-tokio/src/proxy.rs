@@ -268,6 +268,7 @@ pub async fn handle(
     peer: Peer,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    let _in_flight = crate::metrics::GaugeGuard::enter(&shared.metrics.in_flight);
     let rt = shared.runtime.load_full();
     let h = req.headers();
     let mut ex = Exchange {

@@ -128,9 +128,9 @@ pub async fn serve(
         tokio::select! {
             r = accept_opt(admin.as_ref()) => match r {
                 Ok((stream, _)) => {
-                    let shared = shared.clone();
-                    let svc = service_fn(move |req| admin_only(shared.clone(), req));
-                    spawn(&builder, &graceful, stream, svc);
+                    let s = shared.clone();
+                    let svc = service_fn(move |req| admin_only(s.clone(), req));
+                    spawn(&shared, &builder, &graceful, stream, svc);
                 }
                 Err(e) => accept_error(e).await,
             },
@@ -210,12 +210,12 @@ fn worker(
             tokio::select! {
                 r = listener.accept() => match r {
                     Ok((stream, addr)) => {
-                        let shared = shared.clone();
+                        let s = shared.clone();
                         let peer = proxy::Peer::new(addr);
                         let svc = service_fn(move |req| {
-                            proxy::handle(shared.clone(), peer.clone(), req)
+                            proxy::handle(s.clone(), peer.clone(), req)
                         });
-                        spawn(&builder, &graceful, stream, svc);
+                        spawn(&shared, &builder, &graceful, stream, svc);
                     }
                     Err(e) => accept_error(e).await,
                 },
@@ -270,6 +270,7 @@ fn connection_builder(server: &aegis_policy::config::ServerConfig) -> auto::Buil
 }
 
 fn spawn<S>(
+    shared: &Arc<Shared>,
     builder: &auto::Builder<TokioExecutor>,
     graceful: &GracefulShutdown,
     stream: TcpStream,
@@ -288,7 +289,9 @@ fn spawn<S>(
         .serve_connection(TokioIo::new(stream), svc)
         .into_owned();
     let conn = graceful.watch(conn);
+    let shared = shared.clone();
     tokio::spawn(async move {
+        let _open = crate::metrics::GaugeGuard::enter(&shared.metrics.connections);
         if let Err(e) = conn.await {
             tracing::debug!("connection closed with an error: {e}");
         }
