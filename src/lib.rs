@@ -549,6 +549,14 @@ fn config_sets_admin_listen(config: &str) -> bool {
         .any(|l| l.trim_start().starts_with("admin_listen"))
 }
 
+/// A config with one catch-all route `/` to `target` on a free port; `extra` is appended to
+/// the route (e.g. `timeout = "300s"`).
+pub fn one_route_config(target: &str, extra: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[[routes]]\npath = \"/\"\ntargets = [{target:?}]\n{extra}\n"
+    )
+}
+
 /// An `aegis upstream --name N --listen 127.0.0.1:0` process; killed by PID on drop.
 #[derive(Debug)]
 pub struct Upstream {

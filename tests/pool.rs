@@ -6,7 +6,7 @@
 use std::io::Write;
 use std::time::Duration;
 
-use aegis_suite::{Gateway, RawUpstream, Upstream};
+use aegis_suite::{Gateway, RawUpstream, Upstream, one_route_config};
 
 #[test]
 fn connections_closed_by_the_upstream_are_not_reused() {
@@ -14,13 +14,7 @@ fn connections_closed_by_the_upstream_are_not_reused() {
     let up = RawUpstream::start(|_head, s| {
         let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
     });
-    let gw = Gateway::start(
-        &format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[[routes]]\npath = \"/\"\ntargets = [{:?}]\n",
-            up.url()
-        ),
-        &[],
-    );
+    let gw = Gateway::start(&one_route_config(&up.url(), ""), &[]);
     for i in 0..20 {
         let r = gw.get("/x", &[]);
         assert_eq!(r.status, 200, "request {i}: {r:?}");
@@ -33,13 +27,7 @@ fn connections_closed_by_the_upstream_are_not_reused() {
 #[test]
 fn a_pooled_connection_serves_many_requests() {
     let up = Upstream::start("svc");
-    let gw = Gateway::start(
-        &format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[[routes]]\npath = \"/\"\ntargets = [{:?}]\n",
-            up.url()
-        ),
-        &[],
-    );
+    let gw = Gateway::start(&one_route_config(&up.url(), ""), &[]);
     // The upstream reports the client port it saw: one pooled connection per worker thread at
     // most, far fewer than requests.
     let mut ports = std::collections::BTreeSet::new();

@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use aegis_suite::{Gateway, Upstream, wait_until};
+use aegis_suite::{Gateway, Upstream, one_route_config, wait_until};
 
 const GIB: u64 = 1 << 30;
 
@@ -47,10 +47,7 @@ fn read_head(r: &mut impl BufRead) -> (u16, Option<u64>) {
 fn one_gib_streams_up_and_down_with_flat_memory() {
     let up = Upstream::start("big");
     let gw = Gateway::start(
-        &format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[[routes]]\npath = \"/\"\ntargets = [{:?}]\ntimeout = \"300s\"\n",
-            up.url()
-        ),
+        &one_route_config(&up.url(), "timeout = \"300s\""),
         &[("RUST_LOG", "warn")],
     );
     let before = peak_rss_kib(gw.pid());
@@ -155,13 +152,7 @@ timeout = "30s"
 #[test]
 fn a_chunked_upload_is_forwarded_chunked_and_whole() {
     let up = Upstream::start("svc");
-    let gw = Gateway::start(
-        &format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[[routes]]\npath = \"/\"\ntargets = [{:?}]\n",
-            up.url()
-        ),
-        &[],
-    );
+    let gw = Gateway::start(&one_route_config(&up.url(), ""), &[]);
     let mut s = TcpStream::connect(gw.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.write_all(
