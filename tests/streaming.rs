@@ -170,3 +170,30 @@ fn a_chunked_upload_is_forwarded_chunked_and_whole() {
     assert_eq!(v["headers"]["transfer-encoding"][0], "chunked", "{body}");
     assert!(v["headers"].get("content-length").is_none(), "{body}");
 }
+
+#[test]
+fn a_slow_uploader_gets_408_and_cannot_open_a_circuit() {
+    let up = Upstream::start("svc");
+    let gw = Gateway::start(
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[breaker]\nfailure_threshold = 1\n{}",
+            one_route_config(&up.url(), "timeout = \"500ms\"")
+                .trim_start_matches("[server]\nlisten = \"127.0.0.1:0\"\n")
+        ),
+        &[],
+    );
+    for _ in 0..3 {
+        // Promises 100 bytes, sends 10, then stalls past the route's timeout.
+        let mut s = TcpStream::connect(gw.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+            .unwrap();
+        let mut r = BufReader::new(s);
+        let (status, _) = read_head(&mut r);
+        assert_eq!(status, 408);
+    }
+    let line = &gw.stats()[0];
+    assert_eq!(line["state"], "CLOSED", "{line}");
+    assert_eq!(line["failures"], 0, "{line}");
+    assert_eq!(gw.get("/after", &[]).status, 200);
+}

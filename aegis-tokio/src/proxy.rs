@@ -13,6 +13,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -114,14 +115,18 @@ pub struct LimitedBody {
     inner: Option<Incoming>,
     limit: Option<u64>,
     seen: u64,
+    /// Set once the client's body has been read to its end (only made for requests that have
+    /// a body): a timeout before then is the client's slowness, not the upstream's.
+    done: Option<Arc<AtomicBool>>,
 }
 
 impl LimitedBody {
-    pub fn new(inner: Incoming, limit: Option<u64>) -> LimitedBody {
+    pub fn new(inner: Incoming, limit: Option<u64>, done: Option<Arc<AtomicBool>>) -> LimitedBody {
         LimitedBody {
             inner: Some(inner),
             limit,
             seen: 0,
+            done,
         }
     }
 
@@ -131,6 +136,7 @@ impl LimitedBody {
             inner: None,
             limit: None,
             seen: 0,
+            done: None,
         }
     }
 }
@@ -158,7 +164,12 @@ impl Body for LimitedBody {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Client(e)))),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                if let Some(d) = &this.done {
+                    d.store(true, Ordering::Relaxed);
+                }
+                Poll::Ready(None)
+            }
             Poll::Pending => Poll::Pending,
         }
     }
@@ -412,7 +423,9 @@ async fn exchange(
         request_id: ex.request_id.clone(),
     };
 
-    let upstream_req = match upstream_request(rt, parts, peer, &fwd, body, max_body, ex) {
+    let body_done = (!body.is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
+    let body = LimitedBody::new(body, max_body, body_done.clone());
+    let upstream_req = match upstream_request(rt, parts, peer, &fwd, body, ex) {
         Ok(r) => r,
         Err(e) => {
             guard.report(UpstreamOutcome::Cancelled);
@@ -481,6 +494,20 @@ async fn exchange(
             };
             error(StatusCode::BAD_GATEWAY, "bad_gateway", what)
         }
+        Err(_) if body_done.is_some_and(|d| !d.load(Ordering::Relaxed)) => {
+            // The client was still sending its body: its slowness, not the upstream's. A slow
+            // uploader must not be able to open a circuit.
+            guard.report(UpstreamOutcome::Cancelled);
+            ex.reason = "client_timeout";
+            error(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the request body did not arrive within {}",
+                    fmt_duration(fwd.timeout)
+                ),
+            )
+        }
         Err(_) => {
             metrics.upstream_latency(sent.elapsed());
             guard.report(UpstreamOutcome::Timeout);
@@ -510,8 +537,7 @@ fn upstream_request(
     parts: &mut http::request::Parts,
     peer: &Peer,
     fwd: &Forward,
-    body: Incoming,
-    max_body: Option<u64>,
+    body: LimitedBody,
     ex: &Exchange,
 ) -> Result<Request<LimitedBody>, http::uri::InvalidUri> {
     let original = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
@@ -538,7 +564,7 @@ fn upstream_request(
     append_forwarded_for(&mut headers, peer);
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     headers.insert(X_REQUEST_ID, ex.request_id.clone());
-    let mut req = Request::new(LimitedBody::new(body, max_body));
+    let mut req = Request::new(body);
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = uri;
     *req.headers_mut() = headers;
