@@ -23,7 +23,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{ALLOW, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::header::{ALLOW, CONTENT_LENGTH, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use serde_json::json;
 
@@ -64,12 +64,19 @@ pub struct RequestView<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reason {
     BadRequest,
+    UriTooLong,
+    HeadersTooLarge,
+    BodyTooLarge,
     NotFound,
     MethodNotAllowed,
     Unauthorized(AuthFailure),
     RateLimited,
     StoreUnavailable,
     NoHealthyTarget,
+    /// No connection to the target, or it broke before a response head (502).
+    UpstreamError,
+    /// No response head within the route's timeout (504).
+    UpstreamTimeout,
 }
 
 impl Reason {
@@ -77,12 +84,17 @@ impl Reason {
     pub fn label(&self) -> &'static str {
         match self {
             Reason::BadRequest => "bad_request",
+            Reason::UriTooLong => "uri_too_long",
+            Reason::HeadersTooLarge => "headers_too_large",
+            Reason::BodyTooLarge => "body_too_large",
             Reason::NotFound => "no_route",
             Reason::MethodNotAllowed => "method_not_allowed",
             Reason::Unauthorized(_) => "unauthorized",
             Reason::RateLimited => "rate_limited",
             Reason::StoreUnavailable => "store_unavailable",
             Reason::NoHealthyTarget => "no_healthy_target",
+            Reason::UpstreamError => "upstream_error",
+            Reason::UpstreamTimeout => "upstream_timeout",
         }
     }
 }
@@ -321,8 +333,32 @@ impl Policy {
         client
     }
 
-    /// Step one: route, authenticate, and ask for a rate-limit counter if the route has one.
+    /// Step one: size limits, route, authenticate, refuse a declared body over the route's
+    /// limit, and ask for a rate-limit counter if the route has one.
     pub fn on_request(&self, req: &RequestView<'_>, now: Now) -> Step {
+        let server = &self.config.server;
+        if req.path_and_query.len() > server.max_uri_bytes {
+            return Step::Respond(Reply::new(
+                StatusCode::URI_TOO_LONG,
+                Reason::UriTooLong,
+                None,
+                json!({"error": "uri_too_long", "message": format!("request URI longer than {} bytes", server.max_uri_bytes)}),
+            ));
+        }
+        // Name, value and the ": " and CRLF around them, as on the wire.
+        let header_bytes: usize = req
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum();
+        if header_bytes > server.max_header_bytes {
+            return Step::Respond(Reply::new(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                Reason::HeadersTooLarge,
+                None,
+                json!({"error": "headers_too_large", "message": format!("request headers larger than {} bytes", server.max_header_bytes)}),
+            ));
+        }
         let (raw_path, query) = split_query(req.path_and_query);
         let path = match normalize(raw_path) {
             Ok(p) => p,
@@ -376,6 +412,17 @@ impl Policy {
         } else {
             None
         };
+
+        let declared = req
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if let (Some(len), Some(max)) = (declared, route.max_body_bytes)
+            && len > max
+        {
+            return Step::Respond(self.body_too_large(id, Some(len)));
+        }
 
         let rewrite = rewrite_path(route, raw_path, &path, query);
         let ticket = Ticket {
@@ -523,6 +570,67 @@ impl Policy {
         now: Now,
     ) {
         balancer.on_result(attempt, outcome, now.mono);
+    }
+
+    /// The client's answer when a forwarded request got no response head: 502 (no connection,
+    /// or it broke first) or 504 (the route's timeout passed). `None` for an upstream status,
+    /// which passes through, and for a cancelled request, which nobody is left to read.
+    /// `detail` is the shell's word on what happened (an OS error), quoted in the message.
+    pub fn upstream_failure(
+        &self,
+        route: RouteId,
+        target: usize,
+        outcome: UpstreamOutcome,
+        detail: &str,
+    ) -> Option<Reply> {
+        let r = &self.config.routes[route.0];
+        let url = &r.targets[target].url;
+        let sep = if detail.is_empty() { "" } else { ": " };
+        let (status, reason, error, message) = match outcome {
+            UpstreamOutcome::ConnectError => (
+                StatusCode::BAD_GATEWAY,
+                Reason::UpstreamError,
+                "bad_gateway",
+                format!("upstream {url} failed before responding{sep}{detail}"),
+            ),
+            UpstreamOutcome::Timeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                Reason::UpstreamTimeout,
+                "gateway_timeout",
+                format!(
+                    "upstream {url} did not respond within {}",
+                    format_duration(r.timeout)
+                ),
+            ),
+            UpstreamOutcome::Status(_) | UpstreamOutcome::Cancelled => return None,
+        };
+        Some(Reply::new(
+            status,
+            reason,
+            Some(route),
+            json!({"error": error, "message": message}),
+        ))
+    }
+
+    /// 413 for a request body over the route's `max_body_size`: declared (`len`) or found
+    /// while it streams (the shell counts the bytes against [`Policy::max_body`]).
+    pub fn body_too_large(&self, route: RouteId, len: Option<u64>) -> Reply {
+        let max = self.config.routes[route.0].max_body_bytes.unwrap_or(0);
+        let message = match len {
+            Some(len) => format!("request body of {len} bytes is over the limit of {max} bytes"),
+            None => format!("request body is over the limit of {max} bytes"),
+        };
+        Reply::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Reason::BodyTooLarge,
+            Some(route),
+            json!({"error": "payload_too_large", "message": message}),
+        )
+    }
+
+    /// The route's request body limit, which the shell enforces as the body streams.
+    pub fn max_body(&self, route: RouteId) -> Option<u64> {
+        self.config.routes[route.0].max_body_bytes
     }
 
     /// The `/gateway/stats` document: one line per (route, target), in config order.

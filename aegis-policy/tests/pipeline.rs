@@ -539,3 +539,73 @@ fn asymmetric_algorithms_and_key_confusion() {
     let err = Config::from_toml(text, &MapEnv::default()).unwrap_err();
     assert_eq!(err.path, "auth.public_key_pem");
 }
+
+#[test]
+fn size_limits_and_upstream_failures_are_policy_answers() {
+    let mut e = engine(
+        r#"
+        [server]
+        max_uri_length = 64
+        max_header_size = "1KiB"
+        [[routes]]
+        path = "/upload"
+        targets = ["http://a:1"]
+        max_body_size = "100B"
+        timeout = "2s"
+        "#,
+    );
+    let none = HeaderMap::new();
+    let long = format!("/upload/{}", "x".repeat(64));
+    let d = e.handle(&get(&long, &none, "10.0.0.1"), at(0));
+    assert_eq!(status(&d), 414);
+
+    let mut big = HeaderMap::new();
+    big.insert("x-big", HeaderValue::from_str(&"b".repeat(1100)).unwrap());
+    let d = e.handle(&get("/upload", &big, "10.0.0.1"), at(0));
+    assert_eq!(status(&d), 431);
+
+    let mut declared = HeaderMap::new();
+    declared.insert(header::CONTENT_LENGTH, HeaderValue::from_static("101"));
+    let d = e.handle(&get("/upload", &declared, "10.0.0.1"), at(0));
+    assert_eq!(status(&d), 413);
+    declared.insert(header::CONTENT_LENGTH, HeaderValue::from_static("100"));
+    let Decision::Forward(fwd) = e.handle(&get("/upload", &declared, "10.0.0.1"), at(0)) else {
+        panic!("a body at the limit is forwarded");
+    };
+    assert_eq!(e.policy.max_body(fwd.route), Some(100));
+
+    let p = &e.policy;
+    let r = p
+        .upstream_failure(
+            fwd.route,
+            fwd.target(),
+            UpstreamOutcome::ConnectError,
+            "refused",
+        )
+        .unwrap();
+    assert_eq!(
+        (r.status, &r.reason),
+        (StatusCode::BAD_GATEWAY, &Reason::UpstreamError)
+    );
+    assert!(
+        r.body.contains("http://a:1") && r.body.contains("refused"),
+        "{}",
+        r.body
+    );
+    let r = p
+        .upstream_failure(fwd.route, fwd.target(), UpstreamOutcome::Timeout, "")
+        .unwrap();
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(r.body.contains("within 2s"), "{}", r.body);
+    for passes in [UpstreamOutcome::Status(500), UpstreamOutcome::Cancelled] {
+        assert_eq!(
+            p.upstream_failure(fwd.route, fwd.target(), passes, ""),
+            None
+        );
+    }
+    assert_eq!(
+        p.body_too_large(fwd.route, None).status,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+    e.on_upstream_result(&fwd, UpstreamOutcome::Status(200), at(1));
+}

@@ -12,8 +12,8 @@ use aegis_policy::config::LimitAlgorithm;
 use aegis_policy::http::header::RETRY_AFTER;
 use aegis_policy::{
     Attempt, Balancer, BreakerState, CounterKey, CounterReply, CounterRequest, CounterStore,
-    FixedHasher, MemoryStore, Nanos, Now, Policy, Reason, Reply, RequestView, Step, StoreError,
-    UnixMillis, UpstreamOutcome, Verdict,
+    FixedHasher, MemoryStore, Nanos, Now, Policy, Reason, Reply, RequestView, RouteId, Step,
+    StoreError, UnixMillis, UpstreamOutcome, Verdict,
 };
 
 use crate::scenario::StoreFault;
@@ -70,7 +70,7 @@ impl CounterStore for FaultyStore {
 }
 
 /// Labels of how requests ended, in report order.
-pub const OUTCOMES: [&str; 10] = [
+pub const OUTCOMES: [&str; 13] = [
     "forwarded",
     "upstream_error",
     "upstream_timeout",
@@ -81,10 +81,15 @@ pub const OUTCOMES: [&str; 10] = [
     "rate_limited",
     "store_unavailable",
     "no_healthy_target",
+    "uri_too_long",
+    "headers_too_large",
+    "body_too_large",
 ];
 
 fn reason_index(r: &Reason) -> usize {
     match r {
+        Reason::UpstreamError => 1,
+        Reason::UpstreamTimeout => 2,
         Reason::BadRequest => 3,
         Reason::NotFound => 4,
         Reason::MethodNotAllowed => 5,
@@ -92,6 +97,9 @@ fn reason_index(r: &Reason) -> usize {
         Reason::RateLimited => 7,
         Reason::StoreUnavailable => 8,
         Reason::NoHealthyTarget => 9,
+        Reason::UriTooLong => 10,
+        Reason::HeadersTooLarge => 11,
+        Reason::BodyTooLarge => 12,
     }
 }
 
@@ -405,15 +413,33 @@ impl Driver {
             .on_upstream_result(&mut self.balancers[route], flight.attempt, outcome, now);
         self.drain(route);
         self.check_consistent(route, target, now.mono);
-        let (status, label) = match outcome {
-            UpstreamOutcome::Status(s) => (s, 0),
-            UpstreamOutcome::ConnectError => (502, 1),
-            UpstreamOutcome::Timeout => (504, 2),
+        // 502/504 are the policy's answer, as in the gateway.
+        let failed = self
+            .policy
+            .upstream_failure(RouteId(route), target, outcome, "");
+        let (status, label) = match (failed, outcome) {
+            (Some(r), _) => (r.status.as_u16(), reason_index(&r.reason)),
+            (None, UpstreamOutcome::Status(s)) => (s, 0),
             // The client is gone; nobody reads this status.
-            UpstreamOutcome::Cancelled => (499, 1),
+            (None, _) => (499, 1),
         };
         self.answer(flight.request, status, label, now.mono);
         Some((flight.request, status))
+    }
+
+    /// Every breaker transition so far, named by route and target URL (t_ms from start).
+    pub fn transition_reports(&self) -> Vec<crate::report::TransitionReport> {
+        let routes = &self.policy.config().routes;
+        self.transitions
+            .iter()
+            .map(|x| crate::report::TransitionReport {
+                t_ms: x.at.as_millis(),
+                route: routes[x.route].name.clone(),
+                target: routes[x.route].targets[x.target].url.clone(),
+                from: x.from.as_str(),
+                to: x.to.as_str(),
+            })
+            .collect()
     }
 
     /// Applies the time-driven transitions of `route` up to `now`.

@@ -36,18 +36,14 @@ pub fn log(shared: &Shared, rt: &Runtime, parts: &Parts, ex: &Exchange, status: 
         LogFormat::Json => {
             let auth = if !ex.has_authorization {
                 "absent"
-            } else if ex.auth_rejected {
+            } else if ex.reason == "unauthorized" {
                 "rejected"
             } else if route.is_some_and(|r| r.auth) && ex.user.is_some() {
                 "verified"
             } else {
                 "unchecked"
             };
-            let host = parts
-                .uri
-                .authority()
-                .map(|a| a.as_str())
-                .or_else(|| ex.host.as_ref().and_then(|h| h.to_str().ok()));
+            let host = ex.host.as_ref().and_then(|h| h.to_str().ok());
             let client_ip = ex.client_ip.map(|ip| ip.to_string());
             tracing::info!(
                 target: "aegis::access",

@@ -22,8 +22,7 @@ use aegis_policy::{
 };
 use bytes::Bytes;
 use http::header::{
-    CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, PROXY_AUTHORIZATION, TE, TRAILER,
-    TRANSFER_ENCODING, UPGRADE,
+    CONNECTION, CONTENT_TYPE, HOST, PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
@@ -266,8 +265,8 @@ pub struct Exchange {
     pub target: Option<usize>,
     pub user: Option<HeaderValue>,
     pub reason: &'static str,
-    pub auth_rejected: bool,
     pub has_authorization: bool,
+    /// The request's host, as routing sees it (authority or `Host`).
     pub host: Option<HeaderValue>,
     /// The rate-limit client IP, worked out only for the JSON log.
     pub client_ip: Option<std::net::IpAddr>,
@@ -289,9 +288,13 @@ pub async fn handle(
         target: None,
         user: None,
         reason: "forwarded",
-        auth_rejected: false,
         has_authorization: h.contains_key(http::header::AUTHORIZATION),
-        host: h.get(HOST).cloned(),
+        // The URI's authority (HTTP/2, absolute form) or the Host header.
+        host: req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            .or_else(|| h.get(HOST).cloned()),
         client_ip: (shared.log_format == crate::runtime::LogFormat::Json)
             .then(|| rt.policy.client_ip(peer.addr.ip(), h)),
     };
@@ -316,45 +319,15 @@ async fn exchange(
     body: Incoming,
     ex: &mut Exchange,
 ) -> Response<ProxyBody> {
-    let server = &rt.policy.config().server;
     let pq = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
-    if pq.len() > server.max_uri_bytes {
-        ex.reason = "uri_too_long";
-        return error(
-            StatusCode::URI_TOO_LONG,
-            "uri_too_long",
-            format!("request URI longer than {} bytes", server.max_uri_bytes),
-        );
-    }
-    let header_bytes: usize = parts
-        .headers
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 4)
-        .sum();
-    if header_bytes > server.max_header_bytes {
-        ex.reason = "headers_too_large";
-        return error(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "headers_too_large",
-            format!(
-                "request headers larger than {} bytes",
-                server.max_header_bytes
-            ),
-        );
-    }
     if shared.admin_on_proxy && pq.starts_with(admin::PREFIX) {
         ex.reason = "admin";
         return admin::handle(shared, rt, parts);
     }
 
-    let host = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| parts.headers.get(HOST).and_then(|h| h.to_str().ok()));
     let view = RequestView {
         method: &parts.method,
-        host,
+        host: ex.host.as_ref().and_then(|h| h.to_str().ok()),
         path_and_query: pq,
         headers: &parts.headers,
         peer: peer.addr.ip(),
@@ -364,7 +337,7 @@ async fn exchange(
         Step::Respond(r) => return reply(r, ex),
         Step::Admit(t) => t,
         Step::Count(p) => {
-            ex.route = Some(p_route(&p));
+            ex.route = Some(p.route().0);
             let answer = match &*rt.store {
                 Store::Memory(m) => m.apply(p.request()),
                 // Boxed: the Redis round trip's future is large and rare next to the rest,
@@ -393,17 +366,7 @@ async fn exchange(
     let route = ticket.route().0;
     ex.route = Some(route);
 
-    let max_body = rt.routes[route].max_body;
-    if let (Some(max), Some(len)) = (max_body, declared_length(&parts.headers))
-        && len > max
-    {
-        ex.reason = "body_too_large";
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("request body of {len} bytes is over the limit of {max} bytes"),
-        );
-    }
+    let max_body = rt.policy.max_body(ticket.route());
 
     // A pick may half-open a breaker; that transition is logged with the outcome's.
     let picked = rt
@@ -446,11 +409,6 @@ async fn exchange(
     )
     .await;
     let metrics = &rt.routes[route].metrics;
-    let url = || {
-        rt.policy.route(fwd.route).targets[fwd.target()]
-            .url
-            .as_str()
-    };
     match result {
         Ok(Ok(resp)) => {
             metrics.upstream_latency(sent.elapsed());
@@ -461,14 +419,9 @@ async fn exchange(
             Response::from_parts(head, ProxyBody::Upstream(body))
         }
         Ok(Err(e)) => {
-            if let Some(limit) = body_too_large(&e) {
+            if body_too_large(&e) {
                 guard.report(UpstreamOutcome::Cancelled);
-                ex.reason = "body_too_large";
-                return error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    format!("request body is over the limit of {limit} bytes"),
-                );
+                return reply(rt.policy.body_too_large(fwd.route, None), ex);
             }
             if client_body_failed(&e) {
                 guard.report(UpstreamOutcome::Cancelled);
@@ -480,19 +433,14 @@ async fn exchange(
                 );
             }
             metrics.upstream_latency(sent.elapsed());
-            guard.report(UpstreamOutcome::ConnectError);
-            ex.reason = "upstream_error";
-            let what = match &e {
-                SendError::Connect(why) => {
-                    format!("could not connect to upstream {}: {why}", url())
-                }
-                SendError::Exchange(_) => format!(
-                    "upstream {} failed before responding: {}",
-                    url(),
-                    root_cause(&e)
-                ),
-            };
-            error(StatusCode::BAD_GATEWAY, "bad_gateway", what)
+            upstream_failed(
+                rt,
+                &fwd,
+                &mut guard,
+                UpstreamOutcome::ConnectError,
+                &detail(&e),
+                ex,
+            )
         }
         Err(_) if body_done.is_some_and(|d| !d.load(Ordering::Relaxed)) => {
             // The client was still sending its body: its slowness, not the upstream's. A slow
@@ -510,24 +458,28 @@ async fn exchange(
         }
         Err(_) => {
             metrics.upstream_latency(sent.elapsed());
-            guard.report(UpstreamOutcome::Timeout);
-            ex.reason = "upstream_timeout";
-            error(
-                StatusCode::GATEWAY_TIMEOUT,
-                "gateway_timeout",
-                format!(
-                    "upstream {} did not respond within {}",
-                    url(),
-                    fmt_duration(fwd.timeout)
-                ),
-            )
+            upstream_failed(rt, &fwd, &mut guard, UpstreamOutcome::Timeout, "", ex)
         }
     }
 }
 
-fn p_route(p: &aegis_policy::Pending) -> usize {
-    // A Count step always belongs to a route; the ticket inside carries it.
-    p.route().0
+/// Reports a failed exchange to the breaker and answers with the policy's 502 or 504.
+fn upstream_failed(
+    rt: &Runtime,
+    fwd: &Forward,
+    guard: &mut OutcomeGuard<'_>,
+    outcome: UpstreamOutcome,
+    detail: &str,
+    ex: &mut Exchange,
+) -> Response<ProxyBody> {
+    guard.report(outcome);
+    match rt
+        .policy
+        .upstream_failure(fwd.route, fwd.target(), outcome, detail)
+    {
+        Some(r) => reply(r, ex),
+        None => error(StatusCode::BAD_GATEWAY, "bad_gateway", detail.to_owned()),
+    }
 }
 
 /// Builds the request sent upstream: same method, headers minus hop-by-hop, the identity and
@@ -549,16 +501,8 @@ fn upstream_request(
     let mut headers = std::mem::take(&mut parts.headers);
     strip_hop_by_hop(&mut headers);
     fwd.apply_request_headers(&mut headers);
-    let original_host = parts
-        .uri
-        .authority()
-        .map(|a| HeaderValue::from_str(a.as_str()))
-        .transpose()
-        .ok()
-        .flatten()
-        .or_else(|| headers.get(HOST).cloned());
-    if let Some(h) = original_host {
-        headers.insert(X_FORWARDED_HOST, h);
+    if let Some(h) = &ex.host {
+        headers.insert(X_FORWARDED_HOST, h.clone());
     }
     headers.insert(HOST, host.clone());
     append_forwarded_for(&mut headers, peer);
@@ -635,24 +579,17 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
     HeaderValue::from_str(s).expect("a uuid is a header value")
 }
 
-fn declared_length(h: &HeaderMap) -> Option<u64> {
-    h.get(CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
-}
-
 fn chain<'a>(
     e: &'a (dyn StdError + 'static),
 ) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
     std::iter::successors(Some(e), |e: &&'a (dyn StdError + 'static)| (*e).source())
 }
 
-fn body_too_large(e: &SendError) -> Option<u64> {
+fn body_too_large(e: &SendError) -> bool {
     let SendError::Exchange(e) = e else {
-        return None;
+        return false;
     };
-    chain(e).find_map(|e| match e.downcast_ref::<BodyError>() {
-        Some(BodyError::TooLarge(n)) => Some(*n),
-        _ => None,
-    })
+    chain(e).any(|e| matches!(e.downcast_ref::<BodyError>(), Some(BodyError::TooLarge(_))))
 }
 
 fn client_body_failed(e: &SendError) -> bool {
@@ -662,9 +599,10 @@ fn client_body_failed(e: &SendError) -> bool {
     chain(e).any(|e| matches!(e.downcast_ref::<BodyError>(), Some(BodyError::Client(_))))
 }
 
-fn root_cause(e: &SendError) -> String {
+/// What went wrong, for the 502's message: the connect error, or the innermost cause.
+fn detail(e: &SendError) -> String {
     match e {
-        SendError::Connect(why) => why.clone(),
+        SendError::Connect(why) => format!("could not connect: {why}"),
         SendError::Exchange(e) => chain(e).last().map(|e| e.to_string()).unwrap_or_default(),
     }
 }
@@ -680,7 +618,6 @@ fn fmt_duration(d: Duration) -> String {
 /// A policy reply as an HTTP response.
 fn reply(r: Reply, ex: &mut Exchange) -> Response<ProxyBody> {
     ex.reason = r.reason.label();
-    ex.auth_rejected = matches!(r.reason, Reason::Unauthorized(_));
     if let Some(id) = r.route {
         ex.route = Some(id.0);
     }

@@ -31,7 +31,6 @@ pub struct RouteRt {
     pub metrics: Arc<RouteMetrics>,
     /// Per target: its authority and the `Host` header sent to it.
     pub targets: Vec<(Authority, HeaderValue)>,
-    pub max_body: Option<u64>,
 }
 
 impl Runtime {
@@ -87,7 +86,6 @@ impl Runtime {
                         (t.authority.clone(), host)
                     })
                     .collect(),
-                max_body: r.max_body_bytes.or(config.server.max_body_bytes),
             })
             .collect();
         Ok(Runtime {
@@ -104,8 +102,8 @@ pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// How access lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How access lines are written (`--log-format text|json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
