@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use aegis_policy::time::parse_duration;
 use aegis_tokio::runtime::{ConfigSource, LogFormat};
 use aegis_tokio::{demo, init_logging, server, token, upstream};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -21,21 +21,6 @@ struct Cli {
     cmd: Cmd,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Format {
-    Text,
-    Json,
-}
-
-impl From<Format> for LogFormat {
-    fn from(f: Format) -> LogFormat {
-        match f {
-            Format::Text => LogFormat::Text,
-            Format::Json => LogFormat::Json,
-        }
-    }
-}
-
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Serve a config file. PORT, REDIS_URL and JWT_SECRET override it; SIGHUP reloads it;
@@ -46,7 +31,7 @@ enum Cmd {
         /// Access log: the seed's text line, or one JSON object per request (for
         /// `aegis-sim replay`).
         #[arg(long, value_enum, default_value = "text")]
-        log_format: Format,
+        log_format: LogFormat,
         /// Worker threads, each with its own listener (SO_REUSEPORT) and upstream pool
         /// (default: one per CPU).
         #[arg(long)]
@@ -64,7 +49,7 @@ enum Cmd {
         #[arg(long, default_value = "60s")]
         open_for: String,
         #[arg(long, value_enum, default_value = "text")]
-        log_format: Format,
+        log_format: LogFormat,
     },
     /// Validate a config file: prints `ok: N routes`, or the error naming the key (exit 1).
     Check {
@@ -136,10 +121,10 @@ fn run(cmd: Cmd) -> Result<(), String> {
                     config.display()
                 ));
             }
-            init_logging(log_format.into());
+            init_logging(log_format);
             runtime()?.block_on(server::serve(
                 ConfigSource::File(config),
-                log_format.into(),
+                log_format,
                 worker_count(workers),
                 |_| {},
             ))
@@ -151,13 +136,8 @@ fn run(cmd: Cmd) -> Result<(), String> {
             log_format,
         } => {
             parse_duration(&open_for).map_err(|e| format!("--open-for: {e}"))?;
-            init_logging(log_format.into());
-            runtime()?.block_on(demo::run(
-                listen,
-                upstream_port,
-                &open_for,
-                log_format.into(),
-            ))
+            init_logging(log_format);
+            runtime()?.block_on(demo::run(listen, upstream_port, &open_for, log_format))
         }
         Cmd::Check { config } => {
             let c = ConfigSource::File(config).load()?;
