@@ -741,17 +741,7 @@ pub fn replay(
     limited.sort_by(|x, y| y.1.cmp(&x.1).then_with(|| x.0.cmp(&y.0)));
     let limited_keys_total = limited.len() as u64;
     limited.truncate(opts.top);
-    let transitions = driver
-        .transitions
-        .iter()
-        .map(|x| TransitionReport {
-            t_ms: x.at.as_millis(),
-            route: config.routes[x.route].name.clone(),
-            target: config.routes[x.route].targets[x.target].url.clone(),
-            from: x.from.as_str(),
-            to: x.to.as_str(),
-        })
-        .collect();
+    let transitions = driver.transition_reports();
     Ok(ReplayReport {
         log: opts.log_name.clone(),
         config: opts.config_name.clone(),
@@ -845,10 +835,7 @@ impl ReplayReport {
 
     /// The `--json` document (pretty, newline-terminated; byte-identical for the same inputs).
     pub fn to_json(&self) -> String {
-        let mut s =
-            serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
-        s.push('\n');
-        s
+        crate::report::pretty_json(self)
     }
 
     pub fn to_text(&self) -> String {

@@ -85,10 +85,7 @@ impl Report {
 
     /// The `--json` document (pretty, newline-terminated).
     pub fn to_json(&self) -> String {
-        let mut s =
-            serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
-        s.push('\n');
-        s
+        pretty_json(self)
     }
 
     /// The readable summary.
@@ -195,4 +192,12 @@ impl Report {
 /// `12.345s`, from milliseconds, with integer arithmetic.
 pub fn secs(ms: u64) -> String {
     format!("{}.{:03}s", ms / 1000, ms % 1000)
+}
+
+/// A `--json` document: pretty, newline-terminated, byte-identical for equal values.
+pub(crate) fn pretty_json<T: Serialize>(v: &T) -> String {
+    let mut s =
+        serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+    s.push('\n');
+    s
 }

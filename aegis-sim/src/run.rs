@@ -10,7 +10,7 @@ use aegis_policy::http::{HeaderMap, Method};
 use aegis_policy::{BreakerState, Nanos, Now, Policy, RequestView, UpstreamOutcome};
 
 use crate::driver::{Driver, FaultyStore, Handled, OUTCOMES};
-use crate::report::{LimitedKey, Report, TargetReport, TraceLine, TransitionReport};
+use crate::report::{LimitedKey, Report, TargetReport, TraceLine};
 use crate::rng::Rng;
 use crate::scenario::{Down, FaultKind, Latency, Scenario, ScenarioError, TokenKind, UpstreamSpec};
 use crate::tokens::Minter;
@@ -557,17 +557,7 @@ fn build_report(
             });
         }
     }
-    let transitions = driver
-        .transitions
-        .iter()
-        .map(|x| TransitionReport {
-            t_ms: x.at.as_millis(),
-            route: config.routes[x.route].name.clone(),
-            target: config.routes[x.route].targets[x.target].url.clone(),
-            from: x.from.as_str(),
-            to: x.to.as_str(),
-        })
-        .collect();
+    let transitions = driver.transition_reports();
     let mut limited: Vec<(&aegis_policy::CounterKey, u64)> =
         driver.limited.iter().map(|(k, v)| (k, *v)).collect();
     limited.sort();
