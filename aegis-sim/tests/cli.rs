@@ -2,20 +2,10 @@
 //! and seed, `fuzz --seeds 200` passes, and a bad scenario file exits 1 with an error that
 //! names the key.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn sim(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_aegis-sim"))
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("the aegis-sim binary runs")
-}
+mod common;
+use common::{root, sim};
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()

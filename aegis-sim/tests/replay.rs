@@ -3,26 +3,13 @@
 //! synthesised tokens, and exit 1 with a precise message on unreadable input.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use aegis_sim::replay::{ReplayReport, replay_files};
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 const FIX: &str = "aegis-sim/tests/fixtures";
 
-/// Runs from the repository root, as a user would (the EdDSA fixture names its key file
-/// relative to it, as `aegis run` reads key files).
-fn sim(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_aegis-sim"))
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("the aegis-sim binary runs")
-}
+mod common;
+use common::{root, sim};
 
 fn replay_json(log: &str, config: &str) -> (Vec<u8>, serde_json::Value) {
     let o = sim(&[
