@@ -4,11 +4,11 @@
 //! the probe timeout).
 #![allow(clippy::disallowed_methods)] // real time: deadlines
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use aegis_suite::{Gateway, Upstream, one_route_config, wait_until};
+use aegis_suite::{Gateway, Upstream, one_route_config, raw_exchange, read_response, wait_until};
 
 const GIB: u64 = 1 << 30;
 
@@ -20,27 +20,6 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmHWM in /proc status")
-}
-
-/// Reads a response head; returns the status and the Content-Length.
-fn read_head(r: &mut impl BufRead) -> (u16, Option<u64>) {
-    let mut line = String::new();
-    r.read_line(&mut line).unwrap();
-    let status = line.split(' ').nth(1).unwrap().parse().unwrap();
-    let mut len = None;
-    loop {
-        line.clear();
-        r.read_line(&mut line).unwrap();
-        let l = line.trim_end();
-        if l.is_empty() {
-            return (status, len);
-        }
-        if let Some((k, v)) = l.split_once(':')
-            && k.eq_ignore_ascii_case("content-length")
-        {
-            len = v.trim().parse().ok();
-        }
-    }
 }
 
 #[test]
@@ -64,13 +43,9 @@ fn one_gib_streams_up_and_down_with_flat_memory() {
     for _ in 0..(GIB >> 20) {
         s.write_all(&chunk).unwrap();
     }
-    let mut r = BufReader::new(s);
-    let (status, _) = read_head(&mut r);
-    let mut body = String::new();
-    r.read_to_string(&mut body).unwrap();
-    assert_eq!(status, 200, "{body}");
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(v["bodyBytes"], GIB, "{body}");
+    let r = read_response(&mut s, false).unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["bodyBytes"], GIB, "{r:?}");
 
     // Download: 1 GiB from the upstream, Content-Length kept.
     let mut s = TcpStream::connect(gw.addr).unwrap();
@@ -80,10 +55,17 @@ fn one_gib_streams_up_and_down_with_flat_memory() {
         "GET /download?bytes={GIB} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
-    let mut r = BufReader::with_capacity(1 << 20, s);
-    let (status, len) = read_head(&mut r);
-    assert_eq!((status, len), (200, Some(GIB)));
-    let got = std::io::copy(&mut r, &mut std::io::sink()).unwrap();
+    // The head only: the body stays on the socket and is counted, not kept.
+    let r = read_response(&mut s, true).unwrap();
+    let len = r
+        .header("content-length")
+        .and_then(|v| v.parse::<u64>().ok());
+    assert_eq!((r.status, len), (200, Some(GIB)));
+    let got = std::io::copy(
+        &mut BufReader::with_capacity(1 << 20, s),
+        &mut std::io::sink(),
+    )
+    .unwrap();
     assert_eq!(got, GIB);
 
     let after = peak_rss_kib(gw.pid());
@@ -153,22 +135,18 @@ timeout = "30s"
 fn a_chunked_upload_is_forwarded_chunked_and_whole() {
     let up = Upstream::start("svc");
     let gw = Gateway::start(&one_route_config(&up.url(), ""), &[]);
-    let mut s = TcpStream::connect(gw.addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(
+    let r = raw_exchange(
+        gw.addr,
         b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
           5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+        false,
     )
     .unwrap();
-    let mut r = BufReader::new(s);
-    let (status, _) = read_head(&mut r);
-    let mut body = String::new();
-    r.read_to_string(&mut body).unwrap();
-    assert_eq!(status, 200, "{body}");
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(v["bodyBytes"], 11, "{body}");
-    assert_eq!(v["headers"]["transfer-encoding"][0], "chunked", "{body}");
-    assert!(v["headers"].get("content-length").is_none(), "{body}");
+    assert_eq!(r.status, 200, "{r:?}");
+    let v = r.json();
+    assert_eq!(v["bodyBytes"], 11, "{v}");
+    assert_eq!(v["headers"]["transfer-encoding"][0], "chunked", "{v}");
+    assert!(v["headers"].get("content-length").is_none(), "{v}");
 }
 
 #[test]
@@ -184,13 +162,13 @@ fn a_slow_uploader_gets_408_and_cannot_open_a_circuit() {
     );
     for _ in 0..3 {
         // Promises 100 bytes, sends 10, then stalls past the route's timeout.
-        let mut s = TcpStream::connect(gw.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.write_all(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
-            .unwrap();
-        let mut r = BufReader::new(s);
-        let (status, _) = read_head(&mut r);
-        assert_eq!(status, 408);
+        let r = raw_exchange(
+            gw.addr,
+            b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789",
+            false,
+        )
+        .unwrap();
+        assert_eq!(r.status, 408, "{r:?}");
     }
     let line = &gw.stats()[0];
     assert_eq!(line["state"], "CLOSED", "{line}");
