@@ -448,6 +448,136 @@ fn chunked_response_reaches_http_1_1_and_1_0_clients() {
         "Transfer-Encoding sent to an HTTP/1.0 client: {r:?}"
     );
     assert_eq!(lossy(&r.body), lossy(CHUNKED_BODY));
+    c.expect_closed(false);
+}
+
+/// Chunk sizes 1..=9000 bytes, cycling, so chunk boundaries fall everywhere in read buffers.
+fn odd_chunks(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let (mut at, mut size) = (0, 1);
+    while at < body.len() {
+        let n = size.min(body.len() - at);
+        // Upper- and lower-case hex, and an extension on every third chunk.
+        if size % 3 == 0 {
+            out.extend_from_slice(format!("{n:X};i={size}\r\n").as_bytes());
+        } else {
+            out.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+        }
+        out.extend_from_slice(&body[at..at + n]);
+        out.extend_from_slice(b"\r\n");
+        at += n;
+        size = size * 7 % 9001;
+    }
+    out.extend_from_slice(b"0\r\n\r\n");
+    out
+}
+
+#[test]
+fn large_chunked_bodies_with_odd_chunk_sizes_pass_both_ways() {
+    let down = arbitrary_bytes(1 << 20, 3);
+    let chunked_down = odd_chunks(&down);
+    let up = ScriptUpstream::start(move |c| {
+        while let Some(g) = c.request() {
+            // The request body's length, then the 1 MiB response body, chunked.
+            let mut r = format!(
+                "HTTP/1.1 200 OK\r\nX-Got: {}\r\nTransfer-Encoding: chunked\r\n\r\n",
+                g.body.len()
+            )
+            .into_bytes();
+            r.extend_from_slice(&chunked_down);
+            for piece in r.chunks(6007) {
+                c.send(piece);
+            }
+        }
+    });
+    let gw = gateway(&up.url());
+    let upload = arbitrary_bytes(1 << 20, 4);
+    let mut msg = b"POST /both HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    msg.extend_from_slice(&odd_chunks(&upload));
+    let mut c = Client::connect(gw.addr);
+    for round in 0..2 {
+        let mut w = c.w.try_clone().unwrap();
+        let to_send = msg.clone();
+        let writer = thread::spawn(move || w.write_all(&to_send));
+        let r = c.response(false);
+        writer.join().unwrap().expect("write the chunked upload");
+        let len = upload.len().to_string();
+        assert_eq!(
+            (r.status, r.header("x-got")),
+            (200, Some(&*len)),
+            "round {round}"
+        );
+        assert_eq!(r.body.len(), down.len(), "round {round}");
+        assert!(r.body == down, "round {round}: the response body differs");
+        let g = up.next();
+        assert!(g.body == upload, "round {round}: the request body differs");
+    }
+}
+
+#[test]
+fn request_written_one_byte_at_a_time_is_parsed() {
+    let up = ScriptUpstream::start(echo);
+    let gw = gateway(&up.url());
+    let mut c = Client::connect(gw.addr);
+    let msgs: [&[u8]; 2] = [
+        b"POST /slow?a=1 HTTP/1.1\r\nHost: x\r\nX-Long: abcdefghijklmnopqrstuvwxyz\r\nContent-Length: 5\r\n\r\nslow!",
+        b"PUT /slow2 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3;e=1\r\nabc\r\n2\r\nde\r\n0\r\nT: 1\r\n\r\n",
+    ];
+    let want = [
+        echo_body("POST /slow?a=1 HTTP/1.1", b"slow!"),
+        echo_body("PUT /slow2 HTTP/1.1", b"abcde"),
+    ];
+    for (msg, want) in msgs.iter().zip(want) {
+        for b in msg.iter() {
+            c.send(std::slice::from_ref(b));
+        }
+        let r = c.response(false);
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(lossy(&r.body), lossy(&want));
+        let g = up.next();
+        assert_eq!(
+            g.header("x-long").is_some(),
+            msg.starts_with(b"POST"),
+            "{}",
+            g.head
+        );
+    }
+}
+
+#[test]
+fn upstream_connection_close_and_http_1_0_responses_are_not_reused() {
+    // Every answer says the connection ends (`Connection: close`, or an HTTP/1.0 status line
+    // without keep-alive); the upstream then keeps reading: a request that arrives anyway is
+    // recorded (and never answered).
+    let up = ScriptUpstream::start(|c| {
+        if let Some(g) = c.request() {
+            let body = format!("{} on connection {}", g.line, g.conn);
+            let head = if g.conn % 2 == 0 {
+                "HTTP/1.1 200 OK\r\nConnection: close"
+            } else {
+                "HTTP/1.0 200 OK"
+            };
+            c.send(format!("{head}\r\nContent-Length: {}\r\n\r\n{body}", body.len()).as_bytes());
+            let _ = c.request();
+        }
+    });
+    let gw = gateway(&up.url());
+    let mut c = Client::connect(gw.addr);
+    for i in 0..4 {
+        c.send(format!("GET /n{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+        let r = c.response(false);
+        assert_eq!(
+            (r.status, r.text()),
+            (200, format!("GET /n{i} HTTP/1.1 on connection {i}")),
+            "{r:?}"
+        );
+    }
+    let conns: Vec<usize> = up.got.try_iter().map(|g| g.conn).collect();
+    assert_eq!(
+        conns,
+        [0, 1, 2, 3],
+        "a request went on a connection the upstream ended"
+    );
 }
 
 #[test]
@@ -687,7 +817,7 @@ fn malformed_requests_are_400_and_never_forwarded() {
 /// (`linger`: shut down its side, then read and drop the rest until the gateway is done, as
 /// RFC 9112 §9.6 asks of a server closing early) or at once, with the body unread (the kernel
 /// then answers the gateway's next bytes with a reset). The client must get the 413.
-fn early_answer_reaches_the_client(linger: bool) {
+fn early_answer_reaches_the_client(linger: bool, attempts: usize) {
     const LEN: usize = 5 << 20;
     let up = ScriptUpstream::start(move |c| {
         if c.head_only().is_none() {
@@ -709,38 +839,49 @@ fn early_answer_reaches_the_client(linger: bool) {
         }
     });
     let gw = gateway(&up.url());
-    let mut c = Client::connect(gw.addr);
-    c.send(format!("POST /big HTTP/1.1\r\nHost: x\r\nContent-Length: {LEN}\r\n\r\n").as_bytes());
-    let mut w = c.w.try_clone().unwrap();
-    // The body goes on a thread; the gateway may stop reading it (the write then fails or
-    // times out: either is fine).
-    let writer = thread::spawn(move || {
-        let chunk = vec![b'z'; 64 * 1024];
-        for _ in 0..LEN / chunk.len() {
-            if w.write_all(&chunk).is_err() {
-                break;
+    // The outcome can depend on which the gateway sees first, the 413 or the failed write:
+    // several attempts, each on a new connection.
+    for attempt in 0..attempts {
+        let mut c = Client::connect(gw.addr);
+        c.send(
+            format!("POST /big HTTP/1.1\r\nHost: x\r\nContent-Length: {LEN}\r\n\r\n").as_bytes(),
+        );
+        let mut w = c.w.try_clone().unwrap();
+        // The body goes on a thread; the gateway may stop reading it (the write then fails or
+        // times out: either is fine).
+        let writer = thread::spawn(move || {
+            let chunk = vec![b'z'; 64 * 1024];
+            for _ in 0..LEN / chunk.len() {
+                if w.write_all(&chunk).is_err() {
+                    break;
+                }
             }
-        }
-    });
-    let r = c.response(false);
-    assert_eq!((r.status, r.text()), (413, "too big!".to_owned()), "{r:?}");
-    assert_eq!(up.next().line, "POST /big HTTP/1.1");
-    let _ = c.w.shutdown(Shutdown::Both);
-    writer.join().unwrap();
+        });
+        let r = c.response(false);
+        assert_eq!(
+            (r.status, r.text()),
+            (413, "too big!".to_owned()),
+            "attempt {attempt}"
+        );
+        assert_eq!(up.next().line, "POST /big HTTP/1.1");
+        let _ = c.w.shutdown(Shutdown::Both);
+        writer.join().unwrap();
+    }
 }
 
 #[test]
 fn upstream_answering_before_the_body_is_in_reaches_the_client() {
-    early_answer_reaches_the_client(true);
+    early_answer_reaches_the_client(true, 3);
 }
 
 #[test]
 // The 413 is in the gateway's socket buffer before the reset: a plain socket client that
-// writes until the reset and only then reads still gets it on Linux. The gateway drops it.
-#[ignore = "bug: the gateway answers 502 (connection reset) instead of the 413 the upstream \
-            sent before resetting the connection under the unsent body"]
+// writes until the reset and only then reads still gets it on Linux. The current gateway
+// loses it about half the time (one attempt failed 17 runs in 30).
+#[ignore = "bug: the gateway often answers 502 (connection reset) instead of the 413 the \
+            upstream sent before resetting the connection under the unsent body"]
 fn upstream_answering_early_then_resetting_reaches_the_client() {
-    early_answer_reaches_the_client(false);
+    early_answer_reaches_the_client(false, 10);
 }
 
 #[test]
