@@ -1063,3 +1063,140 @@ fn bodies_and_bodiless_requests_alternate_on_one_connection() {
     }
     assert_eq!(up.got.try_iter().count(), 12);
 }
+
+#[test]
+fn large_heads_pass_both_ways() {
+    let value = "v".repeat(20_000);
+    let sent = value.clone();
+    let up = ScriptUpstream::start(move |c| {
+        while let Some(g) = c.request() {
+            let mut h = String::from("HTTP/1.1 200 OK\r\n");
+            for i in 0..60 {
+                h.push_str(&format!("X-Resp-{i}: {i}\r\n"));
+            }
+            let got = g.header("x-big").map_or(0, str::len);
+            let many = (0..60)
+                .filter(|i| g.header(&format!("x-req-{i}")) == Some(&*i.to_string()))
+                .count();
+            h.push_str(&format!(
+                "X-Big: {sent}\r\nX-Got: {got} {many}\r\nContent-Length: 2\r\n\r\nok"
+            ));
+            c.send(h.as_bytes());
+        }
+    });
+    let gw = gateway(&up.url());
+    let mut c = Client::connect(gw.addr);
+    let mut req = String::from("GET /heads HTTP/1.1\r\nHost: x\r\n");
+    for i in 0..60 {
+        req.push_str(&format!("X-Req-{i}: {i}\r\n"));
+    }
+    req.push_str(&format!("X-Big: {value}\r\n\r\n"));
+    for round in 0..2 {
+        c.send(req.as_bytes());
+        let r = c.response(false);
+        assert_eq!(
+            (r.status, r.text()),
+            (200, "ok".to_owned()),
+            "round {round}"
+        );
+        // The upstream saw the 20 kB value and all 60 small headers.
+        assert_eq!(r.header("x-got"), Some("20000 60"), "round {round}");
+        assert_eq!(r.header("x-big"), Some(&*value), "round {round}");
+        let resp_headers = (0..60)
+            .filter(|i| r.header(&format!("x-resp-{i}")) == Some(&*i.to_string()))
+            .count();
+        assert_eq!(resp_headers, 60, "round {round}");
+    }
+}
+
+#[test]
+fn upstream_interim_responses_are_not_taken_for_the_final_one() {
+    let up = ScriptUpstream::start(|c| {
+        while c.request().is_some() {
+            c.send(
+                b"HTTP/1.1 100 Continue\r\n\r\n\
+                  HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n\
+                  HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal",
+            );
+        }
+    });
+    let gw = gateway(&up.url());
+    let mut c = Client::connect(gw.addr);
+    for i in 0..2 {
+        c.send(b"POST /interim HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi");
+        // Forwarding the 1xx or not are both correct; the final response must follow.
+        let r = c.response(false);
+        assert_eq!(
+            (r.status, r.text()),
+            (200, "final".to_owned()),
+            "{i}: {r:?}"
+        );
+    }
+}
+
+#[test]
+fn a_gateway_error_keeps_the_client_connection() {
+    let up = ScriptUpstream::start(|c| {
+        while let Some(g) = c.request() {
+            if g.line.starts_with("GET /bad ") {
+                // Not HTTP: the gateway answers 502 and drops this upstream connection.
+                c.send(b"garbage\r\n\r\n");
+                return;
+            }
+            c.send(&ok(&echo_body(&g.line, &g.body)));
+        }
+    });
+    let gw = gateway(&up.url());
+    let mut c = Client::connect(gw.addr);
+    for i in 0..2 {
+        c.send(b"GET /bad HTTP/1.1\r\nHost: x\r\n\r\n");
+        let r = c.response(false);
+        assert_eq!(r.status, 502, "{i}: {r:?}");
+        c.send(b"GET /good HTTP/1.1\r\nHost: x\r\n\r\n");
+        let r = c.response(false);
+        assert_eq!(r.status, 200, "{i}: {r:?}");
+        assert_eq!(lossy(&r.body), lossy(&echo_body("GET /good HTTP/1.1", b"")));
+    }
+}
+
+// RFC 9112 §6.3: Transfer-Encoding overrides Content-Length, and an intermediary that forwards
+// such a message must first remove the Content-Length. The current gateway forwards the
+// upstream's `Content-Length: 5` beside the 10-byte chunked body: the client gets `01234` and
+// the connection is left out of step.
+#[test]
+#[ignore = "bug: an upstream response with Content-Length and Transfer-Encoding reaches the \
+            client with that Content-Length and its body cut to it"]
+fn upstream_response_with_content_length_and_chunked_is_framed_by_chunked() {
+    let up = ScriptUpstream::start(|c| {
+        while c.request().is_some() {
+            c.send(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n\
+                  a\r\n0123456789\r\n0\r\n\r\n",
+            );
+        }
+    });
+    let gw = gateway(&up.url());
+    let mut c = Client::connect(gw.addr);
+    c.send(b"GET /both HTTP/1.1\r\nHost: x\r\n\r\n");
+    let r = c.response(false);
+    // Refusing the message (502) is also correct.
+    if r.status == 502 {
+        return;
+    }
+    assert_eq!(
+        (r.status, r.text()),
+        (200, "0123456789".to_owned()),
+        "{r:?}"
+    );
+    assert!(
+        r.header("content-length").is_none_or(|v| v == "10"),
+        "{r:?}"
+    );
+    c.send(b"GET /again HTTP/1.1\r\nHost: x\r\n\r\n");
+    let r = c.response(false);
+    assert_eq!(
+        (r.status, r.text()),
+        (200, "0123456789".to_owned()),
+        "{r:?}"
+    );
+}
