@@ -2,7 +2,10 @@
 //! gateway: pipelining, chunked and Content-Length bodies both ways, close-delimited responses,
 //! HEAD, 204 and 304, `Expect: 100-continue`, connection close and keep-alive, malformed
 //! requests, an upstream that answers before the body is in, header and status fidelity,
-//! method and request-target fidelity, and a pooled upstream connection closed while idle.
+//! method and request-target fidelity, and a pooled upstream connection closed while idle;
+//! then odd chunk sizes, a request trickled byte by byte, upstream connections that end,
+//! large heads, upstream 1xx, a 502 on a kept connection, and Content-Length beside
+//! Transfer-Encoding on either side (request smuggling, response framing).
 //!
 //! The regression net for the gateway's HTTP/1.1 code: every test asserts exact statuses,
 //! bodies and request lines, and every socket read is bounded by [`TIMEOUT`].
@@ -39,7 +42,7 @@ fn status_of(head: &[u8]) -> u16 {
         .unwrap_or_else(|| panic!("no status code in {:?}", lossy(head)))
 }
 
-/// A deterministic byte string covering all 256 values (xorshift), CR and LF included.
+/// Deterministic pseudo-random bytes (xorshift): NUL, CR and LF among them.
 fn arbitrary_bytes(n: usize, mut seed: u64) -> Vec<u8> {
     (0..n)
         .map(|_| {
@@ -449,135 +452,6 @@ fn chunked_response_reaches_http_1_1_and_1_0_clients() {
     );
     assert_eq!(lossy(&r.body), lossy(CHUNKED_BODY));
     c.expect_closed(false);
-}
-
-/// Chunk sizes 1..=9000 bytes, cycling, so chunk boundaries fall everywhere in read buffers.
-fn odd_chunks(body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let (mut at, mut size) = (0, 1);
-    while at < body.len() {
-        let n = size.min(body.len() - at);
-        // Upper- and lower-case hex, and an extension on every third chunk.
-        if size % 3 == 0 {
-            out.extend_from_slice(format!("{n:X};i={size}\r\n").as_bytes());
-        } else {
-            out.extend_from_slice(format!("{n:x}\r\n").as_bytes());
-        }
-        out.extend_from_slice(&body[at..at + n]);
-        out.extend_from_slice(b"\r\n");
-        at += n;
-        size = size * 7 % 9001;
-    }
-    out.extend_from_slice(b"0\r\n\r\n");
-    out
-}
-
-#[test]
-fn large_chunked_bodies_with_odd_chunk_sizes_pass_both_ways() {
-    let down = arbitrary_bytes(1 << 20, 3);
-    let chunked_down = odd_chunks(&down);
-    let up = ScriptUpstream::start(move |c| {
-        while let Some(g) = c.request() {
-            // The request body's length, then the 1 MiB response body, chunked.
-            let mut r = format!(
-                "HTTP/1.1 200 OK\r\nX-Got: {}\r\nTransfer-Encoding: chunked\r\n\r\n",
-                g.body.len()
-            )
-            .into_bytes();
-            r.extend_from_slice(&chunked_down);
-            for piece in r.chunks(6007) {
-                c.send(piece);
-            }
-        }
-    });
-    let gw = gateway(&up.url());
-    let upload = arbitrary_bytes(1 << 20, 4);
-    let mut msg = b"POST /both HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
-    msg.extend_from_slice(&odd_chunks(&upload));
-    let mut c = Client::connect(gw.addr);
-    for round in 0..2 {
-        let mut w = c.w.try_clone().unwrap();
-        let to_send = msg.clone();
-        let writer = thread::spawn(move || w.write_all(&to_send));
-        let r = c.response(false);
-        writer.join().unwrap().expect("write the chunked upload");
-        let len = upload.len().to_string();
-        assert_eq!(
-            (r.status, r.header("x-got")),
-            (200, Some(&*len)),
-            "round {round}"
-        );
-        assert_eq!(r.body.len(), down.len(), "round {round}");
-        assert!(r.body == down, "round {round}: the response body differs");
-        let g = up.next();
-        assert!(g.body == upload, "round {round}: the request body differs");
-    }
-}
-
-#[test]
-fn request_written_one_byte_at_a_time_is_parsed() {
-    let up = ScriptUpstream::start(echo);
-    let gw = gateway(&up.url());
-    let mut c = Client::connect(gw.addr);
-    let msgs: [&[u8]; 2] = [
-        b"POST /slow?a=1 HTTP/1.1\r\nHost: x\r\nX-Long: abcdefghijklmnopqrstuvwxyz\r\nContent-Length: 5\r\n\r\nslow!",
-        b"PUT /slow2 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3;e=1\r\nabc\r\n2\r\nde\r\n0\r\nT: 1\r\n\r\n",
-    ];
-    let want = [
-        echo_body("POST /slow?a=1 HTTP/1.1", b"slow!"),
-        echo_body("PUT /slow2 HTTP/1.1", b"abcde"),
-    ];
-    for (msg, want) in msgs.iter().zip(want) {
-        for b in msg.iter() {
-            c.send(std::slice::from_ref(b));
-        }
-        let r = c.response(false);
-        assert_eq!(r.status, 200, "{r:?}");
-        assert_eq!(lossy(&r.body), lossy(&want));
-        let g = up.next();
-        assert_eq!(
-            g.header("x-long").is_some(),
-            msg.starts_with(b"POST"),
-            "{}",
-            g.head
-        );
-    }
-}
-
-#[test]
-fn upstream_connection_close_and_http_1_0_responses_are_not_reused() {
-    // Every answer says the connection ends (`Connection: close`, or an HTTP/1.0 status line
-    // without keep-alive); the upstream then keeps reading: a request that arrives anyway is
-    // recorded (and never answered).
-    let up = ScriptUpstream::start(|c| {
-        if let Some(g) = c.request() {
-            let body = format!("{} on connection {}", g.line, g.conn);
-            let head = if g.conn % 2 == 0 {
-                "HTTP/1.1 200 OK\r\nConnection: close"
-            } else {
-                "HTTP/1.0 200 OK"
-            };
-            c.send(format!("{head}\r\nContent-Length: {}\r\n\r\n{body}", body.len()).as_bytes());
-            let _ = c.request();
-        }
-    });
-    let gw = gateway(&up.url());
-    let mut c = Client::connect(gw.addr);
-    for i in 0..4 {
-        c.send(format!("GET /n{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
-        let r = c.response(false);
-        assert_eq!(
-            (r.status, r.text()),
-            (200, format!("GET /n{i} HTTP/1.1 on connection {i}")),
-            "{r:?}"
-        );
-    }
-    let conns: Vec<usize> = up.got.try_iter().map(|g| g.conn).collect();
-    assert_eq!(
-        conns,
-        [0, 1, 2, 3],
-        "a request went on a connection the upstream ended"
-    );
 }
 
 #[test]
@@ -1062,6 +936,135 @@ fn bodies_and_bodiless_requests_alternate_on_one_connection() {
         assert_eq!(lossy(&r.body), lossy(&echo_body(&line, b"")));
     }
     assert_eq!(up.got.try_iter().count(), 12);
+}
+
+/// Chunk sizes 1..=9000 bytes, cycling, so chunk boundaries fall everywhere in read buffers.
+fn odd_chunks(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let (mut at, mut size) = (0, 1);
+    while at < body.len() {
+        let n = size.min(body.len() - at);
+        // Upper- and lower-case hex, and an extension on every third chunk.
+        if size % 3 == 0 {
+            out.extend_from_slice(format!("{n:X};i={size}\r\n").as_bytes());
+        } else {
+            out.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+        }
+        out.extend_from_slice(&body[at..at + n]);
+        out.extend_from_slice(b"\r\n");
+        at += n;
+        size = size * 7 % 9001;
+    }
+    out.extend_from_slice(b"0\r\n\r\n");
+    out
+}
+
+#[test]
+fn large_chunked_bodies_with_odd_chunk_sizes_pass_both_ways() {
+    let down = arbitrary_bytes(1 << 20, 3);
+    let chunked_down = odd_chunks(&down);
+    let up = ScriptUpstream::start(move |c| {
+        while let Some(g) = c.request() {
+            // The request body's length, then the 1 MiB response body, chunked.
+            let mut r = format!(
+                "HTTP/1.1 200 OK\r\nX-Got: {}\r\nTransfer-Encoding: chunked\r\n\r\n",
+                g.body.len()
+            )
+            .into_bytes();
+            r.extend_from_slice(&chunked_down);
+            for piece in r.chunks(6007) {
+                c.send(piece);
+            }
+        }
+    });
+    let gw = gateway(&up.url());
+    let upload = arbitrary_bytes(1 << 20, 4);
+    let mut msg = b"POST /both HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    msg.extend_from_slice(&odd_chunks(&upload));
+    let mut c = Client::connect(gw.addr);
+    for round in 0..2 {
+        let mut w = c.w.try_clone().unwrap();
+        let to_send = msg.clone();
+        let writer = thread::spawn(move || w.write_all(&to_send));
+        let r = c.response(false);
+        writer.join().unwrap().expect("write the chunked upload");
+        let len = upload.len().to_string();
+        assert_eq!(
+            (r.status, r.header("x-got")),
+            (200, Some(&*len)),
+            "round {round}"
+        );
+        assert_eq!(r.body.len(), down.len(), "round {round}");
+        assert!(r.body == down, "round {round}: the response body differs");
+        let g = up.next();
+        assert!(g.body == upload, "round {round}: the request body differs");
+    }
+}
+
+#[test]
+fn request_written_one_byte_at_a_time_is_parsed() {
+    let up = ScriptUpstream::start(echo);
+    let gw = gateway(&up.url());
+    let mut c = Client::connect(gw.addr);
+    let msgs: [&[u8]; 2] = [
+        b"POST /slow?a=1 HTTP/1.1\r\nHost: x\r\nX-Long: abcdefghijklmnopqrstuvwxyz\r\nContent-Length: 5\r\n\r\nslow!",
+        b"PUT /slow2 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3;e=1\r\nabc\r\n2\r\nde\r\n0\r\nT: 1\r\n\r\n",
+    ];
+    let want = [
+        echo_body("POST /slow?a=1 HTTP/1.1", b"slow!"),
+        echo_body("PUT /slow2 HTTP/1.1", b"abcde"),
+    ];
+    for (msg, want) in msgs.iter().zip(want) {
+        for b in msg.iter() {
+            c.send(std::slice::from_ref(b));
+        }
+        let r = c.response(false);
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(lossy(&r.body), lossy(&want));
+        let g = up.next();
+        assert_eq!(
+            g.header("x-long").is_some(),
+            msg.starts_with(b"POST"),
+            "{}",
+            g.head
+        );
+    }
+}
+
+#[test]
+fn upstream_connection_close_and_http_1_0_responses_are_not_reused() {
+    // Every answer says the connection ends (`Connection: close`, or an HTTP/1.0 status line
+    // without keep-alive); the upstream then keeps reading: a request that arrives anyway is
+    // recorded (and never answered).
+    let up = ScriptUpstream::start(|c| {
+        if let Some(g) = c.request() {
+            let body = format!("{} on connection {}", g.line, g.conn);
+            let head = if g.conn % 2 == 0 {
+                "HTTP/1.1 200 OK\r\nConnection: close"
+            } else {
+                "HTTP/1.0 200 OK"
+            };
+            c.send(format!("{head}\r\nContent-Length: {}\r\n\r\n{body}", body.len()).as_bytes());
+            let _ = c.request();
+        }
+    });
+    let gw = gateway(&up.url());
+    let mut c = Client::connect(gw.addr);
+    for i in 0..4 {
+        c.send(format!("GET /n{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+        let r = c.response(false);
+        assert_eq!(
+            (r.status, r.text()),
+            (200, format!("GET /n{i} HTTP/1.1 on connection {i}")),
+            "{r:?}"
+        );
+    }
+    let conns: Vec<usize> = up.got.try_iter().map(|g| g.conn).collect();
+    assert_eq!(
+        conns,
+        [0, 1, 2, 3],
+        "a request went on a connection the upstream ended"
+    );
 }
 
 #[test]
