@@ -17,6 +17,8 @@ pub mod access;
 pub mod admin;
 pub mod clock;
 pub mod demo;
+pub mod downstream;
+pub mod h1;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;

@@ -1,42 +1,113 @@
-//! The upstream connection pool: HTTP/1.1 keep-alive connections per target authority, one
-//! pool per worker thread (no locks; a connection is always driven by the thread using it).
+//! The upstream client: HTTP/1.1 keep-alive connections per target authority, one pool per
+//! worker thread (no locks; a connection is only ever used by the thread that made it).
 //!
-//! A pooled connection stays in its list while in use: hyper reports it ready again only once
-//! the previous exchange, body included, is over, so a checkout takes the first ready one.
-//! Connections the upstream closed are dropped when seen; connections idle for [`IDLE`] are
-//! closed, and so are idle ones beyond [`MAX_IDLE`]. A request that finds a pooled connection
-//! closed before it was written is sent again on another one (it never reached the upstream).
+//! An exchange runs inside the task of the request it serves: the request head and body are
+//! written and the response head read by that task, and the response body is read by whoever
+//! polls the returned [`UpBody`] (the downstream connection writing it to the client). No
+//! per-connection task, no channel, no wake-up of another task. When the body has been read
+//! to its end the connection goes back to the pool.
+//!
+//! Idle connections sit in the pool unpolled; one the upstream closed (or that holds stray
+//! bytes) is seen as readable when checked out and dropped. Idle for [`IDLE`] or beyond
+//! [`MAX_IDLE`] per target, they are closed. A body-less request on a reused connection that
+//! the upstream closed before answering is sent again on a fresh one (the upstream cannot have
+//! acted on it: it sent nothing back and the connection was idle).
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::uri::Authority;
-use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use http::{Method, Request, Response};
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::proxy::LimitedBody;
+use crate::h1::{self, BodyDecoder, Decoded, Framing, ReadBuf};
+use crate::proxy::BodyError;
 
 /// An idle pooled connection is closed after this long.
 const IDLE: Duration = Duration::from_secs(90);
-/// Idle connections kept per target per worker; more are closed once idle (a burst may open
-/// more while it lasts).
+/// Idle connections kept per target per worker; more are closed when released.
 const MAX_IDLE: usize = 512;
 /// Pooled connections found closed under one request before a fresh one is made.
 const STALE_RETRIES: usize = 4;
+/// The largest response head accepted from an upstream.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Request body bytes gathered before they are written.
+const FLUSH_AT: usize = 64 * 1024;
 
-struct Pooled {
-    send: SendRequest<LimitedBody>,
+/// One upstream connection and its read buffer.
+#[derive(Debug)]
+struct Conn {
+    io: TcpStream,
+    rbuf: ReadBuf,
     last_used: Instant,
 }
 
+impl Conn {
+    /// Still usable: nothing to read (the upstream has not closed it nor sent stray bytes).
+    fn is_quiet(&mut self, cx: &mut Context<'_>) -> bool {
+        self.rbuf.is_empty()
+            && self
+                .rbuf
+                .poll_fill(cx, &mut self.io, MAX_RESPONSE_HEAD)
+                .is_pending()
+    }
+}
+
 thread_local! {
-    static POOL: RefCell<HashMap<Authority, Vec<Pooled>>> = RefCell::new(HashMap::new());
+    static POOL: RefCell<HashMap<Authority, VecDeque<Conn>>> = RefCell::new(HashMap::new());
+}
+
+/// Takes the most recently used live idle connection to `authority`.
+fn checkout(authority: &Authority, cx: &mut Context<'_>) -> Option<Conn> {
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        let list = p.get_mut(authority)?;
+        let now = Instant::now();
+        while let Some(mut c) = list.pop_back() {
+            if now.duration_since(c.last_used) >= IDLE {
+                // The rest are older still.
+                list.clear();
+                return None;
+            }
+            if c.is_quiet(cx) {
+                return Some(c);
+            }
+        }
+        None
+    })
+}
+
+/// Puts a connection whose exchange is complete back in the pool.
+fn release(authority: &Authority, mut conn: Conn) {
+    let now = Instant::now();
+    conn.last_used = now;
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        let list = match p.get_mut(authority) {
+            Some(l) => l,
+            None => p.entry(authority.clone()).or_default(),
+        };
+        while list
+            .front()
+            .is_some_and(|c| now.duration_since(c.last_used) >= IDLE)
+        {
+            list.pop_front();
+        }
+        if list.len() < MAX_IDLE {
+            list.push_back(conn);
+        }
+    });
 }
 
 /// How an exchange failed.
@@ -44,99 +115,355 @@ thread_local! {
 pub enum SendError {
     /// No connection: DNS, refused, or the connect timeout.
     Connect(String),
-    /// The connection failed before a response head arrived (or the request body failed).
-    Exchange(hyper::Error),
+    /// The connection failed, or the upstream broke HTTP, before a whole response head.
+    Exchange(String),
+    /// The request body failed (too large, or the client's connection broke).
+    Body(BodyError),
 }
 
 impl fmt::Display for SendError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SendError::Connect(e) => f.write_str(e),
-            SendError::Exchange(e) => write!(f, "{e}"),
+            SendError::Connect(e) => write!(f, "could not connect: {e}"),
+            SendError::Exchange(e) => f.write_str(e),
+            SendError::Body(e) => write!(f, "{e}"),
         }
     }
 }
 
 /// Sends `req` (origin-form URI, `Host` set) to `authority` on a pooled connection, or a new
-/// one, and returns the response head with its streaming body.
-pub async fn send(
+/// one, and returns the response head with its body still to be read from the connection.
+pub async fn send<B>(
     authority: &Authority,
-    mut req: Request<LimitedBody>,
+    req: Request<B>,
     connect_timeout: Duration,
-) -> Result<Response<Incoming>, SendError> {
-    for _ in 0..STALE_RETRIES {
-        let Some(sent) = POOL.with(|p| {
-            let mut p = p.borrow_mut();
-            let list = p.get_mut(authority)?;
-            let now = Instant::now();
-            list.retain(|c| !c.send.is_closed() && now.duration_since(c.last_used) < IDLE);
-            if list.len() > MAX_IDLE {
-                let mut idle = list.iter().filter(|c| c.send.is_ready()).count();
-                list.retain(|c| {
-                    let drop = idle > MAX_IDLE && c.send.is_ready();
-                    idle -= usize::from(drop);
-                    !drop
-                });
-            }
-            let c = list.iter_mut().find(|c| c.send.is_ready())?;
-            c.last_used = now;
-            Some(c.send.try_send_request(req_take(&mut req)))
-        }) else {
-            break;
+) -> Result<Response<UpBody>, SendError>
+where
+    B: Body<Data = Bytes, Error = BodyError> + Unpin,
+{
+    let (parts, mut body) = req.into_parts();
+    let framing = if body.is_end_stream() {
+        None
+    } else {
+        Some(body.size_hint().exact().map_or(Framing::Chunked, Framing::Length))
+    };
+    let mut head = Vec::with_capacity(512);
+    put_request_head(&mut head, &parts, framing);
+    let head_request = parts.method == Method::HEAD;
+
+    let mut tries = 0;
+    loop {
+        let pooled = if tries < STALE_RETRIES {
+            poll_fn(|cx| Poll::Ready(checkout(authority, cx))).await
+        } else {
+            None
         };
-        match sent.await {
-            Ok(resp) => return Ok(resp),
-            Err(mut e) => match e.take_message() {
-                // Never written: the connection was closing. Try another.
-                Some(back) => req = back,
-                None => return Err(SendError::Exchange(e.into_error())),
-            },
+        tries += 1;
+        let reused = pooled.is_some();
+        let mut conn = match pooled {
+            Some(c) => c,
+            None => connect(authority, connect_timeout).await?,
+        };
+        let mut wbuf = head.clone();
+        match exchange(&mut conn, &mut wbuf, &mut body, framing, head_request).await {
+            Ok((head, complete)) => {
+                let mut up = UpBody {
+                    decoder: BodyDecoder::new(head.framing),
+                    reusable: head.keep_alive && complete,
+                    conn: Some(conn),
+                    authority: authority.clone(),
+                };
+                if up.decoder.is_done() {
+                    up.finish();
+                }
+                return Ok(Response::from_parts(head.parts, up));
+            }
+            Err(Failure::Stale) if reused && framing.is_none() => continue,
+            Err(Failure::Stale) => {
+                return Err(SendError::Exchange(
+                    "the upstream closed the connection before answering".into(),
+                ));
+            }
+            Err(Failure::Send(e)) => return Err(e),
         }
     }
-    let mut send = connect(authority, connect_timeout).await?;
-    send.ready()
-        .await
-        .map_err(|e| SendError::Connect(format!("connection closed at once: {e}")))?;
-    let resp = send.send_request(req);
-    POOL.with(|p| {
-        p.borrow_mut()
-            .entry(authority.clone())
-            .or_default()
-            .push(Pooled {
-                send,
-                last_used: Instant::now(),
-            })
-    });
-    resp.await.map_err(SendError::Exchange)
 }
 
-/// Moves the request out, leaving an empty placeholder (only ever read back on retry).
-fn req_take(req: &mut Request<LimitedBody>) -> Request<LimitedBody> {
-    std::mem::replace(req, Request::new(LimitedBody::empty()))
+/// Why one attempt failed.
+enum Failure {
+    /// The connection closed (or reset) before a single response byte.
+    Stale,
+    Send(SendError),
 }
 
-async fn connect(
-    authority: &Authority,
-    timeout: Duration,
-) -> Result<SendRequest<LimitedBody>, SendError> {
+/// Writes the request and reads the response head: the head, and whether the whole request
+/// was written (an upstream may answer before reading all of the body).
+async fn exchange<B>(
+    conn: &mut Conn,
+    wbuf: &mut Vec<u8>,
+    body: &mut B,
+    framing: Option<Framing>,
+    head_request: bool,
+) -> Result<(h1::ResponseHead, bool), Failure>
+where
+    B: Body<Data = Bytes, Error = BodyError> + Unpin,
+{
+    let chunked = framing == Some(Framing::Chunked);
+    let mut body_done = framing.is_none();
+    let mut wpos = 0;
+    let mut flush_now = false;
+    // Write the head and the body; stop early if the upstream starts answering.
+    let complete = poll_fn(|cx| {
+        loop {
+            if body_done || flush_now || wbuf.len() >= FLUSH_AT {
+                while wpos < wbuf.len() {
+                    match Pin::new(&mut conn.io).poll_write(cx, &wbuf[wpos..]) {
+                        Poll::Ready(Ok(0)) => return Poll::Ready(Err(Failure::Stale)),
+                        Poll::Ready(Ok(n)) => wpos += n,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(io_failure(e, conn))),
+                        Poll::Pending => return answered_early(conn, cx),
+                    }
+                }
+                wbuf.clear();
+                wpos = 0;
+                flush_now = false;
+                if body_done {
+                    return Poll::Ready(Ok(true));
+                }
+            }
+            match Pin::new(&mut *body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data()
+                        && !data.is_empty()
+                    {
+                        if chunked {
+                            h1::put_chunk(wbuf, &data);
+                        } else {
+                            wbuf.extend_from_slice(&data);
+                        }
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    return Poll::Ready(Err(Failure::Send(SendError::Body(e))));
+                }
+                Poll::Ready(None) => {
+                    if chunked {
+                        wbuf.extend_from_slice(h1::LAST_CHUNK);
+                    }
+                    body_done = true;
+                }
+                Poll::Pending if wbuf.is_empty() => return answered_early(conn, cx),
+                Poll::Pending => flush_now = true,
+            }
+        }
+    })
+    .await?;
+
+    // Read the response head, skipping interim (1xx) responses.
+    poll_fn(|cx| {
+        loop {
+            if !conn.rbuf.is_empty() {
+                match h1::parse_response(conn.rbuf.filled(), head_request, MAX_RESPONSE_HEAD) {
+                    Ok(Some((n, head))) => {
+                        conn.rbuf.consume(n);
+                        let status = head.parts.status;
+                        if status.is_informational() && status != http::StatusCode::SWITCHING_PROTOCOLS
+                        {
+                            continue;
+                        }
+                        return Poll::Ready(Ok((head, complete)));
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Poll::Ready(Err(Failure::Send(SendError::Exchange(e)))),
+                }
+            }
+            let empty = conn.rbuf.is_empty();
+            match conn.rbuf.poll_fill(cx, &mut conn.io, MAX_RESPONSE_HEAD) {
+                Poll::Ready(Ok(0)) if empty => return Poll::Ready(Err(Failure::Stale)),
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(Failure::Send(SendError::Exchange(
+                        "the upstream closed the connection mid-response".into(),
+                    ))));
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(io_failure(e, conn))),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    })
+    .await
+}
+
+/// While the request is still being written: the upstream has begun its response (stop
+/// writing, read it) or closed; otherwise wait.
+fn answered_early(conn: &mut Conn, cx: &mut Context<'_>) -> Poll<Result<bool, Failure>> {
+    match conn.rbuf.poll_fill(cx, &mut conn.io, MAX_RESPONSE_HEAD) {
+        Poll::Ready(Ok(0)) => Poll::Ready(Err(Failure::Stale)),
+        Poll::Ready(Ok(_)) => Poll::Ready(Ok(false)),
+        Poll::Ready(Err(e)) => Poll::Ready(Err(io_failure(e, conn))),
+        Poll::Pending => Poll::Pending,
+    }
+}
+
+/// A reset or broken pipe before any response byte is a stale connection; anything else is
+/// the exchange's failure.
+fn io_failure(e: io::Error, conn: &Conn) -> Failure {
+    let stale = matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionAborted
+    );
+    if stale && conn.rbuf.is_empty() {
+        Failure::Stale
+    } else {
+        Failure::Send(SendError::Exchange(e.to_string()))
+    }
+}
+
+/// `METHOD /path?query HTTP/1.1`, the headers, and the framing header of the body sent.
+fn put_request_head(out: &mut Vec<u8>, parts: &http::request::Parts, framing: Option<Framing>) {
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(
+        parts
+            .uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .as_bytes(),
+    );
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        Some(Framing::Length(n)) => {
+            out.extend_from_slice(b"content-length: ");
+            h1::put_u64(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        Some(Framing::Chunked) => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        // A body-less request that said so keeps saying so.
+        None if parts.headers.contains_key(CONTENT_LENGTH) => {
+            out.extend_from_slice(b"content-length: 0\r\n");
+        }
+        _ => {}
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+async fn connect(authority: &Authority, timeout: Duration) -> Result<Conn, SendError> {
     let host = authority
         .host()
         .trim_start_matches('[')
         .trim_end_matches(']');
     let port = authority.port_u16().unwrap_or(80);
-    let stream = tokio::time::timeout(timeout, TcpStream::connect((host, port)))
+    let io = tokio::time::timeout(timeout, TcpStream::connect((host, port)))
         .await
         .map_err(|_| SendError::Connect(format!("connect timed out after {timeout:?}")))?
         .map_err(|e| SendError::Connect(e.to_string()))?;
-    let _ = stream.set_nodelay(true);
-    let (send, conn) = http1::Builder::new()
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| SendError::Connect(format!("handshake: {e}")))?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!("upstream connection closed with an error: {e}");
+    let _ = io.set_nodelay(true);
+    Ok(Conn {
+        io,
+        rbuf: ReadBuf::new(),
+        last_used: Instant::now(),
+    })
+}
+
+/// An upstream response body, read from its connection as it is polled; the connection
+/// returns to the pool once the body has been read to its end.
+#[derive(Debug)]
+pub struct UpBody {
+    conn: Option<Conn>,
+    decoder: BodyDecoder,
+    /// The connection can carry another exchange after this body.
+    reusable: bool,
+    authority: Authority,
+}
+
+impl UpBody {
+    /// The body is over: pool the connection if it can be reused.
+    fn finish(&mut self) {
+        if let Some(conn) = self.conn.take()
+            && self.reusable
+            && conn.rbuf.is_empty()
+        {
+            release(&self.authority, conn);
         }
-    });
-    Ok(send)
+    }
+}
+
+impl Body for UpBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = self.get_mut();
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            if !conn.rbuf.is_empty() || this.decoder.is_done() {
+                match this.decoder.decode(conn.rbuf.filled()) {
+                    Ok(Decoded::Data(r)) => {
+                        let data = Bytes::copy_from_slice(&conn.rbuf.filled()[r.clone()]);
+                        conn.rbuf.consume(r.end);
+                        if this.decoder.is_done() {
+                            this.finish();
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    Ok(Decoded::End(n)) => {
+                        conn.rbuf.consume(n);
+                        this.finish();
+                        return Poll::Ready(None);
+                    }
+                    Ok(Decoded::More(n)) => conn.rbuf.consume(n),
+                    Err(e) => {
+                        this.conn = None;
+                        return Poll::Ready(Some(Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("upstream body: {e}"),
+                        ))));
+                    }
+                }
+            }
+            match conn.rbuf.poll_fill(cx, &mut conn.io, MAX_RESPONSE_HEAD) {
+                Poll::Ready(Ok(0)) => {
+                    this.conn = None;
+                    if matches!(this.decoder, BodyDecoder::Close) {
+                        return Poll::Ready(None);
+                    }
+                    return Poll::Ready(Some(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the upstream closed the connection mid-body",
+                    ))));
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.conn.is_none() || self.decoder.is_done()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.decoder.remaining() {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
+    }
 }

@@ -26,7 +26,7 @@ use http::header::{
 };
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 use serde_json::json;
 
 use crate::pool::{self, SendError};
@@ -50,7 +50,7 @@ const MAX_REQUEST_ID: usize = 128;
 #[derive(Debug)]
 pub enum ProxyBody {
     Full(Option<Bytes>),
-    Upstream(Incoming),
+    Upstream(pool::UpBody),
 }
 
 impl ProxyBody {
@@ -61,12 +61,12 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = std::io::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         match self.get_mut() {
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             ProxyBody::Upstream(i) => Pin::new(i).poll_frame(cx),
@@ -94,7 +94,7 @@ pub enum BodyError {
     /// It grew past the route's `max_body_size` (bytes).
     TooLarge(u64),
     /// The client's connection failed mid-body.
-    Client(hyper::Error),
+    Client(BoxError),
 }
 
 impl fmt::Display for BodyError {
@@ -108,10 +108,12 @@ impl fmt::Display for BodyError {
 
 impl StdError for BodyError {}
 
+pub type BoxError = Box<dyn StdError + Send + Sync>;
+
 /// The client's request body, streamed upstream frame by frame, cut off past a size limit.
 #[derive(Debug)]
-pub struct LimitedBody {
-    inner: Option<Incoming>,
+pub struct LimitedBody<B> {
+    inner: Option<B>,
     limit: Option<u64>,
     seen: u64,
     /// Set once the client's body has been read to its end (only made for requests that have
@@ -119,8 +121,8 @@ pub struct LimitedBody {
     done: Option<Arc<AtomicBool>>,
 }
 
-impl LimitedBody {
-    pub fn new(inner: Incoming, limit: Option<u64>, done: Option<Arc<AtomicBool>>) -> LimitedBody {
+impl<B> LimitedBody<B> {
+    pub fn new(inner: B, limit: Option<u64>, done: Option<Arc<AtomicBool>>) -> LimitedBody<B> {
         LimitedBody {
             inner: Some(inner),
             limit,
@@ -129,18 +131,13 @@ impl LimitedBody {
         }
     }
 
-    /// No body.
-    pub fn empty() -> LimitedBody {
-        LimitedBody {
-            inner: None,
-            limit: None,
-            seen: 0,
-            done: None,
-        }
-    }
 }
 
-impl Body for LimitedBody {
+impl<B> Body for LimitedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
     type Error = BodyError;
 
@@ -162,7 +159,7 @@ impl Body for LimitedBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Client(e)))),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Client(e.into())))),
             Poll::Ready(None) => {
                 if let Some(d) = &this.done {
                     d.store(true, Ordering::Relaxed);
@@ -272,12 +269,16 @@ pub struct Exchange {
     pub client_ip: Option<std::net::IpAddr>,
 }
 
-/// Serves one request on the proxy listener.
-pub async fn handle(
+/// Serves one request on the proxy listener (HTTP/1.1 from `downstream`, HTTP/2 from hyper).
+pub async fn handle<B>(
     shared: Arc<Shared>,
     peer: Peer,
-    req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
+    req: Request<B>,
+) -> Result<Response<ProxyBody>, Infallible>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     let _in_flight = crate::metrics::GaugeGuard::enter(&shared.metrics.in_flight);
     let rt = shared.runtime.load_full();
     let h = req.headers();
@@ -311,14 +312,18 @@ pub async fn handle(
     Ok(resp)
 }
 
-async fn exchange(
+async fn exchange<B>(
     shared: &Shared,
     rt: &Runtime,
     peer: &Peer,
     parts: &mut http::request::Parts,
-    body: Incoming,
+    body: B,
     ex: &mut Exchange,
-) -> Response<ProxyBody> {
+) -> Response<ProxyBody>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     let pq = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
     if shared.admin_on_proxy && pq.starts_with(admin::PREFIX) {
         ex.reason = "admin";
@@ -484,14 +489,14 @@ fn upstream_failed(
 
 /// Builds the request sent upstream: same method, headers minus hop-by-hop, the identity and
 /// forwarding headers set, the body streamed through the size limit.
-fn upstream_request(
+fn upstream_request<B>(
     rt: &Runtime,
     parts: &mut http::request::Parts,
     peer: &Peer,
     fwd: &Forward,
-    body: LimitedBody,
+    body: LimitedBody<B>,
     ex: &Exchange,
-) -> Result<Request<LimitedBody>, http::uri::InvalidUri> {
+) -> Result<Request<LimitedBody<B>>, http::uri::InvalidUri> {
     let original = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
     let pq = fwd.path_and_query(original);
     let (_, host) = &rt.routes[fwd.route.0].targets[fwd.target()];
@@ -579,32 +584,17 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
     HeaderValue::from_str(s).expect("a uuid is a header value")
 }
 
-fn chain<'a>(
-    e: &'a (dyn StdError + 'static),
-) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
-    std::iter::successors(Some(e), |e: &&'a (dyn StdError + 'static)| (*e).source())
-}
-
 fn body_too_large(e: &SendError) -> bool {
-    let SendError::Exchange(e) = e else {
-        return false;
-    };
-    chain(e).any(|e| matches!(e.downcast_ref::<BodyError>(), Some(BodyError::TooLarge(_))))
+    matches!(e, SendError::Body(BodyError::TooLarge(_)))
 }
 
 fn client_body_failed(e: &SendError) -> bool {
-    let SendError::Exchange(e) = e else {
-        return false;
-    };
-    chain(e).any(|e| matches!(e.downcast_ref::<BodyError>(), Some(BodyError::Client(_))))
+    matches!(e, SendError::Body(BodyError::Client(_)))
 }
 
-/// What went wrong, for the 502's message: the connect error, or the innermost cause.
+/// What went wrong, for the 502's message.
 fn detail(e: &SendError) -> String {
-    match e {
-        SendError::Connect(why) => format!("could not connect: {why}"),
-        SendError::Exchange(e) => chain(e).last().map(|e| e.to_string()).unwrap_or_default(),
-    }
+    e.to_string()
 }
 
 fn fmt_duration(d: Duration) -> String {

@@ -30,7 +30,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{oneshot, watch};
 
-use crate::admin;
+use crate::{admin, downstream};
 use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::proxy::{self, ProxyBody, X_REQUEST_ID};
@@ -204,30 +204,31 @@ fn worker(
             return;
         }
         let server = shared.runtime.load().policy.config().server.clone();
-        let builder = connection_builder(&server);
-        let graceful = GracefulShutdown::new();
+        let limits = downstream::Limits::new(&server);
+        let mut conns = tokio::task::JoinSet::new();
         loop {
             tokio::select! {
                 r = listener.accept() => match r {
                     Ok((stream, addr)) => {
-                        let s = shared.clone();
                         let peer = proxy::Peer::new(addr);
-                        let svc = service_fn(move |req| {
-                            proxy::handle(s.clone(), peer.clone(), req)
-                        });
-                        spawn(&shared, &builder, &graceful, stream, svc);
+                        conns.spawn(downstream::serve(
+                            stream,
+                            peer,
+                            shared.clone(),
+                            limits,
+                            stop.clone(),
+                        ));
                     }
                     Err(e) => accept_error(e).await,
                 },
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
                 _ = stop.changed() => break,
             }
         }
         drop(listener);
         let drain = shared.runtime.load().policy.config().server.drain_timeout;
-        if tokio::time::timeout(drain, graceful.shutdown())
-            .await
-            .is_err()
-        {
+        let all = async { while conns.join_next().await.is_some() {} };
+        if tokio::time::timeout(drain, all).await.is_err() {
             tracing::warn!("worker {i}: drain timeout reached; closing its remaining connections");
         }
     });

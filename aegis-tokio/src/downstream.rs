@@ -1,0 +1,643 @@
+//! The client side of a connection: an HTTP/1.1 server loop over one socket, in one task.
+//!
+//! ```text
+//!   read head (reused buffer, header_read_timeout) ─▶ proxy::handle (same task; watches for
+//!   the client leaving) ─▶ write head + body (coalesced, one write for a small response)
+//!   ─▶ keep-alive? next head : close (lingering when request bytes are left unread)
+//! ```
+//!
+//! A connection that opens with the HTTP/2 preface is handed to hyper's HTTP/2 server. The
+//! request body is read by whoever polls [`ReqBody`] (the upstream exchange), from the same
+//! buffer the loop reads heads from; a `100 Continue` is sent when it is first polled.
+
+use std::convert::Infallible;
+use std::future::{Future, poll_fn};
+use std::io;
+use std::pin::{Pin, pin};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
+use http::{Method, Request, Response, StatusCode, Version};
+use hyper::body::{Body, Frame, SizeHint};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
+
+use crate::h1::{self, BodyDecoder, Decoded, Framing, HeadError, ReadBuf};
+use crate::proxy::{self, Peer, ProxyBody};
+use crate::runtime::Shared;
+
+/// Response bytes gathered before they are written.
+const FLUSH_AT: usize = 64 * 1024;
+/// How long a closing connection keeps reading (and dropping) what the client still sends,
+/// so that the response is not destroyed by a reset.
+const LINGER: Duration = Duration::from_secs(2);
+/// Bytes read per body frame.
+const BODY_READ: usize = 16 * 1024;
+
+/// Per-connection settings from `[server]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_uri: usize,
+    pub max_head: usize,
+    pub max_header_list: u32,
+}
+
+impl Limits {
+    pub fn new(server: &aegis_policy::config::ServerConfig) -> Limits {
+        Limits {
+            header_read_timeout: server.header_read_timeout,
+            idle_timeout: server.idle_timeout,
+            max_uri: server.max_uri_bytes,
+            // The policy refuses heads past its limits with 414/431; the buffer holds a bit
+            // more so that it is the one to answer.
+            max_head: server.max_header_bytes + server.max_uri_bytes + 1024,
+            max_header_list: u32::try_from(server.max_header_bytes).unwrap_or(u32::MAX),
+        }
+    }
+}
+
+/// The connection's socket and read state, shared by the loop and the request body.
+#[derive(Debug)]
+struct Io {
+    rd: OwnedReadHalf,
+    wr: OwnedWriteHalf,
+    rbuf: ReadBuf,
+    /// The current request's body still to be read (`None`: read, or there was none).
+    body: Option<BodyDecoder>,
+    /// `100 Continue` bytes still to send before the body is read.
+    continue_left: &'static [u8],
+}
+
+type Conn = Arc<Mutex<Io>>;
+
+fn lock(c: &Conn) -> MutexGuard<'_, Io> {
+    c.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A client's request body, read from its connection as it is polled.
+#[derive(Debug)]
+pub struct ReqBody {
+    conn: Option<Conn>,
+    /// Bytes still to come when the framing says (Content-Length).
+    size: Option<u64>,
+}
+
+impl ReqBody {
+    fn empty() -> ReqBody {
+        ReqBody {
+            conn: None,
+            size: Some(0),
+        }
+    }
+}
+
+impl Body for ReqBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = self.get_mut();
+        let Some(conn) = &this.conn else {
+            return Poll::Ready(None);
+        };
+        let mut guard = lock(conn);
+        let io = &mut *guard;
+        while !io.continue_left.is_empty() {
+            match Pin::new(&mut io.wr).poll_write(cx, io.continue_left) {
+                Poll::Ready(Ok(n)) if n > 0 => io.continue_left = &io.continue_left[n..],
+                Poll::Ready(Ok(_)) => return Poll::Ready(Some(Err(io::ErrorKind::WriteZero.into()))),
+                Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        loop {
+            let Some(decoder) = io.body.as_mut() else {
+                drop(guard);
+                this.conn = None;
+                return Poll::Ready(None);
+            };
+            if !io.rbuf.is_empty() || decoder.is_done() {
+                match decoder.decode(io.rbuf.filled()) {
+                    Ok(Decoded::Data(r)) => {
+                        let data = Bytes::copy_from_slice(&io.rbuf.filled()[r.clone()]);
+                        io.rbuf.consume(r.end);
+                        this.size = decoder.remaining();
+                        if decoder.is_done() {
+                            io.body = None;
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    Ok(Decoded::End(n)) => {
+                        io.rbuf.consume(n);
+                        io.body = None;
+                        continue;
+                    }
+                    Ok(Decoded::More(n)) => io.rbuf.consume(n),
+                    Err(e) => {
+                        return Poll::Ready(Some(Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("request body: {e}"),
+                        ))));
+                    }
+                }
+            }
+            match io.rbuf.poll_fill(cx, &mut io.rd, BODY_READ) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Some(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the client closed the connection mid-body",
+                    ))));
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.conn.is_none() || self.size == Some(0)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.size {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+/// How waiting for a request head ended.
+enum HeadRead {
+    Head(h1::RequestHead),
+    /// The client closed between requests, or the worker is stopping.
+    Closed,
+    /// No head within `header_read_timeout`; `true` if part of one had arrived.
+    TimedOut(bool),
+    Failed(HeadError),
+    Io,
+}
+
+/// Serves one accepted connection until it closes.
+pub async fn serve(
+    stream: TcpStream,
+    peer: Peer,
+    shared: Arc<Shared>,
+    limits: Limits,
+    stop: watch::Receiver<bool>,
+) {
+    let _open = crate::metrics::GaugeGuard::enter(&shared.metrics.connections);
+    let _ = stream.set_nodelay(true);
+    let (rd, wr) = stream.into_split();
+    let conn: Conn = Arc::new(Mutex::new(Io {
+        rd,
+        wr,
+        rbuf: ReadBuf::new(),
+        body: None,
+        continue_left: b"",
+    }));
+    let stop_now = stop.clone();
+    let mut stopping = Box::pin(async move {
+        let mut stop = stop;
+        let _ = stop.changed().await;
+    });
+    let mut stop_seen = false;
+    let mut timer = Box::pin(tokio::time::sleep(limits.header_read_timeout));
+    let mut wbuf = Vec::with_capacity(4096);
+    let mut first = true;
+    loop {
+        let deadline = Instant::now() + limits.header_read_timeout;
+        let read = read_head(&conn, &limits, deadline, timer.as_mut(), &mut stopping, &mut stop_seen)
+            .await;
+        let head = match read {
+            HeadRead::Head(h) => h,
+            HeadRead::Failed(HeadError::H2Preface) if first && !stop_seen => {
+                drop(timer);
+                return serve_h2(conn, peer, shared.clone(), limits, stopping).await;
+            }
+            HeadRead::Failed(e) => {
+                let body = proxy::error(e.status(), "bad_request", e.message());
+                let _ = respond_and_close(&conn, &mut wbuf, body).await;
+                return;
+            }
+            HeadRead::TimedOut(true) => {
+                let body = proxy::error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request_timeout",
+                    "the request head did not arrive within server.header_read_timeout",
+                );
+                let _ = respond_and_close(&conn, &mut wbuf, body).await;
+                return;
+            }
+            HeadRead::TimedOut(false) | HeadRead::Closed | HeadRead::Io => return,
+        };
+        first = false;
+        let h1::RequestHead {
+            parts,
+            framing,
+            keep_alive,
+            expect_continue,
+        } = head;
+        let version = parts.version;
+        let head_request = parts.method == Method::HEAD;
+        let body = if framing == Framing::Length(0) {
+            ReqBody::empty()
+        } else {
+            let mut io = lock(&conn);
+            io.body = Some(BodyDecoder::new(framing));
+            if expect_continue {
+                io.continue_left = b"HTTP/1.1 100 Continue\r\n\r\n";
+            }
+            ReqBody {
+                conn: Some(conn.clone()),
+                size: BodyDecoder::new(framing).remaining(),
+            }
+        };
+        let req = Request::from_parts(parts, body);
+
+        let Some(resp) = handle_watching(&conn, &limits, shared.clone(), peer.clone(), req).await
+        else {
+            // The client left; the exchange was dropped (its outcome reported as cancelled).
+            return;
+        };
+        let (unread, stopping_now) = {
+            let mut io = lock(&conn);
+            io.continue_left = b"";
+            (
+                io.body.is_some(),
+                stop_seen || stop_now.has_changed().unwrap_or(true),
+            )
+        };
+        let keep = keep_alive && !unread && !stopping_now;
+        let written = write_response(&conn, &mut wbuf, resp, version, head_request, keep).await;
+        match written {
+            Ok(true) if keep => {}
+            Ok(_) => {
+                close(&conn, unread).await;
+                return;
+            }
+            Err(_) => return,
+        }
+        if stop_now.has_changed().unwrap_or(true) {
+            close(&conn, false).await;
+            return;
+        }
+    }
+}
+
+/// Reads the next request head: from what is buffered, else from the socket, until
+/// `deadline`. Between requests (nothing buffered) it also ends when the worker stops.
+async fn read_head(
+    conn: &Conn,
+    limits: &Limits,
+    deadline: Instant,
+    mut timer: Pin<&mut Sleep>,
+    stopping: &mut Pin<Box<impl Future<Output = ()>>>,
+    stop_seen: &mut bool,
+) -> HeadRead {
+    poll_fn(|cx| {
+        let mut guard = lock(conn);
+        let io = &mut *guard;
+        loop {
+            if !io.rbuf.is_empty() {
+                match h1::parse_request(io.rbuf.filled(), limits.max_uri, limits.max_head) {
+                    Ok(Some((n, head))) => {
+                        io.rbuf.consume(n);
+                        return Poll::Ready(HeadRead::Head(head));
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Poll::Ready(HeadRead::Failed(e)),
+                }
+            }
+            match io.rbuf.poll_fill(cx, &mut io.rd, limits.max_head) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(HeadRead::Closed),
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::OutOfMemory => {
+                    return Poll::Ready(HeadRead::Failed(HeadError::HeadersTooLarge));
+                }
+                Poll::Ready(Err(_)) => return Poll::Ready(HeadRead::Io),
+                Poll::Pending => break,
+            }
+        }
+        let partial = !io.rbuf.is_empty();
+        drop(guard);
+        if !partial && !*stop_seen && stopping.as_mut().poll(cx).is_ready() {
+            *stop_seen = true;
+        }
+        if *stop_seen && !partial {
+            return Poll::Ready(HeadRead::Closed);
+        }
+        // The timer is armed once per connection and moved only when it fires early: a
+        // request that arrives in time costs no timer operation.
+        while timer.as_mut().poll(cx).is_ready() {
+            if Instant::now() >= deadline {
+                return Poll::Ready(HeadRead::TimedOut(partial));
+            }
+            timer.as_mut().reset(deadline);
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Runs the exchange; while it waits for the upstream (with the request body all read), a
+/// client that closes its connection cancels it. `None`: the client left.
+async fn handle_watching(
+    conn: &Conn,
+    limits: &Limits,
+    shared: Arc<Shared>,
+    peer: Peer,
+    req: Request<ReqBody>,
+) -> Option<Response<ProxyBody>> {
+    let mut fut = pin!(proxy::handle(shared, peer, req));
+    let mut watching = true;
+    poll_fn(|cx| {
+        if let Poll::Ready(Ok::<_, Infallible>(resp)) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(resp));
+        }
+        if watching {
+            let mut guard = lock(conn);
+            let io = &mut *guard;
+            if io.body.is_none() {
+                match io.rbuf.poll_fill(cx, &mut io.rd, limits.max_head) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(None),
+                    // The next request, pipelined (or no room for more): it waits its turn.
+                    Poll::Ready(Ok(_)) => watching = false,
+                    Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::OutOfMemory => {
+                        watching = false;
+                    }
+                    Poll::Ready(Err(_)) => return Poll::Ready(None),
+                    Poll::Pending => {}
+                }
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Writes a response: the head, then the body, in as few writes as it allows. `Ok(false)`:
+/// the body is delimited by the close, so the connection must close.
+async fn write_response(
+    conn: &Conn,
+    wbuf: &mut Vec<u8>,
+    resp: Response<ProxyBody>,
+    version: Version,
+    head_request: bool,
+    keep: bool,
+) -> io::Result<bool> {
+    let (parts, mut body) = resp.into_parts();
+    let status = parts.status;
+    let bodiless = head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let framing = if bodiless {
+        None
+    } else {
+        Some(match body.size_hint().exact() {
+            Some(n) => Framing::Length(n),
+            None if version == Version::HTTP_11 => Framing::Chunked,
+            None => Framing::Close,
+        })
+    };
+    let keep = keep && framing != Some(Framing::Close);
+
+    wbuf.clear();
+    h1::put_status_line(wbuf, status);
+    for (name, value) in &parts.headers {
+        // The framing headers are this hop's (a HEAD or 304 answer keeps the length it names).
+        if framing.is_some() && (name == CONTENT_LENGTH || name == TRANSFER_ENCODING) {
+            continue;
+        }
+        wbuf.extend_from_slice(name.as_str().as_bytes());
+        wbuf.extend_from_slice(b": ");
+        wbuf.extend_from_slice(value.as_bytes());
+        wbuf.extend_from_slice(b"\r\n");
+    }
+    if !parts.headers.contains_key(DATE) {
+        wbuf.extend_from_slice(b"date: ");
+        wbuf.extend_from_slice(h1::date().as_bytes());
+        wbuf.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        Some(Framing::Length(n)) => {
+            wbuf.extend_from_slice(b"content-length: ");
+            h1::put_u64(wbuf, n);
+            wbuf.extend_from_slice(b"\r\n");
+        }
+        Some(Framing::Chunked) => wbuf.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        _ => {}
+    }
+    if !keep {
+        wbuf.extend_from_slice(b"connection: close\r\n");
+    } else if version == Version::HTTP_10 {
+        wbuf.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    wbuf.extend_from_slice(b"\r\n");
+
+    let chunked = framing == Some(Framing::Chunked);
+    let mut done = framing.is_none();
+    if done {
+        drop(body);
+        body = ProxyBody::full(Bytes::new());
+    }
+    let mut wpos = 0;
+    let mut flush_now = false;
+    poll_fn(|cx| {
+        loop {
+            if done || flush_now || wbuf.len() >= FLUSH_AT {
+                let mut guard = lock(conn);
+                while wpos < wbuf.len() {
+                    match Pin::new(&mut guard.wr).poll_write(cx, &wbuf[wpos..]) {
+                        Poll::Ready(Ok(0)) => {
+                            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                        }
+                        Poll::Ready(Ok(n)) => wpos += n,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+                wbuf.clear();
+                wpos = 0;
+                flush_now = false;
+                if done {
+                    return Poll::Ready(Ok(()));
+                }
+            }
+            match Pin::new(&mut body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data()
+                        && !data.is_empty()
+                    {
+                        if chunked {
+                            h1::put_chunk(wbuf, &data);
+                        } else {
+                            wbuf.extend_from_slice(&data);
+                        }
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    return Poll::Ready(Err(io::Error::other(e)));
+                }
+                Poll::Ready(None) => {
+                    if chunked {
+                        wbuf.extend_from_slice(h1::LAST_CHUNK);
+                    }
+                    done = true;
+                }
+                Poll::Pending if wbuf.is_empty() => return Poll::Pending,
+                Poll::Pending => flush_now = true,
+            }
+        }
+    })
+    .await?;
+    Ok(keep)
+}
+
+/// A gateway-made answer on a connection that then closes.
+async fn respond_and_close(conn: &Conn, wbuf: &mut Vec<u8>, resp: Response<ProxyBody>) -> io::Result<()> {
+    write_response(conn, wbuf, resp, Version::HTTP_11, false, false).await?;
+    close(conn, true).await;
+    Ok(())
+}
+
+/// Closes the connection: shuts down the write side and, when the client may still be
+/// sending, reads and drops what it sends for up to [`LINGER`], so the response is not lost
+/// to a reset.
+async fn close(conn: &Conn, linger: bool) {
+    let _ = poll_fn(|cx| Pin::new(&mut lock(conn).wr).poll_shutdown(cx)).await;
+    if !linger {
+        return;
+    }
+    let drain = poll_fn(|cx| {
+        let mut guard = lock(conn);
+        let io = &mut *guard;
+        loop {
+            io.rbuf.consume(io.rbuf.filled().len());
+            match io.rbuf.poll_fill(cx, &mut io.rd, BODY_READ) {
+                Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Ok(_)) => {}
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    });
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP/2 (prior knowledge, h2c).
+
+/// Hands a connection that opened with the HTTP/2 preface to hyper's HTTP/2 server, bytes
+/// already read included. Stops gracefully when the worker stops.
+async fn serve_h2(
+    conn: Conn,
+    peer: Peer,
+    shared: Arc<Shared>,
+    limits: Limits,
+    stopping: Pin<Box<impl Future<Output = ()>>>,
+) {
+    let Ok(io) = Arc::try_unwrap(conn).map(|m| m.into_inner().unwrap_or_else(PoisonError::into_inner))
+    else {
+        return;
+    };
+    let Io { rd, wr, mut rbuf, .. } = io;
+    let prefix = rbuf.take_filled();
+    let Ok(stream) = rd.reunite(wr) else {
+        return;
+    };
+    let io = Prefixed {
+        prefix,
+        pos: 0,
+        io: stream,
+    };
+    let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+        proxy::handle(shared.clone(), peer.clone(), req)
+    });
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_header_list)
+        .keep_alive_interval(Some(limits.idle_timeout / 2))
+        .keep_alive_timeout(limits.idle_timeout / 2);
+    let mut conn = pin!(builder.serve_connection(TokioIo::new(io), svc));
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!("HTTP/2 connection closed with an error: {e}");
+            }
+        }
+        () = stopping => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// A socket with some of its bytes already read: those are read again first.
+#[derive(Debug)]
+struct Prefixed {
+    prefix: Vec<u8>,
+    pos: usize,
+    io: TcpStream,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.pos < this.prefix.len() {
+            let n = buf.remaining().min(this.prefix.len() - this.pos);
+            buf.put_slice(&this.prefix[this.pos..this.pos + n]);
+            this.pos += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}

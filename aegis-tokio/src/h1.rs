@@ -1,0 +1,837 @@
+//! The HTTP/1.1 wire format, for both ends of the proxy: heads parsed with `httparse` out of a
+//! reused read buffer (header values are slices of one copy of the head, not one allocation
+//! each), body framing (RFC 9112 §6), the chunked decoder, and heads written into a reused
+//! write buffer.
+//!
+//! No I/O happens here except [`ReadBuf::poll_fill`]; the connection loops live in
+//! `downstream` (clients) and `pool` (upstreams).
+
+use std::io;
+use std::ops::Range;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
+use tokio::io::AsyncRead;
+
+/// Header lines parsed per head; a head with more is refused (431).
+pub const MAX_HEADERS: usize = 128;
+/// Bytes read from a socket at a time once the buffer has room for no more.
+const READ_CHUNK: usize = 16 * 1024;
+/// The longest chunk-extension or trailer section accepted.
+const MAX_CHUNK_META: usize = 16 * 1024;
+
+// ---------------------------------------------------------------------------------------------
+// The read buffer.
+
+/// A connection's read buffer: bytes `start..end` are read and not yet consumed. It is zeroed
+/// once when grown and reused for every message on the connection.
+#[derive(Debug)]
+pub struct ReadBuf {
+    data: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl ReadBuf {
+    pub fn new() -> ReadBuf {
+        ReadBuf {
+            data: vec![0; READ_CHUNK],
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// Read and not yet consumed.
+    pub fn filled(&self) -> &[u8] {
+        &self.data[self.start..self.end]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    pub fn consume(&mut self, n: usize) {
+        self.start += n;
+        debug_assert!(self.start <= self.end);
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// The unread bytes as a new owned buffer (for handing a connection to another codec).
+    pub fn take_filled(&mut self) -> Vec<u8> {
+        let v = self.filled().to_vec();
+        self.start = 0;
+        self.end = 0;
+        v
+    }
+
+    /// Makes room for at least one read, growing up to `limit` bytes of content in total.
+    /// False when the buffer already holds `limit` unconsumed bytes.
+    fn make_room(&mut self, limit: usize) -> bool {
+        if self.end < self.data.len() {
+            return true;
+        }
+        if self.start > 0 {
+            self.data.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+            return true;
+        }
+        if self.data.len() >= limit {
+            return false;
+        }
+        let grown = (self.data.len() * 2).min(limit.max(READ_CHUNK));
+        self.data.resize(grown, 0);
+        true
+    }
+
+    /// Reads once from `io` into the free space, growing the buffer up to `limit` bytes.
+    /// `Ok(0)` is end of stream; `Err(OutOfMemory)` means the buffer is full.
+    pub fn poll_fill<R: AsyncRead + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        io: &mut R,
+        limit: usize,
+    ) -> Poll<io::Result<usize>> {
+        if !self.make_room(limit) {
+            return Poll::Ready(Err(io::ErrorKind::OutOfMemory.into()));
+        }
+        let mut rb = tokio::io::ReadBuf::new(&mut self.data[self.end..]);
+        ready!(Pin::new(io).poll_read(cx, &mut rb))?;
+        let n = rb.filled().len();
+        self.end += n;
+        Poll::Ready(Ok(n))
+    }
+}
+
+impl Default for ReadBuf {
+    fn default() -> Self {
+        ReadBuf::new()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Framing.
+
+/// How a message's body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// Exactly this many bytes (0: no body).
+    Length(u64),
+    Chunked,
+    /// Until the peer closes (responses only).
+    Close,
+}
+
+/// Why a head could not be used, with the status a client gets for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeadError {
+    /// 400: not HTTP/1.x, or malformed.
+    Bad(String),
+    /// 414
+    UriTooLong,
+    /// 431
+    HeadersTooLarge,
+    /// 501: a transfer coding other than chunked.
+    UnsupportedCoding,
+    /// The HTTP/2 connection preface (`PRI * HTTP/2.0`): hand the connection to HTTP/2.
+    H2Preface,
+}
+
+impl HeadError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            HeadError::Bad(_) | HeadError::H2Preface => StatusCode::BAD_REQUEST,
+            HeadError::UriTooLong => StatusCode::URI_TOO_LONG,
+            HeadError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            HeadError::UnsupportedCoding => StatusCode::NOT_IMPLEMENTED,
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            HeadError::Bad(why) => format!("malformed request: {why}"),
+            HeadError::UriTooLong => "the request target is too long".into(),
+            HeadError::HeadersTooLarge => "the request headers are too large".into(),
+            HeadError::UnsupportedCoding => {
+                "only the chunked transfer coding is supported".into()
+            }
+            HeadError::H2Preface => "HTTP/2 preface on an HTTP/1.1 connection".into(),
+        }
+    }
+}
+
+/// A parsed request head.
+#[derive(Debug)]
+pub struct RequestHead {
+    pub parts: http::request::Parts,
+    pub framing: Framing,
+    /// The client wants the connection kept open after this exchange.
+    pub keep_alive: bool,
+    /// `Expect: 100-continue`: the client waits for a `100 Continue` before its body.
+    pub expect_continue: bool,
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Parses a request head at the start of `buf`: `Ok(None)` when more bytes are needed,
+/// otherwise the head and its length in bytes. `max_uri` bounds the request target;
+/// `max_head` the whole head (a partial head at that size is refused).
+pub fn parse_request(
+    buf: &[u8],
+    max_uri: usize,
+    max_head: usize,
+) -> Result<Option<(usize, RequestHead)>, HeadError> {
+    if buf.len() >= 3 && H2_PREFACE.starts_with(&buf[..buf.len().min(H2_PREFACE.len())]) {
+        return if buf.len() >= H2_PREFACE.len() {
+            Err(HeadError::H2Preface)
+        } else {
+            Ok(None)
+        };
+    }
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut slots);
+    let n = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            return if buf.len() >= max_head {
+                Err(too_large(buf, max_uri))
+            } else {
+                Ok(None)
+            };
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::HeadersTooLarge),
+        Err(e) => return Err(HeadError::Bad(e.to_string())),
+    };
+    let path = req.path.unwrap_or("/");
+    if path.len() > max_uri {
+        return Err(HeadError::UriTooLong);
+    }
+    if n > max_head {
+        return Err(HeadError::HeadersTooLarge);
+    }
+    let head = Bytes::copy_from_slice(&buf[..n]);
+    let method = Method::from_bytes(req.method.unwrap_or("GET").as_bytes())
+        .map_err(|_| HeadError::Bad("invalid method".into()))?;
+    let uri = Uri::from_maybe_shared(head.slice(offset(buf, path.as_bytes())))
+        .map_err(|e| HeadError::Bad(format!("invalid request target: {e}")))?;
+    let version = if req.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let headers = header_map(buf, &head, req.headers)?;
+    let framing = request_framing(&headers, version)?;
+    let keep_alive = keep_alive(&headers, version);
+    let expect_continue = version == Version::HTTP_11
+        && headers
+            .get(EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let (mut parts, ()) = http::Request::new(()).into_parts();
+    parts.method = method;
+    parts.uri = uri;
+    parts.version = version;
+    parts.headers = headers;
+    Ok(Some((
+        n,
+        RequestHead {
+            parts,
+            framing,
+            keep_alive,
+            expect_continue,
+        },
+    )))
+}
+
+/// A head that hit the size limit: 414 if the request line alone is past it, else 431.
+fn too_large(buf: &[u8], max_uri: usize) -> HeadError {
+    let line = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
+    if line > max_uri {
+        HeadError::UriTooLong
+    } else {
+        HeadError::HeadersTooLarge
+    }
+}
+
+/// The range of `part` (a slice of `buf`) within `buf`.
+fn offset(buf: &[u8], part: &[u8]) -> Range<usize> {
+    let start = part.as_ptr() as usize - buf.as_ptr() as usize;
+    start..start + part.len()
+}
+
+/// The header map of a parsed head, values sliced out of `head` (a copy of `buf`'s head).
+fn header_map(
+    buf: &[u8],
+    head: &Bytes,
+    parsed: &[httparse::Header<'_>],
+) -> Result<HeaderMap, HeadError> {
+    let mut headers = HeaderMap::with_capacity(parsed.len());
+    for h in parsed {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| HeadError::Bad(format!("invalid header name {:?}", h.name)))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(offset(buf, h.value)))
+            .map_err(|_| HeadError::Bad(format!("invalid value for header {}", h.name)))?;
+        headers.append(name, value);
+    }
+    Ok(headers)
+}
+
+/// RFC 9112 §6.3 for requests, strictly: a request with both `Transfer-Encoding` and
+/// `Content-Length`, or with differing lengths, is refused (the classic smuggling shapes).
+fn request_framing(headers: &HeaderMap, version: Version) -> Result<Framing, HeadError> {
+    if headers.contains_key(TRANSFER_ENCODING) {
+        if headers.contains_key(CONTENT_LENGTH) {
+            return Err(HeadError::Bad(
+                "both Transfer-Encoding and Content-Length".into(),
+            ));
+        }
+        if version == Version::HTTP_10 {
+            return Err(HeadError::Bad("Transfer-Encoding in an HTTP/1.0 request".into()));
+        }
+        // Not chunked last: the length cannot be known (400); chunked after another coding:
+        // a coding this gateway does not decode (501).
+        return if !ends_chunked(headers) {
+            Err(HeadError::Bad("Transfer-Encoding does not end in chunked".into()))
+        } else if is_chunked_only(headers) {
+            Ok(Framing::Chunked)
+        } else {
+            Err(HeadError::UnsupportedCoding)
+        };
+    }
+    match content_length(headers) {
+        Ok(n) => Ok(Framing::Length(n.unwrap_or(0))),
+        Err(()) => Err(HeadError::Bad("invalid Content-Length".into())),
+    }
+}
+
+/// `Transfer-Encoding` is exactly `chunked` (any case, one value).
+fn is_chunked_only(headers: &HeaderMap) -> bool {
+    let mut codings = headers
+        .get_all(TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|c| !c.is_empty());
+    matches!(
+        (codings.next(), codings.next()),
+        (Some(c), None) if c.eq_ignore_ascii_case(b"chunked")
+    )
+}
+
+/// The transfer codings end in `chunked` (a response may be sent `gzip, chunked`).
+fn ends_chunked(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|c| !c.is_empty())
+        .last()
+        .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"))
+}
+
+/// All `Content-Length` values (comma lists included) agree: that value; none: `None`.
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ()> {
+    let mut found = None;
+    for v in headers.get_all(CONTENT_LENGTH) {
+        for part in v.as_bytes().split(|&b| b == b',') {
+            let part = part.trim_ascii();
+            if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+                return Err(());
+            }
+            let n = part
+                .iter()
+                .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+            if found.is_some_and(|f| f != n) {
+                return Err(());
+            }
+            found = Some(n);
+        }
+    }
+    Ok(found)
+}
+
+/// Whether `Connection` lists `token` (case-insensitive).
+pub fn connection_has(headers: &HeaderMap, token: &[u8]) -> bool {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+fn keep_alive(headers: &HeaderMap, version: Version) -> bool {
+    if version == Version::HTTP_10 {
+        connection_has(headers, b"keep-alive")
+    } else {
+        !connection_has(headers, b"close")
+    }
+}
+
+/// A parsed response head.
+#[derive(Debug)]
+pub struct ResponseHead {
+    pub parts: http::response::Parts,
+    pub framing: Framing,
+    /// The connection may carry another request after this response's body.
+    pub keep_alive: bool,
+}
+
+/// Parses a response head at the start of `buf` (`Ok(None)`: need more bytes). `head_request`:
+/// the request was HEAD, so no body follows whatever the headers say.
+pub fn parse_response(
+    buf: &[u8],
+    head_request: bool,
+    max_head: usize,
+) -> Result<Option<(usize, ResponseHead)>, String> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut slots);
+    let n = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() >= max_head => {
+            return Err(format!("response head larger than {max_head} bytes"));
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(format!("malformed response: {e}")),
+    };
+    let status = StatusCode::from_u16(resp.code.unwrap_or(0))
+        .map_err(|_| "malformed response: invalid status code".to_owned())?;
+    let version = if resp.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let head = Bytes::copy_from_slice(&buf[..n]);
+    let headers = header_map(buf, &head, resp.headers).map_err(|e| e.message())?;
+    let mut keep_alive = keep_alive(&headers, version);
+    let framing = if head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        Framing::Length(0)
+    } else if headers.contains_key(TRANSFER_ENCODING) {
+        if ends_chunked(&headers) {
+            Framing::Chunked
+        } else {
+            Framing::Close
+        }
+    } else {
+        match content_length(&headers) {
+            Ok(Some(n)) => Framing::Length(n),
+            Ok(None) => Framing::Close,
+            Err(()) => return Err("malformed response: invalid Content-Length".into()),
+        }
+    };
+    if framing == Framing::Close {
+        keep_alive = false;
+    }
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    parts.status = status;
+    parts.version = version;
+    parts.headers = headers;
+    Ok(Some((
+        n,
+        ResponseHead {
+            parts,
+            framing,
+            keep_alive,
+        },
+    )))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bodies.
+
+/// What a body decoder made of the buffered bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded {
+    /// Body bytes at this range of the input; consume up to its end.
+    Data(Range<usize>),
+    /// The body ended after `usize` bytes of input.
+    End(usize),
+    /// All input consumed (this many bytes), more is needed.
+    More(usize),
+}
+
+/// Decodes a body of any framing out of successive buffers.
+#[derive(Debug, Clone)]
+pub enum BodyDecoder {
+    Length(u64),
+    Chunked(Chunked),
+    Close,
+}
+
+impl BodyDecoder {
+    pub fn new(framing: Framing) -> BodyDecoder {
+        match framing {
+            Framing::Length(n) => BodyDecoder::Length(n),
+            Framing::Chunked => BodyDecoder::Chunked(Chunked::default()),
+            Framing::Close => BodyDecoder::Close,
+        }
+    }
+
+    /// Whether the body is over (nothing more to read).
+    pub fn is_done(&self) -> bool {
+        match self {
+            BodyDecoder::Length(n) => *n == 0,
+            BodyDecoder::Chunked(c) => c.state == ChunkState::Done,
+            BodyDecoder::Close => false,
+        }
+    }
+
+    /// Bytes still to come when known.
+    pub fn remaining(&self) -> Option<u64> {
+        match self {
+            BodyDecoder::Length(n) => Some(*n),
+            _ => None,
+        }
+    }
+
+    pub fn decode(&mut self, input: &[u8]) -> Result<Decoded, &'static str> {
+        match self {
+            BodyDecoder::Length(0) => Ok(Decoded::End(0)),
+            BodyDecoder::Length(n) => {
+                if input.is_empty() {
+                    return Ok(Decoded::More(0));
+                }
+                let take = usize::try_from(*n).unwrap_or(usize::MAX).min(input.len());
+                *n -= take as u64;
+                Ok(Decoded::Data(0..take))
+            }
+            BodyDecoder::Chunked(c) => c.decode(input),
+            BodyDecoder::Close if input.is_empty() => Ok(Decoded::More(0)),
+            BodyDecoder::Close => Ok(Decoded::Data(0..input.len())),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum ChunkState {
+    #[default]
+    Size,
+    /// After the size: extensions or whitespace until the line's end.
+    Ext,
+    SizeLf,
+    Data,
+    DataCr,
+    DataLf,
+    /// At the start of a trailer line (or the final empty line).
+    Trailer,
+    TrailerLine,
+    EndLf,
+    Done,
+}
+
+/// The chunked transfer coding's decoder (RFC 9112 §7.1); trailers are read and dropped.
+#[derive(Debug, Clone, Default)]
+pub struct Chunked {
+    state: ChunkState,
+    size: u64,
+    digits: u8,
+    /// Extension and trailer bytes seen, bounded by [`MAX_CHUNK_META`].
+    meta: usize,
+}
+
+impl Chunked {
+    fn decode(&mut self, input: &[u8]) -> Result<Decoded, &'static str> {
+        let mut i = 0;
+        while i < input.len() {
+            let b = input[i];
+            match self.state {
+                ChunkState::Size => match (b as char).to_digit(16) {
+                    Some(d) => {
+                        if self.digits == 15 {
+                            return Err("chunk size too large");
+                        }
+                        self.size = self.size * 16 + u64::from(d);
+                        self.digits += 1;
+                    }
+                    None if self.digits == 0 => return Err("invalid chunk size"),
+                    None => match b {
+                        b'\r' => self.state = ChunkState::SizeLf,
+                        b'\n' => self.end_of_size(),
+                        b';' | b' ' | b'\t' => self.state = ChunkState::Ext,
+                        _ => return Err("invalid chunk size"),
+                    },
+                },
+                ChunkState::Ext => match b {
+                    b'\r' => self.state = ChunkState::SizeLf,
+                    b'\n' => self.end_of_size(),
+                    _ => self.meta_byte()?,
+                },
+                ChunkState::SizeLf if b == b'\n' => self.end_of_size(),
+                ChunkState::Data => {
+                    let n = usize::try_from(self.size)
+                        .unwrap_or(usize::MAX)
+                        .min(input.len() - i);
+                    self.size -= n as u64;
+                    if self.size == 0 {
+                        self.state = ChunkState::DataCr;
+                    }
+                    return Ok(Decoded::Data(i..i + n));
+                }
+                ChunkState::DataCr if b == b'\r' => self.state = ChunkState::DataLf,
+                ChunkState::DataCr | ChunkState::DataLf if b == b'\n' => {
+                    self.state = ChunkState::Size;
+                    self.digits = 0;
+                }
+                ChunkState::Trailer => match b {
+                    b'\r' => self.state = ChunkState::EndLf,
+                    b'\n' => {
+                        self.state = ChunkState::Done;
+                        return Ok(Decoded::End(i + 1));
+                    }
+                    _ => {
+                        self.state = ChunkState::TrailerLine;
+                        self.meta_byte()?;
+                    }
+                },
+                ChunkState::TrailerLine => {
+                    if b == b'\n' {
+                        self.state = ChunkState::Trailer;
+                    } else {
+                        self.meta_byte()?;
+                    }
+                }
+                ChunkState::EndLf if b == b'\n' => {
+                    self.state = ChunkState::Done;
+                    return Ok(Decoded::End(i + 1));
+                }
+                ChunkState::Done => return Ok(Decoded::End(i)),
+                ChunkState::SizeLf
+                | ChunkState::DataCr
+                | ChunkState::DataLf
+                | ChunkState::EndLf => return Err("invalid chunk framing"),
+            }
+            i += 1;
+        }
+        if self.state == ChunkState::Done {
+            return Ok(Decoded::End(i));
+        }
+        Ok(Decoded::More(i))
+    }
+
+    fn end_of_size(&mut self) {
+        self.state = if self.size == 0 {
+            ChunkState::Trailer
+        } else {
+            ChunkState::Data
+        };
+    }
+
+    fn meta_byte(&mut self) -> Result<(), &'static str> {
+        self.meta += 1;
+        if self.meta > MAX_CHUNK_META {
+            return Err("chunk extensions or trailers too large");
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writing heads and chunks.
+
+/// Appends `name: value\r\n` for every header.
+pub fn put_headers(out: &mut Vec<u8>, headers: &HeaderMap) {
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+pub fn put_u64(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+/// `HTTP/1.1 <code> <reason>\r\n`.
+pub fn put_status_line(out: &mut Vec<u8>, status: StatusCode) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// One chunk of the chunked coding around `data` (which must not be empty).
+pub fn put_chunk(out: &mut Vec<u8>, data: &[u8]) {
+    let mut hex = [0u8; 16];
+    let mut i = hex.len();
+    let mut n = data.len();
+    loop {
+        i -= 1;
+        hex[i] = b"0123456789abcdef"[n % 16];
+        n /= 16;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&hex[i..]);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The chunked coding's last chunk, with no trailers.
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// Today's `Date` header value, formatted once a second per thread.
+pub fn date() -> HeaderValue {
+    thread_local! {
+        static CACHE: std::cell::RefCell<(u64, HeaderValue)> =
+            std::cell::RefCell::new((u64::MAX, HeaderValue::from_static("")));
+    }
+    let now = std::time::SystemTime::now();
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != secs {
+            let v = HeaderValue::from_str(&httpdate::fmt_http_date(now))
+                .unwrap_or(HeaderValue::from_static(""));
+            *c = (secs, v);
+        }
+        c.1.clone()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(mut d: BodyDecoder, wire: &[u8], step: usize) -> Result<Vec<u8>, &'static str> {
+        let mut out = Vec::new();
+        let mut pending = Vec::new();
+        for piece in wire.chunks(step) {
+            pending.extend_from_slice(piece);
+            loop {
+                match d.decode(&pending)? {
+                    Decoded::Data(r) => {
+                        out.extend_from_slice(&pending[r.clone()]);
+                        pending.drain(..r.end);
+                    }
+                    Decoded::End(n) => {
+                        pending.drain(..n);
+                        assert!(pending.is_empty(), "bytes after the body");
+                        return Ok(out);
+                    }
+                    Decoded::More(n) => {
+                        pending.drain(..n);
+                        break;
+                    }
+                }
+            }
+        }
+        Err("incomplete")
+    }
+
+    #[test]
+    fn chunked_bodies_decode_at_any_split() {
+        let wire = b"5;ext=1\r\nhello\r\n7\r\n, world\r\nA \r\n0123456789\r\n0\r\nX-T: 1\r\n\r\n";
+        for step in 1..wire.len() {
+            let got = decode_all(BodyDecoder::new(Framing::Chunked), wire, step);
+            assert_eq!(got.as_deref(), Ok(&b"hello, world0123456789"[..]), "step {step}");
+        }
+        let got = decode_all(BodyDecoder::new(Framing::Chunked), b"0\r\n\r\n", 1);
+        assert_eq!(got.as_deref(), Ok(&b""[..]));
+    }
+
+    #[test]
+    fn malformed_chunks_are_errors() {
+        for wire in [
+            &b"x\r\nab\r\n"[..],
+            b"2\r\nabc\r\n",
+            b"fffffffffffffffff\r\n",
+            b"\r\n",
+        ] {
+            assert!(
+                decode_all(BodyDecoder::new(Framing::Chunked), wire, 64).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(wire)
+            );
+        }
+    }
+
+    #[test]
+    fn request_framing_refuses_smuggling_shapes() {
+        let parse = |s: &str| parse_request(s.as_bytes(), 8192, 65536).map(|o| o.map(|h| h.1));
+        let ok = parse("POST /a?b=c HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(ok.framing, Framing::Length(3));
+        assert_eq!(ok.parts.uri, "/a?b=c");
+        assert!(ok.keep_alive);
+        let chunked = parse("POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(chunked.framing, Framing::Chunked);
+        for bad in [
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: -3\r\n\r\n",
+            "GARBAGE\r\n\r\n",
+        ] {
+            assert!(matches!(parse(bad), Err(HeadError::Bad(_))), "{bad}");
+        }
+        assert_eq!(
+            parse("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").unwrap_err(),
+            HeadError::UnsupportedCoding
+        );
+        let ten = parse("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
+        assert!(!ten.keep_alive);
+        assert_eq!(parse("GET / HTTP/1.1\r\nHost: x\r\n").unwrap().map(|_| ()), None);
+        assert_eq!(
+            parse("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap_err(),
+            HeadError::H2Preface
+        );
+    }
+
+    #[test]
+    fn oversized_heads_get_414_or_431() {
+        let long_uri = format!("GET /{} HTTP/1.1\r\n", "a".repeat(100));
+        assert_eq!(
+            parse_request(long_uri.as_bytes(), 50, 80).unwrap_err(),
+            HeadError::UriTooLong
+        );
+        let big = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n", "b".repeat(100));
+        assert_eq!(
+            parse_request(big.as_bytes(), 50, 80).unwrap_err(),
+            HeadError::HeadersTooLarge
+        );
+    }
+
+    #[test]
+    fn response_framing() {
+        let parse = |s: &str, head: bool| parse_response(s.as_bytes(), head, 65536).unwrap().unwrap().1;
+        assert_eq!(
+            parse("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", false).framing,
+            Framing::Length(5)
+        );
+        assert_eq!(
+            parse("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true).framing,
+            Framing::Length(0)
+        );
+        assert_eq!(
+            parse("HTTP/1.1 204 No Content\r\n\r\n", false).framing,
+            Framing::Length(0)
+        );
+        let close = parse("HTTP/1.0 200 OK\r\n\r\n", false);
+        assert_eq!(close.framing, Framing::Close);
+        assert!(!close.keep_alive);
+        assert_eq!(
+            parse("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false).framing,
+            Framing::Chunked
+        );
+        let mut out = Vec::new();
+        put_chunk(&mut out, &[b'x'; 26]);
+        assert_eq!(&out[..4], b"1a\r\n");
+    }
+}
