@@ -118,7 +118,9 @@ impl Body for ReqBody {
         while !io.continue_left.is_empty() {
             match Pin::new(&mut io.wr).poll_write(cx, io.continue_left) {
                 Poll::Ready(Ok(n)) if n > 0 => io.continue_left = &io.continue_left[n..],
-                Poll::Ready(Ok(_)) => return Poll::Ready(Some(Err(io::ErrorKind::WriteZero.into()))),
+                Poll::Ready(Ok(_)) => {
+                    return Poll::Ready(Some(Err(io::ErrorKind::WriteZero.into())));
+                }
                 Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
                 Poll::Pending => return Poll::Pending,
             }
@@ -181,6 +183,8 @@ impl Body for ReqBody {
 }
 
 /// How waiting for a request head ended.
+// Made once per request and moved once: boxing the head would cost an allocation.
+#[allow(clippy::large_enum_variant)]
 enum HeadRead {
     Head(h1::RequestHead),
     /// The client closed between requests, or the worker is stopping.
@@ -220,8 +224,15 @@ pub async fn serve(
     let mut first = true;
     loop {
         let deadline = Instant::now() + limits.header_read_timeout;
-        let read = read_head(&conn, &limits, deadline, timer.as_mut(), &mut stopping, &mut stop_seen)
-            .await;
+        let read = read_head(
+            &conn,
+            &limits,
+            deadline,
+            timer.as_mut(),
+            &mut stopping,
+            &mut stop_seen,
+        )
+        .await;
         let head = match read {
             HeadRead::Head(h) => h,
             HeadRead::Failed(HeadError::H2Preface) if first && !stop_seen => {
@@ -509,7 +520,11 @@ async fn write_response(
 }
 
 /// A gateway-made answer on a connection that then closes.
-async fn respond_and_close(conn: &Conn, wbuf: &mut Vec<u8>, resp: Response<ProxyBody>) -> io::Result<()> {
+async fn respond_and_close(
+    conn: &Conn,
+    wbuf: &mut Vec<u8>,
+    resp: Response<ProxyBody>,
+) -> io::Result<()> {
     write_response(conn, wbuf, resp, Version::HTTP_11, false, false).await?;
     close(conn, true).await;
     Ok(())
@@ -550,11 +565,14 @@ async fn serve_h2(
     limits: Limits,
     stopping: Pin<Box<impl Future<Output = ()>>>,
 ) {
-    let Ok(io) = Arc::try_unwrap(conn).map(|m| m.into_inner().unwrap_or_else(PoisonError::into_inner))
+    let Ok(io) =
+        Arc::try_unwrap(conn).map(|m| m.into_inner().unwrap_or_else(PoisonError::into_inner))
     else {
         return;
     };
-    let Io { rd, wr, mut rbuf, .. } = io;
+    let Io {
+        rd, wr, mut rbuf, ..
+    } = io;
     let prefix = rbuf.take_filled();
     let Ok(stream) = rd.reunite(wr) else {
         return;

@@ -158,9 +158,7 @@ impl HeadError {
             HeadError::Bad(why) => format!("malformed request: {why}"),
             HeadError::UriTooLong => "the request target is too long".into(),
             HeadError::HeadersTooLarge => "the request headers are too large".into(),
-            HeadError::UnsupportedCoding => {
-                "only the chunked transfer coding is supported".into()
-            }
+            HeadError::UnsupportedCoding => "only the chunked transfer coding is supported".into(),
             HeadError::H2Preface => "HTTP/2 preface on an HTTP/1.1 connection".into(),
         }
     }
@@ -291,12 +289,16 @@ fn request_framing(headers: &HeaderMap, version: Version) -> Result<Framing, Hea
             ));
         }
         if version == Version::HTTP_10 {
-            return Err(HeadError::Bad("Transfer-Encoding in an HTTP/1.0 request".into()));
+            return Err(HeadError::Bad(
+                "Transfer-Encoding in an HTTP/1.0 request".into(),
+            ));
         }
         // Not chunked last: the length cannot be known (400); chunked after another coding:
         // a coding this gateway does not decode (501).
         return if !ends_chunked(headers) {
-            Err(HeadError::Bad("Transfer-Encoding does not end in chunked".into()))
+            Err(HeadError::Bad(
+                "Transfer-Encoding does not end in chunked".into(),
+            ))
         } else if is_chunked_only(headers) {
             Ok(Framing::Chunked)
         } else {
@@ -330,8 +332,7 @@ fn ends_chunked(headers: &HeaderMap) -> bool {
         .iter()
         .flat_map(|v| v.as_bytes().split(|&b| b == b','))
         .map(<[u8]>::trim_ascii)
-        .filter(|c| !c.is_empty())
-        .last()
+        .rfind(|c| !c.is_empty())
         .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"))
 }
 
@@ -344,9 +345,7 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ()> {
             if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
                 return Err(());
             }
-            let n = part
-                .iter()
-                .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+            let n = part.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
             if found.is_some_and(|f| f != n) {
                 return Err(());
             }
@@ -686,7 +685,7 @@ pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 pub fn date() -> HeaderValue {
     thread_local! {
         static CACHE: std::cell::RefCell<(u64, HeaderValue)> =
-            std::cell::RefCell::new((u64::MAX, HeaderValue::from_static("")));
+            const { std::cell::RefCell::new((u64::MAX, HeaderValue::from_static(""))) };
     }
     let now = std::time::SystemTime::now();
     let secs = now
@@ -738,7 +737,11 @@ mod tests {
         let wire = b"5;ext=1\r\nhello\r\n7\r\n, world\r\nA \r\n0123456789\r\n0\r\nX-T: 1\r\n\r\n";
         for step in 1..wire.len() {
             let got = decode_all(BodyDecoder::new(Framing::Chunked), wire, step);
-            assert_eq!(got.as_deref(), Ok(&b"hello, world0123456789"[..]), "step {step}");
+            assert_eq!(
+                got.as_deref(),
+                Ok(&b"hello, world0123456789"[..]),
+                "step {step}"
+            );
         }
         let got = decode_all(BodyDecoder::new(Framing::Chunked), b"0\r\n\r\n", 1);
         assert_eq!(got.as_deref(), Ok(&b""[..]));
@@ -787,7 +790,10 @@ mod tests {
         );
         let ten = parse("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
         assert!(!ten.keep_alive);
-        assert_eq!(parse("GET / HTTP/1.1\r\nHost: x\r\n").unwrap().map(|_| ()), None);
+        assert_eq!(
+            parse("GET / HTTP/1.1\r\nHost: x\r\n").unwrap().map(|_| ()),
+            None
+        );
         assert_eq!(
             parse("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap_err(),
             HeadError::H2Preface
@@ -810,7 +816,12 @@ mod tests {
 
     #[test]
     fn response_framing() {
-        let parse = |s: &str, head: bool| parse_response(s.as_bytes(), head, 65536).unwrap().unwrap().1;
+        let parse = |s: &str, head: bool| {
+            parse_response(s.as_bytes(), head, 65536)
+                .unwrap()
+                .unwrap()
+                .1
+        };
         assert_eq!(
             parse("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", false).framing,
             Framing::Length(5)
@@ -827,7 +838,11 @@ mod tests {
         assert_eq!(close.framing, Framing::Close);
         assert!(!close.keep_alive);
         assert_eq!(
-            parse("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false).framing,
+            parse(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                false
+            )
+            .framing,
             Framing::Chunked
         );
         let mut out = Vec::new();

@@ -145,7 +145,11 @@ where
     let framing = if body.is_end_stream() {
         None
     } else {
-        Some(body.size_hint().exact().map_or(Framing::Chunked, Framing::Length))
+        Some(
+            body.size_hint()
+                .exact()
+                .map_or(Framing::Chunked, Framing::Length),
+        )
     };
     let mut head = Vec::with_capacity(512);
     put_request_head(&mut head, &parts, framing);
@@ -267,7 +271,8 @@ where
                     Ok(Some((n, head))) => {
                         conn.rbuf.consume(n);
                         let status = head.parts.status;
-                        if status.is_informational() && status != http::StatusCode::SWITCHING_PROTOCOLS
+                        if status.is_informational()
+                            && status != http::StatusCode::SWITCHING_PROTOCOLS
                         {
                             continue;
                         }
@@ -310,7 +315,9 @@ fn answered_early(conn: &mut Conn, cx: &mut Context<'_>) -> Poll<Result<bool, Fa
 fn io_failure(e: io::Error, conn: &Conn) -> Failure {
     let stale = matches!(
         e.kind(),
-        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionAborted
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionAborted
     );
     if stale && conn.rbuf.is_empty() {
         Failure::Stale

@@ -130,7 +130,6 @@ impl<B> LimitedBody<B> {
             done,
         }
     }
-
 }
 
 impl<B> Body for LimitedBody<B>

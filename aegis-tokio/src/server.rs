@@ -30,11 +30,11 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{oneshot, watch};
 
-use crate::{admin, downstream};
 use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::proxy::{self, ProxyBody, X_REQUEST_ID};
 use crate::runtime::{ConfigSource, LogFormat, Runtime, Shared};
+use crate::{admin, downstream};
 
 /// hyper never buffers less than this for a request head.
 const MIN_BUF: usize = 8192;
