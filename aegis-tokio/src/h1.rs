@@ -224,6 +224,10 @@ pub fn parse_request(
         Version::HTTP_11
     };
     let headers = header_map(buf, &head, req.headers)?;
+    // RFC 9112 §3.2: an HTTP/1.1 request without Host is refused.
+    if version == Version::HTTP_11 && !headers.contains_key(http::header::HOST) {
+        return Err(HeadError::Bad("no Host header".into()));
+    }
     let framing = request_framing(&headers, version)?;
     let keep_alive = keep_alive(&headers, version);
     let expect_continue = version == Version::HTTP_11

@@ -217,14 +217,16 @@ where
     let mut wpos = 0;
     let mut flush_now = false;
     // Write the head and the body; stop early if the upstream starts answering.
-    let complete = poll_fn(|cx| {
+    let written = poll_fn(|cx| {
         loop {
             if body_done || flush_now || wbuf.len() >= FLUSH_AT {
                 while wpos < wbuf.len() {
                     match Pin::new(&mut conn.io).poll_write(cx, &wbuf[wpos..]) {
                         Poll::Ready(Ok(0)) => return Poll::Ready(Err(Failure::Stale)),
                         Poll::Ready(Ok(n)) => wpos += n,
-                        Poll::Ready(Err(e)) => return Poll::Ready(Err(io_failure(e, conn))),
+                        // The upstream may have answered, then reset the connection under
+                        // the rest of the body: its answer can still be read.
+                        Poll::Ready(Err(e)) => return Poll::Ready(Ok(Written::Broken(e))),
                         Poll::Pending => return answered_early(conn, cx),
                     }
                 }
@@ -232,7 +234,7 @@ where
                 wpos = 0;
                 flush_now = false;
                 if body_done {
-                    return Poll::Ready(Ok(true));
+                    return Poll::Ready(Ok(Written::Complete));
                 }
             }
             match Pin::new(&mut *body).poll_frame(cx) {
@@ -262,6 +264,11 @@ where
         }
     })
     .await?;
+    let (complete, mut broken) = match written {
+        Written::Complete => (true, None),
+        Written::Early => (false, None),
+        Written::Broken(e) => (false, Some(e)),
+    };
 
     // Read the response head, skipping interim (1xx) responses.
     poll_fn(|cx| {
@@ -283,7 +290,15 @@ where
                 }
             }
             let empty = conn.rbuf.is_empty();
-            match conn.rbuf.poll_fill(cx, &mut conn.io, MAX_RESPONSE_HEAD) {
+            let filled = conn.rbuf.poll_fill(cx, &mut conn.io, MAX_RESPONSE_HEAD);
+            if empty
+                && matches!(filled, Poll::Ready(Ok(0) | Err(_)))
+                && let Some(e) = broken.take()
+            {
+                // Nothing was answered before the write failed: that failure is the answer.
+                return Poll::Ready(Err(io_failure(e, conn)));
+            }
+            match filled {
                 Poll::Ready(Ok(0)) if empty => return Poll::Ready(Err(Failure::Stale)),
                 Poll::Ready(Ok(0)) => {
                     return Poll::Ready(Err(Failure::Send(SendError::Exchange(
@@ -299,12 +314,21 @@ where
     .await
 }
 
+/// How writing a request ended.
+enum Written {
+    Complete,
+    /// The upstream began its response before the whole body was written.
+    Early,
+    /// Writing failed; the upstream may still have answered first.
+    Broken(io::Error),
+}
+
 /// While the request is still being written: the upstream has begun its response (stop
 /// writing, read it) or closed; otherwise wait.
-fn answered_early(conn: &mut Conn, cx: &mut Context<'_>) -> Poll<Result<bool, Failure>> {
+fn answered_early(conn: &mut Conn, cx: &mut Context<'_>) -> Poll<Result<Written, Failure>> {
     match conn.rbuf.poll_fill(cx, &mut conn.io, MAX_RESPONSE_HEAD) {
         Poll::Ready(Ok(0)) => Poll::Ready(Err(Failure::Stale)),
-        Poll::Ready(Ok(_)) => Poll::Ready(Ok(false)),
+        Poll::Ready(Ok(_)) => Poll::Ready(Ok(Written::Early)),
         Poll::Ready(Err(e)) => Poll::Ready(Err(io_failure(e, conn))),
         Poll::Pending => Poll::Pending,
     }
