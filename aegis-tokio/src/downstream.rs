@@ -10,12 +10,14 @@
 //! request body is read by whoever polls [`ReqBody`] (the upstream exchange), from the same
 //! buffer the loop reads heads from; a `100 Continue` is sent when it is first polled.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -27,7 +29,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 use crate::h1::{self, BodyDecoder, Decoded, Framing, HeadError, ReadBuf};
@@ -63,6 +64,75 @@ impl Limits {
             max_head: server.max_header_bytes + server.max_uri_bytes + 1024,
             max_header_list: u32::try_from(server.max_header_bytes).unwrap_or(u32::MAX),
         }
+    }
+}
+
+/// A worker's stop signal for its connections. Set once; a connection waiting for its next
+/// request registers its task's waker once (not per request) and is woken to close.
+#[derive(Debug, Default)]
+pub struct Stop {
+    stopped: AtomicBool,
+    next: AtomicU64,
+    waiting: Mutex<HashMap<u64, Waker>>,
+}
+
+impl Stop {
+    /// Tells every connection to finish its exchange in flight, then close.
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        let waiting =
+            std::mem::take(&mut *self.waiting.lock().unwrap_or_else(PoisonError::into_inner));
+        for w in waiting.into_values() {
+            w.wake();
+        }
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
+    }
+
+    /// Registers `waker` to be woken on stop (the first time, or when the task's waker
+    /// changed) and says whether the worker has stopped.
+    fn poll(&self, reg: &mut Registration, waker: &Waker) -> bool {
+        if !reg.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            let id = *reg
+                .id
+                .get_or_insert_with(|| self.next.fetch_add(1, Ordering::Relaxed));
+            self.waiting
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(id, waker.clone());
+            reg.waker = Some(waker.clone());
+        }
+        self.is_stopped()
+    }
+
+    fn deregister(&self, reg: &Registration) {
+        if let Some(id) = reg.id {
+            self.waiting
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&id);
+        }
+    }
+}
+
+/// A connection's place in [`Stop`]'s list.
+#[derive(Debug, Default)]
+struct Registration {
+    id: Option<u64>,
+    waker: Option<Waker>,
+}
+
+/// Removes the connection from the stop list when it ends.
+struct Registered<'a> {
+    stop: &'a Stop,
+    reg: Registration,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.stop.deregister(&self.reg);
     }
 }
 
@@ -201,7 +271,7 @@ pub async fn serve(
     peer: Peer,
     shared: Arc<Shared>,
     limits: Limits,
-    stop: watch::Receiver<bool>,
+    stop: Arc<Stop>,
 ) {
     let _open = crate::metrics::GaugeGuard::enter(&shared.metrics.connections);
     let _ = stream.set_nodelay(true);
@@ -213,31 +283,21 @@ pub async fn serve(
         body: None,
         continue_left: b"",
     }));
-    let stop_now = stop.clone();
-    let mut stopping = Box::pin(async move {
-        let mut stop = stop;
-        let _ = stop.changed().await;
-    });
-    let mut stop_seen = false;
+    let mut stopping = Registered {
+        stop: &stop,
+        reg: Registration::default(),
+    };
     let mut timer = Box::pin(tokio::time::sleep(limits.header_read_timeout));
     let mut wbuf = Vec::with_capacity(4096);
     let mut first = true;
     loop {
         let deadline = Instant::now() + limits.header_read_timeout;
-        let read = read_head(
-            &conn,
-            &limits,
-            deadline,
-            timer.as_mut(),
-            &mut stopping,
-            &mut stop_seen,
-        )
-        .await;
+        let read = read_head(&conn, &limits, deadline, timer.as_mut(), &mut stopping).await;
         let head = match read {
             HeadRead::Head(h) => h,
-            HeadRead::Failed(HeadError::H2Preface) if first && !stop_seen => {
+            HeadRead::Failed(HeadError::H2Preface) if first && !stop.is_stopped() => {
                 drop(timer);
-                return serve_h2(conn, peer, shared.clone(), limits, stopping).await;
+                return serve_h2(conn, peer, shared.clone(), limits, &mut stopping).await;
             }
             HeadRead::Failed(e) => {
                 let body = proxy::error(e.status(), "bad_request", e.message());
@@ -284,15 +344,12 @@ pub async fn serve(
             // The client left; the exchange was dropped (its outcome reported as cancelled).
             return;
         };
-        let (unread, stopping_now) = {
+        let unread = {
             let mut io = lock(&conn);
             io.continue_left = b"";
-            (
-                io.body.is_some(),
-                stop_seen || stop_now.has_changed().unwrap_or(true),
-            )
+            io.body.is_some()
         };
-        let keep = keep_alive && !unread && !stopping_now;
+        let keep = keep_alive && !unread && !stop.is_stopped();
         let written = write_response(&conn, &mut wbuf, resp, version, head_request, keep).await;
         match written {
             Ok(true) if keep => {}
@@ -302,7 +359,7 @@ pub async fn serve(
             }
             Err(_) => return,
         }
-        if stop_now.has_changed().unwrap_or(true) {
+        if stop.is_stopped() {
             close(&conn, false).await;
             return;
         }
@@ -316,8 +373,7 @@ async fn read_head(
     limits: &Limits,
     deadline: Instant,
     mut timer: Pin<&mut Sleep>,
-    stopping: &mut Pin<Box<impl Future<Output = ()>>>,
-    stop_seen: &mut bool,
+    stopping: &mut Registered<'_>,
 ) -> HeadRead {
     poll_fn(|cx| {
         let mut guard = lock(conn);
@@ -345,10 +401,7 @@ async fn read_head(
         }
         let partial = !io.rbuf.is_empty();
         drop(guard);
-        if !partial && !*stop_seen && stopping.as_mut().poll(cx).is_ready() {
-            *stop_seen = true;
-        }
-        if *stop_seen && !partial {
+        if !partial && stopping.stop.poll(&mut stopping.reg, cx.waker()) {
             return Poll::Ready(HeadRead::Closed);
         }
         // The timer is armed once per connection and moved only when it fires early: a
@@ -563,7 +616,7 @@ async fn serve_h2(
     peer: Peer,
     shared: Arc<Shared>,
     limits: Limits,
-    stopping: Pin<Box<impl Future<Output = ()>>>,
+    stopping: &mut Registered<'_>,
 ) {
     let Ok(io) =
         Arc::try_unwrap(conn).map(|m| m.into_inner().unwrap_or_else(PoisonError::into_inner))
@@ -598,7 +651,13 @@ async fn serve_h2(
                 tracing::debug!("HTTP/2 connection closed with an error: {e}");
             }
         }
-        () = stopping => {
+        () = poll_fn(|cx| {
+            if stopping.stop.poll(&mut stopping.reg, cx.waker()) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        }) => {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }

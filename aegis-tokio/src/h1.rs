@@ -272,7 +272,8 @@ fn header_map(
     head: &Bytes,
     parsed: &[httparse::Header<'_>],
 ) -> Result<HeaderMap, HeadError> {
-    let mut headers = HeaderMap::with_capacity(parsed.len());
+    // Room for the headers the gateway adds (forwarding, request id) without a regrow.
+    let mut headers = HeaderMap::with_capacity(parsed.len() + 8);
     for h in parsed {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| HeadError::Bad(format!("invalid header name {:?}", h.name)))?;

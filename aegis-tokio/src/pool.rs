@@ -19,6 +19,7 @@ use std::fmt;
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
+use std::sync::{Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -64,15 +65,32 @@ impl Conn {
     }
 }
 
-thread_local! {
-    static POOL: RefCell<HashMap<Authority, VecDeque<Conn>>> = RefCell::new(HashMap::new());
+/// A target authority's slot in every worker's pool: one number per authority for the life
+/// of the process (reloads that keep a target keep its pooled connections).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Key(usize);
+
+/// The slot of `authority`, assigned the first time it is seen.
+pub fn key(authority: &Authority) -> Key {
+    static KEYS: Mutex<Option<HashMap<Authority, usize>>> = Mutex::new(None);
+    let mut keys = KEYS.lock().unwrap_or_else(PoisonError::into_inner);
+    let keys = keys.get_or_insert_with(HashMap::default);
+    let next = keys.len();
+    Key(*keys.entry(authority.clone()).or_insert(next))
 }
 
-/// Takes the most recently used live idle connection to `authority`.
-fn checkout(authority: &Authority, cx: &mut Context<'_>) -> Option<Conn> {
+thread_local! {
+    /// The request write buffer, reused by this thread's exchanges.
+    static WBUF: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+    /// Idle connections by [`Key`].
+    static POOL: RefCell<Vec<VecDeque<Conn>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Takes the most recently used live idle connection of slot `key`.
+fn checkout(key: Key, cx: &mut Context<'_>) -> Option<Conn> {
     POOL.with(|p| {
         let mut p = p.borrow_mut();
-        let list = p.get_mut(authority)?;
+        let list = p.get_mut(key.0)?;
         let now = Instant::now();
         while let Some(mut c) = list.pop_back() {
             if now.duration_since(c.last_used) >= IDLE {
@@ -89,15 +107,15 @@ fn checkout(authority: &Authority, cx: &mut Context<'_>) -> Option<Conn> {
 }
 
 /// Puts a connection whose exchange is complete back in the pool.
-fn release(authority: &Authority, mut conn: Conn) {
+fn release(key: Key, mut conn: Conn) {
     let now = Instant::now();
     conn.last_used = now;
     POOL.with(|p| {
         let mut p = p.borrow_mut();
-        let list = match p.get_mut(authority) {
-            Some(l) => l,
-            None => p.entry(authority.clone()).or_default(),
-        };
+        if p.len() <= key.0 {
+            p.resize_with(key.0 + 1, VecDeque::new);
+        }
+        let list = &mut p[key.0];
         while list
             .front()
             .is_some_and(|c| now.duration_since(c.last_used) >= IDLE)
@@ -134,6 +152,7 @@ impl fmt::Display for SendError {
 /// Sends `req` (origin-form URI, `Host` set) to `authority` on a pooled connection, or a new
 /// one, and returns the response head with its body still to be read from the connection.
 pub async fn send<B>(
+    key: Key,
     authority: &Authority,
     req: Request<B>,
     connect_timeout: Duration,
@@ -151,14 +170,13 @@ where
                 .map_or(Framing::Chunked, Framing::Length),
         )
     };
-    let mut head = Vec::with_capacity(512);
-    put_request_head(&mut head, &parts, framing);
+    let mut wbuf = WBUF.take();
     let head_request = parts.method == Method::HEAD;
 
     let mut tries = 0;
     loop {
         let pooled = if tries < STALE_RETRIES {
-            poll_fn(|cx| Poll::Ready(checkout(authority, cx))).await
+            poll_fn(|cx| Poll::Ready(checkout(key, cx))).await
         } else {
             None
         };
@@ -168,14 +186,20 @@ where
             Some(c) => c,
             None => connect(authority, connect_timeout).await?,
         };
-        let mut wbuf = head.clone();
-        match exchange(&mut conn, &mut wbuf, &mut body, framing, head_request).await {
+        wbuf.clear();
+        put_request_head(&mut wbuf, &parts, framing);
+        let result = exchange(&mut conn, &mut wbuf, &mut body, framing, head_request).await;
+        if wbuf.capacity() <= 2 * FLUSH_AT {
+            wbuf.clear();
+            WBUF.set(std::mem::take(&mut wbuf));
+        }
+        match result {
             Ok((head, complete)) => {
                 let mut up = UpBody {
                     decoder: BodyDecoder::new(head.framing),
                     reusable: head.keep_alive && complete,
                     conn: Some(conn),
-                    authority: authority.clone(),
+                    key,
                 };
                 if up.decoder.is_done() {
                     up.finish();
@@ -413,7 +437,7 @@ pub struct UpBody {
     decoder: BodyDecoder,
     /// The connection can carry another exchange after this body.
     reusable: bool,
-    authority: Authority,
+    key: Key,
 }
 
 impl UpBody {
@@ -423,7 +447,7 @@ impl UpBody {
             && self.reusable
             && conn.rbuf.is_empty()
         {
-            release(&self.authority, conn);
+            release(self.key, conn);
         }
     }
 }

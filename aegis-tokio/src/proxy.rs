@@ -405,11 +405,16 @@ where
         }
     };
     let sent = Instant::now();
-    let authority = &rt.routes[route].targets[fwd.target()].0;
+    let target = &rt.routes[route].targets[fwd.target()];
     let connect_timeout = rt.policy.config().server.connect_timeout;
     let result = tokio::time::timeout(
         fwd.timeout,
-        pool::send(authority, upstream_req, connect_timeout),
+        pool::send(
+            target.pool,
+            &target.authority,
+            upstream_req,
+            connect_timeout,
+        ),
     )
     .await;
     let metrics = &rt.routes[route].metrics;
@@ -498,7 +503,7 @@ fn upstream_request<B>(
 ) -> Result<Request<LimitedBody<B>>, http::uri::InvalidUri> {
     let original = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
     let pq = fwd.path_and_query(original);
-    let (_, host) = &rt.routes[fwd.route.0].targets[fwd.target()];
+    let host = &rt.routes[fwd.route.0].targets[fwd.target()].host;
     // Origin form (`/path?query`): the connection already goes to the target.
     let uri = Uri::try_from(&*pq)?;
     // The client's headers move upstream (the access log kept what it needs of them).
@@ -542,6 +547,20 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: &Peer) {
 /// Removes the headers that describe one connection and must not be forwarded (RFC 9110
 /// §7.6.1): `Connection` and every header it names, and the fixed hop-by-hop set.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages have none: one pass over the names instead of a lookup for each.
+    let hop = [
+        CONNECTION,
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        TE,
+        TRAILER,
+        TRANSFER_ENCODING,
+        UPGRADE,
+        PROXY_AUTHORIZATION,
+    ];
+    if !headers.keys().any(|n| hop.contains(n)) {
+        return;
+    }
     if headers.contains_key(CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(CONNECTION)

@@ -29,8 +29,7 @@ pub struct Runtime {
 #[derive(Debug)]
 pub struct RouteRt {
     pub metrics: Arc<RouteMetrics>,
-    /// Per target: its authority and the `Host` header sent to it.
-    pub targets: Vec<(Authority, HeaderValue)>,
+    pub targets: Vec<Target>,
 }
 
 impl Runtime {
@@ -80,10 +79,11 @@ impl Runtime {
                 targets: r
                     .targets
                     .iter()
-                    .map(|t| {
-                        let host = HeaderValue::from_str(t.authority.as_str())
-                            .expect("a validated authority is a header value");
-                        (t.authority.clone(), host)
+                    .map(|t| Target {
+                        host: HeaderValue::from_str(t.authority.as_str())
+                            .expect("a validated authority is a header value"),
+                        pool: crate::pool::key(&t.authority),
+                        authority: t.authority.clone(),
                     })
                     .collect(),
             })
@@ -95,6 +95,16 @@ impl Runtime {
             policy,
         })
     }
+}
+
+/// Where a target's requests go.
+#[derive(Debug)]
+pub struct Target {
+    pub authority: Authority,
+    /// The `Host` header sent to it.
+    pub host: HeaderValue,
+    /// Its slot in the upstream connection pools.
+    pub pool: crate::pool::Key,
 }
 
 /// Locks a balancer; a panic elsewhere while it was held does not wedge it.

@@ -206,6 +206,7 @@ fn worker(
         let server = shared.runtime.load().policy.config().server.clone();
         let limits = downstream::Limits::new(&server);
         let mut conns = tokio::task::JoinSet::new();
+        let signal = Arc::new(downstream::Stop::default());
         loop {
             tokio::select! {
                 r = listener.accept() => match r {
@@ -216,7 +217,7 @@ fn worker(
                             peer,
                             shared.clone(),
                             limits,
-                            stop.clone(),
+                            signal.clone(),
                         ));
                     }
                     Err(e) => accept_error(e).await,
@@ -226,6 +227,7 @@ fn worker(
             }
         }
         drop(listener);
+        signal.stop();
         let drain = shared.runtime.load().policy.config().server.drain_timeout;
         let all = async { while conns.join_next().await.is_some() {} };
         if tokio::time::timeout(drain, all).await.is_err() {
