@@ -1,0 +1,565 @@
+//! The gateway's HTTP/1.1 connections, end to end over real sockets: the head timeout against a
+//! slow client (slowloris) and an idle keep-alive one, a timer that restarts per request,
+//! SIGTERM with idle and busy connections, `Expect: 100-continue` refused before the body, an
+//! early 401/413 while the client is still uploading, the HTTP/2 (h2c) handoff with a split
+//! preface, a large response read slowly under pipelining, and many concurrent connections.
+//!
+//! tests/http1.rs covers HTTP/1.1 message by message; this file covers what happens to the
+//! connection. Every socket read is bounded by [`TIMEOUT`].
+#![allow(clippy::disallowed_methods)] // real time: deadlines and the timeouts under test
+
+use std::io::{self, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::pin::Pin;
+use std::sync::mpsc;
+use std::task::{Context, Poll};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use aegis_suite::{
+    Gateway, Response, Upstream, get, read_head, read_response, wait_for, wait_until,
+};
+
+/// Read and write timeout of every test socket: a hung gateway fails the test.
+const TIMEOUT: Duration = Duration::from_secs(5);
+/// The secret of the `[auth]` section.
+const SECRET: &str = "conn-secret";
+
+/// A gateway on `up` with `server` lines added to `[server]`: `/private` needs a token,
+/// `/small` takes bodies up to 1 MiB, everything else is forwarded as is.
+fn gateway(up: &Upstream, server: &str) -> Gateway {
+    let config = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+{server}
+
+[auth]
+secret = "{SECRET}"
+
+[[routes]]
+path = "/private"
+targets = [{u:?}]
+auth = true
+
+[[routes]]
+path = "/small"
+targets = [{u:?}]
+max_body_size = "1MiB"
+
+[[routes]]
+path = "/"
+targets = [{u:?}]
+"#,
+        u = up.url()
+    );
+    Gateway::start(&config, &[("RUST_LOG", "warn")])
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Whether a read error means the peer reset the connection.
+fn is_reset(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+    )
+}
+
+/// One line of `/gateway/metrics`: `name value`.
+fn gauge(gw: &Gateway, name: &str) -> i64 {
+    let text = get(gw.addr, "/gateway/metrics", &[]).text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in metrics:\n{text}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The client: one connection, written raw, read response by response.
+
+struct Client {
+    r: BufReader<TcpStream>,
+    w: TcpStream,
+}
+
+impl Client {
+    fn connect(addr: SocketAddr) -> Client {
+        let s = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connect to the gateway");
+        s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        s.set_write_timeout(Some(TIMEOUT)).unwrap();
+        s.set_nodelay(true).unwrap();
+        Client {
+            r: BufReader::new(s.try_clone().unwrap()),
+            w: s,
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.w.write_all(bytes).expect("write to the gateway");
+    }
+
+    /// `GET path` on this connection (keep-alive).
+    fn get(&mut self, path: &str) -> Response {
+        self.send(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+        self.response()
+    }
+
+    /// The next response, which must start right where the previous one ended.
+    fn response(&mut self) -> Response {
+        let head = read_head(&mut self.r).expect("a response head from the gateway");
+        assert!(
+            head.starts_with(b"HTTP/1.1 "),
+            "the bytes do not start with a status line: {:?}",
+            lossy(&head)
+        );
+        let mut whole = (&head[..]).chain(&mut self.r);
+        read_response(&mut whole, false).expect("a response body")
+    }
+
+    /// Reads until the gateway closes the connection; panics on bytes, a timeout or a reset
+    /// (unless `reset_ok`).
+    fn expect_closed(&mut self, reset_ok: bool) {
+        let mut b = [0u8; 256];
+        match self.r.read(&mut b) {
+            Ok(0) => {}
+            Ok(n) => panic!(
+                "expected the gateway to close the connection, read {:?}",
+                lossy(&b[..n])
+            ),
+            Err(e) if reset_ok && is_reset(&e) => {}
+            Err(e) => panic!("expected the gateway to close the connection: {e}"),
+        }
+    }
+}
+
+/// The service's JSON answer for `path` (`aegis upstream` echoes the path and its name).
+fn assert_echo(r: &Response, path: &str) {
+    assert_eq!(r.status, 200, "{path}: {r:?}");
+    let v = r.json();
+    assert_eq!(v["path"], path, "{}", r.text());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The tests.
+
+#[test]
+fn slowloris_head_gets_408_and_the_close() {
+    let up = Upstream::start("svc");
+    let gw = gateway(&up, "header_read_timeout = \"500ms\"");
+    let mut c = Client::connect(gw.addr);
+    let sent = Instant::now();
+    // A head that never ends.
+    c.send(b"GET / HTTP/1.1\r\nHost: x\r\n");
+    let r = c.response();
+    let waited = sent.elapsed();
+    assert_eq!(r.status, 408, "{r:?}");
+    assert_eq!(r.json()["error"], "request_timeout", "{}", r.text());
+    assert_eq!(r.header("connection"), Some("close"), "{r:?}");
+    // Not before the timeout (a lower bound only: a loaded machine makes it later).
+    assert!(waited >= Duration::from_millis(450), "408 after {waited:?}");
+    c.expect_closed(false);
+}
+
+#[test]
+fn idle_keep_alive_connection_is_closed_after_the_head_timeout() {
+    let up = Upstream::start("svc");
+    let gw = gateway(
+        &up,
+        "header_read_timeout = \"500ms\"\nidle_timeout = \"60s\"",
+    );
+    let mut c = Client::connect(gw.addr);
+    assert_echo(&c.get("/first"), "/first");
+    let idle_from = Instant::now();
+    // Nothing more is sent: the gateway closes without a response (no 408: no request began).
+    c.expect_closed(false);
+    let idle = idle_from.elapsed();
+    assert!(idle >= Duration::from_millis(450), "closed after {idle:?}");
+}
+
+#[test]
+fn requests_each_within_the_head_timeout_are_not_cut_off() {
+    let up = Upstream::start("svc");
+    let gw = gateway(&up, "header_read_timeout = \"500ms\"");
+    let mut c = Client::connect(gw.addr);
+    let start = Instant::now();
+    for i in 0..4 {
+        if i > 0 {
+            // The stimulus, not a wait for a condition: each gap is under the timeout, the
+            // total is well over it.
+            thread::sleep(Duration::from_millis(300));
+        }
+        // Each head also arrives in two parts, 100 ms apart.
+        let path = format!("/slow/{i}");
+        c.send(format!("GET {path} HTTP/1.1\r\n").as_bytes());
+        thread::sleep(Duration::from_millis(100));
+        c.send(b"Host: x\r\n\r\n");
+        assert_echo(&c.response(), &path);
+    }
+    assert!(start.elapsed() >= Duration::from_millis(1200));
+    // Still open: one more request is answered.
+    assert_echo(&c.get("/last"), "/last");
+}
+
+#[test]
+fn sigterm_finishes_the_request_in_flight_and_closes_idle_connections() {
+    let up = Upstream::start("svc");
+    let mut gw = gateway(
+        &up,
+        "header_read_timeout = \"30s\"\nidle_timeout = \"60s\"\ndrain_timeout = \"20s\"",
+    );
+    // Three idle keep-alive connections, each after one exchange.
+    let mut idle: Vec<Client> = (0..3)
+        .map(|i| {
+            let mut c = Client::connect(gw.addr);
+            let path = format!("/idle/{i}");
+            assert_echo(&c.get(&path), &path);
+            c
+        })
+        .collect();
+    let addr = gw.addr;
+    let busy = thread::spawn(move || {
+        let mut c = Client::connect(addr);
+        let r = c.get("/busy?sleep_ms=2000");
+        let after = {
+            let mut b = [0u8; 64];
+            match c.r.read(&mut b) {
+                Ok(n) => Ok(n),
+                Err(e) => Err(e.kind()),
+            }
+        };
+        (r, after)
+    });
+    // The metrics request itself is one in flight.
+    wait_until(
+        "the slow request to be in flight",
+        Duration::from_secs(10),
+        || gauge(&gw, "aegis_requests_in_flight") == 2,
+    );
+    let term = Instant::now();
+    gw.signal("TERM");
+    for (i, c) in idle.iter_mut().enumerate() {
+        let mut b = [0u8; 64];
+        match c.r.read(&mut b) {
+            Ok(0) => {}
+            other => panic!("idle connection {i}: expected the close, got {other:?}"),
+        }
+    }
+    let idle_closed = term.elapsed();
+    // Closed promptly: while the request in flight (2 s upstream) is still running.
+    assert!(
+        !busy.is_finished(),
+        "the idle connections were closed only after the request in flight ({idle_closed:?})"
+    );
+    let (r, after) = busy.join().unwrap();
+    assert_echo(&r, "/busy?sleep_ms=2000");
+    assert_eq!(r.header("connection"), Some("close"), "{r:?}");
+    assert_eq!(after, Ok(0), "the busy connection after its response");
+    let status = gw
+        .wait_exit(Duration::from_secs(10))
+        .expect("the gateway to exit well before drain_timeout");
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}
+
+#[test]
+fn expect_continue_refused_by_auth_gets_401_without_100_and_the_close() {
+    let up = Upstream::start("svc");
+    let gw = gateway(&up, "");
+    let mut c = Client::connect(gw.addr);
+    c.send(
+        b"POST /private/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\nExpect: 100-continue\r\n\r\n",
+    );
+    // The very first bytes are the final response: no interim 100 before it.
+    let head = read_head(&mut c.r).expect("a response head");
+    assert!(
+        head.starts_with(b"HTTP/1.1 401 "),
+        "expected a 401 first: {:?}",
+        lossy(&head)
+    );
+    let mut whole = (&head[..]).chain(&mut c.r);
+    let r = read_response(&mut whole, false).expect("the 401 body");
+    assert_eq!(r.json()["error"], "unauthorized", "{}", r.text());
+    // The body was never sent nor read, so where a next request would start is unknown: the
+    // gateway says it closes, and closes (a FIN, not a reset: nothing unread on its side).
+    assert_eq!(r.header("connection"), Some("close"), "{r:?}");
+    c.expect_closed(false);
+}
+
+/// Sends `head` and a 2 MiB body from a thread while reading the response on this one.
+fn early_answer_while_uploading(gw: &Gateway, head: &str) -> (Response, io::Result<()>) {
+    const LEN: usize = 2 << 20;
+    let mut c = Client::connect(gw.addr);
+    let mut w = c.w.try_clone().unwrap();
+    let head = head.replace("{LEN}", &LEN.to_string());
+    let writer = thread::spawn(move || {
+        w.write_all(head.as_bytes())?;
+        let chunk = vec![b'u'; 16 * 1024];
+        for _ in 0..LEN / chunk.len() {
+            w.write_all(&chunk)?;
+        }
+        Ok(())
+    });
+    let r = c.response();
+    assert_eq!(r.header("connection"), Some("close"), "{r:?}");
+    c.expect_closed(false);
+    (r, writer.join().unwrap())
+}
+
+#[test]
+fn early_401_and_413_reach_a_client_still_sending_its_body() {
+    let up = Upstream::start("svc");
+    let gw = gateway(&up, "");
+
+    let (r, written) = early_answer_while_uploading(
+        &gw,
+        "POST /private/up HTTP/1.1\r\nHost: x\r\nContent-Length: {LEN}\r\n\r\n",
+    );
+    assert_eq!(r.status, 401, "{r:?}");
+    assert_eq!(r.json()["error"], "unauthorized", "{}", r.text());
+    // The gateway drains what the client sends while it closes, so the upload is not reset.
+    written.expect("the whole body written (the gateway lingers)");
+
+    let (r, written) = early_answer_while_uploading(
+        &gw,
+        "PUT /small/up HTTP/1.1\r\nHost: x\r\nContent-Length: {LEN}\r\n\r\n",
+    );
+    assert_eq!(r.status, 413, "{r:?}");
+    assert_eq!(r.json()["error"], "payload_too_large", "{}", r.text());
+    written.expect("the whole body written (the gateway lingers)");
+
+    // The gateway still serves.
+    assert_echo(&gw.get("/after", &[]), "/after");
+}
+
+/// Writes to a socket as if the first `skip` bytes had already been sent (they were, by
+/// hand, in pieces).
+struct SkipWrites {
+    io: tokio::net::TcpStream,
+    skip: usize,
+}
+
+impl tokio::io::AsyncRead for SkipWrites {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for SkipWrites {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.skip > 0 {
+            let n = this.skip.min(buf.len());
+            this.skip -= n;
+            return Poll::Ready(Ok(n));
+        }
+        Pin::new(&mut this.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+#[test]
+fn h2c_preface_split_over_several_writes_is_handed_to_http2() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let up = Upstream::start("svc");
+    let gw = gateway(&up, "");
+
+    // 1. Raw: the preface 5 bytes at a time; the gateway answers with a SETTINGS frame.
+    let mut c = Client::connect(gw.addr);
+    for piece in H2_PREFACE.chunks(5) {
+        c.send(piece);
+        thread::sleep(Duration::from_millis(20));
+    }
+    // An empty SETTINGS frame from the client (length 0, type 4, flags 0, stream 0).
+    c.send(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    let mut frame = [0u8; 9];
+    c.r.read_exact(&mut frame)
+        .expect("the gateway's first HTTP/2 frame header");
+    assert_eq!(frame[3], 0x4, "the first frame is SETTINGS: {frame:?}");
+    assert_eq!(frame[4] & 0x1, 0, "not an ACK: {frame:?}");
+    assert_eq!(&frame[5..9], &[0, 0, 0, 0], "on stream 0: {frame:?}");
+    drop(c);
+
+    // 2. The same split preface, then a real HTTP/2 client over that socket.
+    let std_sock = TcpStream::connect_timeout(&gw.addr, TIMEOUT).unwrap();
+    std_sock.set_nodelay(true).unwrap();
+    let mut w = std_sock.try_clone().unwrap();
+    for piece in H2_PREFACE.chunks(5) {
+        w.write_all(piece).unwrap();
+        thread::sleep(Duration::from_millis(20));
+    }
+    std_sock.set_nonblocking(true).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let io = SkipWrites {
+            io: tokio::net::TcpStream::from_std(std_sock).unwrap(),
+            skip: H2_PREFACE.len(),
+        };
+        let (mut send, conn) = tokio::time::timeout(
+            TIMEOUT,
+            hyper::client::conn::http2::handshake::<_, _, Empty<bytes::Bytes>>(
+                TokioExecutor::new(),
+                TokioIo::new(io),
+            ),
+        )
+        .await
+        .expect("the HTTP/2 handshake in time")
+        .expect("the HTTP/2 handshake");
+        tokio::spawn(conn);
+        for path in ["/h2/split?q=1", "/h2/again"] {
+            let req = http::Request::get(format!("http://{}{path}", gw.addr))
+                .body(Empty::new())
+                .unwrap();
+            let resp = tokio::time::timeout(TIMEOUT, send.send_request(req))
+                .await
+                .expect("an h2 response in time")
+                .expect("an h2 response");
+            assert_eq!(resp.status(), 200);
+            assert_eq!(resp.version(), http::Version::HTTP_2);
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(v["path"], path);
+            assert_eq!(v["service"], "svc");
+        }
+    });
+}
+
+#[test]
+fn large_response_read_slowly_is_followed_by_the_next_pipelined_one() {
+    const BIG: usize = 5_000_000;
+    let up = Upstream::start("svc");
+    let gw = gateway(&up, "");
+    let mut c = Client::connect(gw.addr);
+    let pipelined = format!(
+        "GET /big?bytes={BIG} HTTP/1.1\r\nHost: x\r\n\r\n\
+         GET /after?n=2 HTTP/1.1\r\nHost: x\r\n\r\n\
+         GET /after?n=3 HTTP/1.1\r\nHost: x\r\n\r\n"
+    );
+    for piece in pipelined.as_bytes().chunks(7) {
+        c.send(piece);
+    }
+    // Let the socket buffers fill (the gateway must wait to write), then read slowly.
+    thread::sleep(Duration::from_millis(300));
+    let head = read_head(&mut c.r).expect("the big response's head");
+    let head = lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    let lower = head.to_ascii_lowercase();
+    assert!(
+        lower.contains(&format!("content-length: {BIG}\r\n")),
+        "{head}"
+    );
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut reads = 0;
+    while got < BIG {
+        let want = buf.len().min(BIG - got);
+        let n = c.r.read(&mut buf[..want]).expect("a part of the big body");
+        assert!(
+            n > 0,
+            "the connection ended after {got} of {BIG} body bytes"
+        );
+        if let Some(p) = buf[..n].iter().position(|&b| b != b'x') {
+            panic!("body byte {} is {:?}, not 'x'", got + p, buf[p] as char);
+        }
+        got += n;
+        reads += 1;
+        // Slow: a pause every fourth read (each read takes at least one byte, so bounded).
+        if reads % 4 == 0 {
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+    assert_echo(&c.response(), "/after?n=2");
+    assert_echo(&c.response(), "/after?n=3");
+    // Nothing else follows; the connection stays usable.
+    assert_echo(&c.get("/fin"), "/fin");
+}
+
+#[test]
+fn many_concurrent_keep_alive_connections_are_served_and_counted() {
+    const THREADS: usize = 20;
+    const CONNS: usize = 10;
+    const REQUESTS: usize = 5;
+    let up = Upstream::start("svc");
+    let gw = gateway(&up, "");
+    // The metrics request's own connection is counted in the baseline.
+    let baseline = gauge(&gw, "aegis_connections_open");
+    let addr = gw.addr;
+    // Each worker says when all its connections are open, then waits for the go (bounded: a
+    // worker that fails, or a main thread that fails, ends the wait).
+    let (ready_tx, ready_rx) = mpsc::channel::<()>();
+    let mut go = Vec::new();
+    let workers: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let ready = ready_tx.clone();
+            let (go_tx, go_rx) = mpsc::channel::<()>();
+            go.push(go_tx);
+            thread::spawn(move || {
+                let mut conns: Vec<Client> = (0..CONNS).map(|_| Client::connect(addr)).collect();
+                let mut ok = 0;
+                for i in 0..REQUESTS {
+                    for (k, c) in conns.iter_mut().enumerate() {
+                        let path = format!("/c/{t}/{k}/{i}");
+                        let r = c.get(&path);
+                        assert_echo(&r, &path);
+                        assert_eq!(r.json()["service"], "svc");
+                        ok += 1;
+                    }
+                    if i == 0 {
+                        ready.send(()).unwrap();
+                        go_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+                    }
+                }
+                drop(conns);
+                ok
+            })
+        })
+        .collect();
+    drop(ready_tx);
+    for n in 0..THREADS {
+        ready_rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("{n} of {THREADS} workers ready, then {e}"));
+    }
+    // Every connection of every worker is open now.
+    let open = gauge(&gw, "aegis_connections_open");
+    for g in &go {
+        g.send(()).unwrap();
+    }
+    assert!(
+        open >= baseline + (THREADS * CONNS) as i64,
+        "{open} connections open, baseline {baseline}"
+    );
+    let total: usize = workers.into_iter().map(|w| w.join().unwrap()).sum();
+    assert_eq!(total, THREADS * CONNS * REQUESTS);
+    let last = wait_for(
+        "the connection gauge back at its baseline",
+        Duration::from_secs(10),
+        || {
+            let n = gauge(&gw, "aegis_connections_open");
+            (n == baseline).then_some(n)
+        },
+    );
+    assert_eq!(last, baseline);
+}
