@@ -11,7 +11,6 @@ use std::ops::Range;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
 use tokio::io::AsyncRead;
@@ -213,17 +212,16 @@ pub fn parse_request(
     if n > max_head {
         return Err(HeadError::HeadersTooLarge);
     }
-    let head = Bytes::copy_from_slice(&buf[..n]);
     let method = Method::from_bytes(req.method.unwrap_or("GET").as_bytes())
         .map_err(|_| HeadError::Bad("invalid method".into()))?;
-    let uri = Uri::from_maybe_shared(head.slice(offset(buf, path.as_bytes())))
+    let uri = Uri::try_from(path.as_bytes())
         .map_err(|e| HeadError::Bad(format!("invalid request target: {e}")))?;
     let version = if req.version == Some(0) {
         Version::HTTP_10
     } else {
         Version::HTTP_11
     };
-    let headers = header_map(buf, &head, req.headers)?;
+    let headers = header_map(req.headers)?;
     // RFC 9112 §3.2: an HTTP/1.1 request without Host is refused.
     if version == Version::HTTP_11 && !headers.contains_key(http::header::HOST) {
         return Err(HeadError::Bad("no Host header".into()));
@@ -260,24 +258,16 @@ fn too_large(buf: &[u8], max_uri: usize) -> HeadError {
     }
 }
 
-/// The range of `part` (a slice of `buf`) within `buf`.
-fn offset(buf: &[u8], part: &[u8]) -> Range<usize> {
-    let start = part.as_ptr() as usize - buf.as_ptr() as usize;
-    start..start + part.len()
-}
-
-/// The header map of a parsed head, values sliced out of `head` (a copy of `buf`'s head).
-fn header_map(
-    buf: &[u8],
-    head: &Bytes,
-    parsed: &[httparse::Header<'_>],
-) -> Result<HeaderMap, HeadError> {
+/// The header map of a parsed head. Each value is copied out of the read buffer on its own:
+/// for the handful of headers a request carries that is cheaper than slicing one shared copy
+/// (an allocation to share it, then an atomic count per value).
+fn header_map(parsed: &[httparse::Header<'_>]) -> Result<HeaderMap, HeadError> {
     // Room for the headers the gateway adds (forwarding, request id) without a regrow.
     let mut headers = HeaderMap::with_capacity(parsed.len() + 8);
     for h in parsed {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| HeadError::Bad(format!("invalid header name {:?}", h.name)))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(offset(buf, h.value)))
+        let value = HeaderValue::from_bytes(h.value)
             .map_err(|_| HeadError::Bad(format!("invalid value for header {}", h.name)))?;
         headers.append(name, value);
     }
@@ -410,8 +400,7 @@ pub fn parse_response(
     } else {
         Version::HTTP_11
     };
-    let head = Bytes::copy_from_slice(&buf[..n]);
-    let headers = header_map(buf, &head, resp.headers).map_err(|e| e.message())?;
+    let headers = header_map(resp.headers).map_err(|e| e.message())?;
     let mut keep_alive = keep_alive(&headers, version);
     let framing = if head_request
         || status.is_informational()

@@ -18,10 +18,10 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::future::poll_fn;
 use std::io;
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::sync::{Mutex, PoisonError};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
@@ -30,7 +30,7 @@ use http::{Method, Request, Response};
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
-use tokio::time::Instant;
+use tokio::time::Sleep;
 
 use crate::h1::{self, BodyDecoder, Decoded, Framing, ReadBuf};
 use crate::proxy::BodyError;
@@ -46,12 +46,44 @@ const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Request body bytes gathered before they are written.
 const FLUSH_AT: usize = 64 * 1024;
 
-/// One upstream connection and its read buffer.
+/// One upstream connection, its read buffer and its response timer.
 #[derive(Debug)]
 struct Conn {
     io: TcpStream,
     rbuf: ReadBuf,
     last_used: Instant,
+    timer: Timer,
+}
+
+/// A connection's response timer. It stays armed between exchanges and is moved only when it
+/// fires early (deadlines mostly grow) or would fire late: a response in time costs no timer
+/// operation.
+#[derive(Debug, Default)]
+struct Timer {
+    sleep: Option<Pin<Box<Sleep>>>,
+    /// When `sleep` fires.
+    armed: Option<Instant>,
+}
+
+impl Timer {
+    /// Whether `deadline` has passed; if not, the task is woken when it does.
+    fn timed_out(&mut self, deadline: Instant, cx: &mut Context<'_>) -> bool {
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.into())));
+        if self.armed.is_none_or(|a| a > deadline) {
+            sleep.as_mut().reset(deadline.into());
+            self.armed = Some(deadline);
+        }
+        while sleep.as_mut().poll(cx).is_ready() {
+            if Instant::now() >= deadline {
+                return true;
+            }
+            sleep.as_mut().reset(deadline.into());
+            self.armed = Some(deadline);
+        }
+        false
+    }
 }
 
 impl Conn {
@@ -87,11 +119,10 @@ thread_local! {
 }
 
 /// Takes the most recently used live idle connection of slot `key`.
-fn checkout(key: Key, cx: &mut Context<'_>) -> Option<Conn> {
+fn checkout(key: Key, now: Instant, cx: &mut Context<'_>) -> Option<Conn> {
     POOL.with(|p| {
         let mut p = p.borrow_mut();
         let list = p.get_mut(key.0)?;
-        let now = Instant::now();
         while let Some(mut c) = list.pop_back() {
             if now.duration_since(c.last_used) >= IDLE {
                 // The rest are older still.
@@ -106,9 +137,9 @@ fn checkout(key: Key, cx: &mut Context<'_>) -> Option<Conn> {
     })
 }
 
-/// Puts a connection whose exchange is complete back in the pool.
-fn release(key: Key, mut conn: Conn) {
-    let now = Instant::now();
+/// Puts a connection whose exchange is complete back in the pool. `now`: when the exchange
+/// began (idle expiry is 90 s: the request's own duration does not matter, a clock read does).
+fn release(key: Key, mut conn: Conn, now: Instant) {
     conn.last_used = now;
     POOL.with(|p| {
         let mut p = p.borrow_mut();
@@ -137,6 +168,8 @@ pub enum SendError {
     Exchange(String),
     /// The request body failed (too large, or the client's connection broke).
     Body(BodyError),
+    /// No response head by the route's deadline.
+    Timeout,
 }
 
 impl fmt::Display for SendError {
@@ -145,6 +178,7 @@ impl fmt::Display for SendError {
             SendError::Connect(e) => write!(f, "could not connect: {e}"),
             SendError::Exchange(e) => f.write_str(e),
             SendError::Body(e) => write!(f, "{e}"),
+            SendError::Timeout => f.write_str("no response in time"),
         }
     }
 }
@@ -156,6 +190,8 @@ pub async fn send<B>(
     authority: &Authority,
     req: Request<B>,
     connect_timeout: Duration,
+    now: Instant,
+    deadline: Instant,
 ) -> Result<Response<UpBody>, SendError>
 where
     B: Body<Data = Bytes, Error = BodyError> + Unpin,
@@ -176,7 +212,7 @@ where
     let mut tries = 0;
     loop {
         let pooled = if tries < STALE_RETRIES {
-            poll_fn(|cx| Poll::Ready(checkout(key, cx))).await
+            poll_fn(|cx| Poll::Ready(checkout(key, now, cx))).await
         } else {
             None
         };
@@ -184,11 +220,51 @@ where
         let reused = pooled.is_some();
         let mut conn = match pooled {
             Some(c) => c,
-            None => connect(authority, connect_timeout).await?,
+            None => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(SendError::Timeout);
+                }
+                match connect(authority, connect_timeout.min(left)).await {
+                    Err(SendError::Connect(_))
+                        if left < connect_timeout && Instant::now() >= deadline =>
+                    {
+                        return Err(SendError::Timeout);
+                    }
+                    c => c?,
+                }
+            }
         };
         wbuf.clear();
         put_request_head(&mut wbuf, &parts, framing);
-        let result = exchange(&mut conn, &mut wbuf, &mut body, framing, head_request).await;
+        let result = {
+            let mut timer = std::mem::take(&mut conn.timer);
+            let r = {
+                let mut ex = pin!(exchange(
+                    &mut conn,
+                    &mut wbuf,
+                    &mut body,
+                    framing,
+                    head_request
+                ));
+                poll_fn(|cx| {
+                    if let Poll::Ready(r) = ex.as_mut().poll(cx) {
+                        return Poll::Ready(Some(r));
+                    }
+                    if timer.timed_out(deadline, cx) {
+                        return Poll::Ready(None);
+                    }
+                    Poll::Pending
+                })
+                .await
+            };
+            conn.timer = timer;
+            r
+        };
+        let Some(result) = result else {
+            // The connection is mid-exchange: it goes.
+            return Err(SendError::Timeout);
+        };
         if wbuf.capacity() <= 2 * FLUSH_AT {
             wbuf.clear();
             WBUF.set(std::mem::take(&mut wbuf));
@@ -200,6 +276,7 @@ where
                     reusable: head.keep_alive && complete,
                     conn: Some(conn),
                     key,
+                    began: now,
                 };
                 if up.decoder.is_done() {
                     up.finish();
@@ -426,6 +503,7 @@ async fn connect(authority: &Authority, timeout: Duration) -> Result<Conn, SendE
         io,
         rbuf: ReadBuf::new(),
         last_used: Instant::now(),
+        timer: Timer::default(),
     })
 }
 
@@ -438,6 +516,7 @@ pub struct UpBody {
     /// The connection can carry another exchange after this body.
     reusable: bool,
     key: Key,
+    began: Instant,
 }
 
 impl UpBody {
@@ -447,7 +526,7 @@ impl UpBody {
             && self.reusable
             && conn.rbuf.is_empty()
         {
-            release(self.key, conn);
+            release(self.key, conn, self.began);
         }
     }
 }

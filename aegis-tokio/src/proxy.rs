@@ -407,19 +407,18 @@ where
     let sent = Instant::now();
     let target = &rt.routes[route].targets[fwd.target()];
     let connect_timeout = rt.policy.config().server.connect_timeout;
-    let result = tokio::time::timeout(
-        fwd.timeout,
-        pool::send(
-            target.pool,
-            &target.authority,
-            upstream_req,
-            connect_timeout,
-        ),
+    let result = pool::send(
+        target.pool,
+        &target.authority,
+        upstream_req,
+        connect_timeout,
+        sent,
+        sent + fwd.timeout,
     )
     .await;
     let metrics = &rt.routes[route].metrics;
     match result {
-        Ok(Ok(resp)) => {
+        Ok(resp) => {
             metrics.upstream_latency(sent.elapsed());
             guard.report(UpstreamOutcome::Status(resp.status().as_u16()));
             let (mut head, body) = resp.into_parts();
@@ -427,7 +426,25 @@ where
             fwd.apply_response_headers(&mut head.headers);
             Response::from_parts(head, ProxyBody::Upstream(body))
         }
-        Ok(Err(e)) => {
+        Err(SendError::Timeout) if body_done.is_some_and(|d| !d.load(Ordering::Relaxed)) => {
+            // The client was still sending its body: its slowness, not the upstream's. A slow
+            // uploader must not be able to open a circuit.
+            guard.report(UpstreamOutcome::Cancelled);
+            ex.reason = "client_timeout";
+            error(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the request body did not arrive within {}",
+                    fmt_duration(fwd.timeout)
+                ),
+            )
+        }
+        Err(SendError::Timeout) => {
+            metrics.upstream_latency(sent.elapsed());
+            upstream_failed(rt, &fwd, &mut guard, UpstreamOutcome::Timeout, "", ex)
+        }
+        Err(e) => {
             if body_too_large(&e) {
                 guard.report(UpstreamOutcome::Cancelled);
                 return reply(rt.policy.body_too_large(fwd.route, None), ex);
@@ -450,24 +467,6 @@ where
                 &detail(&e),
                 ex,
             )
-        }
-        Err(_) if body_done.is_some_and(|d| !d.load(Ordering::Relaxed)) => {
-            // The client was still sending its body: its slowness, not the upstream's. A slow
-            // uploader must not be able to open a circuit.
-            guard.report(UpstreamOutcome::Cancelled);
-            ex.reason = "client_timeout";
-            error(
-                StatusCode::REQUEST_TIMEOUT,
-                "request_timeout",
-                format!(
-                    "the request body did not arrive within {}",
-                    fmt_duration(fwd.timeout)
-                ),
-            )
-        }
-        Err(_) => {
-            metrics.upstream_latency(sent.elapsed());
-            upstream_failed(rt, &fwd, &mut guard, UpstreamOutcome::Timeout, "", ex)
         }
     }
 }
