@@ -160,6 +160,29 @@ fn slowloris_head_gets_408_and_the_close() {
     // Not before the timeout (a lower bound only: a loaded machine makes it later).
     assert!(waited >= Duration::from_millis(450), "408 after {waited:?}");
     c.expect_closed(false);
+
+    // The classic slowloris: a byte every 150 ms, each well within the timeout, never a whole
+    // head. The timeout bounds the whole head, not the gap between reads. The trickle stops at
+    // 40 bytes (6 s), past the socket's read timeout, so a gateway that never answers fails.
+    let mut c = Client::connect(gw.addr);
+    let mut w = c.w.try_clone().unwrap();
+    let trickle = thread::spawn(move || {
+        let line = b"GET /trickle HTTP/1.1\r\nHost: x\r\nX-Pad: aaaaaaaaaaaaa";
+        for b in line.iter().take(40) {
+            if w.write_all(&[*b]).is_err() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(150));
+        }
+    });
+    let r = c.response();
+    assert_eq!(r.status, 408, "{r:?}");
+    assert_eq!(r.json()["error"], "request_timeout", "{}", r.text());
+    assert_eq!(r.header("connection"), Some("close"), "{r:?}");
+    // The gateway drains what still trickles in, then closes (a FIN or, once it stops
+    // draining, a reset: both end the connection).
+    c.expect_closed(true);
+    trickle.join().unwrap();
 }
 
 #[test]
@@ -263,27 +286,38 @@ fn sigterm_finishes_the_request_in_flight_and_closes_idle_connections() {
 }
 
 #[test]
-fn expect_continue_refused_by_auth_gets_401_without_100_and_the_close() {
+fn expect_continue_refused_before_the_body_gets_no_100_and_the_close() {
     let up = Upstream::start("svc");
     let gw = gateway(&up, "");
-    let mut c = Client::connect(gw.addr);
-    c.send(
-        b"POST /private/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\nExpect: 100-continue\r\n\r\n",
-    );
-    // The very first bytes are the final response: no interim 100 before it.
-    let head = read_head(&mut c.r).expect("a response head");
-    assert!(
-        head.starts_with(b"HTTP/1.1 401 "),
-        "expected a 401 first: {:?}",
-        lossy(&head)
-    );
-    let mut whole = (&head[..]).chain(&mut c.r);
-    let r = read_response(&mut whole, false).expect("the 401 body");
-    assert_eq!(r.json()["error"], "unauthorized", "{}", r.text());
-    // The body was never sent nor read, so where a next request would start is unknown: the
-    // gateway says it closes, and closes (a FIN, not a reset: nothing unread on its side).
-    assert_eq!(r.header("connection"), Some("close"), "{r:?}");
-    c.expect_closed(false);
+    let cases = [
+        ("POST /private/upload", 11, 401, "unauthorized"),
+        // Declared over the route's 1 MiB.
+        ("PUT /small/upload", 2 << 20, 413, "payload_too_large"),
+    ];
+    for (line, len, status, error) in cases {
+        let mut c = Client::connect(gw.addr);
+        c.send(
+            format!(
+                "{line} HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\nExpect: 100-continue\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        // The very first bytes are the final response: no interim 100 before it.
+        let head = read_head(&mut c.r).expect("a response head");
+        assert!(
+            head.starts_with(format!("HTTP/1.1 {status} ").as_bytes()),
+            "{line}: expected a {status} first: {:?}",
+            lossy(&head)
+        );
+        let mut whole = (&head[..]).chain(&mut c.r);
+        let r = read_response(&mut whole, false).expect("the error body");
+        assert_eq!(r.json()["error"], error, "{line}: {}", r.text());
+        // The body was never sent nor read, so where a next request would start is unknown:
+        // the gateway says it closes, and closes (a FIN, not a reset: nothing unread on its
+        // side), without waiting for the body it declined.
+        assert_eq!(r.header("connection"), Some("close"), "{line}: {r:?}");
+        c.expect_closed(false);
+    }
 }
 
 /// Sends `head` and a 2 MiB body from a thread while reading the response on this one.
