@@ -183,6 +183,14 @@ fn slowloris_head_gets_408_and_the_close() {
     // draining, a reset: both end the connection).
     c.expect_closed(true);
     trickle.join().unwrap();
+
+    // The same on a kept connection: after one exchange, a head that never ends.
+    let mut c = Client::connect(gw.addr);
+    assert_echo(&c.get("/first"), "/first");
+    c.send(b"GET /second HTTP/1.1\r\nHost: x\r\n");
+    let r = c.response();
+    assert_eq!(r.status, 408, "{r:?}");
+    c.expect_closed(false);
 }
 
 #[test]
@@ -531,6 +539,74 @@ fn h2c_preface_split_over_several_writes_is_handed_to_http2() {
             assert_eq!(v["service"], "svc");
         }
     });
+}
+
+#[test]
+fn sigterm_lets_an_h2c_stream_finish_then_ends_the_connection() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let up = Upstream::start("svc");
+    let mut gw = gateway(&up, "idle_timeout = \"60s\"\ndrain_timeout = \"20s\"");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let addr = gw.addr;
+    let (ended, status, r_path) = rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut send, conn) = tokio::time::timeout(
+            TIMEOUT,
+            hyper::client::conn::http2::handshake::<_, _, Empty<bytes::Bytes>>(
+                TokioExecutor::new(),
+                TokioIo::new(tcp),
+            ),
+        )
+        .await
+        .expect("the HTTP/2 handshake in time")
+        .expect("the HTTP/2 handshake");
+        let conn = tokio::spawn(conn);
+        let req = |path: &str| {
+            http::Request::get(format!("http://{addr}{path}"))
+                .body(Empty::new())
+                .unwrap()
+        };
+        let resp = send.send_request(req("/h2/first")).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        // A stream in flight when the signal comes.
+        let slow = tokio::spawn(send.send_request(req("/h2/slow?sleep_ms=1500")));
+        let gw = &gw;
+        tokio::task::block_in_place(|| {
+            wait_until(
+                "the h2 request to be in flight",
+                Duration::from_secs(10),
+                || gauge(gw, "aegis_requests_in_flight") == 2,
+            );
+            gw.signal("TERM");
+        });
+        let resp = tokio::time::timeout(TIMEOUT, slow)
+            .await
+            .expect("the h2 stream in flight to finish")
+            .unwrap()
+            .expect("the h2 stream in flight to get its response");
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        // Then the gateway ends the connection (GOAWAY, close), well before drain_timeout.
+        let ended = tokio::time::timeout(TIMEOUT, conn).await;
+        (ended, status, v["path"].as_str().unwrap_or("").to_owned())
+    });
+    assert_eq!(status, 200);
+    assert_eq!(r_path, "/h2/slow?sleep_ms=1500");
+    let ended = ended.expect("the h2 connection to end after the drain");
+    ended
+        .unwrap()
+        .expect("the h2 connection to end cleanly (GOAWAY, not an error)");
+    let status = gw
+        .wait_exit(Duration::from_secs(10))
+        .expect("the gateway to exit well before drain_timeout");
+    assert_eq!(status.code(), Some(0), "{status:?}");
 }
 
 #[test]
