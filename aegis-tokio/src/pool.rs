@@ -225,7 +225,9 @@ where
                 if left.is_zero() {
                     return Err(SendError::Timeout);
                 }
-                match connect(authority, connect_timeout.min(left)).await {
+                // Boxed: a new connection is rare next to a pooled one, and its future would
+                // otherwise be moved (copied) with every request's.
+                match Box::pin(connect(authority, connect_timeout.min(left))).await {
                     Err(SendError::Connect(_))
                         if left < connect_timeout && Instant::now() >= deadline =>
                     {

@@ -262,7 +262,8 @@ pub struct Exchange {
     pub user: Option<HeaderValue>,
     pub reason: &'static str,
     pub has_authorization: bool,
-    /// The request's host, as routing sees it (authority or `Host`).
+    /// The request's host, as routing sees it (authority or `Host`), kept only for the JSON
+    /// access log.
     pub host: Option<HeaderValue>,
     /// The rate-limit client IP, worked out only for the JSON log.
     pub client_ip: Option<std::net::IpAddr>,
@@ -289,12 +290,10 @@ where
         user: None,
         reason: "forwarded",
         has_authorization: h.contains_key(http::header::AUTHORIZATION),
-        // The URI's authority (HTTP/2, absolute form) or the Host header.
-        host: req
-            .uri()
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            .or_else(|| h.get(HOST).cloned()),
+        host: (shared.log_format == crate::runtime::LogFormat::Json)
+            .then(|| request_host(req.uri(), h))
+            .flatten()
+            .and_then(|h| HeaderValue::from_str(h).ok()),
         client_ip: (shared.log_format == crate::runtime::LogFormat::Json)
             .then(|| rt.policy.client_ip(peer.addr.ip(), h)),
     };
@@ -331,7 +330,7 @@ where
 
     let view = RequestView {
         method: &parts.method,
-        host: ex.host.as_ref().and_then(|h| h.to_str().ok()),
+        host: request_host(&parts.uri, &parts.headers),
         path_and_query: pq,
         headers: &parts.headers,
         peer: peer.addr.ip(),
@@ -509,10 +508,15 @@ fn upstream_request<B>(
     let mut headers = std::mem::take(&mut parts.headers);
     strip_hop_by_hop(&mut headers);
     fwd.apply_request_headers(&mut headers);
-    if let Some(h) = &ex.host {
-        headers.insert(X_FORWARDED_HOST, h.clone());
+    // The client's Host (moved, not copied) or the URI's authority becomes X-Forwarded-Host.
+    let client_host = headers.insert(HOST, host.clone());
+    let forwarded_host = match parts.uri.authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => client_host,
+    };
+    if let Some(h) = forwarded_host {
+        headers.insert(X_FORWARDED_HOST, h);
     }
-    headers.insert(HOST, host.clone());
     append_forwarded_for(&mut headers, peer);
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     headers.insert(X_REQUEST_ID, ex.request_id.clone());
@@ -521,6 +525,15 @@ fn upstream_request<B>(
     *req.uri_mut() = uri;
     *req.headers_mut() = headers;
     Ok(req)
+}
+
+/// The request's host as routing sees it: the URI's authority (HTTP/2, absolute form) or the
+/// `Host` header.
+fn request_host<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Option<&'a str> {
+    match uri.authority() {
+        Some(a) => Some(a.as_str()),
+        None => headers.get(HOST).and_then(|h| h.to_str().ok()),
+    }
 }
 
 /// Appends the peer to `X-Forwarded-For` (one comma-joined value).
@@ -597,8 +610,10 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
         }
     }
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    let s = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
-    HeaderValue::from_str(s).expect("a uuid is a header value")
+    uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    // Shared from the start: the id is cloned into the upstream request, the response and
+    // the outcome guard.
+    HeaderValue::from_maybe_shared(Bytes::from_owner(buf)).expect("a uuid is a header value")
 }
 
 fn body_too_large(e: &SendError) -> bool {
