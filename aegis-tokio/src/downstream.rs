@@ -20,16 +20,17 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use crate::timer::Timer;
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::time::{Instant, Sleep};
 
 use crate::h1::{self, BodyDecoder, Decoded, Framing, HeadError, ReadBuf};
 use crate::proxy::{self, Peer, ProxyBody};
@@ -287,16 +288,22 @@ pub async fn serve(
         stop: &stop,
         reg: Registration::default(),
     };
-    let mut timer = Box::pin(tokio::time::sleep(limits.header_read_timeout));
+    let mut timer = Timer::default();
     let mut wbuf = Vec::with_capacity(4096);
     let mut first = true;
     loop {
-        let deadline = Instant::now() + limits.header_read_timeout;
-        let read = read_head(&conn, &limits, deadline, timer.as_mut(), &mut stopping).await;
+        // The first head must come within header_read_timeout; later ones may wait
+        // idle_timeout for their first byte, then have header_read_timeout to complete.
+        let idle = if first {
+            limits.header_read_timeout
+        } else {
+            limits.idle_timeout
+        };
+        let deadline = Instant::now() + idle;
+        let read = read_head(&conn, &limits, deadline, &mut timer, &mut stopping).await;
         let head = match read {
             HeadRead::Head(h) => h,
             HeadRead::Failed(HeadError::H2Preface) if first && !stop.is_stopped() => {
-                drop(timer);
                 return serve_h2(conn, peer, shared.clone(), limits, &mut stopping).await;
             }
             HeadRead::Failed(e) => {
@@ -371,10 +378,11 @@ pub async fn serve(
 async fn read_head(
     conn: &Conn,
     limits: &Limits,
-    deadline: Instant,
-    mut timer: Pin<&mut Sleep>,
+    idle_deadline: Instant,
+    timer: &mut Timer,
     stopping: &mut Registered<'_>,
 ) -> HeadRead {
+    let mut head_deadline = None;
     poll_fn(|cx| {
         let mut guard = lock(conn);
         let io = &mut *guard;
@@ -404,13 +412,13 @@ async fn read_head(
         if !partial && stopping.stop.poll(&mut stopping.reg, cx.waker()) {
             return Poll::Ready(HeadRead::Closed);
         }
-        // The timer is armed once per connection and moved only when it fires early: a
-        // request that arrives in time costs no timer operation.
-        while timer.as_mut().poll(cx).is_ready() {
-            if Instant::now() >= deadline {
-                return Poll::Ready(HeadRead::TimedOut(partial));
-            }
-            timer.as_mut().reset(deadline);
+        // Part of a head: it must be complete within header_read_timeout of this moment
+        // (a clock read only for heads that arrive in pieces).
+        if partial && head_deadline.is_none() {
+            head_deadline = Some(Instant::now() + limits.header_read_timeout);
+        }
+        if timer.timed_out(head_deadline.unwrap_or(idle_deadline), cx) {
+            return Poll::Ready(HeadRead::TimedOut(partial));
         }
         Poll::Pending
     })

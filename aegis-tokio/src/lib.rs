@@ -26,6 +26,7 @@ pub mod redis_store;
 pub mod runtime;
 pub mod server;
 pub mod store;
+pub mod timer;
 pub mod token;
 pub mod upstream;
 

@@ -23,6 +23,7 @@ use std::sync::{Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use crate::timer::Timer;
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::uri::Authority;
@@ -30,7 +31,6 @@ use http::{Method, Request, Response};
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
-use tokio::time::Sleep;
 
 use crate::h1::{self, BodyDecoder, Decoded, Framing, ReadBuf};
 use crate::proxy::BodyError;
@@ -53,37 +53,6 @@ struct Conn {
     rbuf: ReadBuf,
     last_used: Instant,
     timer: Timer,
-}
-
-/// A connection's response timer. It stays armed between exchanges and is moved only when it
-/// fires early (deadlines mostly grow) or would fire late: a response in time costs no timer
-/// operation.
-#[derive(Debug, Default)]
-struct Timer {
-    sleep: Option<Pin<Box<Sleep>>>,
-    /// When `sleep` fires.
-    armed: Option<Instant>,
-}
-
-impl Timer {
-    /// Whether `deadline` has passed; if not, the task is woken when it does.
-    fn timed_out(&mut self, deadline: Instant, cx: &mut Context<'_>) -> bool {
-        let sleep = self
-            .sleep
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.into())));
-        if self.armed.is_none_or(|a| a > deadline) {
-            sleep.as_mut().reset(deadline.into());
-            self.armed = Some(deadline);
-        }
-        while sleep.as_mut().poll(cx).is_ready() {
-            if Instant::now() >= deadline {
-                return true;
-            }
-            sleep.as_mut().reset(deadline.into());
-            self.armed = Some(deadline);
-        }
-        false
-    }
 }
 
 impl Conn {

@@ -352,8 +352,15 @@ fn reload(shared: &Shared) {
             || c.server.idle_timeout != was.idle_timeout
         {
             tracing::warn!(
-                "server.header_read_timeout / server.idle_timeout changed: connections accepted \
-                 after a restart use them"
+                "server.header_read_timeout / server.idle_timeout changed: a restart applies them"
+            );
+        }
+        if c.server.max_header_bytes > was.max_header_bytes
+            || c.server.max_uri_bytes > was.max_uri_bytes
+        {
+            tracing::warn!(
+                "server.max_header_size / server.max_uri_length raised: a restart applies the \
+                 larger read buffer (until then heads past the old size get 431/414)"
             );
         }
         Runtime::build(c, Some(&old), &shared.metrics)
