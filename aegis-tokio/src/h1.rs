@@ -11,7 +11,7 @@ use std::ops::Range;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
 use tokio::io::AsyncRead;
 
@@ -221,17 +221,15 @@ pub fn parse_request(
     } else {
         Version::HTTP_11
     };
-    let headers = header_map(req.headers)?;
+    // Forwarding headers, request id, the verified user.
+    let (headers, meta) = header_map(req.headers, 6)?;
     // RFC 9112 §3.2: an HTTP/1.1 request without Host is refused.
-    if version == Version::HTTP_11 && !headers.contains_key(http::header::HOST) {
+    if version == Version::HTTP_11 && !meta.host {
         return Err(HeadError::Bad("no Host header".into()));
     }
-    let framing = request_framing(&headers, version)?;
-    let keep_alive = keep_alive(&headers, version);
-    let expect_continue = version == Version::HTTP_11
-        && headers
-            .get(EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let framing = request_framing(&meta, version)?;
+    let keep_alive = meta.keep_alive(version);
+    let expect_continue = version == Version::HTTP_11 && meta.expect_continue;
     let (mut parts, ()) = http::Request::new(()).into_parts();
     parts.method = method;
     parts.uri = uri;
@@ -260,25 +258,109 @@ fn too_large(buf: &[u8], max_uri: usize) -> HeadError {
 
 /// The header map of a parsed head. Each value is copied out of the read buffer on its own:
 /// for the handful of headers a request carries that is cheaper than slicing one shared copy
-/// (an allocation to share it, then an atomic count per value).
-fn header_map(parsed: &[httparse::Header<'_>]) -> Result<HeaderMap, HeadError> {
-    // Room for the headers the gateway adds (forwarding, request id) without a regrow.
-    let mut headers = HeaderMap::with_capacity(parsed.len() + 8);
+/// (an allocation to share it, then an atomic count per value). `room`: headers the gateway
+/// will add, so that the map does not regrow.
+fn header_map(
+    parsed: &[httparse::Header<'_>],
+    room: usize,
+) -> Result<(HeaderMap, Meta), HeadError> {
+    let mut headers = HeaderMap::with_capacity(parsed.len() + room);
+    let mut meta = Meta::default();
     for h in parsed {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| HeadError::Bad(format!("invalid header name {:?}", h.name)))?;
         let value = HeaderValue::from_bytes(h.value)
             .map_err(|_| HeadError::Bad(format!("invalid value for header {}", h.name)))?;
+        meta.see(&name, h.value);
         headers.append(name, value);
     }
-    Ok(headers)
+    Ok((headers, meta))
+}
+
+/// What framing and connection handling need from a head, gathered while its headers are
+/// read: one pass, no map lookups afterwards.
+#[derive(Debug, Default)]
+struct Meta {
+    host: bool,
+    /// `Transfer-Encoding` was sent: its codings, and whether the last one is `chunked`.
+    te: bool,
+    te_codings: usize,
+    te_last_chunked: bool,
+    /// `Content-Length`: the value all of its values agree on; `cl_bad` if they do not, or
+    /// one is not a number.
+    cl: Option<u64>,
+    cl_bad: bool,
+    /// `Connection` tokens.
+    close: bool,
+    keep_alive: bool,
+    expect_continue: bool,
+}
+
+impl Meta {
+    fn see(&mut self, name: &HeaderName, value: &[u8]) {
+        let tokens = || {
+            value
+                .split(|&b| b == b',')
+                .map(<[u8]>::trim_ascii)
+                .filter(|t| !t.is_empty())
+        };
+        if name == HOST {
+            self.host = true;
+        } else if name == CONTENT_LENGTH {
+            for part in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                match parse_length(part) {
+                    Some(n) if self.cl.is_none_or(|c| c == n) => self.cl = Some(n),
+                    _ => self.cl_bad = true,
+                }
+            }
+        } else if name == TRANSFER_ENCODING {
+            self.te = true;
+            for t in tokens() {
+                self.te_codings += 1;
+                self.te_last_chunked = t.eq_ignore_ascii_case(b"chunked");
+            }
+        } else if name == CONNECTION {
+            for t in tokens() {
+                self.close |= t.eq_ignore_ascii_case(b"close");
+                self.keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if name == EXPECT {
+            self.expect_continue = value.eq_ignore_ascii_case(b"100-continue");
+        }
+    }
+
+    /// Whether the sender wants the connection kept after this message.
+    fn keep_alive(&self, version: Version) -> bool {
+        if version == Version::HTTP_10 {
+            self.keep_alive
+        } else {
+            !self.close
+        }
+    }
+
+    /// All `Content-Length` values agree: that value; none: `None`.
+    fn content_length(&self) -> Result<Option<u64>, ()> {
+        if self.cl_bad { Err(()) } else { Ok(self.cl) }
+    }
+}
+
+/// A decimal length of at most 19 digits.
+fn parse_length(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(
+        digits
+            .iter()
+            .fold(0u64, |n, d| n * 10 + u64::from(d - b'0')),
+    )
 }
 
 /// RFC 9112 §6.3 for requests, strictly: a request with both `Transfer-Encoding` and
 /// `Content-Length`, or with differing lengths, is refused (the classic smuggling shapes).
-fn request_framing(headers: &HeaderMap, version: Version) -> Result<Framing, HeadError> {
-    if headers.contains_key(TRANSFER_ENCODING) {
-        if headers.contains_key(CONTENT_LENGTH) {
+fn request_framing(meta: &Meta, version: Version) -> Result<Framing, HeadError> {
+    if meta.te {
+        if meta.cl.is_some() || meta.cl_bad {
             return Err(HeadError::Bad(
                 "both Transfer-Encoding and Content-Length".into(),
             ));
@@ -290,80 +372,19 @@ fn request_framing(headers: &HeaderMap, version: Version) -> Result<Framing, Hea
         }
         // Not chunked last: the length cannot be known (400); chunked after another coding:
         // a coding this gateway does not decode (501).
-        return if !ends_chunked(headers) {
+        return if !meta.te_last_chunked {
             Err(HeadError::Bad(
                 "Transfer-Encoding does not end in chunked".into(),
             ))
-        } else if is_chunked_only(headers) {
+        } else if meta.te_codings == 1 {
             Ok(Framing::Chunked)
         } else {
             Err(HeadError::UnsupportedCoding)
         };
     }
-    match content_length(headers) {
+    match meta.content_length() {
         Ok(n) => Ok(Framing::Length(n.unwrap_or(0))),
         Err(()) => Err(HeadError::Bad("invalid Content-Length".into())),
-    }
-}
-
-/// `Transfer-Encoding` is exactly `chunked` (any case, one value).
-fn is_chunked_only(headers: &HeaderMap) -> bool {
-    let mut codings = headers
-        .get_all(TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .map(<[u8]>::trim_ascii)
-        .filter(|c| !c.is_empty());
-    matches!(
-        (codings.next(), codings.next()),
-        (Some(c), None) if c.eq_ignore_ascii_case(b"chunked")
-    )
-}
-
-/// The transfer codings end in `chunked` (a response may be sent `gzip, chunked`).
-fn ends_chunked(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .map(<[u8]>::trim_ascii)
-        .rfind(|c| !c.is_empty())
-        .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"))
-}
-
-/// All `Content-Length` values (comma lists included) agree: that value; none: `None`.
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ()> {
-    let mut found = None;
-    for v in headers.get_all(CONTENT_LENGTH) {
-        for part in v.as_bytes().split(|&b| b == b',') {
-            let part = part.trim_ascii();
-            if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
-                return Err(());
-            }
-            let n = part.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-            if found.is_some_and(|f| f != n) {
-                return Err(());
-            }
-            found = Some(n);
-        }
-    }
-    Ok(found)
-}
-
-/// Whether `Connection` lists `token` (case-insensitive).
-pub fn connection_has(headers: &HeaderMap, token: &[u8]) -> bool {
-    headers
-        .get_all(CONNECTION)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-}
-
-fn keep_alive(headers: &HeaderMap, version: Version) -> bool {
-    if version == Version::HTTP_10 {
-        connection_has(headers, b"keep-alive")
-    } else {
-        !connection_has(headers, b"close")
     }
 }
 
@@ -400,22 +421,23 @@ pub fn parse_response(
     } else {
         Version::HTTP_11
     };
-    let headers = header_map(resp.headers).map_err(|e| e.message())?;
-    let mut keep_alive = keep_alive(&headers, version);
+    // The request id, rate-limit headers.
+    let (headers, meta) = header_map(resp.headers, 4).map_err(|e| e.message())?;
+    let mut keep_alive = meta.keep_alive(version);
     let framing = if head_request
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
         Framing::Length(0)
-    } else if headers.contains_key(TRANSFER_ENCODING) {
-        if ends_chunked(&headers) {
+    } else if meta.te {
+        if meta.te_last_chunked {
             Framing::Chunked
         } else {
             Framing::Close
         }
     } else {
-        match content_length(&headers) {
+        match meta.content_length() {
             Ok(Some(n)) => Framing::Length(n),
             Ok(None) => Framing::Close,
             Err(()) => return Err("malformed response: invalid Content-Length".into()),
@@ -766,7 +788,7 @@ mod tests {
         assert_eq!(ok.framing, Framing::Length(3));
         assert_eq!(ok.parts.uri, "/a?b=c");
         assert!(ok.keep_alive);
-        let chunked = parse("POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n")
+        let chunked = parse("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked\r\n\r\n")
             .unwrap()
             .unwrap();
         assert_eq!(chunked.framing, Framing::Chunked);
@@ -775,11 +797,13 @@ mod tests {
             "POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
             "POST / HTTP/1.1\r\nContent-Length: -3\r\n\r\n",
             "GARBAGE\r\n\r\n",
+            "GET / HTTP/1.1\r\n\r\n",
         ] {
             assert!(matches!(parse(bad), Err(HeadError::Bad(_))), "{bad}");
         }
         assert_eq!(
-            parse("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").unwrap_err(),
+            parse("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n")
+                .unwrap_err(),
             HeadError::UnsupportedCoding
         );
         let ten = parse("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();

@@ -53,6 +53,8 @@ struct Conn {
     rbuf: ReadBuf,
     last_used: Instant,
     timer: Timer,
+    /// The request being written (kept for the connection's next request).
+    wbuf: Vec<u8>,
 }
 
 impl Conn {
@@ -81,8 +83,6 @@ pub fn key(authority: &Authority) -> Key {
 }
 
 thread_local! {
-    /// The request write buffer, reused by this thread's exchanges.
-    static WBUF: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
     /// Idle connections by [`Key`].
     static POOL: RefCell<Vec<VecDeque<Conn>>> = const { RefCell::new(Vec::new()) };
 }
@@ -175,7 +175,6 @@ where
                 .map_or(Framing::Chunked, Framing::Length),
         )
     };
-    let mut wbuf = WBUF.take();
     let head_request = parts.method == Method::HEAD;
 
     let mut tries = 0;
@@ -206,6 +205,7 @@ where
                 }
             }
         };
+        let mut wbuf = std::mem::take(&mut conn.wbuf);
         wbuf.clear();
         put_request_head(&mut wbuf, &parts, framing);
         let result = {
@@ -238,7 +238,7 @@ where
         };
         if wbuf.capacity() <= 2 * FLUSH_AT {
             wbuf.clear();
-            WBUF.set(std::mem::take(&mut wbuf));
+            conn.wbuf = wbuf;
         }
         match result {
             Ok((head, complete)) => {
@@ -475,6 +475,7 @@ async fn connect(authority: &Authority, timeout: Duration) -> Result<Conn, SendE
         rbuf: ReadBuf::new(),
         last_used: Instant::now(),
         timer: Timer::default(),
+        wbuf: Vec::with_capacity(1024),
     })
 }
 

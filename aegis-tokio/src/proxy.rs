@@ -280,7 +280,7 @@ where
     B::Error: Into<BoxError>,
 {
     let _in_flight = crate::metrics::GaugeGuard::enter(&shared.metrics.in_flight);
-    let rt = shared.runtime.load_full();
+    let rt = shared.runtime.load();
     let h = req.headers();
     let mut ex = Exchange {
         started: Instant::now(),

@@ -179,7 +179,8 @@ fn worker(
     ready: oneshot::Sender<Result<SocketAddr, String>>,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
+        .enable_io()
+        .enable_time()
         .build()
     {
         Ok(rt) => rt,
