@@ -25,7 +25,8 @@ use std::time::{Duration, Instant};
 
 use crate::timer::Timer;
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::HeaderValue;
 use http::uri::Authority;
 use http::{Method, Request, Response};
 use hyper::body::{Body, Frame, SizeHint};
@@ -33,7 +34,8 @@ use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
 use crate::h1::{self, BodyDecoder, Decoded, Framing, ReadBuf};
-use crate::proxy::BodyError;
+use crate::proxy::{BodyError, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID};
+use crate::runtime::Target;
 
 /// An idle pooled connection is closed after this long.
 const IDLE: Duration = Duration::from_secs(90);
@@ -155,9 +157,9 @@ impl fmt::Display for SendError {
 /// Sends `req` (origin-form URI, `Host` set) to `authority` on a pooled connection, or a new
 /// one, and returns the response head with its body still to be read from the connection.
 pub async fn send<B>(
-    key: Key,
-    authority: &Authority,
+    target: &Target,
     req: Request<B>,
+    set: &SetHeaders<'_>,
     connect_timeout: Duration,
     now: Instant,
     deadline: Instant,
@@ -180,7 +182,7 @@ where
     let mut tries = 0;
     loop {
         let pooled = if tries < STALE_RETRIES {
-            poll_fn(|cx| Poll::Ready(checkout(key, now, cx))).await
+            poll_fn(|cx| Poll::Ready(checkout(target.pool, now, cx))).await
         } else {
             None
         };
@@ -195,7 +197,7 @@ where
                 }
                 // Boxed: a new connection is rare next to a pooled one, and its future would
                 // otherwise be moved (copied) with every request's.
-                match Box::pin(connect(authority, connect_timeout.min(left))).await {
+                match Box::pin(connect(&target.authority, connect_timeout.min(left))).await {
                     Err(SendError::Connect(_))
                         if left < connect_timeout && Instant::now() >= deadline =>
                     {
@@ -207,7 +209,7 @@ where
         };
         let mut wbuf = std::mem::take(&mut conn.wbuf);
         wbuf.clear();
-        put_request_head(&mut wbuf, &parts, framing);
+        put_request_head(&mut wbuf, &parts, framing, set);
         let result = {
             let mut timer = std::mem::take(&mut conn.timer);
             let r = {
@@ -246,7 +248,7 @@ where
                     decoder: BodyDecoder::new(head.framing),
                     reusable: head.keep_alive && complete,
                     conn: Some(conn),
-                    key,
+                    key: target.pool,
                     began: now,
                 };
                 if up.decoder.is_done() {
@@ -422,8 +424,24 @@ fn io_failure(e: io::Error, conn: &Conn) -> Failure {
     }
 }
 
-/// `METHOD /path?query HTTP/1.1`, the headers, and the framing header of the body sent.
-fn put_request_head(out: &mut Vec<u8>, parts: &http::request::Parts, framing: Option<Framing>) {
+/// Headers the gateway sets on every upstream request: written after the client's, and any
+/// of the client's with these names are not.
+#[derive(Debug)]
+pub struct SetHeaders<'a> {
+    pub host: &'a HeaderValue,
+    pub forwarded_for: &'a HeaderValue,
+    pub forwarded_host: Option<&'a HeaderValue>,
+    pub request_id: &'a HeaderValue,
+}
+
+/// `METHOD /path?query HTTP/1.1`, the headers, the set headers, and the framing header of the
+/// body sent.
+fn put_request_head(
+    out: &mut Vec<u8>,
+    parts: &http::request::Parts,
+    framing: Option<Framing>,
+    set: &SetHeaders<'_>,
+) {
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(
@@ -435,14 +453,24 @@ fn put_request_head(out: &mut Vec<u8>, parts: &http::request::Parts, framing: Op
     );
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in &parts.headers {
-        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+        if name == CONTENT_LENGTH
+            || name == TRANSFER_ENCODING
+            || name == HOST
+            || name == X_FORWARDED_PROTO
+            || name == X_FORWARDED_HOST
+            || name == X_REQUEST_ID
+        {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        put_header(out, name.as_str(), value);
     }
+    put_header(out, "host", set.host);
+    put_header(out, "x-forwarded-for", set.forwarded_for);
+    out.extend_from_slice(b"x-forwarded-proto: http\r\n");
+    if let Some(h) = set.forwarded_host {
+        put_header(out, "x-forwarded-host", h);
+    }
+    put_header(out, "x-request-id", set.request_id);
     match framing {
         Some(Framing::Length(n)) => {
             out.extend_from_slice(b"content-length: ");
@@ -456,6 +484,13 @@ fn put_request_head(out: &mut Vec<u8>, parts: &http::request::Parts, framing: Op
         }
         _ => {}
     }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn put_header(out: &mut Vec<u8>, name: &str, value: &HeaderValue) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
     out.extend_from_slice(b"\r\n");
 }
 

@@ -35,8 +35,8 @@ use crate::store::Store;
 use crate::{access, admin};
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -391,7 +391,7 @@ where
 
     let body_done = (!body.is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
     let body = LimitedBody::new(body, max_body, body_done.clone());
-    let upstream_req = match upstream_request(rt, parts, peer, &fwd, body, ex) {
+    let (upstream_req, forwarding) = match upstream_request(parts, peer, &fwd, body) {
         Ok(r) => r,
         Err(e) => {
             guard.report(UpstreamOutcome::Cancelled);
@@ -406,10 +406,16 @@ where
     let sent = Instant::now();
     let target = &rt.routes[route].targets[fwd.target()];
     let connect_timeout = rt.policy.config().server.connect_timeout;
+    let set = pool::SetHeaders {
+        host: &target.host,
+        forwarded_for: forwarding.chain.as_ref().unwrap_or(&peer.ip_header),
+        forwarded_host: forwarding.host.as_ref(),
+        request_id: &ex.request_id,
+    };
     let result = pool::send(
-        target.pool,
-        &target.authority,
+        target,
         upstream_req,
+        &set,
         connect_timeout,
         sent,
         sent + fwd.timeout,
@@ -489,42 +495,45 @@ fn upstream_failed(
     }
 }
 
-/// Builds the request sent upstream: same method, headers minus hop-by-hop, the identity and
-/// forwarding headers set, the body streamed through the size limit.
+/// Values of the headers the gateway sets upstream, taken from the client's request.
+struct Forwarding {
+    /// `X-Forwarded-Host`: the client's `Host` (moved out of its headers) or the URI's
+    /// authority.
+    host: Option<HeaderValue>,
+    /// `X-Forwarded-For` when the client sent one: its values and the peer, comma-joined.
+    chain: Option<HeaderValue>,
+}
+
+/// Builds the request sent upstream: same method, headers minus hop-by-hop, the identity
+/// headers set, the body streamed through the size limit. The forwarding headers are written
+/// by the pool from [`pool::SetHeaders`] (no map insertions).
 fn upstream_request<B>(
-    rt: &Runtime,
     parts: &mut http::request::Parts,
     peer: &Peer,
     fwd: &Forward,
     body: LimitedBody<B>,
-    ex: &Exchange,
-) -> Result<Request<LimitedBody<B>>, http::uri::InvalidUri> {
+) -> Result<(Request<LimitedBody<B>>, Forwarding), http::uri::InvalidUri> {
     let original = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
     let pq = fwd.path_and_query(original);
-    let host = &rt.routes[fwd.route.0].targets[fwd.target()].host;
     // Origin form (`/path?query`): the connection already goes to the target.
     let uri = Uri::try_from(&*pq)?;
     // The client's headers move upstream (the access log kept what it needs of them).
     let mut headers = std::mem::take(&mut parts.headers);
     strip_hop_by_hop(&mut headers);
     fwd.apply_request_headers(&mut headers);
-    // The client's Host (moved, not copied) or the URI's authority becomes X-Forwarded-Host.
-    let client_host = headers.insert(HOST, host.clone());
-    let forwarded_host = match parts.uri.authority() {
-        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-        None => client_host,
+    let client_host = headers.remove(HOST);
+    let forwarding = Forwarding {
+        host: match parts.uri.authority() {
+            Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+            None => client_host,
+        },
+        chain: forwarded_for_chain(&mut headers, peer),
     };
-    if let Some(h) = forwarded_host {
-        headers.insert(X_FORWARDED_HOST, h);
-    }
-    append_forwarded_for(&mut headers, peer);
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    headers.insert(X_REQUEST_ID, ex.request_id.clone());
     let mut req = Request::new(body);
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = uri;
     *req.headers_mut() = headers;
-    Ok(req)
+    Ok((req, forwarding))
 }
 
 /// The request's host as routing sees it: the URI's authority (HTTP/2, absolute form) or the
@@ -536,13 +545,12 @@ fn request_host<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Option<&'a str> {
     }
 }
 
-/// Appends the peer to `X-Forwarded-For` (one comma-joined value).
-fn append_forwarded_for(headers: &mut HeaderMap, peer: &Peer) {
+/// When the client sent `X-Forwarded-For`: its values with the peer appended (one
+/// comma-joined value), the client's removed from `headers`.
+fn forwarded_for_chain(headers: &mut HeaderMap, peer: &Peer) -> Option<HeaderValue> {
     if !headers.contains_key(&X_FORWARDED_FOR) {
-        headers.insert(X_FORWARDED_FOR, peer.ip_header.clone());
-        return;
+        return None;
     }
-    let ip = peer.addr.ip().to_string();
     let mut joined = String::new();
     for v in headers.get_all(&X_FORWARDED_FOR) {
         if let Ok(s) = v.to_str() {
@@ -550,10 +558,9 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: &Peer) {
             joined.push_str(", ");
         }
     }
-    joined.push_str(&ip);
-    if let Ok(v) = HeaderValue::from_str(&joined) {
-        headers.insert(X_FORWARDED_FOR, v);
-    }
+    headers.remove(&X_FORWARDED_FOR);
+    joined.push_str(&peer.addr.ip().to_string());
+    HeaderValue::from_str(&joined).ok()
 }
 
 /// Removes the headers that describe one connection and must not be forwarded (RFC 9110
