@@ -23,7 +23,7 @@ use std::time::Duration;
 use crate::timer::Timer;
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
-use http::{Method, Request, Response, StatusCode, Version};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -490,6 +490,13 @@ async fn write_response(
 
     wbuf.clear();
     h1::put_status_line(wbuf, status);
+    let raw = match &mut body {
+        ProxyBody::Upstream(up) => up.take_headers(),
+        ProxyBody::Full(_) => None,
+    };
+    if let Some(raw) = &raw {
+        put_upstream_headers(wbuf, raw, &parts.headers, framing.is_some());
+    }
     for (name, value) in &parts.headers {
         // The framing headers are this hop's (a HEAD or 304 answer keeps the length it names).
         if framing.is_some() && (name == CONTENT_LENGTH || name == TRANSFER_ENCODING) {
@@ -500,7 +507,7 @@ async fn write_response(
         wbuf.extend_from_slice(value.as_bytes());
         wbuf.extend_from_slice(b"\r\n");
     }
-    if !parts.headers.contains_key(DATE) {
+    if !parts.headers.contains_key(DATE) && !raw.as_ref().is_some_and(|r| r.has_date) {
         wbuf.extend_from_slice(b"date: ");
         wbuf.extend_from_slice(h1::date().as_bytes());
         wbuf.extend_from_slice(b"\r\n");
@@ -578,6 +585,28 @@ async fn write_response(
     })
     .await?;
     Ok(keep)
+}
+
+/// Writes the upstream's response headers (already without hop-by-hop ones and
+/// `Content-Length`), minus those the gateway sets (`set`: request id, rate-limit headers).
+fn put_upstream_headers(out: &mut Vec<u8>, raw: &h1::RawHeaders, set: &HeaderMap, framed: bool) {
+    if raw.may_collide {
+        for (name, _, line) in raw.lines() {
+            if !set
+                .keys()
+                .any(|k| name.eq_ignore_ascii_case(k.as_str().as_bytes()))
+            {
+                out.extend_from_slice(line);
+            }
+        }
+    } else {
+        out.extend_from_slice(raw.as_bytes());
+    }
+    if !framed && let Some(n) = raw.content_length {
+        out.extend_from_slice(b"content-length: ");
+        h1::put_u64(out, n);
+        out.extend_from_slice(b"\r\n");
+    }
 }
 
 /// A gateway-made answer on a connection that then closes.

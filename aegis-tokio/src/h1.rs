@@ -329,6 +329,17 @@ impl Meta {
         }
     }
 
+    /// [`Meta::see`] for a header name not turned into a `HeaderName`.
+    fn see_raw(&mut self, name: &[u8], value: &[u8]) {
+        let known = [HOST, CONTENT_LENGTH, TRANSFER_ENCODING, CONNECTION, EXPECT];
+        if let Some(n) = known
+            .iter()
+            .find(|n| n.as_str().as_bytes().eq_ignore_ascii_case(name))
+        {
+            self.see(n, value);
+        }
+    }
+
     /// Whether the sender wants the connection kept after this message.
     fn keep_alive(&self, version: Version) -> bool {
         if version == Version::HTTP_10 {
@@ -388,9 +399,132 @@ fn request_framing(meta: &Meta, version: Version) -> Result<Framing, HeadError> 
     }
 }
 
-/// A parsed response head.
+/// A response's headers as they go to the client: the upstream's lines (each
+/// `name: value\r\n`, validated by httparse) minus the hop-by-hop ones and `Content-Length`,
+/// gathered while parsing so that writing them is one copy, without a header map.
+#[derive(Debug, Default)]
+pub struct RawHeaders {
+    bytes: Vec<u8>,
+    /// The upstream's `Content-Length` (written back only where this hop does not frame the
+    /// body: HEAD, 304).
+    pub content_length: Option<u64>,
+    pub has_date: bool,
+    /// A line may carry a name the gateway sets itself (request id, rate-limit headers): the
+    /// writer must filter.
+    pub may_collide: bool,
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1), never passed on.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+];
+
+impl RawHeaders {
+    /// Gathers a response's headers; `Connection`-named headers are dropped too.
+    fn new(parsed: &[httparse::Header<'_>], capacity: usize) -> RawHeaders {
+        let mut raw = RawHeaders {
+            bytes: Vec::with_capacity(capacity),
+            ..RawHeaders::default()
+        };
+        let mut named = false;
+        for h in parsed {
+            let name = h.name.as_bytes();
+            if HOP_BY_HOP
+                .iter()
+                .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
+            {
+                named |= name.eq_ignore_ascii_case(b"connection")
+                    && h.value
+                        .split(|&b| b == b',')
+                        .map(<[u8]>::trim_ascii)
+                        .any(|t| {
+                            !t.is_empty()
+                                && !t.eq_ignore_ascii_case(b"close")
+                                && !t.eq_ignore_ascii_case(b"keep-alive")
+                        });
+                continue;
+            }
+            if name.eq_ignore_ascii_case(b"content-length") {
+                continue;
+            }
+            raw.has_date |= name.eq_ignore_ascii_case(b"date");
+            raw.may_collide |= starts_with_ci(name, b"x-request-id")
+                || starts_with_ci(name, b"ratelimit")
+                || name.eq_ignore_ascii_case(b"retry-after");
+            raw.bytes.extend_from_slice(name);
+            raw.bytes.extend_from_slice(b": ");
+            raw.bytes.extend_from_slice(h.value);
+            raw.bytes.extend_from_slice(b"\r\n");
+        }
+        if named {
+            raw.drop_connection_named(parsed);
+        }
+        raw
+    }
+
+    /// Drops the headers a `Connection` header names (rare: a second pass).
+    fn drop_connection_named(&mut self, parsed: &[httparse::Header<'_>]) {
+        let named: Vec<&[u8]> = parsed
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+            .flat_map(|h| h.value.split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|t| !t.is_empty())
+            .collect();
+        let mut kept = Vec::with_capacity(self.bytes.len());
+        for (name, _, line) in self.lines() {
+            if !named.iter().any(|n| name.eq_ignore_ascii_case(n)) {
+                kept.extend_from_slice(line);
+            }
+        }
+        self.bytes = kept;
+    }
+
+    /// All the lines, as one slice.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Each header as (name, value, whole line with its CRLF).
+    pub fn lines(&self) -> impl Iterator<Item = (&[u8], &[u8], &[u8])> {
+        let mut rest = &self.bytes[..];
+        std::iter::from_fn(move || {
+            let end = rest.iter().position(|&b| b == b'\n')? + 1;
+            let (line, tail) = rest.split_at(end);
+            rest = tail;
+            let colon = line.iter().position(|&b| b == b':')?;
+            Some((&line[..colon], line[colon + 1..end - 2].trim_ascii(), line))
+        })
+    }
+
+    /// The same headers in a map (for a client hyper serves over HTTP/2).
+    pub fn into_map(self, map: &mut HeaderMap) {
+        for (name, value, _) in self.lines() {
+            if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+                map.append(n, v);
+            }
+        }
+        if let Some(n) = self.content_length {
+            map.insert(CONTENT_LENGTH, HeaderValue::from(n));
+        }
+    }
+}
+
+fn starts_with_ci(name: &[u8], prefix: &[u8]) -> bool {
+    name.len() >= prefix.len() && name[..prefix.len()].eq_ignore_ascii_case(prefix)
+}
+
+/// A parsed response head; its headers are in `raw`, `parts.headers` starts empty.
 #[derive(Debug)]
 pub struct ResponseHead {
+    pub raw: RawHeaders,
     pub parts: http::response::Parts,
     pub framing: Framing,
     /// The connection may carry another request after this response's body.
@@ -421,8 +555,12 @@ pub fn parse_response(
     } else {
         Version::HTTP_11
     };
-    // The request id, rate-limit headers.
-    let (headers, meta) = header_map(resp.headers, 4).map_err(|e| e.message())?;
+    let mut meta = Meta::default();
+    for h in resp.headers.iter() {
+        meta.see_raw(h.name.as_bytes(), h.value);
+    }
+    let mut raw = RawHeaders::new(resp.headers, n);
+    raw.content_length = meta.cl;
     let mut keep_alive = meta.keep_alive(version);
     let framing = if head_request
         || status.is_informational()
@@ -449,10 +587,10 @@ pub fn parse_response(
     let (mut parts, ()) = http::Response::new(()).into_parts();
     parts.status = status;
     parts.version = version;
-    parts.headers = headers;
     Ok(Some((
         n,
         ResponseHead {
+            raw,
             parts,
             framing,
             keep_alive,

@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use crate::timer::Timer;
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::HeaderValue;
+use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::uri::Authority;
 use http::{Method, Request, Response};
 use hyper::body::{Body, Frame, SizeHint};
@@ -248,6 +248,7 @@ where
                     decoder: BodyDecoder::new(head.framing),
                     reusable: head.keep_alive && complete,
                     conn: Some(conn),
+                    headers: Some(head.raw),
                     key: target.pool,
                     began: now,
                 };
@@ -519,6 +520,8 @@ async fn connect(authority: &Authority, timeout: Duration) -> Result<Conn, SendE
 #[derive(Debug)]
 pub struct UpBody {
     conn: Option<Conn>,
+    /// The response's headers, until the client side takes them.
+    headers: Option<h1::RawHeaders>,
     decoder: BodyDecoder,
     /// The connection can carry another exchange after this body.
     reusable: bool,
@@ -527,6 +530,11 @@ pub struct UpBody {
 }
 
 impl UpBody {
+    /// The upstream's response headers as received (once).
+    pub fn take_headers(&mut self) -> Option<h1::RawHeaders> {
+        self.headers.take()
+    }
+
     /// The body is over: pool the connection if it can be reused.
     fn finish(&mut self) {
         if let Some(conn) = self.conn.take()

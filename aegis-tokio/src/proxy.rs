@@ -48,6 +48,8 @@ const MAX_REQUEST_ID: usize = 128;
 
 /// The response body: a gateway-made reply, or the upstream's body streamed through.
 #[derive(Debug)]
+// Upstream is the common case: boxing it would allocate per request.
+#[allow(clippy::large_enum_variant)]
 pub enum ProxyBody {
     Full(Option<Bytes>),
     Upstream(pool::UpBody),
@@ -426,8 +428,15 @@ where
         Ok(resp) => {
             metrics.upstream_latency(sent.elapsed());
             guard.report(UpstreamOutcome::Status(resp.status().as_u16()));
-            let (mut head, body) = resp.into_parts();
-            strip_hop_by_hop(&mut head.headers);
+            let (mut head, mut body) = resp.into_parts();
+            // The upstream's headers stay raw for an HTTP/1.x client (downstream writes them,
+            // leaving out the hop-by-hop ones); hyper needs them in the map.
+            if parts.version == http::Version::HTTP_2
+                && let Some(raw) = body.take_headers()
+            {
+                raw.into_map(&mut head.headers);
+                strip_hop_by_hop(&mut head.headers);
+            }
             fwd.apply_response_headers(&mut head.headers);
             Response::from_parts(head, ProxyBody::Upstream(body))
         }
