@@ -28,7 +28,7 @@ use bytes::Bytes;
 use http::HeaderValue;
 use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::uri::Authority;
-use http::{Method, Request, Response};
+use http::{HeaderMap, Method, Response};
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
@@ -158,16 +158,18 @@ impl fmt::Display for SendError {
 /// one, and returns the response head with its body still to be read from the connection.
 pub async fn send<B>(
     target: &Target,
-    req: Request<B>,
-    set: &SetHeaders<'_>,
-    connect_timeout: Duration,
-    now: Instant,
-    deadline: Instant,
+    out: &Outgoing<'_>,
+    mut body: B,
+    timing: Timing,
 ) -> Result<Response<UpBody>, SendError>
 where
     B: Body<Data = Bytes, Error = BodyError> + Unpin,
 {
-    let (parts, mut body) = req.into_parts();
+    let Timing {
+        connect_timeout,
+        now,
+        deadline,
+    } = timing;
     let framing = if body.is_end_stream() {
         None
     } else {
@@ -177,7 +179,7 @@ where
                 .map_or(Framing::Chunked, Framing::Length),
         )
     };
-    let head_request = parts.method == Method::HEAD;
+    let head_request = out.method == Method::HEAD;
 
     let mut tries = 0;
     loop {
@@ -209,7 +211,7 @@ where
         };
         let mut wbuf = std::mem::take(&mut conn.wbuf);
         wbuf.clear();
-        put_request_head(&mut wbuf, &parts, framing, set);
+        put_request_head(&mut wbuf, out, framing);
         let result = {
             let mut timer = std::mem::take(&mut conn.timer);
             let r = {
@@ -425,6 +427,27 @@ fn io_failure(e: io::Error, conn: &Conn) -> Failure {
     }
 }
 
+/// The request to send upstream, borrowed from the client's.
+#[derive(Debug)]
+pub struct Outgoing<'a> {
+    pub method: &'a Method,
+    /// Origin form: `/path?query`.
+    pub path_and_query: &'a str,
+    /// The client's headers, hop-by-hop ones removed.
+    pub headers: &'a HeaderMap,
+    pub set: SetHeaders<'a>,
+}
+
+/// When an exchange starts and must end.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub connect_timeout: Duration,
+    /// When the request is sent (for pooled connections' idle time).
+    pub now: Instant,
+    /// No response head by then: [`SendError::Timeout`].
+    pub deadline: Instant,
+}
+
 /// Headers the gateway sets on every upstream request: written after the client's, and any
 /// of the client's with these names are not.
 #[derive(Debug)]
@@ -437,23 +460,13 @@ pub struct SetHeaders<'a> {
 
 /// `METHOD /path?query HTTP/1.1`, the headers, the set headers, and the framing header of the
 /// body sent.
-fn put_request_head(
-    out: &mut Vec<u8>,
-    parts: &http::request::Parts,
-    framing: Option<Framing>,
-    set: &SetHeaders<'_>,
-) {
-    out.extend_from_slice(parts.method.as_str().as_bytes());
+fn put_request_head(out: &mut Vec<u8>, req: &Outgoing<'_>, framing: Option<Framing>) {
+    let set = &req.set;
+    out.extend_from_slice(req.method.as_str().as_bytes());
     out.push(b' ');
-    out.extend_from_slice(
-        parts
-            .uri
-            .path_and_query()
-            .map_or("/", |pq| pq.as_str())
-            .as_bytes(),
-    );
+    out.extend_from_slice(req.path_and_query.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &parts.headers {
+    for (name, value) in req.headers {
         if name == CONTENT_LENGTH
             || name == TRANSFER_ENCODING
             || name == HOST
@@ -480,7 +493,7 @@ fn put_request_head(
         }
         Some(Framing::Chunked) => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         // A body-less request that said so keeps saying so.
-        None if parts.headers.contains_key(CONTENT_LENGTH) => {
+        None if req.headers.contains_key(CONTENT_LENGTH) => {
             out.extend_from_slice(b"content-length: 0\r\n");
         }
         _ => {}

@@ -393,8 +393,12 @@ where
 
     let body_done = (!body.is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
     let body = LimitedBody::new(body, max_body, body_done.clone());
-    let (upstream_req, forwarding) = match upstream_request(parts, peer, &fwd, body) {
-        Ok(r) => r,
+    let original = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
+    let pq = fwd.path_and_query(original);
+    // Not the client's own target (the policy normalised or rewrote it): check it.
+    let rewritten = (pq.as_ptr() != original.as_ptr()).then_some(&*pq);
+    let forwarding = match forwarding(&mut parts.headers, &parts.uri, peer, &fwd, rewritten) {
+        Ok(f) => f,
         Err(e) => {
             guard.report(UpstreamOutcome::Cancelled);
             ex.reason = "bad_request";
@@ -407,22 +411,23 @@ where
     };
     let sent = Instant::now();
     let target = &rt.routes[route].targets[fwd.target()];
-    let connect_timeout = rt.policy.config().server.connect_timeout;
-    let set = pool::SetHeaders {
-        host: &target.host,
-        forwarded_for: forwarding.chain.as_ref().unwrap_or(&peer.ip_header),
-        forwarded_host: forwarding.host.as_ref(),
-        request_id: &ex.request_id,
+    let outgoing = pool::Outgoing {
+        method: &parts.method,
+        path_and_query: &pq,
+        headers: &parts.headers,
+        set: pool::SetHeaders {
+            host: &target.host,
+            forwarded_for: forwarding.chain.as_ref().unwrap_or(&peer.ip_header),
+            forwarded_host: forwarding.host.as_ref(),
+            request_id: &ex.request_id,
+        },
     };
-    let result = pool::send(
-        target,
-        upstream_req,
-        &set,
-        connect_timeout,
-        sent,
-        sent + fwd.timeout,
-    )
-    .await;
+    let timing = pool::Timing {
+        connect_timeout: rt.policy.config().server.connect_timeout,
+        now: sent,
+        deadline: sent + fwd.timeout,
+    };
+    let result = pool::send(target, &outgoing, body, timing).await;
     let metrics = &rt.routes[route].metrics;
     match result {
         Ok(resp) => {
@@ -513,36 +518,29 @@ struct Forwarding {
     chain: Option<HeaderValue>,
 }
 
-/// Builds the request sent upstream: same method, headers minus hop-by-hop, the identity
-/// headers set, the body streamed through the size limit. The forwarding headers are written
-/// by the pool from [`pool::SetHeaders`] (no map insertions).
-fn upstream_request<B>(
-    parts: &mut http::request::Parts,
+/// Readies the client's request to go upstream (the pool writes it from borrowed parts):
+/// hop-by-hop headers removed, the identity headers set, `Host` and `X-Forwarded-For` taken
+/// out to be written by the pool. A path the policy rewrote is checked.
+fn forwarding(
+    headers: &mut HeaderMap,
+    uri: &Uri,
     peer: &Peer,
     fwd: &Forward,
-    body: LimitedBody<B>,
-) -> Result<(Request<LimitedBody<B>>, Forwarding), http::uri::InvalidUri> {
-    let original = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
-    let pq = fwd.path_and_query(original);
-    // Origin form (`/path?query`): the connection already goes to the target.
-    let uri = Uri::try_from(&*pq)?;
-    // The client's headers move upstream (the access log kept what it needs of them).
-    let mut headers = std::mem::take(&mut parts.headers);
-    strip_hop_by_hop(&mut headers);
-    fwd.apply_request_headers(&mut headers);
+    rewritten: Option<&str>,
+) -> Result<Forwarding, http::uri::InvalidUri> {
+    if let Some(path_and_query) = rewritten {
+        PathAndQuery::try_from(path_and_query)?;
+    }
+    strip_hop_by_hop(headers);
+    fwd.apply_request_headers(headers);
     let client_host = headers.remove(HOST);
-    let forwarding = Forwarding {
-        host: match parts.uri.authority() {
+    Ok(Forwarding {
+        host: match uri.authority() {
             Some(a) => HeaderValue::from_str(a.as_str()).ok(),
             None => client_host,
         },
-        chain: forwarded_for_chain(&mut headers, peer),
-    };
-    let mut req = Request::new(body);
-    *req.method_mut() = parts.method.clone();
-    *req.uri_mut() = uri;
-    *req.headers_mut() = headers;
-    Ok((req, forwarding))
+        chain: forwarded_for_chain(headers, peer),
+    })
 }
 
 /// The request's host as routing sees it: the URI's authority (HTTP/2, absolute form) or the
