@@ -48,7 +48,8 @@ const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Request body bytes gathered before they are written.
 const FLUSH_AT: usize = 64 * 1024;
 
-/// One upstream connection, its read buffer and its response timer.
+/// One upstream connection, its read buffer and its response timer. Boxed: it is moved in and
+/// out of the pool and through every response body, a pointer is cheaper to move.
 #[derive(Debug)]
 struct Conn {
     io: TcpStream,
@@ -86,11 +87,11 @@ pub fn key(authority: &Authority) -> Key {
 
 thread_local! {
     /// Idle connections by [`Key`].
-    static POOL: RefCell<Vec<VecDeque<Conn>>> = const { RefCell::new(Vec::new()) };
+    static POOL: RefCell<Vec<VecDeque<Box<Conn>>>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Takes the most recently used live idle connection of slot `key`.
-fn checkout(key: Key, now: Instant, cx: &mut Context<'_>) -> Option<Conn> {
+fn checkout(key: Key, now: Instant, cx: &mut Context<'_>) -> Option<Box<Conn>> {
     POOL.with(|p| {
         let mut p = p.borrow_mut();
         let list = p.get_mut(key.0)?;
@@ -110,7 +111,7 @@ fn checkout(key: Key, now: Instant, cx: &mut Context<'_>) -> Option<Conn> {
 
 /// Puts a connection whose exchange is complete back in the pool. `now`: when the exchange
 /// began (idle expiry is 90 s: the request's own duration does not matter, a clock read does).
-fn release(key: Key, mut conn: Conn, now: Instant) {
+fn release(key: Key, mut conn: Box<Conn>, now: Instant) {
     conn.last_used = now;
     POOL.with(|p| {
         let mut p = p.borrow_mut();
@@ -508,7 +509,7 @@ fn put_header(out: &mut Vec<u8>, name: &str, value: &HeaderValue) {
     out.extend_from_slice(b"\r\n");
 }
 
-async fn connect(authority: &Authority, timeout: Duration) -> Result<Conn, SendError> {
+async fn connect(authority: &Authority, timeout: Duration) -> Result<Box<Conn>, SendError> {
     let host = authority
         .host()
         .trim_start_matches('[')
@@ -519,20 +520,20 @@ async fn connect(authority: &Authority, timeout: Duration) -> Result<Conn, SendE
         .map_err(|_| SendError::Connect(format!("connect timed out after {timeout:?}")))?
         .map_err(|e| SendError::Connect(e.to_string()))?;
     let _ = io.set_nodelay(true);
-    Ok(Conn {
+    Ok(Box::new(Conn {
         io,
         rbuf: ReadBuf::new(),
         last_used: Instant::now(),
         timer: Timer::default(),
         wbuf: Vec::with_capacity(1024),
-    })
+    }))
 }
 
 /// An upstream response body, read from its connection as it is polled; the connection
 /// returns to the pool once the body has been read to its end.
 #[derive(Debug)]
 pub struct UpBody {
-    conn: Option<Conn>,
+    conn: Option<Box<Conn>>,
     /// The response's headers, until the client side takes them.
     headers: Option<h1::RawHeaders>,
     decoder: BodyDecoder,
