@@ -10,13 +10,15 @@
 //! request body is read by whoever polls [`ReqBody`] (the upstream exchange), from the same
 //! buffer the loop reads heads from; a `100 Continue` is sent when it is first polled.
 
+use std::cell::{RefCell, RefMut};
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::{Pin, pin};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -149,10 +151,12 @@ struct Io {
     continue_left: &'static [u8],
 }
 
-type Conn = Arc<Mutex<Io>>;
+/// Shared by the connection's loop and its request body, both in the connection's one task
+/// (spawned on the worker's `LocalSet`): no lock, no atomics.
+type Conn = Rc<RefCell<Io>>;
 
-fn lock(c: &Conn) -> MutexGuard<'_, Io> {
-    c.lock().unwrap_or_else(PoisonError::into_inner)
+fn lock(c: &Conn) -> RefMut<'_, Io> {
+    c.borrow_mut()
 }
 
 /// A client's request body, read from its connection as it is polled.
@@ -277,7 +281,7 @@ pub async fn serve(
     let _open = crate::metrics::GaugeGuard::enter(&shared.metrics.connections);
     let _ = stream.set_nodelay(true);
     let (rd, wr) = stream.into_split();
-    let conn: Conn = Arc::new(Mutex::new(Io {
+    let conn: Conn = Rc::new(RefCell::new(Io {
         rd,
         wr,
         rbuf: ReadBuf::new(),
@@ -289,6 +293,9 @@ pub async fn serve(
         reg: Registration::default(),
     };
     let mut timer = Timer::default();
+    // The config a request runs on: checked per request with one atomic load, the Arc
+    // cloned only when a reload swapped it.
+    let mut runtime = arc_swap::Cache::new(&shared.runtime);
     let mut wbuf = Vec::with_capacity(4096);
     let mut first = true;
     loop {
@@ -346,7 +353,9 @@ pub async fn serve(
         };
         let req = Request::from_parts(parts, body);
 
-        let Some(resp) = handle_watching(&conn, &limits, shared.clone(), peer.clone(), req).await
+        let rt = runtime.load();
+        let Some(resp) =
+            handle_watching(&conn, &limits, proxy::handle(&shared, rt, &peer, req)).await
         else {
             // The client left; the exchange was dropped (its outcome reported as cancelled).
             return;
@@ -430,14 +439,12 @@ async fn read_head(
 async fn handle_watching(
     conn: &Conn,
     limits: &Limits,
-    shared: Arc<Shared>,
-    peer: Peer,
-    req: Request<ReqBody>,
+    exchange: impl Future<Output = Response<ProxyBody>>,
 ) -> Option<Response<ProxyBody>> {
-    let mut fut = pin!(proxy::handle(shared, peer, req));
+    let mut fut = pin!(exchange);
     let mut watching = true;
     poll_fn(|cx| {
-        if let Poll::Ready(Ok::<_, Infallible>(resp)) = fut.as_mut().poll(cx) {
+        if let Poll::Ready(resp) = fut.as_mut().poll(cx) {
             return Poll::Ready(Some(resp));
         }
         if watching {
@@ -655,9 +662,7 @@ async fn serve_h2(
     limits: Limits,
     stopping: &mut Registered<'_>,
 ) {
-    let Ok(io) =
-        Arc::try_unwrap(conn).map(|m| m.into_inner().unwrap_or_else(PoisonError::into_inner))
-    else {
+    let Ok(io) = Rc::try_unwrap(conn).map(RefCell::into_inner) else {
         return;
     };
     let Io {
@@ -673,7 +678,11 @@ async fn serve_h2(
         io: stream,
     };
     let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-        proxy::handle(shared.clone(), peer.clone(), req)
+        let (shared, peer) = (shared.clone(), peer.clone());
+        async move {
+            let rt = shared.runtime.load_full();
+            Ok::<_, Infallible>(proxy::handle(&shared, &rt, &peer, req).await)
+        }
     });
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder

@@ -7,7 +7,6 @@
 //!           ─▶ on_upstream_result exactly once (OutcomeGuard: also on drop = client gone)
 //! ```
 
-use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::fmt;
 use std::net::SocketAddr;
@@ -271,18 +270,19 @@ pub struct Exchange {
     pub client_ip: Option<std::net::IpAddr>,
 }
 
-/// Serves one request on the proxy listener (HTTP/1.1 from `downstream`, HTTP/2 from hyper).
+/// Serves one request on the proxy listener (HTTP/1.1 from `downstream`, HTTP/2 from hyper),
+/// on the runtime (config) current when it arrived.
 pub async fn handle<B>(
-    shared: Arc<Shared>,
-    peer: Peer,
+    shared: &Shared,
+    rt: &Runtime,
+    peer: &Peer,
     req: Request<B>,
-) -> Result<Response<ProxyBody>, Infallible>
+) -> Response<ProxyBody>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
 {
     let _in_flight = crate::metrics::GaugeGuard::enter(&shared.metrics.in_flight);
-    let rt = shared.runtime.load();
     let h = req.headers();
     let mut ex = Exchange {
         started: Instant::now(),
@@ -300,16 +300,15 @@ where
             .then(|| rt.policy.client_ip(peer.addr.ip(), h)),
     };
     let (mut parts, body) = req.into_parts();
-    let mut resp = exchange(&shared, &rt, &peer, &mut parts, body, &mut ex).await;
-    resp.headers_mut()
-        .insert(X_REQUEST_ID, ex.request_id.clone());
+    let mut resp = exchange(shared, rt, peer, &mut parts, body, &mut ex).await;
     let status = resp.status().as_u16();
     match ex.route {
         Some(r) => rt.routes[r].metrics.response(status),
         None => shared.metrics.unrouted.response(status),
     }
-    access::log(&shared, &rt, &parts, &ex, status);
-    Ok(resp)
+    access::log(shared, rt, &parts, &ex, status);
+    resp.headers_mut().insert(X_REQUEST_ID, ex.request_id);
+    resp
 }
 
 async fn exchange<B>(

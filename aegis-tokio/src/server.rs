@@ -189,7 +189,9 @@ fn worker(
             return;
         }
     };
-    rt.block_on(async move {
+    // Connections are tasks local to this thread (they share state through Rc/RefCell).
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
         let listener = match bind(addr, reuse_port) {
             Ok(l) => l,
             Err(e) => {
@@ -213,7 +215,7 @@ fn worker(
                 r = listener.accept() => match r {
                     Ok((stream, addr)) => {
                         let peer = proxy::Peer::new(addr);
-                        conns.spawn(downstream::serve(
+                        conns.spawn_local(downstream::serve(
                             stream,
                             peer,
                             shared.clone(),
