@@ -20,8 +20,16 @@ impl Clock {
 
     /// Both clocks, read once.
     pub fn now(&self) -> Now {
+        self.at(Instant::now())
+    }
+
+    /// The monotonic clock as already read (`instant`), and the wall clock.
+    pub fn at(&self, instant: Instant) -> Now {
         Now {
-            mono: Nanos(u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)),
+            mono: Nanos(
+                u64::try_from(instant.saturating_duration_since(self.origin).as_nanos())
+                    .unwrap_or(u64::MAX),
+            ),
             wall: wall(),
         }
     }

@@ -336,7 +336,7 @@ where
         headers: &parts.headers,
         peer: peer.addr.ip(),
     };
-    let now = shared.clock.now();
+    let now = shared.clock.at(ex.started);
     let ticket = match rt.policy.on_request(&view, now) {
         Step::Respond(r) => return reply(r, ex),
         Step::Admit(t) => t,
@@ -408,7 +408,9 @@ where
             );
         }
     };
-    let sent = Instant::now();
+    // The request's arrival stands for its send time (the policy's microsecond between them
+    // is not worth a clock read): the deadline and upstream latency count from it.
+    let sent = ex.started;
     let target = &rt.routes[route].targets[fwd.target()];
     let outgoing = pool::Outgoing {
         method: &parts.method,
