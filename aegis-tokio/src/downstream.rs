@@ -278,7 +278,7 @@ pub async fn serve(
     limits: Limits,
     stop: Arc<Stop>,
 ) {
-    let _open = crate::metrics::GaugeGuard::enter(&shared.metrics.connections);
+    let _open = crate::metrics::GaugeGuard::enter(shared.metrics.connections.mine());
     let _ = stream.set_nodelay(true);
     let (rd, wr) = stream.into_split();
     let conn: Conn = Rc::new(RefCell::new(Io {

@@ -3,6 +3,7 @@
 //! Per-route counters are registered by route name, so they survive reloads that keep the
 //! route; breaker states are read from the live balancers when scraped.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
@@ -18,9 +19,31 @@ const BUCKETS: [f64; 12] = [
 /// Status codes 100..=599 are counted individually; anything else lands in slot 0.
 const STATUS_SLOTS: usize = 600;
 
-/// The counters of one route (or of requests that matched none).
+/// Counter sets are kept per worker thread (up to this many; more share), each on its own
+/// cache lines: a request only touches its worker's, a scrape adds them up.
+const SHARDS: usize = 8;
+
+thread_local! {
+    static SHARD: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Makes this thread count into shard `worker` (worker threads call it once).
+pub fn set_shard(worker: usize) {
+    SHARD.set(worker % SHARDS);
+}
+
+fn shard() -> usize {
+    SHARD.get()
+}
+
+/// A value alone on its cache lines.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Padded<T>(T);
+
+/// One worker's counters of one route.
 #[derive(Debug)]
-pub struct RouteMetrics {
+struct Counters {
     status: Box<[AtomicU64]>,
     rate_limited: AtomicU64,
     buckets: [AtomicU64; BUCKETS.len()],
@@ -28,15 +51,36 @@ pub struct RouteMetrics {
     upstream_sum_us: AtomicU64,
 }
 
+/// The counters of one route (or of requests that matched none).
+#[derive(Debug)]
+pub struct RouteMetrics {
+    shards: Box<[Padded<Counters>]>,
+}
+
 impl RouteMetrics {
     fn new() -> RouteMetrics {
         RouteMetrics {
-            status: (0..STATUS_SLOTS).map(|_| AtomicU64::new(0)).collect(),
-            rate_limited: AtomicU64::new(0),
-            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
-            upstream_count: AtomicU64::new(0),
-            upstream_sum_us: AtomicU64::new(0),
+            shards: (0..SHARDS)
+                .map(|_| {
+                    Padded(Counters {
+                        status: (0..STATUS_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+                        rate_limited: AtomicU64::new(0),
+                        buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+                        upstream_count: AtomicU64::new(0),
+                        upstream_sum_us: AtomicU64::new(0),
+                    })
+                })
+                .collect(),
         }
+    }
+
+    fn mine(&self) -> &Counters {
+        &self.shards[shard()].0
+    }
+
+    /// A counter summed over the shards.
+    fn sum(&self, f: impl Fn(&Counters) -> &AtomicU64) -> u64 {
+        self.shards.iter().map(|s| f(&s.0).load(Relaxed)).sum()
     }
 
     pub fn response(&self, status: u16) {
@@ -46,22 +90,40 @@ impl RouteMetrics {
         } else {
             0
         };
-        self.status[slot].fetch_add(1, Relaxed);
+        self.mine().status[slot].fetch_add(1, Relaxed);
     }
 
     pub fn rate_limited(&self) {
-        self.rate_limited.fetch_add(1, Relaxed);
+        self.mine().rate_limited.fetch_add(1, Relaxed);
     }
 
     /// Time from sending a request upstream to its response head (or its failure).
     pub fn upstream_latency(&self, d: Duration) {
+        let c = self.mine();
         let secs = d.as_secs_f64();
         if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
-            self.buckets[i].fetch_add(1, Relaxed);
+            c.buckets[i].fetch_add(1, Relaxed);
         }
-        self.upstream_count.fetch_add(1, Relaxed);
-        self.upstream_sum_us
+        c.upstream_count.fetch_add(1, Relaxed);
+        c.upstream_sum_us
             .fetch_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX), Relaxed);
+    }
+}
+
+/// A gauge kept per worker thread (see [`SHARDS`]); its value is the sum.
+#[derive(Debug, Default)]
+pub struct ShardedGauge {
+    shards: [Padded<AtomicI64>; SHARDS],
+}
+
+impl ShardedGauge {
+    /// This thread's part.
+    pub fn mine(&self) -> &AtomicI64 {
+        &self.shards[shard()].0
+    }
+
+    pub fn get(&self) -> i64 {
+        self.shards.iter().map(|s| s.0.load(Relaxed)).sum()
     }
 }
 
@@ -75,9 +137,9 @@ pub struct Metrics {
     pub reloads: AtomicU64,
     pub reload_failures: AtomicU64,
     /// Requests being handled now (admin requests included).
-    pub in_flight: AtomicI64,
+    pub in_flight: ShardedGauge,
     /// Client connections open now.
-    pub connections: AtomicI64,
+    pub connections: ShardedGauge,
 }
 
 impl Default for Metrics {
@@ -88,8 +150,8 @@ impl Default for Metrics {
             store_errors: AtomicU64::new(0),
             reloads: AtomicU64::new(0),
             reload_failures: AtomicU64::new(0),
-            in_flight: AtomicI64::new(0),
-            connections: AtomicI64::new(0),
+            in_flight: ShardedGauge::default(),
+            connections: ShardedGauge::default(),
         }
     }
 }
@@ -124,8 +186,8 @@ impl Metrics {
         out.push_str("# HELP aegis_requests_total Responses sent, by route and status.\n");
         out.push_str("# TYPE aegis_requests_total counter\n");
         for (name, m) in all() {
-            for (code, c) in m.status.iter().enumerate() {
-                let n = c.load(Relaxed);
+            for code in 0..STATUS_SLOTS {
+                let n = m.sum(|c| &c.status[code]);
                 if n > 0 {
                     let status = if code == 0 {
                         "other".to_owned()
@@ -149,7 +211,7 @@ impl Metrics {
                 out,
                 "aegis_rate_limited_total{{route=\"{}\"}} {}",
                 esc(name),
-                m.rate_limited.load(Relaxed)
+                m.sum(|c| &c.rate_limited)
             );
         }
         out.push_str(
@@ -159,14 +221,14 @@ impl Metrics {
         for (name, m) in &routes {
             let name = esc(name);
             let mut cum = 0;
-            for (b, c) in BUCKETS.iter().zip(&m.buckets) {
-                cum += c.load(Relaxed);
+            for (i, b) in BUCKETS.iter().enumerate() {
+                cum += m.sum(|c| &c.buckets[i]);
                 let _ = writeln!(
                     out,
                     "aegis_upstream_duration_seconds_bucket{{route=\"{name}\",le=\"{b}\"}} {cum}"
                 );
             }
-            let count = m.upstream_count.load(Relaxed);
+            let count = m.sum(|c| &c.upstream_count);
             let _ = writeln!(
                 out,
                 "aegis_upstream_duration_seconds_bucket{{route=\"{name}\",le=\"+Inf\"}} {count}"
@@ -174,7 +236,7 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "aegis_upstream_duration_seconds_sum{{route=\"{name}\"}} {}",
-                m.upstream_sum_us.load(Relaxed) as f64 / 1e6
+                m.sum(|c| &c.upstream_sum_us) as f64 / 1e6
             );
             let _ = writeln!(
                 out,
@@ -233,8 +295,8 @@ impl Metrics {
             u8::from(store_healthy),
             self.reloads.load(Relaxed),
             self.reload_failures.load(Relaxed),
-            self.in_flight.load(Relaxed),
-            self.connections.load(Relaxed),
+            self.in_flight.get(),
+            self.connections.get(),
         );
         out
     }

@@ -282,7 +282,7 @@ where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
 {
-    let _in_flight = crate::metrics::GaugeGuard::enter(&shared.metrics.in_flight);
+    let _in_flight = crate::metrics::GaugeGuard::enter(shared.metrics.in_flight.mine());
     let h = req.headers();
     let mut ex = Exchange {
         started: Instant::now(),

@@ -189,6 +189,7 @@ fn worker(
             return;
         }
     };
+    crate::metrics::set_shard(i);
     // Connections are tasks local to this thread (they share state through Rc/RefCell).
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
@@ -297,7 +298,7 @@ fn spawn<S>(
     let conn = graceful.watch(conn);
     let shared = shared.clone();
     tokio::spawn(async move {
-        let _open = crate::metrics::GaugeGuard::enter(&shared.metrics.connections);
+        let _open = crate::metrics::GaugeGuard::enter(shared.metrics.connections.mine());
         if let Err(e) = conn.await {
             tracing::debug!("connection closed with an error: {e}");
         }
