@@ -1,7 +1,8 @@
 //! The one place the gateway reads the real clocks. The policy takes time as a [`Now`] value;
 //! this turns the process's monotonic clock and the wall clock into one.
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::cell::Cell;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aegis_policy::{Nanos, Now, UnixMillis};
 
@@ -23,14 +24,29 @@ impl Clock {
         self.at(Instant::now())
     }
 
-    /// The monotonic clock as already read (`instant`), and the wall clock.
+    /// The monotonic clock as already read (`instant`), and the wall clock derived from it:
+    /// each thread reads the wall clock at most once a second and adds the monotonic time
+    /// since (a step of the system clock shows within a second).
     pub fn at(&self, instant: Instant) -> Now {
+        thread_local! {
+            static BASE: Cell<Option<(Instant, u64)>> = const { Cell::new(None) };
+        }
+        let wall = BASE.with(|base| match base.get() {
+            Some((at, ms)) if instant >= at && instant - at < Duration::from_secs(1) => {
+                ms + u64::try_from((instant - at).as_millis()).unwrap_or(0)
+            }
+            _ => {
+                let ms = wall().0;
+                base.set(Some((instant, ms)));
+                ms
+            }
+        });
         Now {
             mono: Nanos(
                 u64::try_from(instant.saturating_duration_since(self.origin).as_nanos())
                     .unwrap_or(u64::MAX),
             ),
-            wall: wall(),
+            wall: UnixMillis(wall),
         }
     }
 }

@@ -198,10 +198,15 @@ struct OutcomeGuard<'a> {
 
 impl OutcomeGuard<'_> {
     fn report(&mut self, outcome: UpstreamOutcome) {
+        self.report_at(outcome, Instant::now());
+    }
+
+    /// [`OutcomeGuard::report`] with the clock already read.
+    fn report_at(&mut self, outcome: UpstreamOutcome, instant: Instant) {
         let Some(attempt) = self.attempt.take() else {
             return;
         };
-        let now = self.shared.clock.now();
+        let now = self.shared.clock.at(instant);
         let balancer = &self.rt.balancers[self.route];
         let mut b = lock(balancer);
         self.rt
@@ -432,8 +437,9 @@ where
     let metrics = &rt.routes[route].metrics;
     match result {
         Ok(resp) => {
-            metrics.upstream_latency(sent.elapsed());
-            guard.report(UpstreamOutcome::Status(resp.status().as_u16()));
+            let answered = Instant::now();
+            metrics.upstream_latency(answered.saturating_duration_since(sent));
+            guard.report_at(UpstreamOutcome::Status(resp.status().as_u16()), answered);
             let (mut head, mut body) = resp.into_parts();
             // The upstream's headers stay raw for an HTTP/1.x client (downstream writes them,
             // leaving out the hop-by-hop ones); hyper needs them in the map.
