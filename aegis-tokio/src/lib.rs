@@ -1,9 +1,9 @@
-//! aegis-tokio: the I/O shell of the Aegis gateway (tokio, hyper, Redis) and the `aegis`
-//! binary. It drives the aegis-policy pipeline over real sockets; every routing, auth,
-//! rate-limit, balancing and breaker decision is the policy's.
+//! aegis-tokio: the I/O shell of the Aegis gateway (tokio, its own HTTP/1.1, hyper for HTTP/2,
+//! Redis) and the `aegis` binary. It drives the aegis-policy pipeline over real sockets; every
+//! routing, auth, rate-limit, balancing and breaker decision is the policy's.
 //!
 //! ```text
-//!   TcpListener ─▶ hyper (h1 / h2c auto) ─▶ proxy::handle ─▶ aegis_policy::Policy
+//!   TcpListener ─▶ downstream (HTTP/1.1; h2c ─▶ hyper) ─▶ proxy::handle ─▶ aegis_policy::Policy
 //!                                              │    ▲  counters: store::Store (memory | Redis)
 //!                                              ▼    │
 //!                                   pool (per-worker HTTP/1.1 keep-alive) ─▶ upstream

@@ -3,7 +3,7 @@
 //! ```text
 //!   main thread (control runtime)          worker threads (one current-thread runtime each)
 //!   ─ loads the config, builds Runtime      ─ own SO_REUSEPORT listener on the proxy address
-//!   ─ admin listener (if admin_listen)      ─ accept → hyper (h1 / h2c auto) → proxy::handle
+//!   ─ admin listener (if admin_listen)      ─ accept → downstream::serve (HTTP/1.1; h2c → hyper)
 //!   ─ SIGHUP: reload → ArcSwap<Runtime>     ─ own pooled upstream client (thread-local)
 //!   ─ SIGTERM/SIGINT: stop ───watch──────▶  ─ drop listener, drain in-flight, exit thread
 //! ```
