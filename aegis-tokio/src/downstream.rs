@@ -354,9 +354,7 @@ pub async fn serve(
         let req = Request::from_parts(parts, body);
 
         let rt = runtime.load();
-        let Some(resp) =
-            handle_watching(&conn, &limits, proxy::handle(&shared, rt, &peer, req)).await
-        else {
+        let Some(resp) = handle_watching(&conn, &limits, &shared, rt, &peer, req).await else {
             // The client left; the exchange was dropped (its outcome reported as cancelled).
             return;
         };
@@ -439,9 +437,13 @@ async fn read_head(
 async fn handle_watching(
     conn: &Conn,
     limits: &Limits,
-    exchange: impl Future<Output = Response<ProxyBody>>,
+    shared: &Shared,
+    rt: &crate::runtime::Runtime,
+    peer: &Peer,
+    req: Request<ReqBody>,
 ) -> Option<Response<ProxyBody>> {
-    let mut fut = pin!(exchange);
+    // Made here, in place: the exchange's future is large, and moving it costs a copy.
+    let mut fut = pin!(proxy::handle(shared, rt, peer, req));
     let mut watching = true;
     poll_fn(|cx| {
         if let Poll::Ready(resp) = fut.as_mut().poll(cx) {
