@@ -32,8 +32,12 @@ impl Clock {
             static BASE: Cell<Option<(Instant, u64)>> = const { Cell::new(None) };
         }
         let wall = BASE.with(|base| match base.get() {
-            Some((at, ms)) if instant >= at && instant - at < Duration::from_secs(1) => {
-                ms + u64::try_from((instant - at).as_millis()).unwrap_or(0)
+            Some((at, ms))
+                if instant >= at
+                    && let since = instant.duration_since(at)
+                    && since < Duration::from_secs(1) =>
+            {
+                ms + u64::try_from(since.as_millis()).unwrap_or(0)
             }
             _ => {
                 let ms = wall().0;
