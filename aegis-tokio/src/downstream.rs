@@ -34,12 +34,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-use crate::h1::{self, BodyDecoder, Decoded, Framing, HeadError, ReadBuf};
+use crate::h1::{self, BodyDecoder, Decoded, Framing, HeadError, Pumped, ReadBuf};
 use crate::proxy::{self, Peer, ProxyBody};
 use crate::runtime::Shared;
 
-/// Response bytes gathered before they are written.
-const FLUSH_AT: usize = 64 * 1024;
 /// How long a closing connection keeps reading (and dropping) what the client still sends,
 /// so that the response is not destroyed by a reset.
 const LINGER: Duration = Duration::from_secs(2);
@@ -511,15 +509,10 @@ async fn write_response(
         if framing.is_some() && (name == CONTENT_LENGTH || name == TRANSFER_ENCODING) {
             continue;
         }
-        wbuf.extend_from_slice(name.as_str().as_bytes());
-        wbuf.extend_from_slice(b": ");
-        wbuf.extend_from_slice(value.as_bytes());
-        wbuf.extend_from_slice(b"\r\n");
+        h1::put_header(wbuf, name.as_str().as_bytes(), value.as_bytes());
     }
     if !parts.headers.contains_key(DATE) && !raw.as_ref().is_some_and(|r| r.has_date) {
-        wbuf.extend_from_slice(b"date: ");
-        wbuf.extend_from_slice(h1::date().as_bytes());
-        wbuf.extend_from_slice(b"\r\n");
+        h1::put_header(wbuf, b"date", h1::date().as_bytes());
     }
     match framing {
         Some(Framing::Length(n)) => {
@@ -537,59 +530,14 @@ async fn write_response(
     }
     wbuf.extend_from_slice(b"\r\n");
 
-    let chunked = framing == Some(Framing::Chunked);
-    let mut done = framing.is_none();
-    if done {
-        drop(body);
-        body = ProxyBody::full(Bytes::new());
-    }
-    let mut wpos = 0;
-    let mut flush_now = false;
+    let mut pump = h1::Pump::new(framing);
     poll_fn(|cx| {
-        loop {
-            if done || flush_now || wbuf.len() >= FLUSH_AT {
-                let mut guard = lock(conn);
-                while wpos < wbuf.len() {
-                    match Pin::new(&mut guard.wr).poll_write(cx, &wbuf[wpos..]) {
-                        Poll::Ready(Ok(0)) => {
-                            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-                        }
-                        Poll::Ready(Ok(n)) => wpos += n,
-                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                        Poll::Pending => return Poll::Pending,
-                    }
-                }
-                wbuf.clear();
-                wpos = 0;
-                flush_now = false;
-                if done {
-                    return Poll::Ready(Ok(()));
-                }
-            }
-            match Pin::new(&mut body).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Ok(data) = frame.into_data()
-                        && !data.is_empty()
-                    {
-                        if chunked {
-                            h1::put_chunk(wbuf, &data);
-                        } else {
-                            wbuf.extend_from_slice(&data);
-                        }
-                    }
-                }
-                Poll::Ready(Some(Err(e))) => {
-                    return Poll::Ready(Err(io::Error::other(e)));
-                }
-                Poll::Ready(None) => {
-                    if chunked {
-                        wbuf.extend_from_slice(h1::LAST_CHUNK);
-                    }
-                    done = true;
-                }
-                Poll::Pending if wbuf.is_empty() => return Poll::Pending,
-                Poll::Pending => flush_now = true,
-            }
+        let mut io = lock(conn);
+        match pump.poll(cx, wbuf, Pin::new(&mut body), &mut io.wr) {
+            Pumped::Done => Poll::Ready(Ok(())),
+            Pumped::WritePending | Pumped::BodyPending => Poll::Pending,
+            Pumped::WriteFailed(e) => Poll::Ready(Err(e)),
+            Pumped::BodyFailed(e) => Poll::Ready(Err(io::Error::other(e))),
         }
     })
     .await?;

@@ -30,10 +30,9 @@ use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::uri::Authority;
 use http::{HeaderMap, Method, Response};
 use hyper::body::{Body, Frame, SizeHint};
-use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
-use crate::h1::{self, BodyDecoder, Decoded, Framing, ReadBuf};
+use crate::h1::{self, BodyDecoder, Decoded, Framing, Pumped, ReadBuf};
 use crate::proxy::{BodyError, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID};
 use crate::runtime::Target;
 
@@ -45,8 +44,6 @@ const MAX_IDLE: usize = 512;
 const STALE_RETRIES: usize = 4;
 /// The largest response head accepted from an upstream.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
-/// Request body bytes gathered before they are written.
-const FLUSH_AT: usize = 64 * 1024;
 
 /// One upstream connection, its read buffer and its response timer. Boxed: it is moved in and
 /// out of the pool and through every response body, a pointer is cheaper to move.
@@ -241,7 +238,7 @@ where
             // The connection is mid-exchange: it goes.
             return Err(SendError::Timeout);
         };
-        if wbuf.capacity() <= 2 * FLUSH_AT {
+        if wbuf.capacity() <= 2 * h1::FLUSH_AT {
             wbuf.clear();
             conn.wbuf = wbuf;
         }
@@ -290,57 +287,22 @@ async fn exchange<B>(
 where
     B: Body<Data = Bytes, Error = BodyError> + Unpin,
 {
-    let chunked = framing == Some(Framing::Chunked);
-    let mut body_done = framing.is_none();
-    let mut wpos = 0;
-    let mut flush_now = false;
     // Write the head and the body; stop early if the upstream starts answering.
-    let written = poll_fn(|cx| {
-        loop {
-            if body_done || flush_now || wbuf.len() >= FLUSH_AT {
-                while wpos < wbuf.len() {
-                    match Pin::new(&mut conn.io).poll_write(cx, &wbuf[wpos..]) {
-                        Poll::Ready(Ok(0)) => return Poll::Ready(Err(Failure::Stale)),
-                        Poll::Ready(Ok(n)) => wpos += n,
-                        // The upstream may have answered, then reset the connection under
-                        // the rest of the body: its answer can still be read.
-                        Poll::Ready(Err(e)) => return Poll::Ready(Ok(Written::Broken(e))),
-                        Poll::Pending => return answered_early(conn, cx),
-                    }
-                }
-                wbuf.clear();
-                wpos = 0;
-                flush_now = false;
-                if body_done {
-                    return Poll::Ready(Ok(Written::Complete));
-                }
+    let mut pump = h1::Pump::new(framing);
+    let written = poll_fn(
+        |cx| match pump.poll(cx, wbuf, Pin::new(&mut *body), &mut conn.io) {
+            Pumped::Done => Poll::Ready(Ok(Written::Complete)),
+            Pumped::WritePending | Pumped::BodyPending => answered_early(conn, cx),
+            // A write of nothing: the connection is gone.
+            Pumped::WriteFailed(e) if e.kind() == io::ErrorKind::WriteZero => {
+                Poll::Ready(Err(Failure::Stale))
             }
-            match Pin::new(&mut *body).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Ok(data) = frame.into_data()
-                        && !data.is_empty()
-                    {
-                        if chunked {
-                            h1::put_chunk(wbuf, &data);
-                        } else {
-                            wbuf.extend_from_slice(&data);
-                        }
-                    }
-                }
-                Poll::Ready(Some(Err(e))) => {
-                    return Poll::Ready(Err(Failure::Send(SendError::Body(e))));
-                }
-                Poll::Ready(None) => {
-                    if chunked {
-                        wbuf.extend_from_slice(h1::LAST_CHUNK);
-                    }
-                    body_done = true;
-                }
-                Poll::Pending if wbuf.is_empty() => return answered_early(conn, cx),
-                Poll::Pending => flush_now = true,
-            }
-        }
-    })
+            // The upstream may have answered, then reset the connection under the rest of the
+            // body: its answer can still be read.
+            Pumped::WriteFailed(e) => Poll::Ready(Ok(Written::Broken(e))),
+            Pumped::BodyFailed(e) => Poll::Ready(Err(Failure::Send(SendError::Body(e)))),
+        },
+    )
     .await?;
     let (complete, mut broken) = match written {
         Written::Complete => (true, None),
@@ -503,10 +465,7 @@ fn put_request_head(out: &mut Vec<u8>, req: &Outgoing<'_>, framing: Option<Frami
 }
 
 fn put_header(out: &mut Vec<u8>, name: &str, value: &HeaderValue) {
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value.as_bytes());
-    out.extend_from_slice(b"\r\n");
+    h1::put_header(out, name.as_bytes(), value.as_bytes());
 }
 
 async fn connect(authority: &Authority, timeout: Duration) -> Result<Box<Conn>, SendError> {
