@@ -879,6 +879,35 @@ pub fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
 
+/// Bytes as text, for assertion messages.
+pub fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Whether a read error means the peer reset the connection.
+pub fn is_reset(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+    )
+}
+
+/// Asserts the gateway closes the connection `r` reads: the next read sees the end of the
+/// stream (a reset also counts when `reset_ok`, e.g. when the gateway left bytes unread);
+/// bytes, a timeout or another error fail.
+pub fn expect_closed(r: &mut impl Read, reset_ok: bool) {
+    let mut b = [0u8; 256];
+    match r.read(&mut b) {
+        Ok(0) => {}
+        Ok(n) => panic!(
+            "expected the gateway to close the connection, read {:?}",
+            lossy(&b[..n])
+        ),
+        Err(e) if reset_ok && is_reset(&e) => {}
+        Err(e) => panic!("expected the gateway to close the connection: {e}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

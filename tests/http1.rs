@@ -19,7 +19,8 @@ use std::thread;
 use std::time::Duration;
 
 use aegis_suite::{
-    Gateway, Response, Upstream, one_route_config, read_head, read_response, wait_until,
+    Gateway, Response, Upstream, expect_closed, lossy, one_route_config, read_head, read_response,
+    wait_until,
 };
 
 /// Read and write timeout of every test socket, and the longest wait for an upstream event.
@@ -27,10 +28,6 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 
 fn gateway(target: &str) -> Gateway {
     Gateway::start(&one_route_config(target, ""), &[("RUST_LOG", "warn")])
-}
-
-fn lossy(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 /// The status code of a response head.
@@ -52,14 +49,6 @@ fn arbitrary_bytes(n: usize, mut seed: u64) -> Vec<u8> {
             (seed >> 24) as u8
         })
         .collect()
-}
-
-/// Whether a read error means the peer closed the connection (reset rather than FIN).
-fn is_reset(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
-    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -122,16 +111,7 @@ impl Client {
     /// Asserts the gateway closes the connection: the next read sees the end of the stream
     /// (a reset also counts when `reset_ok`, e.g. when the gateway left bytes unread).
     fn expect_closed(&mut self, reset_ok: bool) {
-        let mut b = [0u8; 64];
-        match self.r.read(&mut b) {
-            Ok(0) => {}
-            Ok(n) => panic!(
-                "expected the gateway to close the connection, read {:?}",
-                lossy(&b[..n])
-            ),
-            Err(e) if reset_ok && is_reset(&e) => {}
-            Err(e) => panic!("expected the gateway to close the connection: {e}"),
-        }
+        expect_closed(&mut self.r, reset_ok);
     }
 }
 

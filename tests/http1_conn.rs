@@ -19,7 +19,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use aegis_suite::{
-    Gateway, Response, Upstream, get, read_head, read_response, wait_for, wait_until,
+    Gateway, Response, Upstream, expect_closed, get, lossy, read_head, read_response, wait_for,
+    wait_until,
 };
 
 /// Read and write timeout of every test socket: a hung gateway fails the test.
@@ -56,18 +57,6 @@ targets = [{u:?}]
         u = up.url()
     );
     Gateway::start(&config, &[("RUST_LOG", "warn")])
-}
-
-fn lossy(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// Whether a read error means the peer reset the connection.
-fn is_reset(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
-    )
 }
 
 /// One line of `/gateway/metrics`: `name value`.
@@ -123,16 +112,7 @@ impl Client {
     /// Reads until the gateway closes the connection; panics on bytes, a timeout or a reset
     /// (unless `reset_ok`).
     fn expect_closed(&mut self, reset_ok: bool) {
-        let mut b = [0u8; 256];
-        match self.r.read(&mut b) {
-            Ok(0) => {}
-            Ok(n) => panic!(
-                "expected the gateway to close the connection, read {:?}",
-                lossy(&b[..n])
-            ),
-            Err(e) if reset_ok && is_reset(&e) => {}
-            Err(e) => panic!("expected the gateway to close the connection: {e}"),
-        }
+        expect_closed(&mut self.r, reset_ok);
     }
 }
 
