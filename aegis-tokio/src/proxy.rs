@@ -571,9 +571,7 @@ fn request_host<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Option<&'a str> {
 /// When the client sent `X-Forwarded-For`: its values with the peer appended (one
 /// comma-joined value), the client's removed from `headers`.
 fn forwarded_for_chain(headers: &mut HeaderMap, peer: &Peer) -> Option<HeaderValue> {
-    if find(headers, &X_FORWARDED_FOR).is_none() {
-        return None;
-    }
+    find(headers, &X_FORWARDED_FOR)?;
     let mut joined = String::new();
     for v in headers.get_all(&X_FORWARDED_FOR) {
         if let Ok(s) = v.to_str() {
