@@ -25,7 +25,7 @@ use std::time::Duration;
 use crate::timer::Timer;
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
-use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -352,7 +352,7 @@ pub async fn serve(
         let req = Request::from_parts(parts, body);
 
         let rt = runtime.load();
-        let Some(resp) = handle_watching(&conn, &limits, &shared, rt, &peer, req).await else {
+        let Some(answer) = handle_watching(&conn, &limits, &shared, rt, &peer, req).await else {
             // The client left; the exchange was dropped (its outcome reported as cancelled).
             return;
         };
@@ -362,7 +362,16 @@ pub async fn serve(
             io.body.is_some()
         };
         let keep = keep_alive && !unread && !stop.is_stopped();
-        let written = write_response(&conn, &mut wbuf, resp, version, head_request, keep).await;
+        let written = write_response(
+            &conn,
+            &mut wbuf,
+            answer.response,
+            Some(&answer.request_id),
+            version,
+            head_request,
+            keep,
+        )
+        .await;
         match written {
             Ok(true) if keep => {}
             Ok(_) => {
@@ -439,7 +448,7 @@ async fn handle_watching(
     rt: &crate::runtime::Runtime,
     peer: &Peer,
     req: Request<ReqBody>,
-) -> Option<Response<ProxyBody>> {
+) -> Option<proxy::Answer> {
     // Made here, in place: the exchange's future is large, and moving it costs a copy.
     let mut fut = pin!(proxy::handle(shared, rt, peer, req));
     let mut watching = true;
@@ -474,6 +483,7 @@ async fn write_response(
     conn: &Conn,
     wbuf: &mut Vec<u8>,
     resp: Response<ProxyBody>,
+    request_id: Option<&HeaderValue>,
     version: Version,
     head_request: bool,
     keep: bool,
@@ -511,6 +521,9 @@ async fn write_response(
         }
         h1::put_header(wbuf, name.as_str().as_bytes(), value.as_bytes());
     }
+    if let Some(id) = request_id {
+        h1::put_header(wbuf, b"x-request-id", id.as_bytes());
+    }
     if !parts.headers.contains_key(DATE) && !raw.as_ref().is_some_and(|r| r.has_date) {
         h1::put_header(wbuf, b"date", h1::date().as_bytes());
     }
@@ -545,14 +558,16 @@ async fn write_response(
 }
 
 /// Writes the upstream's response headers (already without hop-by-hop ones and
-/// `Content-Length`), minus those the gateway sets (`set`: request id, rate-limit headers).
+/// `Content-Length`), minus those the gateway sets (`set`: rate-limit headers; and the
+/// request id, always).
 fn put_upstream_headers(out: &mut Vec<u8>, raw: &h1::RawHeaders, set: &HeaderMap, framed: bool) {
     if raw.may_collide {
         for (name, _, line) in raw.lines() {
-            if !set
-                .keys()
-                .any(|k| name.eq_ignore_ascii_case(k.as_str().as_bytes()))
-            {
+            let gateways = name.eq_ignore_ascii_case(b"x-request-id")
+                || set
+                    .keys()
+                    .any(|k| name.eq_ignore_ascii_case(k.as_str().as_bytes()));
+            if !gateways {
                 out.extend_from_slice(line);
             }
         }
@@ -572,7 +587,7 @@ async fn respond_and_close(
     wbuf: &mut Vec<u8>,
     resp: Response<ProxyBody>,
 ) -> io::Result<()> {
-    write_response(conn, wbuf, resp, Version::HTTP_11, false, false).await?;
+    write_response(conn, wbuf, resp, None, Version::HTTP_11, false, false).await?;
     close(conn, true).await;
     Ok(())
 }
@@ -631,7 +646,11 @@ async fn serve_h2(
         let (shared, peer) = (shared.clone(), peer.clone());
         async move {
             let rt = shared.runtime.load_full();
-            Ok::<_, Infallible>(proxy::handle(&shared, &rt, &peer, req).await)
+            Ok::<_, Infallible>(
+                proxy::handle(&shared, &rt, &peer, req)
+                    .await
+                    .into_response(),
+            )
         }
     });
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());

@@ -275,14 +275,26 @@ pub struct Exchange {
     pub client_ip: Option<std::net::IpAddr>,
 }
 
+/// A request's answer and its request id (`X-Request-ID`, which the caller sets on the
+/// response: HTTP/1.1 writes it straight out, hyper gets it in the header map).
+#[derive(Debug)]
+pub struct Answer {
+    pub response: Response<ProxyBody>,
+    pub request_id: HeaderValue,
+}
+
+impl Answer {
+    /// The response with its `X-Request-ID` header.
+    pub fn into_response(self) -> Response<ProxyBody> {
+        let mut r = self.response;
+        r.headers_mut().insert(X_REQUEST_ID, self.request_id);
+        r
+    }
+}
+
 /// Serves one request on the proxy listener (HTTP/1.1 from `downstream`, HTTP/2 from hyper),
 /// on the runtime (config) current when it arrived.
-pub async fn handle<B>(
-    shared: &Shared,
-    rt: &Runtime,
-    peer: &Peer,
-    req: Request<B>,
-) -> Response<ProxyBody>
+pub async fn handle<B>(shared: &Shared, rt: &Runtime, peer: &Peer, req: Request<B>) -> Answer
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
@@ -305,15 +317,17 @@ where
             .then(|| rt.policy.client_ip(peer.addr.ip(), h)),
     };
     let (mut parts, body) = req.into_parts();
-    let mut resp = exchange(shared, rt, peer, &mut parts, body, &mut ex).await;
+    let resp = exchange(shared, rt, peer, &mut parts, body, &mut ex).await;
     let status = resp.status().as_u16();
     match ex.route {
         Some(r) => rt.routes[r].metrics.response(status),
         None => shared.metrics.unrouted.response(status),
     }
     access::log(shared, rt, &parts, &ex, status);
-    resp.headers_mut().insert(X_REQUEST_ID, ex.request_id);
-    resp
+    Answer {
+        response: resp,
+        request_id: ex.request_id,
+    }
 }
 
 async fn exchange<B>(
