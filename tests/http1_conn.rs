@@ -711,3 +711,75 @@ fn many_concurrent_keep_alive_connections_are_served_and_counted() {
     // The metrics request itself is the only one in flight.
     assert_eq!(gauge(&gw, "aegis_requests_in_flight"), 1);
 }
+
+/// A client that stops reading a large response is disconnected once it has taken no bytes
+/// for `idle_timeout` (nginx's `send_timeout`), while one that keeps reading, however slowly
+/// in total, is not.
+#[test]
+fn a_client_that_stops_reading_is_disconnected_after_idle_timeout() {
+    const BIG: usize = 40_000_000;
+    let up = Upstream::start("svc");
+    let gw = gateway(&up, "idle_timeout = \"500ms\"");
+
+    // Open connections, read over one kept connection (so that the count includes exactly it,
+    // and no earlier scrape's connection still closing).
+    let mut scrape = Client::connect(gw.addr);
+    let mut open = || {
+        scrape.send(b"GET /gateway/metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        let text = scrape.response().text();
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix("aegis_connections_open ")?
+                    .parse::<i64>()
+                    .ok()
+            })
+            .expect("aegis_connections_open in the metrics")
+    };
+    let baseline = open();
+    let mut c = Client::connect(gw.addr);
+    c.send(format!("GET /big?bytes={BIG} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+    wait_until(
+        "the big request's connection to count",
+        Duration::from_secs(10),
+        || open() == baseline + 1,
+    );
+    // The client reads nothing: once the socket buffers are full the gateway's writes make no
+    // progress, and idle_timeout later it closes the connection.
+    wait_until(
+        "the gateway to close the stalled connection",
+        Duration::from_secs(20),
+        || open() == baseline,
+    );
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 256 * 1024];
+    // Bounded: each read takes at least one byte or ends the loop.
+    for _ in 0..BIG {
+        match c.r.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    assert!(
+        got < BIG,
+        "the client got all {got} bytes: the stalled connection was not closed"
+    );
+
+    // A client that keeps taking bytes, with pauses shorter than idle_timeout, gets them all.
+    let mut c = Client::connect(gw.addr);
+    c.send(b"GET /big?bytes=3000000 HTTP/1.1\r\nHost: x\r\n\r\n");
+    let head = read_head(&mut c.r).expect("the head");
+    assert!(lossy(&head).starts_with("HTTP/1.1 200 "));
+    let mut body = 0usize;
+    for i in 0..3_000_000usize {
+        if body >= 3_000_000 {
+            break;
+        }
+        let n = c.r.read(&mut buf[..64 * 1024]).expect("body bytes");
+        assert!(n > 0, "closed after {body} bytes");
+        body += n;
+        if i % 8 == 0 {
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+    assert_eq!(body, 3_000_000);
+}

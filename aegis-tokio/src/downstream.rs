@@ -313,7 +313,8 @@ pub async fn serve(
             }
             HeadRead::Failed(e) => {
                 let body = proxy::error(e.status(), "bad_request", e.message());
-                let _ = respond_and_close(&conn, &mut wbuf, body).await;
+                let _ = respond_and_close(&conn, &mut wbuf, body, &mut timer, limits.idle_timeout)
+                    .await;
                 return;
             }
             HeadRead::TimedOut(true) => {
@@ -322,7 +323,8 @@ pub async fn serve(
                     "request_timeout",
                     "the request head did not arrive within server.header_read_timeout",
                 );
-                let _ = respond_and_close(&conn, &mut wbuf, body).await;
+                let _ = respond_and_close(&conn, &mut wbuf, body, &mut timer, limits.idle_timeout)
+                    .await;
                 return;
             }
             HeadRead::TimedOut(false) | HeadRead::Closed | HeadRead::Io => return,
@@ -362,16 +364,14 @@ pub async fn serve(
             io.body.is_some()
         };
         let keep = keep_alive && !unread && !stop.is_stopped();
-        let written = write_response(
-            &conn,
-            &mut wbuf,
-            answer.response,
-            Some(&answer.request_id),
+        let out = Out {
+            request_id: Some(&answer.request_id),
             version,
             head_request,
             keep,
-        )
-        .await;
+            stall: limits.idle_timeout,
+        };
+        let written = write_response(&conn, &mut wbuf, answer.response, out, &mut timer).await;
         match written {
             Ok(true) if keep => {}
             Ok(_) => {
@@ -479,15 +479,32 @@ async fn handle_watching(
 
 /// Writes a response: the head, then the body, in as few writes as it allows. `Ok(false)`:
 /// the body is delimited by the close, so the connection must close.
+/// How a response is to be written.
+struct Out<'a> {
+    request_id: Option<&'a HeaderValue>,
+    /// The request's version and method.
+    version: Version,
+    head_request: bool,
+    /// The connection may stay open after it.
+    keep: bool,
+    /// A client that takes no bytes for this long is disconnected (`server.idle_timeout`).
+    stall: Duration,
+}
+
 async fn write_response(
     conn: &Conn,
     wbuf: &mut Vec<u8>,
     resp: Response<ProxyBody>,
-    request_id: Option<&HeaderValue>,
-    version: Version,
-    head_request: bool,
-    keep: bool,
+    out: Out<'_>,
+    timer: &mut Timer,
 ) -> io::Result<bool> {
+    let Out {
+        request_id,
+        version,
+        head_request,
+        keep,
+        stall,
+    } = out;
     let (parts, mut body) = resp.into_parts();
     let status = parts.status;
     let bodiless = head_request
@@ -544,11 +561,32 @@ async fn write_response(
     wbuf.extend_from_slice(b"\r\n");
 
     let mut pump = h1::Pump::new(framing);
+    // While the client takes no bytes: since when (progress mark) and until when.
+    let mut stalled: Option<(u64, Instant)> = None;
     poll_fn(|cx| {
         let mut io = lock(conn);
         match pump.poll(cx, wbuf, Pin::new(&mut body), &mut io.wr) {
             Pumped::Done => Poll::Ready(Ok(())),
-            Pumped::WritePending | Pumped::BodyPending => Poll::Pending,
+            Pumped::WritePending => {
+                let mark = pump.written();
+                let deadline = match stalled {
+                    Some((m, d)) if m == mark => d,
+                    _ => {
+                        let d = Instant::now() + stall;
+                        stalled = Some((mark, d));
+                        d
+                    }
+                };
+                if timer.timed_out(deadline, cx) {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the client took no response bytes within server.idle_timeout",
+                    )));
+                }
+                Poll::Pending
+            }
+            // The upstream's pace, not the client's.
+            Pumped::BodyPending => Poll::Pending,
             Pumped::WriteFailed(e) => Poll::Ready(Err(e)),
             Pumped::BodyFailed(e) => Poll::Ready(Err(io::Error::other(e))),
         }
@@ -586,8 +624,17 @@ async fn respond_and_close(
     conn: &Conn,
     wbuf: &mut Vec<u8>,
     resp: Response<ProxyBody>,
+    timer: &mut Timer,
+    stall: Duration,
 ) -> io::Result<()> {
-    write_response(conn, wbuf, resp, None, Version::HTTP_11, false, false).await?;
+    let out = Out {
+        request_id: None,
+        version: Version::HTTP_11,
+        head_request: false,
+        keep: false,
+        stall,
+    };
+    write_response(conn, wbuf, resp, out, timer).await?;
     close(conn, true).await;
     Ok(())
 }

@@ -845,6 +845,7 @@ pub struct Pump {
     done: bool,
     wpos: usize,
     flush_now: bool,
+    written: u64,
 }
 
 /// Why [`Pump::poll`] stopped.
@@ -869,7 +870,13 @@ impl Pump {
             done: framing.is_none(),
             wpos: 0,
             flush_now: false,
+            written: 0,
         }
+    }
+
+    /// Bytes written so far (progress, for a stall timeout).
+    pub fn written(&self) -> u64 {
+        self.written
     }
 
     pub fn poll<B, W>(
@@ -890,7 +897,10 @@ impl Pump {
                         Poll::Ready(Ok(0)) => {
                             return Pumped::WriteFailed(io::ErrorKind::WriteZero.into());
                         }
-                        Poll::Ready(Ok(n)) => self.wpos += n,
+                        Poll::Ready(Ok(n)) => {
+                            self.wpos += n;
+                            self.written += n as u64;
+                        }
                         Poll::Ready(Err(e)) => return Pumped::WriteFailed(e),
                         Poll::Pending => return Pumped::WritePending,
                     }
