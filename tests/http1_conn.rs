@@ -783,3 +783,41 @@ fn a_client_that_stops_reading_is_disconnected_after_idle_timeout() {
     }
     assert_eq!(body, 3_000_000);
 }
+
+/// An upstream that stops sending in the middle of a body: after the route's timeout with no
+/// body bytes the gateway gives up and closes the client connection (the client sees a cut
+/// body), instead of holding it for as long as the upstream does.
+#[test]
+fn an_upstream_stalled_mid_body_is_cut_after_the_route_timeout() {
+    let up = aegis_suite::RawUpstream::start(|_head, s| {
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789");
+        let _ = s.flush();
+        // The stall: longer than the client's read timeout, so only the gateway can end it.
+        thread::sleep(TIMEOUT * 2);
+    });
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[[routes]]\npath = \"/\"\ntargets = [{:?}]\ntimeout = \"500ms\"\n",
+        up.url()
+    );
+    let gw = Gateway::start(&config, &[]);
+    let mut c = Client::connect(gw.addr);
+    c.send(b"GET /stall HTTP/1.1\r\nHost: x\r\n\r\n");
+    let head = read_head(&mut c.r).expect("the response head");
+    assert!(
+        lossy(&head).starts_with("HTTP/1.1 200 "),
+        "{}",
+        lossy(&head)
+    );
+    let mut body = Vec::new();
+    let mut buf = [0u8; 1024];
+    // Bounded: each read takes at least one byte or ends the loop.
+    for _ in 0..1000 {
+        match c.r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => body.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("the gateway kept the stalled response open: {e}"),
+        }
+    }
+    assert_eq!(lossy(&body), "0123456789");
+}

@@ -167,6 +167,7 @@ where
         connect_timeout,
         now,
         deadline,
+        body_stall,
     } = timing;
     let framing = if body.is_end_stream() {
         None
@@ -251,6 +252,9 @@ where
                     headers: Some(head.raw),
                     key: target.pool,
                     began: now,
+                    body_stall,
+                    read: 0,
+                    stalled: None,
                 };
                 if up.decoder.is_done() {
                     up.finish();
@@ -409,6 +413,8 @@ pub struct Timing {
     pub now: Instant,
     /// No response head by then: [`SendError::Timeout`].
     pub deadline: Instant,
+    /// The response body fails if the upstream sends none of it for this long.
+    pub body_stall: Duration,
 }
 
 /// Headers the gateway sets on every upstream request: written after the client's, and any
@@ -500,6 +506,11 @@ pub struct UpBody {
     reusable: bool,
     key: Key,
     began: Instant,
+    /// No body bytes for this long fails the body (the route's timeout).
+    body_stall: Duration,
+    /// Body bytes read so far, and while none come: at how many, and until when.
+    read: u64,
+    stalled: Option<(u64, Instant)>,
 }
 
 impl UpBody {
@@ -568,12 +579,29 @@ impl Body for UpBody {
                         "the upstream closed the connection mid-body",
                     ))));
                 }
-                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Ok(n)) => this.read += n as u64,
                 Poll::Ready(Err(e)) => {
                     this.conn = None;
                     return Poll::Ready(Some(Err(e)));
                 }
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    let deadline = match this.stalled {
+                        Some((mark, d)) if mark == this.read => d,
+                        _ => {
+                            let d = Instant::now() + this.body_stall;
+                            this.stalled = Some((this.read, d));
+                            d
+                        }
+                    };
+                    if conn.timer.timed_out(deadline, cx) {
+                        this.conn = None;
+                        return Poll::Ready(Some(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "the upstream sent no body bytes within the route's timeout",
+                        ))));
+                    }
+                    return Poll::Pending;
+                }
             }
         }
     }

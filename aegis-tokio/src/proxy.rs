@@ -446,6 +446,7 @@ where
         connect_timeout: rt.policy.config().server.connect_timeout,
         now: sent,
         deadline: sent + fwd.timeout,
+        body_stall: fwd.timeout,
     };
     let result = pool::send(target, &outgoing, body, timing).await;
     let metrics = &rt.routes[route].metrics;
