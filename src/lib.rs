@@ -879,6 +879,15 @@ pub fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
 
+/// A raw client connection to `addr` with read and write timeouts and Nagle off.
+pub fn connect_raw(addr: SocketAddr, timeout: Duration) -> TcpStream {
+    let s = TcpStream::connect_timeout(&addr, timeout).expect("connect to the gateway");
+    s.set_read_timeout(Some(timeout)).unwrap();
+    s.set_write_timeout(Some(timeout)).unwrap();
+    s.set_nodelay(true).unwrap();
+    s
+}
+
 /// Bytes as text, for assertion messages.
 pub fn lossy(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()

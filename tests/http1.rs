@@ -63,10 +63,7 @@ struct Client {
 
 impl Client {
     fn connect(addr: SocketAddr) -> Client {
-        let s = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connect to the gateway");
-        s.set_read_timeout(Some(TIMEOUT)).unwrap();
-        s.set_write_timeout(Some(TIMEOUT)).unwrap();
-        s.set_nodelay(true).unwrap();
+        let s = aegis_suite::connect_raw(addr, TIMEOUT);
         Client {
             r: BufReader::new(s.try_clone().unwrap()),
             w: s,

@@ -34,7 +34,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-use crate::h1::{self, BodyDecoder, Decoded, Framing, HeadError, Pumped, ReadBuf};
+use crate::h1::{self, BodyDecoder, Framing, HeadError, Pumped, ReadBuf, Step};
 use crate::proxy::{self, Peer, ProxyBody};
 use crate::runtime::Shared;
 
@@ -204,29 +204,24 @@ impl Body for ReqBody {
                 this.conn = None;
                 return Poll::Ready(None);
             };
-            if !io.rbuf.is_empty() || decoder.is_done() {
-                match decoder.decode(io.rbuf.filled()) {
-                    Ok(Decoded::Data(r)) => {
-                        let data = Bytes::copy_from_slice(&io.rbuf.filled()[r.clone()]);
-                        io.rbuf.consume(r.end);
-                        this.size = decoder.remaining();
-                        if decoder.is_done() {
-                            io.body = None;
-                        }
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
-                    }
-                    Ok(Decoded::End(n)) => {
-                        io.rbuf.consume(n);
+            match decoder.next(&mut io.rbuf) {
+                Ok(Step::Data(data)) => {
+                    this.size = decoder.remaining();
+                    if decoder.is_done() {
                         io.body = None;
-                        continue;
                     }
-                    Ok(Decoded::More(n)) => io.rbuf.consume(n),
-                    Err(e) => {
-                        return Poll::Ready(Some(Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            format!("request body: {e}"),
-                        ))));
-                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(Step::End) => {
+                    io.body = None;
+                    continue;
+                }
+                Ok(Step::More) => {}
+                Err(e) => {
+                    return Poll::Ready(Some(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("request body: {e}"),
+                    ))));
                 }
             }
             match io.rbuf.poll_fill(cx, &mut io.rd, BODY_READ) {

@@ -177,8 +177,9 @@ pub struct RequestHead {
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Parses a request head at the start of `buf`: `Ok(None)` when more bytes are needed,
-/// otherwise the head and its length in bytes. `max_uri` bounds the request target;
-/// `max_head` the whole head (a partial head at that size is refused).
+/// otherwise the head and its length in bytes. `max_head` is the read buffer's size: a partial
+/// head that fills it is refused, 414 if its request line alone is longer than `max_uri`,
+/// else 431. Complete heads go to the policy, which applies the configured limits.
 pub fn parse_request(
     buf: &[u8],
     max_uri: usize,
@@ -205,13 +206,8 @@ pub fn parse_request(
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::HeadersTooLarge),
         Err(e) => return Err(HeadError::Bad(e.to_string())),
     };
+    // Within the buffer, size limits are the policy's to answer (414/431 from on_request).
     let path = req.path.unwrap_or("/");
-    if path.len() > max_uri {
-        return Err(HeadError::UriTooLong);
-    }
-    if n > max_head {
-        return Err(HeadError::HeadersTooLarge);
-    }
     let method = Method::from_bytes(req.method.unwrap_or("GET").as_bytes())
         .map_err(|_| HeadError::Bad("invalid method".into()))?;
     let uri = Uri::try_from(path.as_bytes())
@@ -612,6 +608,15 @@ pub enum Decoded {
     More(usize),
 }
 
+/// What [`BodyDecoder::next`] got.
+#[derive(Debug)]
+pub enum Step {
+    Data(bytes::Bytes),
+    End,
+    /// Read more first.
+    More,
+}
+
 /// Decodes a body of any framing out of successive buffers.
 #[derive(Debug, Clone)]
 pub enum BodyDecoder {
@@ -644,6 +649,30 @@ impl BodyDecoder {
             BodyDecoder::Length(n) => Some(*n),
             _ => None,
         }
+    }
+
+    /// One step out of a connection's buffer: a frame's bytes (copied out and consumed), the
+    /// body's end, or `More` when the buffer holds no more of it. Both ends of the proxy read
+    /// bodies through this.
+    pub fn next(&mut self, rbuf: &mut ReadBuf) -> Result<Step, &'static str> {
+        if rbuf.is_empty() && !self.is_done() {
+            return Ok(Step::More);
+        }
+        Ok(match self.decode(rbuf.filled())? {
+            Decoded::Data(r) => {
+                let data = bytes::Bytes::copy_from_slice(&rbuf.filled()[r.clone()]);
+                rbuf.consume(r.end);
+                Step::Data(data)
+            }
+            Decoded::End(n) => {
+                rbuf.consume(n);
+                Step::End
+            }
+            Decoded::More(n) => {
+                rbuf.consume(n);
+                Step::More
+            }
+        })
     }
 
     pub fn decode(&mut self, input: &[u8]) -> Result<Decoded, &'static str> {

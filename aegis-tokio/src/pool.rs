@@ -32,7 +32,7 @@ use http::{HeaderMap, Method, Response};
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::net::TcpStream;
 
-use crate::h1::{self, BodyDecoder, Decoded, Framing, Pumped, ReadBuf};
+use crate::h1::{self, BodyDecoder, Framing, Pumped, ReadBuf, Step};
 use crate::proxy::{BodyError, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID};
 use crate::runtime::Target;
 
@@ -543,29 +543,24 @@ impl Body for UpBody {
             let Some(conn) = this.conn.as_mut() else {
                 return Poll::Ready(None);
             };
-            if !conn.rbuf.is_empty() || this.decoder.is_done() {
-                match this.decoder.decode(conn.rbuf.filled()) {
-                    Ok(Decoded::Data(r)) => {
-                        let data = Bytes::copy_from_slice(&conn.rbuf.filled()[r.clone()]);
-                        conn.rbuf.consume(r.end);
-                        if this.decoder.is_done() {
-                            this.finish();
-                        }
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
-                    }
-                    Ok(Decoded::End(n)) => {
-                        conn.rbuf.consume(n);
+            match this.decoder.next(&mut conn.rbuf) {
+                Ok(Step::Data(data)) => {
+                    if this.decoder.is_done() {
                         this.finish();
-                        return Poll::Ready(None);
                     }
-                    Ok(Decoded::More(n)) => conn.rbuf.consume(n),
-                    Err(e) => {
-                        this.conn = None;
-                        return Poll::Ready(Some(Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            format!("upstream body: {e}"),
-                        ))));
-                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(Step::End) => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(Step::More) => {}
+                Err(e) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("upstream body: {e}"),
+                    ))));
                 }
             }
             match conn.rbuf.poll_fill(cx, &mut conn.io, MAX_RESPONSE_HEAD) {
