@@ -26,33 +26,39 @@ impl Clock {
 
     /// The monotonic clock as already read (`instant`), and the wall clock derived from it:
     /// each thread reads the wall clock at most once a second and adds the monotonic time
-    /// since (a step of the system clock shows within a second).
+    /// since (a step of the system clock shows within a second). Plain u64 arithmetic: this
+    /// runs twice per request.
     pub fn at(&self, instant: Instant) -> Now {
         thread_local! {
-            static BASE: Cell<Option<(Instant, u64)>> = const { Cell::new(None) };
+            /// (monotonic nanoseconds, Unix milliseconds) when the wall clock was last read.
+            static BASE: Cell<Option<(u64, u64)>> = const { Cell::new(None) };
         }
+        let mono = nanos(instant.saturating_duration_since(self.origin));
         let wall = BASE.with(|base| match base.get() {
-            Some((at, ms))
-                if instant >= at
-                    && let since = instant.duration_since(at)
-                    && since < Duration::from_secs(1) =>
-            {
-                ms + u64::try_from(since.as_millis()).unwrap_or(0)
+            Some((at, ms)) if mono >= at && mono - at < NANOS_PER_SEC => {
+                ms + (mono - at) / NANOS_PER_MILLI
             }
             _ => {
                 let ms = wall().0;
-                base.set(Some((instant, ms)));
+                base.set(Some((mono, ms)));
                 ms
             }
         });
         Now {
-            mono: Nanos(
-                u64::try_from(instant.saturating_duration_since(self.origin).as_nanos())
-                    .unwrap_or(u64::MAX),
-            ),
+            mono: Nanos(mono),
             wall: UnixMillis(wall),
         }
     }
+}
+
+const NANOS_PER_SEC: u64 = 1_000_000_000;
+const NANOS_PER_MILLI: u64 = 1_000_000;
+
+/// `d` in nanoseconds, saturating (585 years of uptime).
+fn nanos(d: Duration) -> u64 {
+    d.as_secs()
+        .saturating_mul(NANOS_PER_SEC)
+        .saturating_add(u64::from(d.subsec_nanos()))
 }
 
 impl Default for Clock {
