@@ -290,6 +290,8 @@ pub async fn serve(
     // cloned only when a reload swapped it.
     let mut runtime = arc_swap::Cache::new(&shared.runtime);
     let mut wbuf = Vec::with_capacity(4096);
+    // The last request's header map, emptied and refilled by the next head.
+    let mut spare = HeaderMap::new();
     let mut first = true;
     loop {
         // The first head must come within header_read_timeout; later ones may wait
@@ -300,7 +302,15 @@ pub async fn serve(
             limits.idle_timeout
         };
         let deadline = Instant::now() + idle;
-        let read = read_head(&conn, &limits, deadline, &mut timer, &mut stopping).await;
+        let read = read_head(
+            &conn,
+            &limits,
+            deadline,
+            &mut timer,
+            &mut stopping,
+            &mut spare,
+        )
+        .await;
         let head = match read {
             HeadRead::Head(h) => h,
             HeadRead::Failed(HeadError::H2Preface) if first && !stop.is_stopped() => {
@@ -366,6 +376,7 @@ pub async fn serve(
             keep,
             stall: limits.idle_timeout,
         };
+        spare = answer.headers;
         let written = write_response(&conn, &mut wbuf, answer.response, out, &mut timer).await;
         match written {
             Ok(true) if keep => {}
@@ -390,6 +401,7 @@ async fn read_head(
     idle_deadline: Instant,
     timer: &mut Timer,
     stopping: &mut Registered<'_>,
+    spare: &mut HeaderMap,
 ) -> HeadRead {
     let mut head_deadline = None;
     poll_fn(|cx| {
@@ -397,7 +409,7 @@ async fn read_head(
         let io = &mut *guard;
         loop {
             if !io.rbuf.is_empty() {
-                match h1::parse_request(io.rbuf.filled(), limits.max_uri, limits.max_head) {
+                match h1::parse_request(io.rbuf.filled(), limits.max_uri, limits.max_head, spare) {
                     Ok(Some((n, head))) => {
                         io.rbuf.consume(n);
                         return Poll::Ready(HeadRead::Head(head));
@@ -554,6 +566,9 @@ async fn write_response(
         wbuf.extend_from_slice(b"connection: keep-alive\r\n");
     }
     wbuf.extend_from_slice(b"\r\n");
+    if let (ProxyBody::Upstream(up), Some(Framing::Length(_))) = (&mut body, framing) {
+        up.read_buffered_into(wbuf);
+    }
 
     let mut pump = h1::Pump::new(framing);
     // While the client takes no bytes: since when (progress mark) and until when.

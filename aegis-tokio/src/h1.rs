@@ -180,10 +180,14 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// otherwise the head and its length in bytes. `max_head` is the read buffer's size: a partial
 /// head that fills it is refused, 414 if its request line alone is longer than `max_uri`,
 /// else 431. Complete heads go to the policy, which applies the configured limits.
+///
+/// `spare`: a map to fill (cleared first), the previous request's on this connection, so
+/// that a connection allocates its header map once rather than per request.
 pub fn parse_request(
     buf: &[u8],
     max_uri: usize,
     max_head: usize,
+    spare: &mut HeaderMap,
 ) -> Result<Option<(usize, RequestHead)>, HeadError> {
     if buf.len() >= 3 && H2_PREFACE.starts_with(&buf[..buf.len().min(H2_PREFACE.len())]) {
         return if buf.len() >= H2_PREFACE.len() {
@@ -218,7 +222,7 @@ pub fn parse_request(
         Version::HTTP_11
     };
     // Forwarding headers, request id, the verified user.
-    let (headers, meta) = header_map(req.headers, 6)?;
+    let (headers, meta) = header_map(req.headers, std::mem::take(spare))?;
     // RFC 9112 §3.2: an HTTP/1.1 request without Host is refused.
     if version == Version::HTTP_11 && !meta.host {
         return Err(HeadError::Bad("no Host header".into()));
@@ -252,15 +256,17 @@ fn too_large(buf: &[u8], max_uri: usize) -> HeadError {
     }
 }
 
-/// The header map of a parsed head. Each value is copied out of the read buffer on its own:
-/// for the handful of headers a request carries that is cheaper than slicing one shared copy
-/// (an allocation to share it, then an atomic count per value). `room`: headers the gateway
-/// will add, so that the map does not regrow.
+/// The header map of a parsed head, in `headers` (emptied first; its allocation is kept).
+/// Each value is copied out of the read buffer on its own: for the handful of headers a
+/// request carries that is cheaper than slicing one shared copy (an allocation to share it,
+/// then an atomic count per value). Room is made for one more (`X-User-ID`, set by the
+/// policy) so that the map does not regrow.
 fn header_map(
     parsed: &[httparse::Header<'_>],
-    room: usize,
+    mut headers: HeaderMap,
 ) -> Result<(HeaderMap, Meta), HeadError> {
-    let mut headers = HeaderMap::with_capacity(parsed.len() + room);
+    headers.clear();
+    headers.reserve(parsed.len() + 1);
     let mut meta = Meta::default();
     for h in parsed {
         let name = HeaderName::from_bytes(h.name.as_bytes())
@@ -294,45 +300,40 @@ struct Meta {
 
 impl Meta {
     fn see(&mut self, name: &HeaderName, value: &[u8]) {
-        let tokens = || {
-            value
-                .split(|&b| b == b',')
-                .map(<[u8]>::trim_ascii)
-                .filter(|t| !t.is_empty())
-        };
         if name == HOST {
             self.host = true;
         } else if name == CONTENT_LENGTH {
-            for part in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                match parse_length(part) {
-                    Some(n) if self.cl.is_none_or(|c| c == n) => self.cl = Some(n),
-                    _ => self.cl_bad = true,
-                }
-            }
+            self.content_length_value(value);
         } else if name == TRANSFER_ENCODING {
-            self.te = true;
-            for t in tokens() {
-                self.te_codings += 1;
-                self.te_last_chunked = t.eq_ignore_ascii_case(b"chunked");
-            }
+            self.transfer_encoding(value);
         } else if name == CONNECTION {
-            for t in tokens() {
-                self.close |= t.eq_ignore_ascii_case(b"close");
-                self.keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
-            }
+            self.connection(value);
         } else if name == EXPECT {
             self.expect_continue = value.eq_ignore_ascii_case(b"100-continue");
         }
     }
 
-    /// [`Meta::see`] for a header name not turned into a `HeaderName`.
-    fn see_raw(&mut self, name: &[u8], value: &[u8]) {
-        let known = [HOST, CONTENT_LENGTH, TRANSFER_ENCODING, CONNECTION, EXPECT];
-        if let Some(n) = known
-            .iter()
-            .find(|n| n.as_str().as_bytes().eq_ignore_ascii_case(name))
-        {
-            self.see(n, value);
+    fn content_length_value(&mut self, value: &[u8]) {
+        for part in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            match parse_length(part) {
+                Some(n) if self.cl.is_none_or(|c| c == n) => self.cl = Some(n),
+                _ => self.cl_bad = true,
+            }
+        }
+    }
+
+    fn transfer_encoding(&mut self, value: &[u8]) {
+        self.te = true;
+        for t in tokens(value) {
+            self.te_codings += 1;
+            self.te_last_chunked = t.eq_ignore_ascii_case(b"chunked");
+        }
+    }
+
+    fn connection(&mut self, value: &[u8]) {
+        for t in tokens(value) {
+            self.close |= t.eq_ignore_ascii_case(b"close");
+            self.keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
         }
     }
 
@@ -349,6 +350,14 @@ impl Meta {
     fn content_length(&self) -> Result<Option<u64>, ()> {
         if self.cl_bad { Err(()) } else { Ok(self.cl) }
     }
+}
+
+/// The non-empty comma-separated tokens of a header value.
+fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
 }
 
 /// A decimal length of at most 19 digits.
@@ -410,58 +419,92 @@ pub struct RawHeaders {
     pub may_collide: bool,
 }
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1), never passed on.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authorization",
-];
+/// What a response header is to this hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Passed on as it is.
+    Other,
+    /// Passed on; the client will not get `Date` twice.
+    Date,
+    /// Passed on unless the gateway sets the same name (`X-Request-ID*`, `RateLimit*`,
+    /// `Retry-After`).
+    MayCollide,
+    Connection,
+    TransferEncoding,
+    ContentLength,
+    /// The rest of the hop-by-hop set (RFC 9110 §7.6.1): never passed on.
+    HopByHop,
+}
+
+/// Classifies a response header name by its length first: one comparison for most names.
+fn classify(name: &[u8]) -> Kind {
+    let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+    match name.len() {
+        2 if is(b"te") => Kind::HopByHop,
+        4 if is(b"date") => Kind::Date,
+        7 if is(b"trailer") || is(b"upgrade") => Kind::HopByHop,
+        10 if is(b"connection") => Kind::Connection,
+        10 if is(b"keep-alive") => Kind::HopByHop,
+        11 if is(b"retry-after") => Kind::MayCollide,
+        14 if is(b"content-length") => Kind::ContentLength,
+        16 if is(b"proxy-connection") => Kind::HopByHop,
+        17 if is(b"transfer-encoding") => Kind::TransferEncoding,
+        19 if is(b"proxy-authorization") => Kind::HopByHop,
+        _ if starts_with_ci(name, b"x-request-id") || starts_with_ci(name, b"ratelimit") => {
+            Kind::MayCollide
+        }
+        _ => Kind::Other,
+    }
+}
 
 impl RawHeaders {
-    /// Gathers a response's headers; `Connection`-named headers are dropped too.
-    fn new(parsed: &[httparse::Header<'_>], capacity: usize) -> RawHeaders {
+    /// Gathers a response's headers from `head` (the bytes httparse parsed them from) and the
+    /// framing facts about them; `Connection`-named headers are dropped too.
+    fn new(head: &[u8], parsed: &[httparse::Header<'_>], meta: &mut Meta) -> RawHeaders {
         let mut raw = RawHeaders {
-            bytes: Vec::with_capacity(capacity),
+            bytes: Vec::with_capacity(head.len()),
             ..RawHeaders::default()
         };
         let mut named = false;
         for h in parsed {
             let name = h.name.as_bytes();
-            if HOP_BY_HOP
-                .iter()
-                .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
-            {
-                named |= name.eq_ignore_ascii_case(b"connection")
-                    && h.value
-                        .split(|&b| b == b',')
-                        .map(<[u8]>::trim_ascii)
-                        .any(|t| {
-                            !t.is_empty()
-                                && !t.eq_ignore_ascii_case(b"close")
-                                && !t.eq_ignore_ascii_case(b"keep-alive")
-                        });
-                continue;
+            match classify(name) {
+                Kind::Other => {}
+                Kind::Date => raw.has_date = true,
+                Kind::MayCollide => raw.may_collide = true,
+                Kind::Connection => {
+                    meta.connection(h.value);
+                    named |= tokens(h.value).any(|t| {
+                        !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive")
+                    });
+                    continue;
+                }
+                Kind::TransferEncoding => {
+                    meta.transfer_encoding(h.value);
+                    continue;
+                }
+                Kind::ContentLength => {
+                    meta.content_length_value(h.value);
+                    continue;
+                }
+                Kind::HopByHop => continue,
             }
-            if name.eq_ignore_ascii_case(b"content-length") {
-                continue;
+            // The line as received, from its name to the end of its value (httparse checked
+            // it; its slices point into `head`), with a CRLF.
+            match line_in(head, name, h.value) {
+                Some(line) => raw.bytes.extend_from_slice(line),
+                None => {
+                    raw.bytes.extend_from_slice(name);
+                    raw.bytes.extend_from_slice(b": ");
+                    raw.bytes.extend_from_slice(h.value);
+                }
             }
-            raw.has_date |= name.eq_ignore_ascii_case(b"date");
-            raw.may_collide |= starts_with_ci(name, b"x-request-id")
-                || starts_with_ci(name, b"ratelimit")
-                || name.eq_ignore_ascii_case(b"retry-after");
-            raw.bytes.extend_from_slice(name);
-            raw.bytes.extend_from_slice(b": ");
-            raw.bytes.extend_from_slice(h.value);
             raw.bytes.extend_from_slice(b"\r\n");
         }
         if named {
             raw.drop_connection_named(parsed);
         }
+        raw.content_length = meta.cl;
         raw
     }
 
@@ -513,6 +556,19 @@ impl RawHeaders {
     }
 }
 
+/// The bytes of `head` from `name` to the end of `value`, when both are slices of it.
+fn line_in<'a>(head: &'a [u8], name: &[u8], value: &[u8]) -> Option<&'a [u8]> {
+    let base = head.as_ptr() as usize;
+    let start = (name.as_ptr() as usize).checked_sub(base)?;
+    let end = (value.as_ptr() as usize)
+        .checked_sub(base)?
+        .checked_add(value.len())?;
+    if value.is_empty() || start >= end {
+        return None;
+    }
+    head.get(start..end)
+}
+
 fn starts_with_ci(name: &[u8], prefix: &[u8]) -> bool {
     name.len() >= prefix.len() && name[..prefix.len()].eq_ignore_ascii_case(prefix)
 }
@@ -552,11 +608,7 @@ pub fn parse_response(
         Version::HTTP_11
     };
     let mut meta = Meta::default();
-    for h in resp.headers.iter() {
-        meta.see_raw(h.name.as_bytes(), h.value);
-    }
-    let mut raw = RawHeaders::new(resp.headers, n);
-    raw.content_length = meta.cl;
+    let raw = RawHeaders::new(&buf[..n], resp.headers, &mut meta);
     let mut keep_alive = meta.keep_alive(version);
     let framing = if head_request
         || status.is_informational()
@@ -1051,7 +1103,9 @@ mod tests {
 
     #[test]
     fn request_framing_refuses_smuggling_shapes() {
-        let parse = |s: &str| parse_request(s.as_bytes(), 8192, 65536).map(|o| o.map(|h| h.1));
+        let parse = |s: &str| {
+            parse_request(s.as_bytes(), 8192, 65536, &mut HeaderMap::new()).map(|o| o.map(|h| h.1))
+        };
         let ok = parse("POST /a?b=c HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n")
             .unwrap()
             .unwrap();
@@ -1092,12 +1146,12 @@ mod tests {
     fn oversized_heads_get_414_or_431() {
         let long_uri = format!("GET /{} HTTP/1.1\r\n", "a".repeat(100));
         assert_eq!(
-            parse_request(long_uri.as_bytes(), 50, 80).unwrap_err(),
+            parse_request(long_uri.as_bytes(), 50, 80, &mut HeaderMap::new()).unwrap_err(),
             HeadError::UriTooLong
         );
         let big = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n", "b".repeat(100));
         assert_eq!(
-            parse_request(big.as_bytes(), 50, 80).unwrap_err(),
+            parse_request(big.as_bytes(), 50, 80, &mut HeaderMap::new()).unwrap_err(),
             HeadError::HeadersTooLarge
         );
     }
@@ -1136,5 +1190,45 @@ mod tests {
         let mut out = Vec::new();
         put_chunk(&mut out, &[b'x'; 26]);
         assert_eq!(&out[..4], b"1a\r\n");
+    }
+
+    #[test]
+    fn response_headers_pass_as_received_minus_this_hops() {
+        let head = "HTTP/1.1 200 OK\r\nContent-Type:text/plain\r\nX-Empty:\r\n\
+                    Connection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: 5\r\n\
+                    TE: trailers\r\nContent-Length: 2\r\nVary:   Accept  \r\n\
+                    Date: Sun, 29 Nov 2026 08:00:00 GMT\r\nRetry-After: 3\r\n\r\nok";
+        let (n, h) = parse_response(head.as_bytes(), false, 65536)
+            .unwrap()
+            .unwrap();
+        assert_eq!(&head[n..], "ok");
+        assert_eq!(h.framing, Framing::Length(2));
+        assert!(h.keep_alive);
+        assert_eq!(h.raw.content_length, Some(2));
+        assert!(h.raw.has_date);
+        assert!(h.raw.may_collide);
+        assert_eq!(
+            String::from_utf8_lossy(h.raw.as_bytes()),
+            "Content-Type:text/plain\r\nX-Empty: \r\nVary:   Accept\r\n\
+             Date: Sun, 29 Nov 2026 08:00:00 GMT\r\nRetry-After: 3\r\n"
+        );
+        let lines: Vec<_> = h
+            .raw
+            .lines()
+            .map(|(n, v, _)| (n.to_vec(), v.to_vec()))
+            .collect();
+        assert_eq!(lines[0], (b"Content-Type".to_vec(), b"text/plain".to_vec()));
+        assert_eq!(lines[2], (b"Vary".to_vec(), b"Accept".to_vec()));
+        let plain = "HTTP/1.1 200 OK\r\nx-request-idx: a\r\nratelimit-policy: b\r\n\r\n";
+        let (_, h) = parse_response(plain.as_bytes(), false, 65536)
+            .unwrap()
+            .unwrap();
+        assert!(h.raw.may_collide);
+        let plain = "HTTP/1.1 200 OK\r\nX-Other: a\r\n\r\n";
+        let (_, h) = parse_response(plain.as_bytes(), false, 65536)
+            .unwrap()
+            .unwrap();
+        assert!(!h.raw.may_collide && !h.raw.has_date);
+        assert_eq!(h.framing, Framing::Close);
     }
 }

@@ -519,6 +519,28 @@ impl UpBody {
         self.headers.take()
     }
 
+    /// Appends to `out` what the connection has already buffered of a `Content-Length` body
+    /// (a small response arrives with its head): written with the head, no frame made.
+    pub fn read_buffered_into(&mut self, out: &mut Vec<u8>) {
+        let (Some(conn), BodyDecoder::Length(left)) = (self.conn.as_mut(), &mut self.decoder)
+        else {
+            return;
+        };
+        let filled = conn.rbuf.filled();
+        let n = filled
+            .len()
+            .min(usize::try_from(*left).unwrap_or(usize::MAX));
+        if n == 0 {
+            return;
+        }
+        out.extend_from_slice(&filled[..n]);
+        conn.rbuf.consume(n);
+        *left -= n as u64;
+        if *left == 0 {
+            self.finish();
+        }
+    }
+
     /// The body is over: pool the connection if it can be reused.
     fn finish(&mut self) {
         if let Some(conn) = self.conn.take()

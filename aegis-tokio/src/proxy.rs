@@ -281,6 +281,9 @@ pub struct Exchange {
 pub struct Answer {
     pub response: Response<ProxyBody>,
     pub request_id: HeaderValue,
+    /// The request's header map, done with: HTTP/1.1 refills it with the connection's next
+    /// request.
+    pub headers: HeaderMap,
 }
 
 impl Answer {
@@ -327,6 +330,7 @@ where
     Answer {
         response: resp,
         request_id: ex.request_id,
+        headers: parts.headers,
     }
 }
 
@@ -438,7 +442,10 @@ where
         set: pool::SetHeaders {
             host: &target.host,
             forwarded_for: forwarding.chain.as_ref().unwrap_or(&peer.ip_header),
-            forwarded_host: forwarding.host.as_ref(),
+            forwarded_host: forwarding
+                .host
+                .as_ref()
+                .or_else(|| find(&parts.headers, &HOST)),
             request_id: &ex.request_id,
         },
     };
@@ -533,16 +540,17 @@ fn upstream_failed(
 
 /// Values of the headers the gateway sets upstream, taken from the client's request.
 struct Forwarding {
-    /// `X-Forwarded-Host`: the client's `Host` (moved out of its headers) or the URI's
-    /// authority.
+    /// `X-Forwarded-Host` when the URI has an authority (else the client's `Host`, which the
+    /// pool does not forward as such).
     host: Option<HeaderValue>,
     /// `X-Forwarded-For` when the client sent one: its values and the peer, comma-joined.
     chain: Option<HeaderValue>,
 }
 
 /// Readies the client's request to go upstream (the pool writes it from borrowed parts):
-/// hop-by-hop headers removed, the identity headers set, `Host` and `X-Forwarded-For` taken
-/// out to be written by the pool. A path the policy rewrote is checked.
+/// hop-by-hop headers removed, the identity headers set, `X-Forwarded-For` taken out to be
+/// written by the pool (which writes the target's `Host`, not the client's). A path the policy
+/// rewrote is checked.
 fn forwarding(
     headers: &mut HeaderMap,
     uri: &Uri,
@@ -555,12 +563,10 @@ fn forwarding(
     }
     strip_hop_by_hop(headers);
     fwd.apply_request_headers(headers);
-    let client_host = headers.remove(HOST);
     Ok(Forwarding {
-        host: match uri.authority() {
-            Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-            None => client_host,
-        },
+        host: uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
         chain: forwarded_for_chain(headers, peer),
     })
 }
