@@ -290,8 +290,8 @@ pub async fn serve(
     // cloned only when a reload swapped it.
     let mut runtime = arc_swap::Cache::new(&shared.runtime);
     let mut wbuf = Vec::with_capacity(4096);
-    // The last request's header map, emptied and refilled by the next head.
-    let mut spare = HeaderMap::new();
+    // The request head, refilled by each request (its header map's allocation is kept).
+    let (mut parts, ()) = Request::new(()).into_parts();
     let mut first = true;
     loop {
         // The first head must come within header_read_timeout; later ones may wait
@@ -308,7 +308,7 @@ pub async fn serve(
             deadline,
             &mut timer,
             &mut stopping,
-            &mut spare,
+            &mut parts,
         )
         .await;
         let head = match read {
@@ -336,7 +336,6 @@ pub async fn serve(
         };
         first = false;
         let h1::RequestHead {
-            parts,
             framing,
             keep_alive,
             expect_continue,
@@ -356,10 +355,9 @@ pub async fn serve(
                 size: BodyDecoder::new(framing).remaining(),
             }
         };
-        let req = Request::from_parts(parts, body);
-
         let rt = runtime.load();
-        let Some(answer) = handle_watching(&conn, &limits, &shared, rt, &peer, req).await else {
+        let watched = handle_watching(&conn, &limits, &shared, rt, &peer, &mut parts, body);
+        let Some(answer) = watched.await else {
             // The client left; the exchange was dropped (its outcome reported as cancelled).
             return;
         };
@@ -376,7 +374,6 @@ pub async fn serve(
             keep,
             stall: limits.idle_timeout,
         };
-        spare = answer.headers;
         let written = write_response(&conn, &mut wbuf, answer.response, out, &mut timer).await;
         match written {
             Ok(true) if keep => {}
@@ -401,7 +398,7 @@ async fn read_head(
     idle_deadline: Instant,
     timer: &mut Timer,
     stopping: &mut Registered<'_>,
-    spare: &mut HeaderMap,
+    parts: &mut http::request::Parts,
 ) -> HeadRead {
     let mut head_deadline = None;
     poll_fn(|cx| {
@@ -409,7 +406,7 @@ async fn read_head(
         let io = &mut *guard;
         loop {
             if !io.rbuf.is_empty() {
-                match h1::parse_request(io.rbuf.filled(), limits.max_uri, limits.max_head, spare) {
+                match h1::parse_request(io.rbuf.filled(), limits.max_uri, limits.max_head, parts) {
                     Ok(Some((n, head))) => {
                         io.rbuf.consume(n);
                         return Poll::Ready(HeadRead::Head(head));
@@ -454,10 +451,11 @@ async fn handle_watching(
     shared: &Shared,
     rt: &crate::runtime::Runtime,
     peer: &Peer,
-    req: Request<ReqBody>,
+    parts: &mut http::request::Parts,
+    body: ReqBody,
 ) -> Option<proxy::Answer> {
     // Made here, in place: the exchange's future is large, and moving it costs a copy.
-    let mut fut = pin!(proxy::handle(shared, rt, peer, req));
+    let mut fut = pin!(proxy::handle(shared, rt, peer, parts, body));
     let mut watching = true;
     poll_fn(|cx| {
         if let Poll::Ready(resp) = fut.as_mut().poll(cx) {
@@ -703,8 +701,9 @@ async fn serve_h2(
         let (shared, peer) = (shared.clone(), peer.clone());
         async move {
             let rt = shared.runtime.load_full();
+            let (mut parts, body) = req.into_parts();
             Ok::<_, Infallible>(
-                proxy::handle(&shared, &rt, &peer, req)
+                proxy::handle(&shared, &rt, &peer, &mut parts, body)
                     .await
                     .into_response(),
             )

@@ -7,6 +7,7 @@
 //! `downstream` (clients) and `pool` (upstreams).
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -163,10 +164,10 @@ impl HeadError {
     }
 }
 
-/// A parsed request head.
-#[derive(Debug)]
+/// What framing and connection handling need of a parsed request head (the head itself is
+/// in the `Parts` it was parsed into).
+#[derive(Debug, Clone, Copy)]
 pub struct RequestHead {
-    pub parts: http::request::Parts,
     pub framing: Framing,
     /// The client wants the connection kept open after this exchange.
     pub keep_alive: bool,
@@ -181,13 +182,14 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// head that fills it is refused, 414 if its request line alone is longer than `max_uri`,
 /// else 431. Complete heads go to the policy, which applies the configured limits.
 ///
-/// `spare`: a map to fill (cleared first), the previous request's on this connection, so
-/// that a connection allocates its header map once rather than per request.
+/// A complete head is parsed into `parts` (all of it replaced): a connection keeps one
+/// `Parts`, so that its header map is allocated once, not per request, and the head is not
+/// moved from future to future.
 pub fn parse_request(
     buf: &[u8],
     max_uri: usize,
     max_head: usize,
-    spare: &mut HeaderMap,
+    parts: &mut http::request::Parts,
 ) -> Result<Option<(usize, RequestHead)>, HeadError> {
     if buf.len() >= 3 && H2_PREFACE.starts_with(&buf[..buf.len().min(H2_PREFACE.len())]) {
         return if buf.len() >= H2_PREFACE.len() {
@@ -196,9 +198,10 @@ pub fn parse_request(
             Ok(None)
         };
     }
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut slots);
-    let n = match req.parse(buf) {
+    // Uninitialised slots: zeroing 128 of them cost more than parsing a small head.
+    let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let n = match req.parse_with_uninit_headers(buf, &mut slots) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
             return if buf.len() >= max_head {
@@ -222,7 +225,7 @@ pub fn parse_request(
         Version::HTTP_11
     };
     // Forwarding headers, request id, the verified user.
-    let (headers, meta) = header_map(req.headers, std::mem::take(spare))?;
+    let meta = header_map(req.headers, &mut parts.headers)?;
     // RFC 9112 §3.2: an HTTP/1.1 request without Host is refused.
     if version == Version::HTTP_11 && !meta.host {
         return Err(HeadError::Bad("no Host header".into()));
@@ -230,15 +233,13 @@ pub fn parse_request(
     let framing = request_framing(&meta, version)?;
     let keep_alive = meta.keep_alive(version);
     let expect_continue = version == Version::HTTP_11 && meta.expect_continue;
-    let (mut parts, ()) = http::Request::new(()).into_parts();
     parts.method = method;
     parts.uri = uri;
     parts.version = version;
-    parts.headers = headers;
+    parts.extensions.clear();
     Ok(Some((
         n,
         RequestHead {
-            parts,
             framing,
             keep_alive,
             expect_continue,
@@ -261,10 +262,7 @@ fn too_large(buf: &[u8], max_uri: usize) -> HeadError {
 /// request carries that is cheaper than slicing one shared copy (an allocation to share it,
 /// then an atomic count per value). Room is made for one more (`X-User-ID`, set by the
 /// policy) so that the map does not regrow.
-fn header_map(
-    parsed: &[httparse::Header<'_>],
-    mut headers: HeaderMap,
-) -> Result<(HeaderMap, Meta), HeadError> {
+fn header_map(parsed: &[httparse::Header<'_>], headers: &mut HeaderMap) -> Result<Meta, HeadError> {
     headers.clear();
     headers.reserve(parsed.len() + 1);
     let mut meta = Meta::default();
@@ -276,7 +274,7 @@ fn header_map(
         meta.see(&name, h.value);
         headers.append(name, value);
     }
-    Ok((headers, meta))
+    Ok(meta)
 }
 
 /// What framing and connection handling need from a head, gathered while its headers are
@@ -590,9 +588,10 @@ pub fn parse_response(
     head_request: bool,
     max_head: usize,
 ) -> Result<Option<(usize, ResponseHead)>, String> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut slots);
-    let n = match resp.parse(buf) {
+    let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let config = httparse::ParserConfig::default();
+    let n = match config.parse_response_with_uninit_headers(&mut resp, buf, &mut slots) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() >= max_head => {
             return Err(format!("response head larger than {max_head} bytes"));
@@ -1101,16 +1100,54 @@ mod tests {
         }
     }
 
+    fn parts() -> http::request::Parts {
+        http::Request::new(()).into_parts().0
+    }
+
+    #[test]
+    fn a_connections_parts_are_replaced_by_each_head() {
+        let mut p = parts();
+        let first = b"POST /a?b=c HTTP/1.1\r\nHost: x\r\nX-Old: 1\r\nContent-Length: 3\r\n\r\n";
+        let (n, _) = parse_request(first, 8192, 65536, &mut p).unwrap().unwrap();
+        assert_eq!(n, first.len());
+        assert_eq!(
+            (p.method.as_str(), p.uri.to_string()),
+            ("POST", "/a?b=c".into())
+        );
+        assert_eq!(p.headers.len(), 3);
+        // A partial head leaves them alone; the next complete one replaces all of them.
+        assert!(
+            parse_request(b"GET /next HTTP/1.0\r\n", 8192, 65536, &mut p)
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(p.uri, "/a?b=c");
+        parse_request(
+            b"GET /next HTTP/1.0\r\nAccept: */*\r\n\r\n",
+            8192,
+            65536,
+            &mut p,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (p.method.as_str(), p.uri.to_string()),
+            ("GET", "/next".into())
+        );
+        assert_eq!(p.version, Version::HTTP_10);
+        assert_eq!(p.headers.len(), 1);
+        assert_eq!(p.headers["accept"], "*/*");
+    }
+
     #[test]
     fn request_framing_refuses_smuggling_shapes() {
         let parse = |s: &str| {
-            parse_request(s.as_bytes(), 8192, 65536, &mut HeaderMap::new()).map(|o| o.map(|h| h.1))
+            parse_request(s.as_bytes(), 8192, 65536, &mut parts()).map(|o| o.map(|h| h.1))
         };
         let ok = parse("POST /a?b=c HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n")
             .unwrap()
             .unwrap();
         assert_eq!(ok.framing, Framing::Length(3));
-        assert_eq!(ok.parts.uri, "/a?b=c");
         assert!(ok.keep_alive);
         let chunked = parse("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked\r\n\r\n")
             .unwrap()
@@ -1146,12 +1183,12 @@ mod tests {
     fn oversized_heads_get_414_or_431() {
         let long_uri = format!("GET /{} HTTP/1.1\r\n", "a".repeat(100));
         assert_eq!(
-            parse_request(long_uri.as_bytes(), 50, 80, &mut HeaderMap::new()).unwrap_err(),
+            parse_request(long_uri.as_bytes(), 50, 80, &mut parts()).unwrap_err(),
             HeadError::UriTooLong
         );
         let big = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n", "b".repeat(100));
         assert_eq!(
-            parse_request(big.as_bytes(), 50, 80, &mut HeaderMap::new()).unwrap_err(),
+            parse_request(big.as_bytes(), 50, 80, &mut parts()).unwrap_err(),
             HeadError::HeadersTooLarge
         );
     }

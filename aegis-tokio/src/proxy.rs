@@ -24,7 +24,7 @@ use http::header::{
     CONNECTION, CONTENT_TYPE, HOST, PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
 use http::uri::PathAndQuery;
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
+use http::{HeaderMap, HeaderValue, Response, StatusCode, Uri};
 use hyper::body::{Body, Frame, SizeHint};
 use serde_json::json;
 
@@ -281,9 +281,6 @@ pub struct Exchange {
 pub struct Answer {
     pub response: Response<ProxyBody>,
     pub request_id: HeaderValue,
-    /// The request's header map, done with: HTTP/1.1 refills it with the connection's next
-    /// request.
-    pub headers: HeaderMap,
 }
 
 impl Answer {
@@ -296,14 +293,21 @@ impl Answer {
 }
 
 /// Serves one request on the proxy listener (HTTP/1.1 from `downstream`, HTTP/2 from hyper),
-/// on the runtime (config) current when it arrived.
-pub async fn handle<B>(shared: &Shared, rt: &Runtime, peer: &Peer, req: Request<B>) -> Answer
+/// on the runtime (config) current when it arrived. The request's head is borrowed (HTTP/1.1
+/// keeps one per connection) and edited on its way upstream.
+pub async fn handle<B>(
+    shared: &Shared,
+    rt: &Runtime,
+    peer: &Peer,
+    parts: &mut http::request::Parts,
+    body: B,
+) -> Answer
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
 {
     let _in_flight = crate::metrics::GaugeGuard::enter(shared.metrics.in_flight.mine());
-    let h = req.headers();
+    let h = &parts.headers;
     let mut ex = Exchange {
         started: Instant::now(),
         request_id: request_id(h),
@@ -313,24 +317,22 @@ where
         reason: "forwarded",
         has_authorization: find(h, &http::header::AUTHORIZATION).is_some(),
         host: (shared.log_format == crate::runtime::LogFormat::Json)
-            .then(|| request_host(req.uri(), h))
+            .then(|| request_host(&parts.uri, h))
             .flatten()
             .and_then(|h| HeaderValue::from_str(h).ok()),
         client_ip: (shared.log_format == crate::runtime::LogFormat::Json)
             .then(|| rt.policy.client_ip(peer.addr.ip(), h)),
     };
-    let (mut parts, body) = req.into_parts();
-    let resp = exchange(shared, rt, peer, &mut parts, body, &mut ex).await;
+    let resp = exchange(shared, rt, peer, parts, body, &mut ex).await;
     let status = resp.status().as_u16();
     match ex.route {
         Some(r) => rt.routes[r].metrics.response(status),
         None => shared.metrics.unrouted.response(status),
     }
-    access::log(shared, rt, &parts, &ex, status);
+    access::log(shared, rt, parts, &ex, status);
     Answer {
         response: resp,
         request_id: ex.request_id,
-        headers: parts.headers,
     }
 }
 
