@@ -57,7 +57,7 @@ pub use balancer::{
 pub use breaker::{Breaker, BreakerState, Permit, Transition, Verdict};
 pub use config::{Config, ConfigEnv, ConfigError, MapEnv};
 pub use pipeline::{
-    Decision, Engine, Forward, Pending, Policy, Reason, Reply, RequestView, Step, Ticket,
+    Decision, Engine, Forward, Pending, Policy, Reason, Reply, RequestView, Step, Ticket, header,
 };
 pub use ratelimit::{
     ClientKey, CounterKey, CounterReply, CounterRequest, CounterState, CounterStore, FixedHasher,

@@ -416,9 +416,7 @@ impl Policy {
             None
         };
 
-        let declared = req
-            .headers
-            .get(CONTENT_LENGTH)
+        let declared = header(req.headers, &CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
         if let (Some(len), Some(max)) = (declared, route.max_body_bytes)
@@ -747,4 +745,13 @@ impl<S: CounterStore> Engine<S> {
     pub fn stats(&self, now: Now) -> Vec<TargetStats> {
         self.policy.stats(&self.balancers, now)
     }
+}
+
+/// `headers.get(name)`, by comparing names when there are few: cheaper than hashing the name
+/// for the handful of headers most requests carry.
+pub fn header<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderValue> {
+    if headers.keys_len() > 8 {
+        return headers.get(name);
+    }
+    headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v)
 }

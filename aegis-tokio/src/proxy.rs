@@ -17,7 +17,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use aegis_policy::{
-    Attempt, Forward, Reason, Reply, RequestView, Step, UpstreamOutcome, http::HeaderName,
+    Attempt, Forward, Reason, Reply, RequestView, Step, UpstreamOutcome, header, http::HeaderName,
 };
 use bytes::Bytes;
 use http::header::{
@@ -315,7 +315,7 @@ where
         target: None,
         user: None,
         reason: "forwarded",
-        has_authorization: find(h, &http::header::AUTHORIZATION).is_some(),
+        has_authorization: header(h, &http::header::AUTHORIZATION).is_some(),
         host: (shared.log_format == crate::runtime::LogFormat::Json)
             .then(|| request_host(&parts.uri, h))
             .flatten()
@@ -447,7 +447,7 @@ where
             forwarded_host: forwarding
                 .host
                 .as_ref()
-                .or_else(|| find(&parts.headers, &HOST)),
+                .or_else(|| header(&parts.headers, &HOST)),
             request_id: &ex.request_id,
         },
     };
@@ -573,28 +573,19 @@ fn forwarding(
     })
 }
 
-/// `headers.get(name)`, by comparing names when there are few: cheaper than hashing the name
-/// for the handful of headers most requests carry.
-fn find<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderValue> {
-    if headers.keys_len() > 8 {
-        return headers.get(name);
-    }
-    headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v)
-}
-
 /// The request's host as routing sees it: the URI's authority (HTTP/2, absolute form) or the
 /// `Host` header.
 fn request_host<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Option<&'a str> {
     match uri.authority() {
         Some(a) => Some(a.as_str()),
-        None => find(headers, &HOST).and_then(|h| h.to_str().ok()),
+        None => header(headers, &HOST).and_then(|h| h.to_str().ok()),
     }
 }
 
 /// When the client sent `X-Forwarded-For`: its values with the peer appended (one
 /// comma-joined value), the client's removed from `headers`.
 fn forwarded_for_chain(headers: &mut HeaderMap, peer: &Peer) -> Option<HeaderValue> {
-    find(headers, &X_FORWARDED_FOR)?;
+    header(headers, &X_FORWARDED_FOR)?;
     let mut joined = String::new();
     for v in headers.get_all(&X_FORWARDED_FOR) {
         if let Ok(s) = v.to_str() {
@@ -644,7 +635,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// The client's `X-Request-ID` when it is sane (1–128 visible ASCII characters), else a
 /// fresh UUID v4.
 fn request_id(headers: &HeaderMap) -> HeaderValue {
-    if let Some(v) = find(headers, &X_REQUEST_ID) {
+    if let Some(v) = header(headers, &X_REQUEST_ID) {
         let b = v.as_bytes();
         if !b.is_empty() && b.len() <= MAX_REQUEST_ID && b.iter().all(|c| (0x21..=0x7e).contains(c))
         {
