@@ -1,12 +1,12 @@
 //! The upstream connection pool: connections an upstream closes after answering are not
 //! reused (no request fails because of one), and a pooled connection survives between
-//! requests.
+//! requests, bodiless answers (HEAD) included.
 #![allow(clippy::disallowed_methods)] // real time: pauses between requests
 
 use std::io::Write;
 use std::time::Duration;
 
-use aegis_suite::{Gateway, RawUpstream, Upstream, one_route_config};
+use aegis_suite::{Gateway, RawUpstream, Upstream, one_route_config, request};
 
 #[test]
 fn connections_closed_by_the_upstream_are_not_reused() {
@@ -39,6 +39,28 @@ fn a_pooled_connection_serves_many_requests() {
     assert!(
         ports.len() <= 4,
         "30 requests used {} upstream connections",
+        ports.len()
+    );
+}
+
+#[test]
+fn a_connection_that_answered_a_head_request_is_pooled_again() {
+    let up = Upstream::start("svc");
+    let gw = Gateway::start(&one_route_config(&up.url(), ""), &[]);
+    // HEAD then GET, in turn: were a HEAD answer's connection closed rather than pooled, each
+    // GET after one would need a new connection.
+    let mut ports = std::collections::BTreeSet::new();
+    for i in 0..20 {
+        let head = request(gw.addr, "HEAD", "/echo", &[], b"").expect("HEAD");
+        assert_eq!(head.status, 200, "HEAD {i}: {head:?}");
+        assert!(head.body.is_empty(), "HEAD {i}: {head:?}");
+        let r = gw.get("/echo", &[]);
+        assert_eq!(r.status, 200);
+        ports.insert(r.json()["peerPort"].as_u64().expect("peerPort"));
+    }
+    assert!(
+        ports.len() <= 4,
+        "20 HEAD and 20 GET requests used {} upstream connections",
         ports.len()
     );
 }

@@ -529,13 +529,14 @@ async fn write_response(
 
     wbuf.clear();
     h1::put_status_line(wbuf, status);
-    let raw = match &mut body {
-        ProxyBody::Upstream(up) => up.take_headers(),
+    let raw = match &body {
+        ProxyBody::Upstream(up) => up.headers(),
         ProxyBody::Full(_) => None,
     };
-    if let Some(raw) = &raw {
+    if let Some(raw) = raw {
         put_upstream_headers(wbuf, raw, &parts.headers, framing.is_some());
     }
+    let has_date = raw.is_some_and(|r| r.has_date);
     for (name, value) in &parts.headers {
         // The framing headers are this hop's (a HEAD or 304 answer keeps the length it names).
         if framing.is_some() && (name == CONTENT_LENGTH || name == TRANSFER_ENCODING) {
@@ -546,7 +547,7 @@ async fn write_response(
     if let Some(id) = request_id {
         h1::put_header(wbuf, b"x-request-id", id.as_bytes());
     }
-    if !parts.headers.contains_key(DATE) && !raw.as_ref().is_some_and(|r| r.has_date) {
+    if !has_date && !parts.headers.contains_key(DATE) {
         h1::put_header(wbuf, b"date", h1::date().as_bytes());
     }
     match framing {

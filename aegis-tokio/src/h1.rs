@@ -457,12 +457,12 @@ fn classify(name: &[u8]) -> Kind {
 
 impl RawHeaders {
     /// Gathers a response's headers from `head` (the bytes httparse parsed them from) and the
-    /// framing facts about them; `Connection`-named headers are dropped too.
-    fn new(head: &[u8], parsed: &[httparse::Header<'_>], meta: &mut Meta) -> RawHeaders {
-        let mut raw = RawHeaders {
-            bytes: Vec::with_capacity(head.len()),
-            ..RawHeaders::default()
-        };
+    /// framing facts about them into `raw` (replacing what it held; an upstream connection
+    /// keeps one); `Connection`-named headers are dropped too.
+    fn fill(raw: &mut RawHeaders, head: &[u8], parsed: &[httparse::Header<'_>], meta: &mut Meta) {
+        raw.bytes.clear();
+        raw.has_date = false;
+        raw.may_collide = false;
         let mut named = false;
         for h in parsed {
             let name = h.name.as_bytes();
@@ -503,7 +503,6 @@ impl RawHeaders {
             raw.drop_connection_named(parsed);
         }
         raw.content_length = meta.cl;
-        raw
     }
 
     /// Drops the headers a `Connection` header names (rare: a second pass).
@@ -542,7 +541,7 @@ impl RawHeaders {
     }
 
     /// The same headers in a map (for a client hyper serves over HTTP/2).
-    pub fn into_map(self, map: &mut HeaderMap) {
+    pub fn to_map(&self, map: &mut HeaderMap) {
         for (name, value, _) in self.lines() {
             if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
                 map.append(n, v);
@@ -571,22 +570,24 @@ fn starts_with_ci(name: &[u8], prefix: &[u8]) -> bool {
     name.len() >= prefix.len() && name[..prefix.len()].eq_ignore_ascii_case(prefix)
 }
 
-/// A parsed response head; its headers are in `raw`, `parts.headers` starts empty.
-#[derive(Debug)]
+/// A parsed response head (its headers are in the [`RawHeaders`] it was parsed with).
+#[derive(Debug, Clone, Copy)]
 pub struct ResponseHead {
-    pub raw: RawHeaders,
-    pub parts: http::response::Parts,
+    pub status: StatusCode,
+    pub version: Version,
     pub framing: Framing,
     /// The connection may carry another request after this response's body.
     pub keep_alive: bool,
 }
 
-/// Parses a response head at the start of `buf` (`Ok(None)`: need more bytes). `head_request`:
-/// the request was HEAD, so no body follows whatever the headers say.
+/// Parses a response head at the start of `buf` (`Ok(None)`: need more bytes), its headers
+/// into `raw`. `head_request`: the request was HEAD, so no body follows whatever the headers
+/// say.
 pub fn parse_response(
     buf: &[u8],
     head_request: bool,
     max_head: usize,
+    raw: &mut RawHeaders,
 ) -> Result<Option<(usize, ResponseHead)>, String> {
     let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut []);
@@ -607,7 +608,7 @@ pub fn parse_response(
         Version::HTTP_11
     };
     let mut meta = Meta::default();
-    let raw = RawHeaders::new(&buf[..n], resp.headers, &mut meta);
+    RawHeaders::fill(raw, &buf[..n], resp.headers, &mut meta);
     let mut keep_alive = meta.keep_alive(version);
     let framing = if head_request
         || status.is_informational()
@@ -631,14 +632,11 @@ pub fn parse_response(
     if framing == Framing::Close {
         keep_alive = false;
     }
-    let (mut parts, ()) = http::Response::new(()).into_parts();
-    parts.status = status;
-    parts.version = version;
     Ok(Some((
         n,
         ResponseHead {
-            raw,
-            parts,
+            status,
+            version,
             framing,
             keep_alive,
         },
@@ -1196,7 +1194,7 @@ mod tests {
     #[test]
     fn response_framing() {
         let parse = |s: &str, head: bool| {
-            parse_response(s.as_bytes(), head, 65536)
+            parse_response(s.as_bytes(), head, 65536, &mut RawHeaders::default())
                 .unwrap()
                 .unwrap()
                 .1
@@ -1231,41 +1229,47 @@ mod tests {
 
     #[test]
     fn response_headers_pass_as_received_minus_this_hops() {
+        let mut raw = RawHeaders::default();
         let head = "HTTP/1.1 200 OK\r\nContent-Type:text/plain\r\nX-Empty:\r\n\
                     Connection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: 5\r\n\
                     TE: trailers\r\nContent-Length: 2\r\nVary:   Accept  \r\n\
                     Date: Sun, 29 Nov 2026 08:00:00 GMT\r\nRetry-After: 3\r\n\r\nok";
-        let (n, h) = parse_response(head.as_bytes(), false, 65536)
+        let (n, h) = parse_response(head.as_bytes(), false, 65536, &mut raw)
             .unwrap()
             .unwrap();
         assert_eq!(&head[n..], "ok");
         assert_eq!(h.framing, Framing::Length(2));
         assert!(h.keep_alive);
-        assert_eq!(h.raw.content_length, Some(2));
-        assert!(h.raw.has_date);
-        assert!(h.raw.may_collide);
+        assert_eq!(raw.content_length, Some(2));
+        assert!(raw.has_date);
+        assert!(raw.may_collide);
         assert_eq!(
-            String::from_utf8_lossy(h.raw.as_bytes()),
+            String::from_utf8_lossy(raw.as_bytes()),
             "Content-Type:text/plain\r\nX-Empty: \r\nVary:   Accept\r\n\
              Date: Sun, 29 Nov 2026 08:00:00 GMT\r\nRetry-After: 3\r\n"
         );
-        let lines: Vec<_> = h
-            .raw
+        let lines: Vec<_> = raw
             .lines()
             .map(|(n, v, _)| (n.to_vec(), v.to_vec()))
             .collect();
         assert_eq!(lines[0], (b"Content-Type".to_vec(), b"text/plain".to_vec()));
         assert_eq!(lines[2], (b"Vary".to_vec(), b"Accept".to_vec()));
+        // The same RawHeaders refilled by the connection's next response: nothing carried over.
         let plain = "HTTP/1.1 200 OK\r\nx-request-idx: a\r\nratelimit-policy: b\r\n\r\n";
-        let (_, h) = parse_response(plain.as_bytes(), false, 65536)
+        parse_response(plain.as_bytes(), false, 65536, &mut raw)
             .unwrap()
             .unwrap();
-        assert!(h.raw.may_collide);
+        assert!(raw.may_collide && !raw.has_date);
+        assert_eq!(raw.content_length, None);
+        assert_eq!(
+            raw.as_bytes(),
+            b"x-request-idx: a\r\nratelimit-policy: b\r\n"
+        );
         let plain = "HTTP/1.1 200 OK\r\nX-Other: a\r\n\r\n";
-        let (_, h) = parse_response(plain.as_bytes(), false, 65536)
+        let (_, h) = parse_response(plain.as_bytes(), false, 65536, &mut raw)
             .unwrap()
             .unwrap();
-        assert!(!h.raw.may_collide && !h.raw.has_date);
+        assert!(!raw.may_collide && !raw.has_date);
         assert_eq!(h.framing, Framing::Close);
     }
 }

@@ -45,8 +45,9 @@ const STALE_RETRIES: usize = 4;
 /// The largest response head accepted from an upstream.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
-/// One upstream connection, its read buffer and its response timer. Boxed: it is moved in and
-/// out of the pool and through every response body, a pointer is cheaper to move.
+/// One upstream connection, its buffers, its timer and the state of the response it is
+/// reading. Boxed: it is moved in and out of the pool and through every response body, a
+/// pointer is cheaper to move (and the response's state rides along without being copied).
 #[derive(Debug)]
 struct Conn {
     io: TcpStream,
@@ -55,6 +56,24 @@ struct Conn {
     timer: Timer,
     /// The request being written (kept for the connection's next request).
     wbuf: Vec<u8>,
+    /// The current response's headers (their buffer kept for the next response).
+    headers: h1::RawHeaders,
+    body: BodyState,
+}
+
+/// Where the current response's body is.
+#[derive(Debug)]
+struct BodyState {
+    decoder: BodyDecoder,
+    /// The connection can carry another exchange after this body.
+    reusable: bool,
+    /// When the exchange began (the connection's idle time counts from it once pooled).
+    began: Instant,
+    /// No body bytes for this long fails the body (the route's timeout).
+    stall: Duration,
+    /// Body bytes read so far, and while none come: at how many, and until when.
+    read: u64,
+    stalled: Option<(u64, Instant)>,
 }
 
 impl Conn {
@@ -245,21 +264,23 @@ where
         }
         match result {
             Ok((head, complete)) => {
-                let mut up = UpBody {
+                conn.body = BodyState {
                     decoder: BodyDecoder::new(head.framing),
                     reusable: head.keep_alive && complete,
-                    conn: Some(conn),
-                    headers: Some(head.raw),
-                    key: target.pool,
                     began: now,
-                    body_stall,
+                    stall: body_stall,
                     read: 0,
                     stalled: None,
                 };
-                if up.decoder.is_done() {
-                    up.finish();
-                }
-                return Ok(Response::from_parts(head.parts, up));
+                let mut resp = Response::new(UpBody {
+                    conn: Some(conn),
+                    key: target.pool,
+                });
+                *resp.status_mut() = head.status;
+                *resp.version_mut() = head.version;
+                // An empty body's connection goes back to the pool when the body is dropped
+                // (its headers, in the connection, are read until then).
+                return Ok(resp);
             }
             Err(Failure::Stale) if reused && framing.is_none() => continue,
             Err(Failure::Stale) => {
@@ -318,10 +339,16 @@ where
     poll_fn(|cx| {
         loop {
             if !conn.rbuf.is_empty() {
-                match h1::parse_response(conn.rbuf.filled(), head_request, MAX_RESPONSE_HEAD) {
+                let parsed = h1::parse_response(
+                    conn.rbuf.filled(),
+                    head_request,
+                    MAX_RESPONSE_HEAD,
+                    &mut conn.headers,
+                );
+                match parsed {
                     Ok(Some((n, head))) => {
                         conn.rbuf.consume(n);
-                        let status = head.parts.status;
+                        let status = head.status;
                         if status.is_informational()
                             && status != http::StatusCode::SWITCHING_PROTOCOLS
                         {
@@ -485,45 +512,47 @@ async fn connect(authority: &Authority, timeout: Duration) -> Result<Box<Conn>, 
         .map_err(|_| SendError::Connect(format!("connect timed out after {timeout:?}")))?
         .map_err(|e| SendError::Connect(e.to_string()))?;
     let _ = io.set_nodelay(true);
+    let now = Instant::now();
     Ok(Box::new(Conn {
         io,
         rbuf: ReadBuf::new(),
-        last_used: Instant::now(),
+        last_used: now,
         timer: Timer::default(),
         wbuf: Vec::with_capacity(1024),
+        headers: h1::RawHeaders::default(),
+        body: BodyState {
+            decoder: BodyDecoder::Length(0),
+            reusable: false,
+            began: now,
+            stall: Duration::ZERO,
+            read: 0,
+            stalled: None,
+        },
     }))
 }
 
 /// An upstream response body, read from its connection as it is polled; the connection
-/// returns to the pool once the body has been read to its end.
+/// returns to the pool once the body has been read to its end (or, an empty one, when the
+/// body is dropped). Two words: what it is reading lives in the boxed connection.
 #[derive(Debug)]
 pub struct UpBody {
     conn: Option<Box<Conn>>,
-    /// The response's headers, until the client side takes them.
-    headers: Option<h1::RawHeaders>,
-    decoder: BodyDecoder,
-    /// The connection can carry another exchange after this body.
-    reusable: bool,
     key: Key,
-    began: Instant,
-    /// No body bytes for this long fails the body (the route's timeout).
-    body_stall: Duration,
-    /// Body bytes read so far, and while none come: at how many, and until when.
-    read: u64,
-    stalled: Option<(u64, Instant)>,
 }
 
 impl UpBody {
-    /// The upstream's response headers as received (once).
-    pub fn take_headers(&mut self) -> Option<h1::RawHeaders> {
-        self.headers.take()
+    /// The upstream's response headers as received (until the body is over).
+    pub fn headers(&self) -> Option<&h1::RawHeaders> {
+        self.conn.as_ref().map(|c| &c.headers)
     }
 
     /// Appends to `out` what the connection has already buffered of a `Content-Length` body
     /// (a small response arrives with its head): written with the head, no frame made.
     pub fn read_buffered_into(&mut self, out: &mut Vec<u8>) {
-        let (Some(conn), BodyDecoder::Length(left)) = (self.conn.as_mut(), &mut self.decoder)
-        else {
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        let BodyDecoder::Length(left) = &mut conn.body.decoder else {
             return;
         };
         let filled = conn.rbuf.filled();
@@ -541,14 +570,22 @@ impl UpBody {
         }
     }
 
-    /// The body is over: pool the connection if it can be reused.
+    /// Pools the connection if its body is over and it can be reused; else it closes.
     fn finish(&mut self) {
         if let Some(conn) = self.conn.take()
-            && self.reusable
+            && conn.body.reusable
+            && conn.body.decoder.is_done()
             && conn.rbuf.is_empty()
         {
-            release(self.key, conn, self.began);
+            let began = conn.body.began;
+            release(self.key, conn, began);
         }
+    }
+}
+
+impl Drop for UpBody {
+    fn drop(&mut self) {
+        self.finish();
     }
 }
 
@@ -565,9 +602,10 @@ impl Body for UpBody {
             let Some(conn) = this.conn.as_mut() else {
                 return Poll::Ready(None);
             };
-            match this.decoder.next(&mut conn.rbuf) {
+            let body = &mut conn.body;
+            match body.decoder.next(&mut conn.rbuf) {
                 Ok(Step::Data(data)) => {
-                    if this.decoder.is_done() {
+                    if body.decoder.is_done() {
                         this.finish();
                     }
                     return Poll::Ready(Some(Ok(Frame::data(data))));
@@ -587,8 +625,9 @@ impl Body for UpBody {
             }
             match conn.rbuf.poll_fill(cx, &mut conn.io, MAX_RESPONSE_HEAD) {
                 Poll::Ready(Ok(0)) => {
+                    let close_delimited = matches!(body.decoder, BodyDecoder::Close);
                     this.conn = None;
-                    if matches!(this.decoder, BodyDecoder::Close) {
+                    if close_delimited {
                         return Poll::Ready(None);
                     }
                     return Poll::Ready(Some(Err(io::Error::new(
@@ -596,17 +635,17 @@ impl Body for UpBody {
                         "the upstream closed the connection mid-body",
                     ))));
                 }
-                Poll::Ready(Ok(n)) => this.read += n as u64,
+                Poll::Ready(Ok(n)) => body.read += n as u64,
                 Poll::Ready(Err(e)) => {
                     this.conn = None;
                     return Poll::Ready(Some(Err(e)));
                 }
                 Poll::Pending => {
-                    let deadline = match this.stalled {
-                        Some((mark, d)) if mark == this.read => d,
+                    let deadline = match body.stalled {
+                        Some((mark, d)) if mark == body.read => d,
                         _ => {
-                            let d = Instant::now() + this.body_stall;
-                            this.stalled = Some((this.read, d));
+                            let d = Instant::now() + body.stall;
+                            body.stalled = Some((body.read, d));
                             d
                         }
                     };
@@ -624,13 +663,14 @@ impl Body for UpBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.conn.is_none() || self.decoder.is_done()
+        self.conn.as_ref().is_none_or(|c| c.body.decoder.is_done())
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.decoder.remaining() {
-            Some(n) => SizeHint::with_exact(n),
-            None => SizeHint::default(),
+        match self.conn.as_ref().map(|c| c.body.decoder.remaining()) {
+            None => SizeHint::with_exact(0),
+            Some(Some(n)) => SizeHint::with_exact(n),
+            Some(None) => SizeHint::default(),
         }
     }
 }

@@ -464,13 +464,13 @@ where
             let answered = Instant::now();
             metrics.upstream_latency(answered.saturating_duration_since(sent));
             guard.report_at(UpstreamOutcome::Status(resp.status().as_u16()), answered);
-            let (mut head, mut body) = resp.into_parts();
+            let (mut head, body) = resp.into_parts();
             // The upstream's headers stay raw for an HTTP/1.x client (downstream writes them,
             // leaving out the hop-by-hop ones); hyper needs them in the map.
             if parts.version == http::Version::HTTP_2
-                && let Some(raw) = body.take_headers()
+                && let Some(raw) = body.headers()
             {
-                raw.into_map(&mut head.headers);
+                raw.to_map(&mut head.headers);
                 strip_hop_by_hop(&mut head.headers);
             }
             fwd.apply_response_headers(&mut head.headers);
