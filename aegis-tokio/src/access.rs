@@ -12,7 +12,7 @@ pub fn log(shared: &Shared, rt: &Runtime, parts: &Parts, ex: &Exchange, status: 
         return;
     }
     let elapsed = ex.started.elapsed();
-    let id = ex.request_id.to_str().unwrap_or("-");
+    let id = ex.request_id.as_str();
     let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let route = ex.route.map(|r| rt.policy.route(aegis_policy::RouteId(r)));
     let target = route.zip(ex.target).map(|(r, t)| r.targets[t].url.as_str());

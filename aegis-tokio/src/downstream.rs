@@ -25,7 +25,7 @@ use std::time::Duration;
 use crate::timer::Timer;
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -486,7 +486,7 @@ async fn handle_watching(
 /// the body is delimited by the close, so the connection must close.
 /// How a response is to be written.
 struct Out<'a> {
-    request_id: Option<&'a HeaderValue>,
+    request_id: Option<&'a proxy::RequestId>,
     /// The request's version and method.
     version: Version,
     head_request: bool,

@@ -52,7 +52,8 @@ const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 struct Conn {
     io: TcpStream,
     rbuf: ReadBuf,
-    last_used: Instant,
+    /// Pooled and unused until then: closed (set when pooled, [`IDLE`] after use).
+    idle_until: Instant,
     timer: Timer,
     /// The request being written (kept for the connection's next request).
     wbuf: Vec<u8>,
@@ -112,7 +113,7 @@ fn checkout(key: Key, now: Instant, cx: &mut Context<'_>) -> Option<Box<Conn>> {
         let mut p = p.borrow_mut();
         let list = p.get_mut(key.0)?;
         while let Some(mut c) = list.pop_back() {
-            if now.duration_since(c.last_used) >= IDLE {
+            if c.idle_until <= now {
                 // The rest are older still.
                 list.clear();
                 return None;
@@ -128,17 +129,14 @@ fn checkout(key: Key, now: Instant, cx: &mut Context<'_>) -> Option<Box<Conn>> {
 /// Puts a connection whose exchange is complete back in the pool. `now`: when the exchange
 /// began (idle expiry is 90 s: the request's own duration does not matter, a clock read does).
 fn release(key: Key, mut conn: Box<Conn>, now: Instant) {
-    conn.last_used = now;
+    conn.idle_until = now + IDLE;
     POOL.with(|p| {
         let mut p = p.borrow_mut();
         if p.len() <= key.0 {
             p.resize_with(key.0 + 1, VecDeque::new);
         }
         let list = &mut p[key.0];
-        while list
-            .front()
-            .is_some_and(|c| now.duration_since(c.last_used) >= IDLE)
-        {
+        while list.front().is_some_and(|c| c.idle_until <= now) {
             list.pop_front();
         }
         if list.len() < MAX_IDLE {
@@ -451,7 +449,7 @@ pub struct SetHeaders<'a> {
     pub host: &'a HeaderValue,
     pub forwarded_for: &'a HeaderValue,
     pub forwarded_host: Option<&'a HeaderValue>,
-    pub request_id: &'a HeaderValue,
+    pub request_id: &'a crate::proxy::RequestId,
 }
 
 /// `METHOD /path?query HTTP/1.1`, the headers, the set headers, and the framing header of the
@@ -480,7 +478,7 @@ fn put_request_head(out: &mut Vec<u8>, req: &Outgoing<'_>, framing: Option<Frami
     if let Some(h) = set.forwarded_host {
         put_header(out, "x-forwarded-host", h);
     }
-    put_header(out, "x-request-id", set.request_id);
+    h1::put_header(out, b"x-request-id", set.request_id.as_bytes());
     match framing {
         Some(Framing::Length(n)) => {
             out.extend_from_slice(b"content-length: ");
@@ -489,7 +487,7 @@ fn put_request_head(out: &mut Vec<u8>, req: &Outgoing<'_>, framing: Option<Frami
         }
         Some(Framing::Chunked) => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         // A body-less request that said so keeps saying so.
-        None if req.headers.contains_key(CONTENT_LENGTH) => {
+        None if aegis_policy::header(req.headers, &CONTENT_LENGTH).is_some() => {
             out.extend_from_slice(b"content-length: 0\r\n");
         }
         _ => {}
@@ -516,7 +514,7 @@ async fn connect(authority: &Authority, timeout: Duration) -> Result<Box<Conn>, 
     Ok(Box::new(Conn {
         io,
         rbuf: ReadBuf::new(),
-        last_used: now,
+        idle_until: now + IDLE,
         timer: Timer::default(),
         wbuf: Vec::with_capacity(1024),
         headers: h1::RawHeaders::default(),

@@ -193,7 +193,7 @@ struct OutcomeGuard<'a> {
     route: usize,
     attempt: Option<Attempt>,
     /// For the log line of a breaker transition this outcome causes.
-    request_id: HeaderValue,
+    request_id: RequestId,
 }
 
 impl OutcomeGuard<'_> {
@@ -220,7 +220,7 @@ impl OutcomeGuard<'_> {
                 .collect();
             drop(b);
             let route = &self.rt.policy.config().routes[self.route].name;
-            let id = self.request_id.to_str().unwrap_or("-");
+            let id = self.request_id.as_str();
             for (t, url) in transitions.iter().zip(urls) {
                 tracing::warn!(
                     "circuit {} → {} for {url} on route {route} [{id}]",
@@ -262,7 +262,7 @@ impl Peer {
 #[derive(Debug)]
 pub struct Exchange {
     pub started: Instant,
-    pub request_id: HeaderValue,
+    pub request_id: RequestId,
     pub route: Option<usize>,
     pub target: Option<usize>,
     pub user: Option<HeaderValue>,
@@ -280,14 +280,15 @@ pub struct Exchange {
 #[derive(Debug)]
 pub struct Answer {
     pub response: Response<ProxyBody>,
-    pub request_id: HeaderValue,
+    pub request_id: RequestId,
 }
 
 impl Answer {
     /// The response with its `X-Request-ID` header.
     pub fn into_response(self) -> Response<ProxyBody> {
         let mut r = self.response;
-        r.headers_mut().insert(X_REQUEST_ID, self.request_id);
+        r.headers_mut()
+            .insert(X_REQUEST_ID, self.request_id.to_header());
         r
     }
 }
@@ -310,7 +311,7 @@ where
     let h = &parts.headers;
     let mut ex = Exchange {
         started: Instant::now(),
-        request_id: request_id(h),
+        request_id: RequestId::of(h),
         route: None,
         target: None,
         user: None,
@@ -601,7 +602,7 @@ fn forwarded_for_chain(headers: &mut HeaderMap, peer: &Peer) -> Option<HeaderVal
 /// Removes the headers that describe one connection and must not be forwarded (RFC 9110
 /// §7.6.1): `Connection` and every header it names, and the fixed hop-by-hop set.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let fixed = [
+    const FIXED: [HeaderName; 7] = [
         KEEP_ALIVE,
         PROXY_CONNECTION,
         TE,
@@ -611,7 +612,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         PROXY_AUTHORIZATION,
     ];
     // Most messages have none: one pass over the names instead of a lookup for each.
-    if !headers.keys().any(|n| n == CONNECTION || fixed.contains(n)) {
+    if !headers.keys().any(|n| n == CONNECTION || FIXED.contains(n)) {
         return;
     }
     if headers.contains_key(CONNECTION) {
@@ -627,26 +628,53 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         }
         headers.remove(CONNECTION);
     }
-    for h in fixed {
+    for h in FIXED {
         headers.remove(h);
     }
 }
 
-/// The client's `X-Request-ID` when it is sane (1–128 visible ASCII characters), else a
-/// fresh UUID v4.
-fn request_id(headers: &HeaderMap) -> HeaderValue {
-    if let Some(v) = header(headers, &X_REQUEST_ID) {
-        let b = v.as_bytes();
-        if !b.is_empty() && b.len() <= MAX_REQUEST_ID && b.iter().all(|c| (0x21..=0x7e).contains(c))
-        {
-            return v.clone();
+/// A request's `X-Request-ID`: the client's when it is sane (1–128 visible ASCII
+/// characters), else a fresh UUID v4, held inline (no allocation, copied where it goes).
+#[derive(Debug, Clone)]
+pub enum RequestId {
+    Client(HeaderValue),
+    Fresh([u8; uuid::fmt::Hyphenated::LENGTH]),
+}
+
+impl RequestId {
+    fn of(headers: &HeaderMap) -> RequestId {
+        if let Some(v) = header(headers, &X_REQUEST_ID) {
+            let b = v.as_bytes();
+            if !b.is_empty()
+                && b.len() <= MAX_REQUEST_ID
+                && b.iter().all(|c| (0x21..=0x7e).contains(c))
+            {
+                return RequestId::Client(v.clone());
+            }
+        }
+        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+        RequestId::Fresh(buf)
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            RequestId::Client(v) => v.as_bytes(),
+            RequestId::Fresh(b) => b,
         }
     }
-    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
-    // Shared from the start: the id is cloned into the upstream request, the response and
-    // the outcome guard.
-    HeaderValue::from_maybe_shared(Bytes::from_owner(buf)).expect("a uuid is a header value")
+
+    /// Visible ASCII either way.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(self.as_bytes()).unwrap_or("-")
+    }
+
+    pub fn to_header(&self) -> HeaderValue {
+        match self {
+            RequestId::Client(v) => v.clone(),
+            RequestId::Fresh(b) => HeaderValue::from_bytes(b).expect("a uuid is a header value"),
+        }
+    }
 }
 
 fn body_too_large(e: &SendError) -> bool {
