@@ -32,7 +32,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::h1::{self, BodyDecoder, Framing, HeadError, Pumped, ReadBuf, Step};
 use crate::proxy::{self, Peer, ProxyBody};
@@ -140,8 +139,7 @@ impl Drop for Registered<'_> {
 /// The connection's socket and read state, shared by the loop and the request body.
 #[derive(Debug)]
 struct Io {
-    rd: OwnedReadHalf,
-    wr: OwnedWriteHalf,
+    stream: TcpStream,
     rbuf: ReadBuf,
     /// The current request's body still to be read (`None`: read, or there was none).
     body: Option<BodyDecoder>,
@@ -189,7 +187,7 @@ impl Body for ReqBody {
         let mut guard = lock(conn);
         let io = &mut *guard;
         while !io.continue_left.is_empty() {
-            match Pin::new(&mut io.wr).poll_write(cx, io.continue_left) {
+            match Pin::new(&mut io.stream).poll_write(cx, io.continue_left) {
                 Poll::Ready(Ok(n)) if n > 0 => io.continue_left = &io.continue_left[n..],
                 Poll::Ready(Ok(_)) => {
                     return Poll::Ready(Some(Err(io::ErrorKind::WriteZero.into())));
@@ -224,7 +222,7 @@ impl Body for ReqBody {
                     ))));
                 }
             }
-            match io.rbuf.poll_fill(cx, &mut io.rd, BODY_READ) {
+            match io.rbuf.poll_fill(cx, &mut io.stream, BODY_READ) {
                 Poll::Ready(Ok(0)) => {
                     return Poll::Ready(Some(Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
@@ -273,10 +271,8 @@ pub async fn serve(
 ) {
     let _open = crate::metrics::GaugeGuard::enter(shared.metrics.connections.mine());
     let _ = stream.set_nodelay(true);
-    let (rd, wr) = stream.into_split();
     let conn: Conn = Rc::new(RefCell::new(Io {
-        rd,
-        wr,
+        stream,
         rbuf: ReadBuf::new(),
         body: None,
         continue_left: b"",
@@ -415,7 +411,7 @@ async fn read_head(
                     Err(e) => return Poll::Ready(HeadRead::Failed(e)),
                 }
             }
-            match io.rbuf.poll_fill(cx, &mut io.rd, limits.max_head) {
+            match io.rbuf.poll_fill(cx, &mut io.stream, limits.max_head) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(HeadRead::Closed),
                 Poll::Ready(Ok(_)) => {}
                 Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::OutOfMemory => {
@@ -465,7 +461,7 @@ async fn handle_watching(
             let mut guard = lock(conn);
             let io = &mut *guard;
             if io.body.is_none() {
-                match io.rbuf.poll_fill(cx, &mut io.rd, limits.max_head) {
+                match io.rbuf.poll_fill(cx, &mut io.stream, limits.max_head) {
                     Poll::Ready(Ok(0)) => return Poll::Ready(None),
                     // The next request, pipelined (or no room for more): it waits its turn.
                     Poll::Ready(Ok(_)) => watching = false,
@@ -574,7 +570,7 @@ async fn write_response(
     let mut stalled: Option<(u64, Instant)> = None;
     poll_fn(|cx| {
         let mut io = lock(conn);
-        match pump.poll(cx, wbuf, Pin::new(&mut body), &mut io.wr) {
+        match pump.poll(cx, wbuf, Pin::new(&mut body), &mut io.stream) {
             Pumped::Done => Poll::Ready(Ok(())),
             Pumped::WritePending => {
                 let mark = pump.written();
@@ -652,7 +648,7 @@ async fn respond_and_close(
 /// sending, reads and drops what it sends for up to [`LINGER`], so the response is not lost
 /// to a reset.
 async fn close(conn: &Conn, linger: bool) {
-    let _ = poll_fn(|cx| Pin::new(&mut lock(conn).wr).poll_shutdown(cx)).await;
+    let _ = poll_fn(|cx| Pin::new(&mut lock(conn).stream).poll_shutdown(cx)).await;
     if !linger {
         return;
     }
@@ -661,7 +657,7 @@ async fn close(conn: &Conn, linger: bool) {
         let io = &mut *guard;
         loop {
             io.rbuf.consume(io.rbuf.filled().len());
-            match io.rbuf.poll_fill(cx, &mut io.rd, BODY_READ) {
+            match io.rbuf.poll_fill(cx, &mut io.stream, BODY_READ) {
                 Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(()),
                 Poll::Ready(Ok(_)) => {}
                 Poll::Pending => return Poll::Pending,
@@ -687,12 +683,9 @@ async fn serve_h2(
         return;
     };
     let Io {
-        rd, wr, mut rbuf, ..
+        stream, mut rbuf, ..
     } = io;
     let prefix = rbuf.take_filled();
-    let Ok(stream) = rd.reunite(wr) else {
-        return;
-    };
     let io = Prefixed {
         prefix,
         pos: 0,

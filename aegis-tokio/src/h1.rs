@@ -15,6 +15,7 @@ use std::task::{Context, Poll, ready};
 use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
 use tokio::io::AsyncRead;
+use tokio::net::TcpStream;
 
 /// Header lines parsed per head; a head with more is refused (431).
 pub const MAX_HEADERS: usize = 128;
@@ -92,10 +93,14 @@ impl ReadBuf {
 
     /// Reads once from `io` into the free space, growing the buffer up to `limit` bytes.
     /// `Ok(0)` is end of stream; `Err(OutOfMemory)` means the buffer is full.
-    pub fn poll_fill<R: AsyncRead + Unpin>(
+    ///
+    /// Through `AsyncRead::poll_read`, not `try_read`: tokio's `poll_read` takes a short read
+    /// to mean the socket is drained (edge-triggered readiness) and spares the next read's
+    /// `EAGAIN` system call; `try_read` does not.
+    pub fn poll_fill(
         &mut self,
         cx: &mut Context<'_>,
-        io: &mut R,
+        io: &mut TcpStream,
         limit: usize,
     ) -> Poll<io::Result<usize>> {
         if !self.make_room(limit) {
