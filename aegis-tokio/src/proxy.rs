@@ -363,49 +363,53 @@ where
         peer: peer.addr.ip(),
     };
     let now = shared.clock.at(ex.started);
-    let ticket = match rt.policy.on_request(&view, now) {
-        Step::Respond(r) => return reply(r, ex),
-        Step::Admit(t) => t,
-        Step::Count(p) => {
-            ex.route = Some(p.route().0);
-            let answer = match &*rt.store {
-                Store::Memory(m) => m.apply(p.request()),
-                // Boxed: the Redis round trip's future is large and rare next to the rest,
-                // and every request's future is moved once into hyper's connection.
-                Store::Redis(r) => Box::pin(r.apply(p.request())).await,
-            };
-            if answer.is_err() {
-                shared
-                    .metrics
-                    .store_errors
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            match rt.policy.on_counter(p, answer, now) {
-                Ok(t) => t,
-                Err(r) => {
-                    if r.reason == Reason::RateLimited {
-                        rt.routes[ex.route.unwrap_or_default()]
-                            .metrics
-                            .rate_limited();
-                    }
-                    return reply(r, ex);
+    // In a block: the ticket and the pick are dead before the upstream exchange's await, so
+    // the request's future keeps no room for them (and does not copy them).
+    let (fwd, max_body) = {
+        let ticket = match rt.policy.on_request(&view, now) {
+            Step::Respond(r) => return reply(r, ex),
+            Step::Admit(t) => t,
+            Step::Count(p) => {
+                ex.route = Some(p.route().0);
+                let answer = match &*rt.store {
+                    Store::Memory(m) => m.apply(p.request()),
+                    // Boxed: the Redis round trip's future is large and rare next to the
+                    // rest, and every request's future is moved once into hyper's connection.
+                    Store::Redis(r) => Box::pin(r.apply(p.request())).await,
+                };
+                if answer.is_err() {
+                    shared
+                        .metrics
+                        .store_errors
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
+                match rt.policy.on_counter(p, answer, now) {
+                    Ok(t) => t,
+                    Err(r) => {
+                        if r.reason == Reason::RateLimited {
+                            rt.routes[ex.route.unwrap_or_default()]
+                                .metrics
+                                .rate_limited();
+                        }
+                        return reply(r, ex);
+                    }
+                }
+            }
+        };
+        let route = ticket.route().0;
+        ex.route = Some(route);
+        let max_body = rt.policy.max_body(ticket.route());
+        // A pick may half-open a breaker; that transition is logged with the outcome's.
+        let mut balancer = lock(&rt.balancers[route]);
+        match rt.policy.forward(ticket, &mut balancer, now) {
+            Ok(f) => (f, max_body),
+            Err(r) => {
+                drop(balancer);
+                return reply(r, ex);
             }
         }
     };
-    let route = ticket.route().0;
-    ex.route = Some(route);
-
-    let max_body = rt.policy.max_body(ticket.route());
-
-    // A pick may half-open a breaker; that transition is logged with the outcome's.
-    let picked = rt
-        .policy
-        .forward(ticket, &mut lock(&rt.balancers[route]), now);
-    let fwd = match picked {
-        Ok(f) => f,
-        Err(r) => return reply(r, ex),
-    };
+    let route = fwd.route.0;
     ex.target = Some(fwd.target());
     ex.user = fwd.user().cloned();
     let mut guard = OutcomeGuard {
