@@ -249,8 +249,6 @@ impl Body for ReqBody {
 }
 
 /// How waiting for a request head ended.
-// Made once per request and moved once: boxing the head would cost an allocation.
-#[allow(clippy::large_enum_variant)]
 enum HeadRead {
     Head(h1::RequestHead),
     /// The client closed between requests, or the worker is stopping.

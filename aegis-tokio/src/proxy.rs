@@ -47,8 +47,6 @@ const MAX_REQUEST_ID: usize = 128;
 
 /// The response body: a gateway-made reply, or the upstream's body streamed through.
 #[derive(Debug)]
-// Upstream is the common case: boxing it would allocate per request.
-#[allow(clippy::large_enum_variant)]
 pub enum ProxyBody {
     Full(Option<Bytes>),
     Upstream(pool::UpBody),
