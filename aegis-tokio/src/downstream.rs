@@ -544,14 +544,19 @@ async fn write_response(
     if !has_date && !parts.headers.contains_key(DATE) {
         h1::put_header(wbuf, b"date", h1::date().as_bytes());
     }
-    match framing {
-        Some(Framing::Length(n)) => {
-            wbuf.extend_from_slice(b"content-length: ");
-            h1::put_u64(wbuf, n);
-            wbuf.extend_from_slice(b"\r\n");
-        }
-        Some(Framing::Chunked) => wbuf.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-        _ => {}
+    // The length of the body sent, or (the gateway's own answer to HEAD) of the body a GET
+    // would have had (RFC 9110 §9.3.2; an upstream's answer carries its own).
+    let length = match (&framing, &body) {
+        (Some(Framing::Length(n)), _) => Some(*n),
+        (None, ProxyBody::Full(Some(b))) if head_request => Some(b.len() as u64),
+        _ => None,
+    };
+    if let Some(n) = length {
+        wbuf.extend_from_slice(b"content-length: ");
+        h1::put_u64(wbuf, n);
+        wbuf.extend_from_slice(b"\r\n");
+    } else if framing == Some(Framing::Chunked) {
+        wbuf.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
     if !keep {
         wbuf.extend_from_slice(b"connection: close\r\n");
