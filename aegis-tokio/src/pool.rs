@@ -130,8 +130,12 @@ fn checkout(key: Key, now: Instant, cx: &mut Context<'_>) -> Option<Box<Conn>> {
 /// began (idle expiry is 90 s: the request's own duration does not matter, a clock read does).
 fn release(key: Key, mut conn: Box<Conn>, now: Instant) {
     conn.idle_until = now + IDLE;
-    POOL.with(|p| {
-        let mut p = p.borrow_mut();
+    // `try_with`: a body dropped while its thread shuts down (the pool already gone) just
+    // closes its connection.
+    let _ = POOL.try_with(|p| {
+        let Ok(mut p) = p.try_borrow_mut() else {
+            return;
+        };
         if p.len() <= key.0 {
             p.resize_with(key.0 + 1, VecDeque::new);
         }
