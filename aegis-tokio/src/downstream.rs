@@ -476,8 +476,6 @@ async fn handle_watching(
     .await
 }
 
-/// Writes a response: the head, then the body, in as few writes as it allows. `Ok(false)`:
-/// the body is delimited by the close, so the connection must close.
 /// How a response is to be written.
 struct Out<'a> {
     request_id: Option<&'a proxy::RequestId>,
@@ -490,6 +488,8 @@ struct Out<'a> {
     stall: Duration,
 }
 
+/// Writes a response: the head, then the body, in as few writes as it allows. `Ok(false)`:
+/// the body is delimited by the close, so the connection must close.
 async fn write_response(
     conn: &Conn,
     wbuf: &mut Vec<u8>,

@@ -229,7 +229,6 @@ pub fn parse_request(
     } else {
         Version::HTTP_11
     };
-    // Forwarding headers, request id, the verified user.
     let meta = header_map(req.headers, &mut parts.headers)?;
     // RFC 9112 §3.2: an HTTP/1.1 request without Host is refused.
     if version == Version::HTTP_11 && !meta.host {
