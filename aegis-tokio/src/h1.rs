@@ -438,6 +438,16 @@ enum Kind {
     HopByHop,
 }
 
+/// Whether a header describes one connection and is never forwarded (RFC 9110 §7.6.1):
+/// `Connection`, `Transfer-Encoding` and the rest of the hop-by-hop set. The one list, for
+/// raw response lines and header maps alike.
+pub fn is_hop_by_hop(name: &[u8]) -> bool {
+    matches!(
+        classify(name),
+        Kind::Connection | Kind::TransferEncoding | Kind::HopByHop
+    )
+}
+
 /// Classifies a response header name by its length first: one comparison for most names.
 fn classify(name: &[u8]) -> Kind {
     let is = |n: &[u8]| name.eq_ignore_ascii_case(n);

@@ -20,9 +20,7 @@ use aegis_policy::{
     Attempt, Forward, Reason, Reply, RequestView, Step, UpstreamOutcome, header, http::HeaderName,
 };
 use bytes::Bytes;
-use http::header::{
-    CONNECTION, CONTENT_TYPE, HOST, PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
-};
+use http::header::{CONNECTION, CONTENT_TYPE, HOST};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, Uri};
 use hyper::body::{Body, Frame, SizeHint};
@@ -37,8 +35,6 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 /// The longest client-sent `X-Request-ID` that is kept.
 const MAX_REQUEST_ID: usize = 128;
 
@@ -470,11 +466,11 @@ where
             let (mut head, body) = resp.into_parts();
             // The upstream's headers stay raw for an HTTP/1.x client (downstream writes them,
             // leaving out the hop-by-hop ones); hyper needs them in the map.
+            // (The raw lines are already without hop-by-hop and Connection-named headers.)
             if parts.version == http::Version::HTTP_2
                 && let Some(raw) = body.headers()
             {
                 raw.to_map(&mut head.headers);
-                strip_hop_by_hop(&mut head.headers);
             }
             fwd.apply_response_headers(&mut head.headers);
             Response::from_parts(head, ProxyBody::Upstream(body))
@@ -604,17 +600,9 @@ fn forwarded_for_chain(headers: &mut HeaderMap, peer: &Peer) -> Option<HeaderVal
 /// Removes the headers that describe one connection and must not be forwarded (RFC 9110
 /// §7.6.1): `Connection` and every header it names, and the fixed hop-by-hop set.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    const FIXED: [HeaderName; 7] = [
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-        TE,
-        TRAILER,
-        TRANSFER_ENCODING,
-        UPGRADE,
-        PROXY_AUTHORIZATION,
-    ];
+    let hop = |n: &HeaderName| crate::h1::is_hop_by_hop(n.as_str().as_bytes());
     // Most messages have none: one pass over the names instead of a lookup for each.
-    if !headers.keys().any(|n| n == CONNECTION || FIXED.contains(n)) {
+    if !headers.keys().any(hop) {
         return;
     }
     if headers.contains_key(CONNECTION) {
@@ -628,10 +616,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         for n in named {
             headers.remove(n);
         }
-        headers.remove(CONNECTION);
     }
-    for h in FIXED {
-        headers.remove(h);
+    let fixed: Vec<HeaderName> = headers.keys().filter(|n| hop(n)).cloned().collect();
+    for n in fixed {
+        headers.remove(n);
     }
 }
 
