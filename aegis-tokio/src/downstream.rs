@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use crate::timer::Timer;
+use crate::timer::{Stall, Timer};
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
@@ -569,23 +569,13 @@ async fn write_response(
     }
 
     let mut pump = h1::Pump::new(framing);
-    // While the client takes no bytes: since when (progress mark) and until when.
-    let mut stalled: Option<(u64, Instant)> = None;
+    let mut stalled = Stall::default();
     poll_fn(|cx| {
         let mut io = lock(conn);
         match pump.poll(cx, wbuf, Pin::new(&mut body), &mut io.stream) {
             Pumped::Done => Poll::Ready(Ok(())),
             Pumped::WritePending => {
-                let mark = pump.written();
-                let deadline = match stalled {
-                    Some((m, d)) if m == mark => d,
-                    _ => {
-                        let d = Instant::now() + stall;
-                        stalled = Some((mark, d));
-                        d
-                    }
-                };
-                if timer.timed_out(deadline, cx) {
+                if timer.timed_out(stalled.deadline(pump.written(), stall), cx) {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
                         "the client took no response bytes within server.idle_timeout",

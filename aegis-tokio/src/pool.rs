@@ -23,7 +23,7 @@ use std::sync::{Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use crate::timer::Timer;
+use crate::timer::{Stall, Timer};
 use bytes::Bytes;
 use http::HeaderValue;
 use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
@@ -72,9 +72,9 @@ struct BodyState {
     began: Instant,
     /// No body bytes for this long fails the body (the route's timeout).
     stall: Duration,
-    /// Body bytes read so far, and while none come: at how many, and until when.
+    /// Body bytes read so far, and the deadline while none come.
     read: u64,
-    stalled: Option<(u64, Instant)>,
+    stalled: Stall,
 }
 
 impl Conn {
@@ -272,7 +272,7 @@ where
                     began: now,
                     stall: body_stall,
                     read: 0,
-                    stalled: None,
+                    stalled: Stall::default(),
                 };
                 let mut resp = Response::new(UpBody {
                     conn: Some(conn),
@@ -528,7 +528,7 @@ async fn connect(authority: &Authority, timeout: Duration) -> Result<Box<Conn>, 
             began: now,
             stall: Duration::ZERO,
             read: 0,
-            stalled: None,
+            stalled: Stall::default(),
         },
     }))
 }
@@ -643,14 +643,7 @@ impl Body for UpBody {
                     return Poll::Ready(Some(Err(e)));
                 }
                 Poll::Pending => {
-                    let deadline = match body.stalled {
-                        Some((mark, d)) if mark == body.read => d,
-                        _ => {
-                            let d = Instant::now() + body.stall;
-                            body.stalled = Some((body.read, d));
-                            d
-                        }
-                    };
+                    let deadline = body.stalled.deadline(body.read, body.stall);
                     if conn.timer.timed_out(deadline, cx) {
                         this.conn = None;
                         return Poll::Ready(Some(Err(io::Error::new(

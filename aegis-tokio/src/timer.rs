@@ -38,3 +38,26 @@ impl Timer {
         false
     }
 }
+
+/// A deadline that restarts whenever progress is made: for a transfer that fails when no
+/// bytes move for `limit` (a client that takes none of a response, an upstream that sends none
+/// of its body). The clock is read only when progress was made since the last check.
+#[derive(Debug, Default)]
+pub struct Stall {
+    /// Progress seen at the last check, and the deadline set then.
+    since: Option<(u64, Instant)>,
+}
+
+impl Stall {
+    /// The deadline for `progress` bytes so far: the one already set if none moved since.
+    pub fn deadline(&mut self, progress: u64, limit: std::time::Duration) -> Instant {
+        match self.since {
+            Some((mark, d)) if mark == progress => d,
+            _ => {
+                let d = Instant::now() + limit;
+                self.since = Some((progress, d));
+                d
+            }
+        }
+    }
+}
