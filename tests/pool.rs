@@ -32,9 +32,7 @@ fn a_pooled_connection_serves_many_requests() {
     // most, far fewer than requests.
     let mut ports = std::collections::BTreeSet::new();
     for _ in 0..30 {
-        let r = gw.get("/echo", &[]);
-        assert_eq!(r.status, 200);
-        ports.insert(r.json()["peerPort"].as_u64().expect("peerPort"));
+        ports.insert(upstream_port(&gw));
     }
     assert!(
         ports.len() <= 4,
@@ -54,13 +52,19 @@ fn a_connection_that_answered_a_head_request_is_pooled_again() {
         let head = request(gw.addr, "HEAD", "/echo", &[], b"").expect("HEAD");
         assert_eq!(head.status, 200, "HEAD {i}: {head:?}");
         assert!(head.body.is_empty(), "HEAD {i}: {head:?}");
-        let r = gw.get("/echo", &[]);
-        assert_eq!(r.status, 200);
-        ports.insert(r.json()["peerPort"].as_u64().expect("peerPort"));
+        ports.insert(upstream_port(&gw));
     }
     assert!(
         ports.len() <= 4,
         "20 HEAD and 20 GET requests used {} upstream connections",
         ports.len()
     );
+}
+
+/// `GET /echo` through the gateway: the client port the upstream saw (one per upstream
+/// connection).
+fn upstream_port(gw: &Gateway) -> u64 {
+    let r = gw.get("/echo", &[]);
+    assert_eq!(r.status, 200, "{r:?}");
+    r.json()["peerPort"].as_u64().expect("peerPort")
 }
