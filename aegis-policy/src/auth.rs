@@ -4,6 +4,7 @@
 //! failed without echoing the token or any key.
 
 use std::fmt;
+use std::time::Duration;
 
 use base64::Engine as _;
 use http::header::AUTHORIZATION;
@@ -11,8 +12,104 @@ use http::{HeaderMap, HeaderValue};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
 use serde_json::{Map, Value};
 
-use crate::config::{AuthConfig, ConfigError, JwtAlgorithm};
 use crate::time::UnixMillis;
+
+// ---------------------------------------------------------------------------------------------
+// The auth section of the config model (validated in config.rs, used here).
+
+/// A string that never shows in `Debug` output or logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JwtAlgorithm {
+    HS256,
+    HS384,
+    HS512,
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    ES256,
+    ES384,
+    EdDSA,
+}
+
+impl JwtAlgorithm {
+    pub const ALL: [JwtAlgorithm; 10] = [
+        JwtAlgorithm::HS256,
+        JwtAlgorithm::HS384,
+        JwtAlgorithm::HS512,
+        JwtAlgorithm::RS256,
+        JwtAlgorithm::RS384,
+        JwtAlgorithm::RS512,
+        JwtAlgorithm::PS256,
+        JwtAlgorithm::ES256,
+        JwtAlgorithm::ES384,
+        JwtAlgorithm::EdDSA,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            JwtAlgorithm::HS256 => "HS256",
+            JwtAlgorithm::HS384 => "HS384",
+            JwtAlgorithm::HS512 => "HS512",
+            JwtAlgorithm::RS256 => "RS256",
+            JwtAlgorithm::RS384 => "RS384",
+            JwtAlgorithm::RS512 => "RS512",
+            JwtAlgorithm::PS256 => "PS256",
+            JwtAlgorithm::ES256 => "ES256",
+            JwtAlgorithm::ES384 => "ES384",
+            JwtAlgorithm::EdDSA => "EdDSA",
+        }
+    }
+
+    pub fn is_hmac(self) -> bool {
+        matches!(
+            self,
+            JwtAlgorithm::HS256 | JwtAlgorithm::HS384 | JwtAlgorithm::HS512
+        )
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// The allow-list. A token whose header names another algorithm is refused; the header
+    /// never chooses the key type.
+    pub algorithms: Vec<JwtAlgorithm>,
+    pub secret: Option<Secret>,
+    pub public_key_pem: Option<String>,
+    /// Claim copied into `x-user-id`; `sub` when the claim is absent.
+    pub user_claim: String,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub leeway: Duration,
+    pub require_exp: bool,
+}
+
+/// A key from [`AuthConfig`] the verifier cannot use: which one, and why (the config maps it
+/// to the key's path).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyError {
+    pub field: KeyField,
+    pub reason: String,
+}
+
+/// Which key of [`AuthConfig`] a [`KeyError`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyField {
+    Secret,
+    PublicKey,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Verification.
 
 /// Why a request was not authenticated. Each maps to a stable `reason` in the 401 body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,13 +204,11 @@ fn to_jwt(a: JwtAlgorithm) -> Algorithm {
 }
 
 impl Verifier {
-    pub fn new(cfg: &AuthConfig) -> Result<Verifier, ConfigError> {
+    pub fn new(cfg: &AuthConfig) -> Result<Verifier, KeyError> {
         let pem = cfg.public_key_pem.as_deref().map(str::as_bytes);
-        let key_err = |kind: &str, e: jsonwebtoken::errors::Error| {
-            ConfigError::new(
-                "auth.public_key_pem",
-                format!("not a {kind} public key in PEM: {e}"),
-            )
+        let key_err = |kind: &str, e: jsonwebtoken::errors::Error| KeyError {
+            field: KeyField::PublicKey,
+            reason: format!("not a {kind} public key in PEM: {e}"),
         };
         let mut v = Verifier {
             allowed: Vec::new(),
@@ -137,8 +232,9 @@ impl Verifier {
                             .as_ref()
                             .map(|s| s.0.as_bytes())
                             .unwrap_or_default();
-                        v.hmac = Some(DecodingKey::from_secret(secret).map_err(|e| {
-                            ConfigError::new("auth.secret", format!("unusable secret: {e}"))
+                        v.hmac = Some(DecodingKey::from_secret(secret).map_err(|e| KeyError {
+                            field: KeyField::Secret,
+                            reason: format!("unusable secret: {e}"),
                         })?);
                     }
                 }
@@ -342,7 +438,6 @@ fn classify_bad_header(token: &str) -> AuthFailure {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Secret;
     use jsonwebtoken::{EncodingKey, Header, encode};
     use serde_json::json;
     use std::time::Duration;

@@ -13,6 +13,8 @@ use http::{HeaderName, Method};
 use ipnet::IpNet;
 use serde::Deserialize;
 
+pub use crate::auth::{AuthConfig, JwtAlgorithm, Secret};
+use crate::auth::{KeyError, KeyField};
 use crate::path;
 use crate::time::parse_duration;
 
@@ -30,6 +32,17 @@ impl ConfigError {
             path: path.into(),
             reason: reason.into(),
         }
+    }
+}
+
+/// A key the verifier could not use, at the config key that holds it.
+impl From<KeyError> for ConfigError {
+    fn from(e: KeyError) -> ConfigError {
+        let path = match e.field {
+            KeyField::Secret => "auth.secret",
+            KeyField::PublicKey => "auth.public_key_pem",
+        };
+        ConfigError::new(path, e.reason)
     }
 }
 
@@ -61,16 +74,6 @@ impl ConfigEnv for MapEnv {
     }
 }
 
-/// A string that never shows in `Debug` output or logs.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(pub String);
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // The validated model.
 
@@ -99,72 +102,6 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     pub max_uri_bytes: usize,
     pub max_body_bytes: Option<u64>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JwtAlgorithm {
-    HS256,
-    HS384,
-    HS512,
-    RS256,
-    RS384,
-    RS512,
-    PS256,
-    ES256,
-    ES384,
-    EdDSA,
-}
-
-impl JwtAlgorithm {
-    pub const ALL: [JwtAlgorithm; 10] = [
-        JwtAlgorithm::HS256,
-        JwtAlgorithm::HS384,
-        JwtAlgorithm::HS512,
-        JwtAlgorithm::RS256,
-        JwtAlgorithm::RS384,
-        JwtAlgorithm::RS512,
-        JwtAlgorithm::PS256,
-        JwtAlgorithm::ES256,
-        JwtAlgorithm::ES384,
-        JwtAlgorithm::EdDSA,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            JwtAlgorithm::HS256 => "HS256",
-            JwtAlgorithm::HS384 => "HS384",
-            JwtAlgorithm::HS512 => "HS512",
-            JwtAlgorithm::RS256 => "RS256",
-            JwtAlgorithm::RS384 => "RS384",
-            JwtAlgorithm::RS512 => "RS512",
-            JwtAlgorithm::PS256 => "PS256",
-            JwtAlgorithm::ES256 => "ES256",
-            JwtAlgorithm::ES384 => "ES384",
-            JwtAlgorithm::EdDSA => "EdDSA",
-        }
-    }
-
-    pub fn is_hmac(self) -> bool {
-        matches!(
-            self,
-            JwtAlgorithm::HS256 | JwtAlgorithm::HS384 | JwtAlgorithm::HS512
-        )
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct AuthConfig {
-    /// The allow-list. A token whose header names another algorithm is refused; the header
-    /// never chooses the key type.
-    pub algorithms: Vec<JwtAlgorithm>,
-    pub secret: Option<Secret>,
-    pub public_key_pem: Option<String>,
-    /// Claim copied into `x-user-id`; `sub` when the claim is absent.
-    pub user_claim: String,
-    pub issuer: Option<String>,
-    pub audience: Option<String>,
-    pub leeway: Duration,
-    pub require_exp: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
