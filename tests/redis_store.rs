@@ -1,4 +1,4 @@
-//! The gateway's Redis counter store (`aegis_tokio::redis_store::RedisStore`) against a real
+//! The gateway's Redis counter store (`aegis_tokio::state::redis::RedisStore`) against a real
 //! redis-server: same answers as the in-memory store, keys prefixed and always with a TTL,
 //! NOSCRIPT recovery, fail-fast while Redis is down, bounded time while it hangs, and
 //! reconnection by itself when it returns.
@@ -12,7 +12,7 @@ use aegis_policy::{
     UnixMillis,
 };
 use aegis_suite::{RedisServer, send_signal};
-use aegis_tokio::redis_store::RedisStore;
+use aegis_tokio::state::redis::RedisStore;
 
 const TIMEOUT: Duration = Duration::from_millis(200);
 

@@ -5,8 +5,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use aegis_policy::time::parse_duration;
-use aegis_tokio::runtime::{ConfigSource, LogFormat};
-use aegis_tokio::{demo, init_logging, server, token, upstream};
+#[cfg(feature = "dev")]
+use aegis_tokio::dev::{demo, token, upstream};
+use aegis_tokio::observe::log::{self, LogFormat};
+use aegis_tokio::server;
+use aegis_tokio::state::ConfigSource;
 use clap::{Parser, Subcommand};
 
 #[global_allocator]
@@ -37,6 +40,7 @@ enum Cmd {
         #[arg(long)]
         workers: Option<usize>,
     },
+    #[cfg(feature = "dev")]
     /// Everything in one process, no setup: the gateway, six demo upstreams, the seed's routes,
     /// the in-memory store, a ready token and the curl walkthrough.
     Demo {
@@ -56,6 +60,7 @@ enum Cmd {
         #[arg(long, short, default_value = "aegis.toml")]
         config: PathBuf,
     },
+    #[cfg(feature = "dev")]
     /// Mint an HS256 test token.
     Token {
         /// The HS256 secret (default: $JWT_SECRET).
@@ -71,6 +76,7 @@ enum Cmd {
         #[arg(long, default_value = "1h")]
         exp: String,
     },
+    #[cfg(feature = "dev")]
     /// A fake upstream service answering JSON (what the demo and compose file run).
     Upstream {
         #[arg(long)]
@@ -121,7 +127,7 @@ fn run(cmd: Cmd) -> Result<(), String> {
                     config.display()
                 ));
             }
-            init_logging(log_format);
+            log::init(log_format);
             runtime()?.block_on(server::serve(
                 ConfigSource::File(config),
                 log_format,
@@ -129,6 +135,7 @@ fn run(cmd: Cmd) -> Result<(), String> {
                 |_| {},
             ))
         }
+        #[cfg(feature = "dev")]
         Cmd::Demo {
             listen,
             upstream_port,
@@ -136,7 +143,7 @@ fn run(cmd: Cmd) -> Result<(), String> {
             log_format,
         } => {
             parse_duration(&open_for).map_err(|e| format!("--open-for: {e}"))?;
-            init_logging(log_format);
+            log::init(log_format);
             runtime()?.block_on(demo::run(listen, upstream_port, &open_for, log_format))
         }
         Cmd::Check { config } => {
@@ -145,6 +152,7 @@ fn run(cmd: Cmd) -> Result<(), String> {
             println!("ok: {n} route{}", if n == 1 { "" } else { "s" });
             Ok(())
         }
+        #[cfg(feature = "dev")]
         Cmd::Token {
             secret,
             user,
@@ -158,10 +166,11 @@ fn run(cmd: Cmd) -> Result<(), String> {
             println!("{}", token::mint(&secret, &user, &claim, exp)?);
             Ok(())
         }
+        #[cfg(feature = "dev")]
         Cmd::Upstream { name, listen, port } => {
             let addr =
                 listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], port.unwrap_or(3000))));
-            init_logging(LogFormat::Text);
+            log::init(LogFormat::Text);
             runtime()?.block_on(upstream::run(&name, addr))
         }
     }

@@ -5,7 +5,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use tokio::io::AsyncRead;
-use tokio::net::TcpStream;
 
 /// Bytes read from a socket at a time once the buffer has room for no more.
 const READ_CHUNK: usize = 16 * 1024;
@@ -17,6 +16,8 @@ pub struct ReadBuf {
     data: Vec<u8>,
     start: usize,
     end: usize,
+    /// Bytes read into it over its life (progress, for a stall timeout).
+    read: u64,
 }
 
 impl ReadBuf {
@@ -25,7 +26,13 @@ impl ReadBuf {
             data: vec![0; READ_CHUNK],
             start: 0,
             end: 0,
+            read: 0,
         }
+    }
+
+    /// Bytes read into the buffer over its life: it grows while bytes arrive.
+    pub fn read_total(&self) -> u64 {
+        self.read
     }
 
     /// Read and not yet consumed.
@@ -80,10 +87,10 @@ impl ReadBuf {
     /// Through `AsyncRead::poll_read`, not `try_read`: tokio's `poll_read` takes a short read
     /// to mean the socket is drained (edge-triggered readiness) and spares the next read's
     /// `EAGAIN` system call; `try_read` does not.
-    pub fn poll_fill(
+    pub fn poll_fill<R: AsyncRead + Unpin>(
         &mut self,
         cx: &mut Context<'_>,
-        io: &mut TcpStream,
+        io: &mut R,
         limit: usize,
     ) -> Poll<io::Result<usize>> {
         if !self.make_room(limit) {
@@ -93,6 +100,7 @@ impl ReadBuf {
         ready!(Pin::new(io).poll_read(cx, &mut rb))?;
         let n = rb.filled().len();
         self.end += n;
+        self.read += n as u64;
         Poll::Ready(Ok(n))
     }
 }

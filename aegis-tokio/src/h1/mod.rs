@@ -9,6 +9,7 @@
 //!   request   request heads → Parts + RequestHead            (the client side)
 //!   response  response heads → RawHeaders + ResponseHead     (the upstream side)
 //!   decode    BodyDecoder: Content-Length, chunked, close-delimited
+//!   reader    poll_body: the one body reader over any AsyncRead, for both ends
 //!   encode    heads, chunks, and the Pump that writes a message and its body
 //! ```
 //!
@@ -19,6 +20,7 @@ mod buf;
 mod decode;
 mod encode;
 mod framing;
+mod reader;
 mod request;
 mod response;
 
@@ -28,5 +30,6 @@ pub use encode::{
     FLUSH_AT, LAST_CHUNK, Pump, Pumped, date, put_chunk, put_header, put_status_line, put_u64,
 };
 pub use framing::{Framing, MAX_HEADERS};
+pub use reader::{ReadError, poll_body};
 pub use request::{HeadError, RequestHead, parse_request};
 pub use response::{RawHeaders, ResponseHead, is_hop_by_hop, parse_response};

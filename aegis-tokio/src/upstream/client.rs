@@ -1,153 +1,38 @@
-//! The upstream client: HTTP/1.1 keep-alive connections per target authority, one pool per
-//! worker thread (no locks; a connection is only ever used by the thread that made it).
+//! The upstream client: sends a request on a pooled connection (or a new one) and reads the
+//! response head; the body is left for [`UpBody`] to read as it is polled.
 //!
 //! An exchange runs inside the task of the request it serves: the request head and body are
 //! written and the response head read by that task, and the response body is read by whoever
 //! polls the returned [`UpBody`] (the downstream connection writing it to the client). No
-//! per-connection task, no channel, no wake-up of another task. When the body has been read
-//! to its end the connection goes back to the pool.
-//!
-//! Idle connections sit in the pool unpolled; one the upstream closed (or that holds stray
-//! bytes) is seen as readable when checked out and dropped. Idle for [`IDLE`] or beyond
-//! [`MAX_IDLE`] per target, they are closed. A body-less request on a reused connection that
-//! the upstream closed before answering is sent again on a fresh one (the upstream cannot have
-//! acted on it: it sent nothing back and the connection was idle).
+//! per-connection task, no channel, no wake-up of another task. A body-less request on a
+//! reused connection that the upstream closed before answering is sent again on a fresh one
+//! (the upstream cannot have acted on it: it sent nothing back and the connection was idle).
 
-use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::future::poll_fn;
 use std::io;
 use std::pin::{Pin, pin};
-use std::sync::{Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use crate::timer::{Stall, Timer};
 use bytes::Bytes;
-use http::HeaderValue;
 use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::uri::Authority;
-use http::{HeaderMap, Method, Response};
-use hyper::body::{Body, Frame, SizeHint};
+use http::{HeaderMap, HeaderValue, Method, Response};
+use hyper::body::Body;
 use tokio::net::TcpStream;
 
-use crate::h1::{self, BodyDecoder, Framing, Pumped, ReadBuf, Step};
-use crate::proxy::{BodyError, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID};
-use crate::runtime::Target;
+use super::body::UpBody;
+use super::pool::{self, BodyState, Conn, MAX_RESPONSE_HEAD};
+use super::target::Target;
+use crate::error::BodyError;
+use crate::h1::{self, BodyDecoder, Framing, Pumped};
+use crate::headers::{X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID};
+use crate::record::RequestId;
+use crate::time::Stall;
 
-/// An idle pooled connection is closed after this long.
-const IDLE: Duration = Duration::from_secs(90);
-/// Idle connections kept per target per worker; more are closed when released.
-const MAX_IDLE: usize = 512;
 /// Pooled connections found closed under one request before a fresh one is made.
 const STALE_RETRIES: usize = 4;
-/// The largest response head accepted from an upstream.
-const MAX_RESPONSE_HEAD: usize = 64 * 1024;
-
-/// One upstream connection, its buffers, its timer and the state of the response it is
-/// reading. Boxed: it is moved in and out of the pool and through every response body, a
-/// pointer is cheaper to move (and the response's state rides along without being copied).
-#[derive(Debug)]
-struct Conn {
-    io: TcpStream,
-    rbuf: ReadBuf,
-    /// Pooled and unused until then: closed (set when pooled, [`IDLE`] after use).
-    idle_until: Instant,
-    timer: Timer,
-    /// The request being written (kept for the connection's next request).
-    wbuf: Vec<u8>,
-    /// The current response's headers (their buffer kept for the next response).
-    headers: h1::RawHeaders,
-    body: BodyState,
-}
-
-/// Where the current response's body is.
-#[derive(Debug)]
-struct BodyState {
-    decoder: BodyDecoder,
-    /// The connection can carry another exchange after this body.
-    reusable: bool,
-    /// When the exchange began (the connection's idle time counts from it once pooled).
-    began: Instant,
-    /// No body bytes for this long fails the body (the route's timeout).
-    stall: Duration,
-    /// Body bytes read so far, and the deadline while none come.
-    read: u64,
-    stalled: Stall,
-}
-
-impl Conn {
-    /// Still usable: nothing to read (the upstream has not closed it nor sent stray bytes).
-    fn is_quiet(&mut self, cx: &mut Context<'_>) -> bool {
-        self.rbuf.is_empty()
-            && self
-                .rbuf
-                .poll_fill(cx, &mut self.io, MAX_RESPONSE_HEAD)
-                .is_pending()
-    }
-}
-
-/// A target authority's slot in every worker's pool: one number per authority for the life
-/// of the process (reloads that keep a target keep its pooled connections).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Key(usize);
-
-/// The slot of `authority`, assigned the first time it is seen.
-pub fn key(authority: &Authority) -> Key {
-    static KEYS: Mutex<Option<HashMap<Authority, usize>>> = Mutex::new(None);
-    let mut keys = KEYS.lock().unwrap_or_else(PoisonError::into_inner);
-    let keys = keys.get_or_insert_with(HashMap::default);
-    let next = keys.len();
-    Key(*keys.entry(authority.clone()).or_insert(next))
-}
-
-thread_local! {
-    /// Idle connections by [`Key`].
-    static POOL: RefCell<Vec<VecDeque<Box<Conn>>>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Takes the most recently used live idle connection of slot `key`.
-fn checkout(key: Key, now: Instant, cx: &mut Context<'_>) -> Option<Box<Conn>> {
-    POOL.with(|p| {
-        let mut p = p.borrow_mut();
-        let list = p.get_mut(key.0)?;
-        while let Some(mut c) = list.pop_back() {
-            if c.idle_until <= now {
-                // The rest are older still.
-                list.clear();
-                return None;
-            }
-            if c.is_quiet(cx) {
-                return Some(c);
-            }
-        }
-        None
-    })
-}
-
-/// Puts a connection whose exchange is complete back in the pool. `now`: when the exchange
-/// began (idle expiry is 90 s: the request's own duration does not matter, a clock read does).
-fn release(key: Key, mut conn: Box<Conn>, now: Instant) {
-    conn.idle_until = now + IDLE;
-    // `try_with`: a body dropped while its thread shuts down (the pool already gone) just
-    // closes its connection.
-    let _ = POOL.try_with(|p| {
-        let Ok(mut p) = p.try_borrow_mut() else {
-            return;
-        };
-        if p.len() <= key.0 {
-            p.resize_with(key.0 + 1, VecDeque::new);
-        }
-        let list = &mut p[key.0];
-        while list.front().is_some_and(|c| c.idle_until <= now) {
-            list.pop_front();
-        }
-        if list.len() < MAX_IDLE {
-            list.push_back(conn);
-        }
-    });
-}
 
 /// How an exchange failed.
 #[derive(Debug)]
@@ -204,7 +89,7 @@ where
     let mut tries = 0;
     loop {
         let pooled = if tries < STALE_RETRIES {
-            poll_fn(|cx| Poll::Ready(checkout(target.pool, now, cx))).await
+            poll_fn(|cx| Poll::Ready(pool::checkout(target.pool, now, cx))).await
         } else {
             None
         };
@@ -271,7 +156,6 @@ where
                     reusable: head.keep_alive && complete,
                     began: now,
                     stall: body_stall,
-                    read: 0,
                     stalled: Stall::default(),
                 };
                 let mut resp = Response::new(UpBody {
@@ -453,7 +337,7 @@ pub struct SetHeaders<'a> {
     pub host: &'a HeaderValue,
     pub forwarded_for: &'a HeaderValue,
     pub forwarded_host: Option<&'a HeaderValue>,
-    pub request_id: &'a crate::proxy::RequestId,
+    pub request_id: &'a RequestId,
 }
 
 /// `METHOD /path?query HTTP/1.1`, the headers, the set headers, and the framing header of the
@@ -514,158 +398,5 @@ async fn connect(authority: &Authority, timeout: Duration) -> Result<Box<Conn>, 
         .map_err(|_| SendError::Connect(format!("connect timed out after {timeout:?}")))?
         .map_err(|e| SendError::Connect(e.to_string()))?;
     let _ = io.set_nodelay(true);
-    let now = Instant::now();
-    Ok(Box::new(Conn {
-        io,
-        rbuf: ReadBuf::new(),
-        idle_until: now + IDLE,
-        timer: Timer::default(),
-        wbuf: Vec::with_capacity(1024),
-        headers: h1::RawHeaders::default(),
-        body: BodyState {
-            decoder: BodyDecoder::Length(0),
-            reusable: false,
-            began: now,
-            stall: Duration::ZERO,
-            read: 0,
-            stalled: Stall::default(),
-        },
-    }))
-}
-
-/// An upstream response body, read from its connection as it is polled; the connection
-/// returns to the pool once the body has been read to its end (or, an empty one, when the
-/// body is dropped). Two words: what it is reading lives in the boxed connection.
-#[derive(Debug)]
-pub struct UpBody {
-    conn: Option<Box<Conn>>,
-    key: Key,
-}
-
-impl UpBody {
-    /// The upstream's response headers as received (until the body is over).
-    pub fn headers(&self) -> Option<&h1::RawHeaders> {
-        self.conn.as_ref().map(|c| &c.headers)
-    }
-
-    /// Appends to `out` what the connection has already buffered of a `Content-Length` body
-    /// (a small response arrives with its head): written with the head, no frame made.
-    pub fn read_buffered_into(&mut self, out: &mut Vec<u8>) {
-        let Some(conn) = self.conn.as_mut() else {
-            return;
-        };
-        let BodyDecoder::Length(left) = &mut conn.body.decoder else {
-            return;
-        };
-        let filled = conn.rbuf.filled();
-        let n = filled
-            .len()
-            .min(usize::try_from(*left).unwrap_or(usize::MAX));
-        if n == 0 {
-            return;
-        }
-        out.extend_from_slice(&filled[..n]);
-        conn.rbuf.consume(n);
-        *left -= n as u64;
-        if *left == 0 {
-            self.finish();
-        }
-    }
-
-    /// Pools the connection if its body is over and it can be reused; else it closes.
-    fn finish(&mut self) {
-        if let Some(conn) = self.conn.take()
-            && conn.body.reusable
-            && conn.body.decoder.is_done()
-            && conn.rbuf.is_empty()
-        {
-            let began = conn.body.began;
-            release(self.key, conn, began);
-        }
-    }
-}
-
-impl Drop for UpBody {
-    fn drop(&mut self) {
-        self.finish();
-    }
-}
-
-impl Body for UpBody {
-    type Data = Bytes;
-    type Error = io::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        let this = self.get_mut();
-        loop {
-            let Some(conn) = this.conn.as_mut() else {
-                return Poll::Ready(None);
-            };
-            let body = &mut conn.body;
-            match body.decoder.next(&mut conn.rbuf) {
-                Ok(Step::Data(data)) => {
-                    if body.decoder.is_done() {
-                        this.finish();
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Ok(Step::End) => {
-                    this.finish();
-                    return Poll::Ready(None);
-                }
-                Ok(Step::More) => {}
-                Err(e) => {
-                    this.conn = None;
-                    return Poll::Ready(Some(Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("upstream body: {e}"),
-                    ))));
-                }
-            }
-            match conn.rbuf.poll_fill(cx, &mut conn.io, MAX_RESPONSE_HEAD) {
-                Poll::Ready(Ok(0)) => {
-                    let close_delimited = matches!(body.decoder, BodyDecoder::Close);
-                    this.conn = None;
-                    if close_delimited {
-                        return Poll::Ready(None);
-                    }
-                    return Poll::Ready(Some(Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the upstream closed the connection mid-body",
-                    ))));
-                }
-                Poll::Ready(Ok(n)) => body.read += n as u64,
-                Poll::Ready(Err(e)) => {
-                    this.conn = None;
-                    return Poll::Ready(Some(Err(e)));
-                }
-                Poll::Pending => {
-                    let deadline = body.stalled.deadline(body.read, body.stall);
-                    if conn.timer.timed_out(deadline, cx) {
-                        this.conn = None;
-                        return Poll::Ready(Some(Err(io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            "the upstream sent no body bytes within the route's timeout",
-                        ))));
-                    }
-                    return Poll::Pending;
-                }
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.conn.as_ref().is_none_or(|c| c.body.decoder.is_done())
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self.conn.as_ref().map(|c| c.body.decoder.remaining()) {
-            None => SizeHint::with_exact(0),
-            Some(Some(n)) => SizeHint::with_exact(n),
-            Some(None) => SizeHint::default(),
-        }
-    }
+    Ok(Conn::new(io))
 }

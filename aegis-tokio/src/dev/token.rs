@@ -5,7 +5,7 @@ use std::time::Duration;
 use jsonwebtoken::{EncodingKey, Header, encode};
 use serde_json::{Map, Value};
 
-use crate::clock::wall;
+use crate::time::wall;
 
 /// Signs `{userId, sub, iat, exp, ...claims}` with `secret`. A claim value that parses as
 /// JSON (`42`, `true`, `["a"]`) is kept typed; anything else is a string.

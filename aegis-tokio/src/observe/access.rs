@@ -1,22 +1,25 @@
 //! The access log: one line per request, in the seed's text shape or as JSON (the input of
 //! `aegis-sim replay`). No work is done when the `aegis::access` target is off.
 
+use aegis_policy::Policy;
 use http::request::Parts;
 use tracing::Level;
 
-use crate::proxy::Exchange;
-use crate::runtime::{LogFormat, Runtime, Shared};
+use super::log::LogFormat;
+use crate::record::Exchange;
 
-pub fn log(shared: &Shared, rt: &Runtime, parts: &Parts, ex: &Exchange, status: u16) {
+/// Writes the access line of a request answered with `status`, on the config (`policy`) it
+/// was served on.
+pub fn log(format: LogFormat, policy: &Policy, parts: &Parts, ex: &Exchange, status: u16) {
     if !tracing::enabled!(target: "aegis::access", Level::INFO) {
         return;
     }
     let elapsed = ex.started.elapsed();
     let id = ex.request_id.as_str();
     let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let route = ex.route.map(|r| rt.policy.route(aegis_policy::RouteId(r)));
+    let route = ex.route.map(|r| policy.route(aegis_policy::RouteId(r)));
     let target = route.zip(ex.target).map(|(r, t)| r.targets[t].url.as_str());
-    match shared.log_format {
+    match format {
         LogFormat::Text => {
             let ms = elapsed.as_millis();
             match target {
@@ -47,7 +50,7 @@ pub fn log(shared: &Shared, rt: &Runtime, parts: &Parts, ex: &Exchange, status: 
             let client_ip = ex.client_ip.map(|ip| ip.to_string());
             tracing::info!(
                 target: "aegis::access",
-                ts_ms = crate::clock::wall().0,
+                ts_ms = crate::time::wall().0,
                 request_id = id,
                 method = parts.method.as_str(),
                 path = pq,

@@ -9,7 +9,7 @@ use std::sync::{Mutex, PoisonError};
 use aegis_policy::config::{StoreConfig, StoreKind};
 use aegis_policy::{CounterReply, CounterRequest, CounterStore, MemoryStore, StoreError};
 
-use crate::redis_store::RedisStore;
+use super::redis::RedisStore;
 
 /// Independent locks, so that concurrent requests for different keys rarely contend.
 const SHARDS: usize = 16;

@@ -9,8 +9,9 @@ use http::request::Parts;
 use http::{HeaderValue, Method, Response, StatusCode};
 use serde_json::json;
 
-use crate::proxy::{ProxyBody, error, json_response};
-use crate::runtime::{Runtime, Shared, lock};
+use super::body::ProxyBody;
+use super::reply::{error, json_response};
+use crate::state::{Runtime, Shared, lock};
 
 pub const PREFIX: &str = "/gateway/";
 

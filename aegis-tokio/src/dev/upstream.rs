@@ -16,8 +16,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::net::TcpListener;
 
@@ -37,7 +36,7 @@ pub async fn run(name: &str, addr: SocketAddr) -> Result<(), String> {
 
 /// Serves on an already bound listener until the process ends.
 pub async fn serve(name: Arc<str>, l: TcpListener) {
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let builder = hyper::server::conn::http1::Builder::new();
     loop {
         let (stream, peer) = match l.accept().await {
             Ok(c) => c,
@@ -49,12 +48,10 @@ pub async fn serve(name: Arc<str>, l: TcpListener) {
         };
         let _ = stream.set_nodelay(true);
         let name = name.clone();
-        let conn = builder
-            .serve_connection(
-                TokioIo::new(stream),
-                service_fn(move |req| respond(name.clone(), peer, req)),
-            )
-            .into_owned();
+        let conn = builder.serve_connection(
+            TokioIo::new(stream),
+            service_fn(move |req| respond(name.clone(), peer, req)),
+        );
         tokio::spawn(async move {
             let _ = conn.await;
         });

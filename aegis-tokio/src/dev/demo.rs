@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use crate::runtime::{ConfigSource, LogFormat};
-use crate::{server, token, upstream};
+use super::{token, upstream};
+use crate::observe::log::LogFormat;
+use crate::server;
+use crate::state::ConfigSource;
 
 pub const DEFAULT_SECRET: &str = "your_secret_key_here";
 

@@ -1,0 +1,283 @@
+//! The client side of a connection: one HTTP/1.1 server loop over one byte stream, in one
+//! task, for the proxy listener and the admin listener alike (same limits, same timeouts).
+//!
+//! ```text
+//!   read head (reused buffer, header_read_timeout) ─▶ gateway::handle (same task; watches
+//!   for the client leaving) ─▶ write head + body (coalesced, one write for a small response)
+//!   ─▶ keep-alive? next head : close (lingering when request bytes are left unread)
+//! ```
+//!
+//! A connection that opens with the HTTP/2 preface is handed to hyper's HTTP/2 server (`h2`).
+//! The request body is read by whoever polls [`ReqBody`] (the upstream exchange), from the
+//! same buffer the loop reads heads from. The loop is generic over the stream: a TCP socket
+//! in the gateway, an in-memory pipe in tests (which then run on paused time).
+
+mod body;
+mod conn;
+mod h2;
+mod respond;
+
+use std::future::{Future, poll_fn};
+use std::io;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use http::{Method, Request, StatusCode};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+
+pub use body::ReqBody;
+use conn::{Conn, lock};
+use respond::{Out, close, respond_and_close, write_response};
+
+use crate::gateway::{self, Listener};
+use crate::h1::{self, BodyDecoder, Framing, HeadError};
+use crate::record::Peer;
+use crate::state::{Runtime, Shared};
+use crate::time::Timer;
+
+/// Per-connection settings from `[server]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_uri: usize,
+    pub max_head: usize,
+    pub max_header_list: u32,
+}
+
+impl Limits {
+    pub fn new(server: &aegis_policy::config::ServerConfig) -> Limits {
+        Limits {
+            header_read_timeout: server.header_read_timeout,
+            idle_timeout: server.idle_timeout,
+            max_uri: server.max_uri_bytes,
+            // The policy refuses heads past its limits with 414/431; the buffer holds a bit
+            // more so that it is the one to answer.
+            max_head: server.max_header_bytes + server.max_uri_bytes + 1024,
+            max_header_list: u32::try_from(server.max_header_bytes).unwrap_or(u32::MAX),
+        }
+    }
+}
+
+/// How waiting for a request head ended.
+enum HeadRead {
+    Head(h1::RequestHead),
+    /// The client closed between requests, or the worker is stopping.
+    Closed,
+    /// No head within `header_read_timeout`; `true` if part of one had arrived.
+    TimedOut(bool),
+    Failed(HeadError),
+    Io,
+}
+
+/// Serves one accepted connection until it closes. `stop`: the worker's stop signal; a
+/// connection finishes the exchange in flight, then closes.
+pub async fn serve<S>(
+    stream: S,
+    peer: Peer,
+    shared: Arc<Shared>,
+    listener: Listener,
+    limits: Limits,
+    stop: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    let _open = crate::observe::metrics::GaugeGuard::enter(shared.metrics.connections.mine());
+    let conn = conn::new(stream);
+    let mut stopped = pin!(stop.cancelled());
+    let mut timer = Timer::default();
+    // The config a request runs on: checked per request with one atomic load, the Arc
+    // cloned only when a reload swapped it.
+    let mut runtime = arc_swap::Cache::new(&shared.runtime);
+    let mut wbuf = Vec::with_capacity(4096);
+    // The request head, refilled by each request (its header map's allocation is kept).
+    let (mut parts, ()) = Request::new(()).into_parts();
+    let mut first = true;
+    loop {
+        // The first head must come within header_read_timeout; later ones may wait
+        // idle_timeout for their first byte, then have header_read_timeout to complete.
+        let idle = if first {
+            limits.header_read_timeout
+        } else {
+            limits.idle_timeout
+        };
+        let deadline = Instant::now() + idle;
+        let read = read_head(
+            &conn,
+            &limits,
+            deadline,
+            &mut timer,
+            stopped.as_mut(),
+            &mut parts,
+        )
+        .await;
+        let head = match read {
+            HeadRead::Head(h) => h,
+            HeadRead::Failed(HeadError::H2Preface) if first && !stop.is_cancelled() => {
+                return h2::serve(conn, peer, shared.clone(), listener, limits, &stop).await;
+            }
+            HeadRead::Failed(e) => {
+                let body = gateway::error(e.status(), "bad_request", e.message());
+                let _ = respond_and_close(&conn, &mut wbuf, body, &mut timer, limits.idle_timeout)
+                    .await;
+                return;
+            }
+            HeadRead::TimedOut(true) => {
+                let body = gateway::error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request_timeout",
+                    "the request head did not arrive within server.header_read_timeout",
+                );
+                let _ = respond_and_close(&conn, &mut wbuf, body, &mut timer, limits.idle_timeout)
+                    .await;
+                return;
+            }
+            HeadRead::TimedOut(false) | HeadRead::Closed | HeadRead::Io => return,
+        };
+        first = false;
+        let h1::RequestHead {
+            framing,
+            keep_alive,
+            expect_continue,
+        } = head;
+        let version = parts.version;
+        let head_request = parts.method == Method::HEAD;
+        let body = if framing == Framing::Length(0) {
+            ReqBody::empty()
+        } else {
+            ReqBody::new(&conn, BodyDecoder::new(framing), expect_continue)
+        };
+        let rt = runtime.load();
+        let watched = handle_watching(
+            &conn, &limits, &shared, rt, listener, &peer, &mut parts, body,
+        );
+        let Some(answer) = watched.await else {
+            // The client left; the exchange was dropped (its outcome reported as cancelled).
+            return;
+        };
+        let unread = {
+            let mut io = lock(&conn);
+            io.continue_left = b"";
+            io.body.is_some()
+        };
+        let stopping = stop.is_cancelled();
+        let keep = keep_alive && !unread && !stopping;
+        let out = Out {
+            request_id: Some(&answer.request_id),
+            version,
+            head_request,
+            keep,
+            stall: limits.idle_timeout,
+        };
+        let written = write_response(&conn, &mut wbuf, answer.response, out, &mut timer).await;
+        match written {
+            Ok(true) if keep => {}
+            Ok(_) => {
+                close(&conn, unread).await;
+                return;
+            }
+            Err(_) => return,
+        }
+        if stop.is_cancelled() {
+            close(&conn, false).await;
+            return;
+        }
+    }
+}
+
+/// Reads the next request head: from what is buffered, else from the stream, until
+/// `deadline`. Between requests (nothing buffered) it also ends when the worker stops.
+async fn read_head<S: AsyncRead + Unpin>(
+    conn: &Conn<S>,
+    limits: &Limits,
+    idle_deadline: Instant,
+    timer: &mut Timer,
+    mut stopped: Pin<&mut WaitForCancellationFuture<'_>>,
+    parts: &mut http::request::Parts,
+) -> HeadRead {
+    let mut head_deadline = None;
+    poll_fn(|cx| {
+        let mut guard = lock(conn);
+        let io = &mut *guard;
+        loop {
+            if !io.rbuf.is_empty() {
+                match h1::parse_request(io.rbuf.filled(), limits.max_uri, limits.max_head, parts) {
+                    Ok(Some((n, head))) => {
+                        io.rbuf.consume(n);
+                        return Poll::Ready(HeadRead::Head(head));
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Poll::Ready(HeadRead::Failed(e)),
+                }
+            }
+            match io.rbuf.poll_fill(cx, &mut io.stream, limits.max_head) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(HeadRead::Closed),
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::OutOfMemory => {
+                    return Poll::Ready(HeadRead::Failed(HeadError::HeadersTooLarge));
+                }
+                Poll::Ready(Err(_)) => return Poll::Ready(HeadRead::Io),
+                Poll::Pending => break,
+            }
+        }
+        let partial = !io.rbuf.is_empty();
+        drop(guard);
+        if !partial && stopped.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(HeadRead::Closed);
+        }
+        // Part of a head: it must be complete within header_read_timeout of this moment
+        // (a clock read only for heads that arrive in pieces).
+        if partial && head_deadline.is_none() {
+            head_deadline = Some(Instant::now() + limits.header_read_timeout);
+        }
+        if timer.timed_out(head_deadline.unwrap_or(idle_deadline), cx) {
+            return Poll::Ready(HeadRead::TimedOut(partial));
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Runs the exchange; while it waits for the upstream (with the request body all read), a
+/// client that closes its connection cancels it. `None`: the client left.
+#[allow(clippy::too_many_arguments)]
+async fn handle_watching<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &Conn<S>,
+    limits: &Limits,
+    shared: &Shared,
+    rt: &Runtime,
+    listener: Listener,
+    peer: &Peer,
+    parts: &mut http::request::Parts,
+    body: ReqBody<S>,
+) -> Option<gateway::Answer> {
+    // Made here, in place: the exchange's future is large, and moving it costs a copy.
+    let mut fut = pin!(gateway::handle(shared, rt, listener, peer, parts, body));
+    let mut watching = true;
+    poll_fn(|cx| {
+        if let Poll::Ready(resp) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(resp));
+        }
+        if watching {
+            let mut guard = lock(conn);
+            let io = &mut *guard;
+            if io.body.is_none() {
+                match io.rbuf.poll_fill(cx, &mut io.stream, limits.max_head) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(None),
+                    // The next request, pipelined (or no room for more): it waits its turn.
+                    Poll::Ready(Ok(_)) => watching = false,
+                    Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::OutOfMemory => {
+                        watching = false;
+                    }
+                    Poll::Ready(Err(_)) => return Poll::Ready(None),
+                    Poll::Pending => {}
+                }
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}

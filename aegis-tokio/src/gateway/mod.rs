@@ -1,0 +1,362 @@
+//! The request path, in the order a request travels: the admin endpoints, the policy
+//! (decide: route, auth, rate limit), the pick of a target, the exchange with it (forward),
+//! and the response (respond), then the access log. Every decision is the policy's; this
+//! module moves bytes and reads clocks.
+//!
+//! ```text
+//!   request ─▶ /gateway/* (admin) ─▶ policy.on_request ─▶ [store] ─▶ on_counter
+//!           ─▶ 413 (declared body) ─▶ policy.forward (balancer lock) ─▶ upstream (timeout)
+//!           ─▶ on_upstream_result exactly once (OutcomeGuard: also on drop = client gone)
+//! ```
+
+pub mod admin;
+mod body;
+mod forward;
+mod outcome;
+mod reply;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use aegis_policy::{Forward, Reason, RequestView, Step, UpstreamOutcome, header};
+use bytes::Bytes;
+use http::header::HOST;
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Response, StatusCode};
+use hyper::body::Body;
+
+pub use body::{LimitedBody, ProxyBody};
+use forward::{forwarding, request_host};
+use outcome::OutcomeGuard;
+use reply::reply;
+pub use reply::{error, json_response};
+
+use crate::error::{BodyError, BoxError};
+use crate::observe::access;
+use crate::record::{Exchange, Peer, RequestId};
+use crate::state::store::Store;
+use crate::state::{Runtime, Shared, lock};
+use crate::upstream::{self, SendError};
+
+/// A request's answer and its request id (`X-Request-ID`, which the caller sets on the
+/// response: HTTP/1.1 writes it straight out, hyper gets it in the header map).
+#[derive(Debug)]
+pub struct Answer {
+    pub response: Response<ProxyBody>,
+    pub request_id: RequestId,
+}
+
+impl Answer {
+    /// The response with its `X-Request-ID` header.
+    pub fn into_response(self) -> Response<ProxyBody> {
+        let mut r = self.response;
+        r.headers_mut()
+            .insert(crate::headers::X_REQUEST_ID, self.request_id.to_header());
+        r
+    }
+}
+
+/// Which listener a request came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// `server.listen`: the routes (and `/gateway/*` unless an admin listener is set).
+    Proxy,
+    /// `server.admin_listen`: `/gateway/*` only.
+    Admin,
+}
+
+/// The admin listener's answer: a gateway endpoint, or 404 for any other path. Not counted
+/// as a request nor logged: it is the operators' own traffic.
+fn admin_only(shared: &Shared, rt: &Runtime, parts: &http::request::Parts) -> Answer {
+    let response = if parts.uri.path().starts_with(admin::PREFIX) {
+        admin::handle(shared, rt, parts)
+    } else {
+        error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "the admin listener serves /gateway/stats, /gateway/health and /gateway/metrics",
+        )
+    };
+    Answer {
+        response,
+        request_id: RequestId::of(&parts.headers),
+    }
+}
+
+/// Serves one request (HTTP/1.1 from `downstream`, HTTP/2 from hyper), on the runtime
+/// (config) current when it arrived. The request's head is borrowed (HTTP/1.1 keeps one per
+/// connection) and edited on its way upstream.
+pub async fn handle<B>(
+    shared: &Shared,
+    rt: &Runtime,
+    listener: Listener,
+    peer: &Peer,
+    parts: &mut http::request::Parts,
+    body: B,
+) -> Answer
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    if listener == Listener::Admin {
+        return admin_only(shared, rt, parts);
+    }
+    let _in_flight = crate::observe::metrics::GaugeGuard::enter(shared.metrics.in_flight.mine());
+    let h = &parts.headers;
+    let mut ex = Exchange {
+        started: Instant::now(),
+        request_id: RequestId::of(h),
+        route: None,
+        target: None,
+        user: None,
+        reason: "forwarded",
+        has_authorization: header(h, &http::header::AUTHORIZATION).is_some(),
+        host: (shared.log_format == crate::observe::log::LogFormat::Json)
+            .then(|| request_host(&parts.uri, h))
+            .flatten()
+            .and_then(|h| HeaderValue::from_str(h).ok()),
+        client_ip: (shared.log_format == crate::observe::log::LogFormat::Json)
+            .then(|| rt.policy.client_ip(peer.addr.ip(), h)),
+    };
+    let resp = exchange(shared, rt, peer, parts, body, &mut ex).await;
+    let status = resp.status().as_u16();
+    match ex.route {
+        Some(r) => rt.routes[r].metrics.response(status),
+        None => shared.metrics.unrouted.response(status),
+    }
+    access::log(shared.log_format, &rt.policy, parts, &ex, status);
+    Answer {
+        response: resp,
+        request_id: ex.request_id,
+    }
+}
+
+async fn exchange<B>(
+    shared: &Shared,
+    rt: &Runtime,
+    peer: &Peer,
+    parts: &mut http::request::Parts,
+    body: B,
+    ex: &mut Exchange,
+) -> Response<ProxyBody>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    let pq = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
+    if shared.admin_on_proxy && pq.starts_with(admin::PREFIX) {
+        ex.reason = "admin";
+        return admin::handle(shared, rt, parts);
+    }
+
+    let view = RequestView {
+        method: &parts.method,
+        host: request_host(&parts.uri, &parts.headers),
+        path_and_query: pq,
+        headers: &parts.headers,
+        peer: peer.addr.ip(),
+    };
+    let now = shared.clock.at(ex.started);
+    // In a block: the ticket and the pick are dead before the upstream exchange's await, so
+    // the request's future keeps no room for them (and does not copy them).
+    let (fwd, max_body) = {
+        let ticket = match rt.policy.on_request(&view, now) {
+            Step::Respond(r) => return reply(r, ex),
+            Step::Admit(t) => t,
+            Step::Count(p) => {
+                ex.route = Some(p.route().0);
+                let answer = match &*rt.store {
+                    Store::Memory(m) => m.apply(p.request()),
+                    // Boxed: the Redis round trip's future is large and rare next to the
+                    // rest, and every request's future is moved once into hyper's connection.
+                    Store::Redis(r) => Box::pin(r.apply(p.request())).await,
+                };
+                if answer.is_err() {
+                    shared
+                        .metrics
+                        .store_errors
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                match rt.policy.on_counter(p, answer, now) {
+                    Ok(t) => t,
+                    Err(r) => {
+                        if r.reason == Reason::RateLimited {
+                            rt.routes[ex.route.unwrap_or_default()]
+                                .metrics
+                                .rate_limited();
+                        }
+                        return reply(r, ex);
+                    }
+                }
+            }
+        };
+        let route = ticket.route().0;
+        ex.route = Some(route);
+        let max_body = rt.policy.max_body(ticket.route());
+        // A pick may half-open a breaker; that transition is logged with the outcome's.
+        let mut balancer = lock(&rt.balancers[route]);
+        match rt.policy.forward(ticket, &mut balancer, now) {
+            Ok(f) => (f, max_body),
+            Err(r) => {
+                drop(balancer);
+                return reply(r, ex);
+            }
+        }
+    };
+    let route = fwd.route.0;
+    ex.target = Some(fwd.target());
+    ex.user = fwd.user().cloned();
+    let mut guard = OutcomeGuard {
+        shared,
+        rt,
+        route,
+        attempt: Some(fwd.attempt),
+        request_id: ex.request_id.clone(),
+    };
+
+    let body_done = (!body.is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
+    let body = LimitedBody::new(body, max_body, body_done.clone());
+    let original = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
+    let pq = fwd.path_and_query(original);
+    // Not the client's own target (the policy normalised or rewrote it): check it.
+    let rewritten = (pq.as_ptr() != original.as_ptr()).then_some(&*pq);
+    let forwarding = match forwarding(&mut parts.headers, &parts.uri, peer, &fwd, rewritten) {
+        Ok(f) => f,
+        Err(e) => {
+            guard.report(UpstreamOutcome::Cancelled);
+            ex.reason = "bad_request";
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("cannot forward this path: {e}"),
+            );
+        }
+    };
+    // The request's arrival stands for its send time (the policy's microsecond between them
+    // is not worth a clock read): the deadline and upstream latency count from it.
+    let sent = ex.started;
+    let target = &rt.routes[route].targets[fwd.target()];
+    let outgoing = upstream::Outgoing {
+        method: &parts.method,
+        path_and_query: &pq,
+        headers: &parts.headers,
+        set: upstream::SetHeaders {
+            host: &target.host,
+            forwarded_for: forwarding.chain.as_ref().unwrap_or(&peer.ip_header),
+            forwarded_host: forwarding
+                .host
+                .as_ref()
+                .or_else(|| header(&parts.headers, &HOST)),
+            request_id: &ex.request_id,
+        },
+    };
+    let timing = upstream::Timing {
+        connect_timeout: rt.policy.config().server.connect_timeout,
+        now: sent,
+        deadline: sent + fwd.timeout,
+        body_stall: fwd.timeout,
+    };
+    let result = upstream::send(target, &outgoing, body, timing).await;
+    let metrics = &rt.routes[route].metrics;
+    match result {
+        Ok(resp) => {
+            let answered = Instant::now();
+            metrics.upstream_latency(answered.saturating_duration_since(sent));
+            guard.report_at(UpstreamOutcome::Status(resp.status().as_u16()), answered);
+            let (mut head, body) = resp.into_parts();
+            // The upstream's headers stay raw for an HTTP/1.x client (downstream writes them,
+            // leaving out the hop-by-hop ones); hyper needs them in the map.
+            // (The raw lines are already without hop-by-hop and Connection-named headers.)
+            if parts.version == http::Version::HTTP_2
+                && let Some(raw) = body.headers()
+            {
+                raw.to_map(&mut head.headers);
+            }
+            fwd.apply_response_headers(&mut head.headers);
+            Response::from_parts(head, ProxyBody::Upstream(body))
+        }
+        Err(SendError::Timeout) if body_done.is_some_and(|d| !d.load(Ordering::Relaxed)) => {
+            // The client was still sending its body: its slowness, not the upstream's. A slow
+            // uploader must not be able to open a circuit.
+            guard.report(UpstreamOutcome::Cancelled);
+            ex.reason = "client_timeout";
+            error(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the request body did not arrive within {}",
+                    fmt_duration(fwd.timeout)
+                ),
+            )
+        }
+        Err(SendError::Timeout) => {
+            metrics.upstream_latency(sent.elapsed());
+            upstream_failed(rt, &fwd, &mut guard, UpstreamOutcome::Timeout, "", ex)
+        }
+        Err(e) => {
+            if body_too_large(&e) {
+                guard.report(UpstreamOutcome::Cancelled);
+                return reply(rt.policy.body_too_large(fwd.route, None), ex);
+            }
+            if client_body_failed(&e) {
+                guard.report(UpstreamOutcome::Cancelled);
+                ex.reason = "client_aborted";
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "the request body could not be read",
+                );
+            }
+            metrics.upstream_latency(sent.elapsed());
+            upstream_failed(
+                rt,
+                &fwd,
+                &mut guard,
+                UpstreamOutcome::ConnectError,
+                &detail(&e),
+                ex,
+            )
+        }
+    }
+}
+
+/// Reports a failed exchange to the breaker and answers with the policy's 502 or 504.
+fn upstream_failed(
+    rt: &Runtime,
+    fwd: &Forward,
+    guard: &mut OutcomeGuard<'_>,
+    outcome: UpstreamOutcome,
+    detail: &str,
+    ex: &mut Exchange,
+) -> Response<ProxyBody> {
+    guard.report(outcome);
+    match rt
+        .policy
+        .upstream_failure(fwd.route, fwd.target(), outcome, detail)
+    {
+        Some(r) => reply(r, ex),
+        None => error(StatusCode::BAD_GATEWAY, "bad_gateway", detail.to_owned()),
+    }
+}
+
+fn body_too_large(e: &SendError) -> bool {
+    matches!(e, SendError::Body(BodyError::TooLarge(_)))
+}
+
+fn client_body_failed(e: &SendError) -> bool {
+    matches!(e, SendError::Body(BodyError::Client(_)))
+}
+
+/// What went wrong, for the 502's message.
+fn detail(e: &SendError) -> String {
+    e.to_string()
+}
+
+fn fmt_duration(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}

@@ -1,0 +1,90 @@
+//! What lives as long as the process ([`Shared`]: the clock, the metrics, the current
+//! [`Runtime`]) and where the config comes from ([`ConfigSource`]), so that SIGHUP can read it
+//! again.
+
+use std::path::PathBuf;
+
+use aegis_policy::{Config, ConfigEnv};
+use arc_swap::ArcSwap;
+
+use super::runtime::Runtime;
+use crate::observe::log::LogFormat;
+use crate::observe::metrics::Metrics;
+use crate::time::Clock;
+
+/// The process environment: `${VAR}` values and `public_key_file` contents.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessEnv;
+
+impl ConfigEnv for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+    fn read_file(&self, path: &str) -> Result<String, String> {
+        std::fs::read_to_string(path).map_err(|e| format!("cannot read {path:?}: {e}"))
+    }
+}
+
+/// Where the config comes from, so that SIGHUP can read it again.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    File(PathBuf),
+    /// Built in (the demo): nothing to reload.
+    Inline(String),
+}
+
+impl ConfigSource {
+    /// Reads, parses and validates the config, then applies `PORT`, `REDIS_URL` and
+    /// `JWT_SECRET` from the environment.
+    pub fn load(&self) -> Result<Config, String> {
+        let (text, origin) = match self {
+            ConfigSource::File(p) => (
+                std::fs::read_to_string(p)
+                    .map_err(|e| format!("cannot read config {}: {e}", p.display()))?,
+                p.display().to_string(),
+            ),
+            ConfigSource::Inline(t) => (t.clone(), "built-in config".to_owned()),
+        };
+        let mut config =
+            Config::from_toml(&text, &ProcessEnv).map_err(|e| format!("{origin}: {e}"))?;
+        let var = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
+        config
+            .apply_overrides(
+                var("PORT").as_deref(),
+                var("REDIS_URL").as_deref(),
+                var("JWT_SECRET").as_deref(),
+            )
+            .map_err(|e| format!("{origin}: {e}"))?;
+        Ok(config)
+    }
+}
+
+/// What lives as long as the process.
+#[derive(Debug)]
+pub struct Shared {
+    pub clock: Clock,
+    pub metrics: Metrics,
+    pub runtime: ArcSwap<Runtime>,
+    pub log_format: LogFormat,
+    pub source: ConfigSource,
+    /// `/gateway/*` is answered on the proxy listener (no separate admin listener).
+    pub admin_on_proxy: bool,
+}
+
+impl Shared {
+    /// Loads and validates the config and builds its runtime.
+    pub fn new(source: ConfigSource, log_format: LogFormat) -> Result<Shared, String> {
+        let config = source.load()?;
+        let admin_on_proxy = config.server.admin_listen.is_none();
+        let metrics = Metrics::default();
+        let rt = Runtime::build(config, None, &metrics)?;
+        Ok(Shared {
+            clock: Clock::new(),
+            metrics,
+            runtime: ArcSwap::from_pointee(rt),
+            log_format,
+            source,
+            admin_on_proxy,
+        })
+    }
+}

@@ -1,0 +1,18 @@
+//! Toward the targets: the HTTP/1.1 client, its per-worker keep-alive pools, the response body
+//! read from an upstream connection, and the targets themselves.
+//!
+//! ```text
+//!   target   Target: authority, Host, pool slot
+//!   client   send: check out (or connect) → write head + body → read the response head
+//!   pool     idle connections per target slot, per worker thread
+//!   body     UpBody: the response body, read as it is polled; the connection back to the pool
+//! ```
+
+mod body;
+mod client;
+mod pool;
+mod target;
+
+pub use body::UpBody;
+pub use client::{Outgoing, SendError, SetHeaders, Timing, send};
+pub use target::{Key, Target};
