@@ -2,7 +2,7 @@
 //! ([`RequestId`]) and the record the access log is written from ([`Exchange`]).
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::Instant;
+use tokio::time::Instant;
 
 use aegis_policy::header;
 use http::{HeaderMap, HeaderValue};

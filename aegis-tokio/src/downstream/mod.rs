@@ -22,7 +22,9 @@ use std::io;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use http::{Method, Request, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite};

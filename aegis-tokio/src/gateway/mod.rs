@@ -17,7 +17,9 @@ mod reply;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use aegis_policy::{Forward, Reason, RequestView, Step, UpstreamOutcome, header};
 use bytes::Bytes;

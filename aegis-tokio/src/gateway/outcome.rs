@@ -1,7 +1,7 @@
 //! Reports a forwarded request's outcome to its target's breaker exactly once, and logs the
 //! circuit transitions it causes.
 
-use std::time::Instant;
+use tokio::time::Instant;
 
 use aegis_policy::{Attempt, UpstreamOutcome};
 

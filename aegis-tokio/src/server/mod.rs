@@ -19,7 +19,9 @@ mod worker;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::oneshot;

@@ -2,7 +2,9 @@
 //! this turns the process's monotonic clock and the wall clock into one.
 
 use std::cell::Cell;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::time::Instant;
 
 use aegis_policy::{Nanos, Now, UnixMillis};
 

@@ -2,7 +2,7 @@
 
 use std::pin::Pin;
 use std::task::Context;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use tokio::time::Sleep;
 
@@ -23,16 +23,16 @@ impl Timer {
     pub fn timed_out(&mut self, deadline: Instant, cx: &mut Context<'_>) -> bool {
         let sleep = self
             .sleep
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.into())));
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
         if self.armed.is_none_or(|a| a > deadline) {
-            sleep.as_mut().reset(deadline.into());
+            sleep.as_mut().reset(deadline);
             self.armed = Some(deadline);
         }
         while sleep.as_mut().poll(cx).is_ready() {
             if Instant::now() >= deadline {
                 return true;
             }
-            sleep.as_mut().reset(deadline.into());
+            sleep.as_mut().reset(deadline);
             self.armed = Some(deadline);
         }
         false

@@ -9,7 +9,9 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::task::Context;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio::net::TcpStream;
 
