@@ -186,6 +186,8 @@ fn in_flight_and_open_connection_gauges_follow_a_held_request() {
     };
     // The metrics request itself is one request in flight on one connection.
     assert_eq!(gauge("aegis_requests_in_flight"), 1);
+    // The log writer keeps up with a quiet gateway.
+    assert_eq!(gauge("aegis_log_lines_dropped_total"), 0);
     let addr = gw.addr;
     let slow = std::thread::spawn(move || get(addr, "/public/slow?sleep_ms=1500", &[]));
     wait_for("the held request to count", Duration::from_secs(10), || {

@@ -127,7 +127,7 @@ fn run(cmd: Cmd) -> Result<(), String> {
                     config.display()
                 ));
             }
-            log::init(log_format);
+            let _log = log::init(log_format);
             runtime()?.block_on(server::serve(
                 ConfigSource::File(config),
                 log_format,
@@ -143,7 +143,7 @@ fn run(cmd: Cmd) -> Result<(), String> {
             log_format,
         } => {
             parse_duration(&open_for).map_err(|e| format!("--open-for: {e}"))?;
-            log::init(log_format);
+            let _log = log::init(log_format);
             runtime()?.block_on(demo::run(listen, upstream_port, &open_for, log_format))
         }
         Cmd::Check { config } => {
@@ -170,7 +170,7 @@ fn run(cmd: Cmd) -> Result<(), String> {
         Cmd::Upstream { name, listen, port } => {
             let addr =
                 listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], port.unwrap_or(3000))));
-            log::init(LogFormat::Text);
+            let _log = log::init(LogFormat::Text);
             runtime()?.block_on(upstream::run(&name, addr))
         }
     }

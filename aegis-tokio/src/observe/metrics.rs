@@ -290,13 +290,17 @@ impl Metrics {
              aegis_requests_in_flight {}\n\
              # HELP aegis_connections_open Client connections open now.\n\
              # TYPE aegis_connections_open gauge\n\
-             aegis_connections_open {}\n",
+             aegis_connections_open {}\n\
+             # HELP aegis_log_lines_dropped_total Log lines dropped because stderr fell behind.\n\
+             # TYPE aegis_log_lines_dropped_total counter\n\
+             aegis_log_lines_dropped_total {}\n",
             self.store_errors.load(Relaxed),
             u8::from(store_healthy),
             self.reloads.load(Relaxed),
             self.reload_failures.load(Relaxed),
             self.in_flight.get(),
             self.connections.get(),
+            super::log::dropped_lines(),
         );
         out
     }
