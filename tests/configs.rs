@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use aegis_policy::config::{Config, MapEnv, StoreKind};
-use aegis_suite::aegis_bin;
+use aegis_testkit::aegis_bin;
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -215,7 +215,7 @@ fn aegis_check_accepts_every_config() {
 
 #[test]
 fn aegis_check_names_the_bad_key() {
-    let dir = aegis_suite::TempDir::new("configs");
+    let dir = aegis_testkit::temp_dir("configs");
     let bad = dir.path().join("bad.toml");
     let text = read("config/aegis.compose.toml").replace(
         "\"http://product-service-1:3004\"",

@@ -8,7 +8,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use aegis_sim::{RunOptions, Scenario};
-use aegis_suite::{Gateway, Upstream, bearer, mint_token, wait_for_window_room};
+use aegis_testkit::{Gateway, Upstream, bearer, mint_token, wait_for_window_room};
 use serde_json::json;
 
 const SECRET: &str = "your_secret_key_here";

@@ -18,7 +18,7 @@ use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::Duration;
 
-use aegis_suite::{
+use aegis_testkit::{
     Gateway, Response, Upstream, expect_closed, lossy, one_route_config, read_head, read_response,
     wait_until,
 };
@@ -63,7 +63,7 @@ struct Client {
 
 impl Client {
     fn connect(addr: SocketAddr) -> Client {
-        let s = aegis_suite::connect_raw(addr, TIMEOUT);
+        let s = aegis_testkit::connect_raw(addr, TIMEOUT);
         Client {
             r: BufReader::new(s.try_clone().unwrap()),
             w: s,

@@ -19,7 +19,7 @@ use std::task::{Context, Poll};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use aegis_suite::{
+use aegis_testkit::{
     Gateway, Response, Upstream, expect_closed, get, lossy, read_head, read_response, wait_for,
     wait_until,
 };
@@ -78,7 +78,7 @@ struct Client {
 
 impl Client {
     fn connect(addr: SocketAddr) -> Client {
-        let s = aegis_suite::connect_raw(addr, TIMEOUT);
+        let s = aegis_testkit::connect_raw(addr, TIMEOUT);
         Client {
             r: BufReader::new(s.try_clone().unwrap()),
             w: s,
@@ -637,7 +637,7 @@ fn many_concurrent_keep_alive_connections_are_served_and_counted() {
 /// body), instead of holding it for as long as the upstream does.
 #[test]
 fn an_upstream_stalled_mid_body_is_cut_after_the_route_timeout() {
-    let up = aegis_suite::RawUpstream::start(|_head, s| {
+    let up = aegis_testkit::RawUpstream::start(|_head, s| {
         let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789");
         let _ = s.flush();
         // The stall: longer than the client's read timeout, so only the gateway can end it.

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 use std::time::Duration;
 
-use aegis_suite::{
-    Gateway, RawUpstream, TempDir, Upstream, aegis_bin, dead_target, get, wait_until,
+use aegis_testkit::{
+    Gateway, RawUpstream, Upstream, aegis_bin, dead_target, get, temp_dir, wait_until,
 };
 
 fn routes(a_target: &str, dead: &str, extra: &str) -> String {
@@ -68,7 +68,7 @@ fn sighup_reloads_under_load_without_failing_a_request() {
             thread::spawn(move || {
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) && n < 20_000 {
-                    match aegis_suite::request(addr, "GET", "/a", &[], b"") {
+                    match aegis_testkit::request(addr, "GET", "/a", &[], b"") {
                         Ok(r) if r.status == 200 => {}
                         Ok(r) => {
                             failures
@@ -164,7 +164,7 @@ timeout = "30s"
         &[],
     );
     let addr = gw.addr;
-    let client = thread::spawn(move || aegis_suite::request(addr, "GET", "/slow", &[], b""));
+    let client = thread::spawn(move || aegis_testkit::request(addr, "GET", "/slow", &[], b""));
     // The request is in flight once the upstream has it.
     slow.requests
         .recv_timeout(Duration::from_secs(10))
@@ -194,7 +194,7 @@ timeout = "30s"
 
 #[test]
 fn cli_check_token_and_bad_config_exit_codes() {
-    let dir = TempDir::new("cli");
+    let dir = temp_dir("cli");
     let good = dir.path().join("good.toml");
     let bad = dir.path().join("bad.toml");
     std::fs::write(

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use aegis_suite::{Gateway, Upstream, bearer, get, mint_token, wait_for};
+use aegis_testkit::{Gateway, Upstream, bearer, get, mint_token, wait_for};
 use serde_json::{Value, json};
 
 const SECRET: &str = "obs-secret";

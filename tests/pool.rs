@@ -6,7 +6,7 @@
 use std::io::Write;
 use std::time::Duration;
 
-use aegis_suite::{Gateway, RawUpstream, Upstream, one_route_config, request};
+use aegis_testkit::{Gateway, RawUpstream, Upstream, one_route_config, request};
 
 #[test]
 fn connections_closed_by_the_upstream_are_not_reused() {

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use aegis_suite::{
+use aegis_testkit::{
     Gateway, RawUpstream, Response, Upstream, bearer, dead_target, mint_token, raw_exchange,
     read_response, request, wait_for_window_room,
 };

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use aegis_suite::{Gateway, RedisServer, Upstream, wait_for_window_room, wait_until};
+use aegis_testkit::{Gateway, RedisServer, Upstream, wait_for_window_room, wait_until};
 
 fn config(upstream: &Upstream, redis: &RedisServer, on_error: &str, max: u64) -> String {
     format!(
@@ -91,7 +91,7 @@ fn redis_outage_with_allow_admits_marks_and_recovers() {
         || store_health(&gw).1["healthy"] == false,
     );
     assert_eq!(store_health(&gw).0, 200, "allow: health stays 200");
-    let metrics = aegis_suite::get(gw.admin_addr(), "/gateway/metrics", &[]).text();
+    let metrics = aegis_testkit::get(gw.admin_addr(), "/gateway/metrics", &[]).text();
     assert!(metrics.contains("aegis_store_errors_total"), "{metrics}");
 
     // Redis returns on the same port: checks resume by themselves.

@@ -11,7 +11,7 @@
 use aegis_policy::config::LimitAlgorithm;
 use aegis_policy::ratelimit::{REDIS_SCRIPT, decide, step};
 use aegis_policy::{ClientKey, CounterKey, CounterRequest, CounterState, Limit, UnixMillis};
-use aegis_suite::RedisServer;
+use aegis_testkit::RedisServer;
 
 /// SplitMix64: a fixed-seed generator written here so the inputs are the same on every run.
 struct Rng(u64);

@@ -11,7 +11,7 @@ use aegis_policy::{
     ClientKey, CounterKey, CounterRequest, CounterStore, FixedHasher, Limit, MemoryStore,
     UnixMillis,
 };
-use aegis_suite::{RedisServer, send_signal};
+use aegis_testkit::{RedisServer, send_signal};
 use aegis_tokio::state::redis::RedisStore;
 
 const TIMEOUT: Duration = Duration::from_millis(200);
@@ -124,7 +124,7 @@ async fn keys_are_prefixed_expire_and_noscript_is_recovered() {
         algorithm: LimitAlgorithm::Gcra,
         ..fixed
     };
-    let now = aegis_suite::unix_millis();
+    let now = aegis_testkit::unix_millis();
     let mut replies = Vec::new();
     for i in 0..4 {
         replies.push(store.apply(&req("/f", "u", fixed, now + i)).await.unwrap());
@@ -185,7 +185,7 @@ async fn outage_fails_fast_and_recovers() {
         max: 1000,
         window_ms: 60_000,
     };
-    let now = aegis_suite::unix_millis();
+    let now = aegis_testkit::unix_millis();
     assert!(store.apply(&req("/r", "u", limit, now)).await.is_ok());
 
     redis.stop();
@@ -228,7 +228,7 @@ async fn hung_redis_is_bounded_by_the_command_timeout() {
         max: 1000,
         window_ms: 1000,
     };
-    let now = aegis_suite::unix_millis();
+    let now = aegis_testkit::unix_millis();
     // If an assertion fails while Redis is stopped, RedisServer's Drop resumes and kills it.
     send_signal(redis.pid(), "STOP");
     for _ in 0..5 {

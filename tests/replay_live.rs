@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use aegis_suite::{Gateway, TempDir, Upstream, wait_for, wait_for_window_room};
+use aegis_testkit::{Gateway, Upstream, temp_dir, wait_for, wait_for_window_room};
 
 fn config(up: &Upstream, limit: &str) -> String {
     format!(
@@ -30,7 +30,7 @@ fn a_recorded_log_replayed_through_a_new_limit() {
         (text.matches("\"message\":\"request\"").count() >= 32).then_some(text)
     });
 
-    let dir = TempDir::new("replay");
+    let dir = temp_dir("replay");
     let log_path = dir.path().join("access.jsonl");
     let candidate = dir.path().join("candidate.toml");
     std::fs::write(&log_path, log).unwrap();

@@ -8,7 +8,7 @@ use std::io::{BufReader, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use aegis_suite::{Gateway, Upstream, one_route_config, raw_exchange, read_response, wait_until};
+use aegis_testkit::{Gateway, Upstream, one_route_config, raw_exchange, read_response, wait_until};
 
 const GIB: u64 = 1 << 30;
 

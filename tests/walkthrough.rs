@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use aegis_suite::{
+use aegis_testkit::{
     Gateway, Response, Upstream, bearer, free_port, get, mint_token, wait_for,
     wait_for_window_room, wait_until,
 };
@@ -272,7 +272,7 @@ fn demo_command_serves_the_walkthrough() {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
 
-    let mut child = Command::new(aegis_suite::aegis_bin())
+    let mut child = Command::new(aegis_testkit::aegis_bin())
         .args([
             "demo",
             "--listen",

@@ -1,5 +1,5 @@
-//! aegis-suite: the end-to-end test harness (real `aegis` processes, real `redis-server`, raw
-//! HTTP/1.1 over loopback) shared by the tests in `tests/`, plus the criterion benches.
+//! aegis-testkit: the end-to-end test harness (real `aegis` processes, real `redis-server`, raw
+//! HTTP/1.1 over loopback) shared by the end-to-end tests in the workspace root's `tests/`.
 //!
 //! Every process a test starts is owned by a value here and killed by PID on `Drop`; every wait
 //! polls a condition until a deadline (no fixed sleeps); all traffic goes to 127.0.0.1.
@@ -12,7 +12,6 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
@@ -84,29 +83,14 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A fresh directory under the system temp dir, removed on drop.
-#[derive(Debug)]
-pub struct TempDir(PathBuf);
+pub use tempfile::TempDir;
 
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let p = std::env::temp_dir().join(format!("aegis-suite-{}-{tag}-{n}", std::process::id()));
-        let _ = fs::remove_dir_all(&p);
-        fs::create_dir_all(&p).expect("create temp dir");
-        TempDir(p)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
+/// A fresh directory under the system temp dir (`aegis-TAG-…`), removed when dropped.
+pub fn temp_dir(tag: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("aegis-{tag}-"))
+        .tempdir()
+        .expect("create a temp dir")
 }
 
 /// The `aegis` binary of this build profile (`target/<profile>/aegis`, beside the test
@@ -255,7 +239,7 @@ impl RedisServer {
 
     /// Starts on `port` (e.g. to restart on the same address after [`RedisServer::stop`]).
     pub fn try_start_on(port: u16) -> Result<RedisServer, String> {
-        let dir = TempDir::new("redis");
+        let dir = temp_dir("redis");
         let mut server = RedisServer {
             child: None,
             port,
@@ -401,7 +385,7 @@ impl Gateway {
         env: &[(&str, &str)],
         args: &[&str],
     ) -> Result<Gateway, String> {
-        let dir = TempDir::new("gateway");
+        let dir = temp_dir("gateway");
         let config_path = dir.path().join("aegis.toml");
         fs::write(&config_path, config).expect("write config");
         let stderr_path = dir.path().join("stderr.log");
@@ -568,7 +552,7 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn start(name: &str) -> Upstream {
-        let dir = TempDir::new("upstream");
+        let dir = temp_dir("upstream");
         let stderr_path = dir.path().join("stderr.log");
         let mut child = Command::new(aegis_bin())
             .args(["upstream", "--name", name, "--listen", "127.0.0.1:0"])
