@@ -165,8 +165,8 @@ pub async fn serve<S>(
             io.continue_left = b"";
             io.body.is_some()
         };
-        let stopping = stop.is_cancelled();
-        let keep = keep_alive && !unread && !stopping;
+        // Stopping: this answer says `connection: close`.
+        let keep = keep_alive && !unread && !stop.is_cancelled();
         let out = Out {
             request_id: Some(&answer.request_id),
             version,
@@ -183,10 +183,8 @@ pub async fn serve<S>(
             }
             Err(_) => return,
         }
-        if stop.is_cancelled() {
-            close(&conn, false).await;
-            return;
-        }
+        // A stop that came during the write is seen by the next read_head (between requests
+        // it closes at once): one cancellation check per request, not two.
     }
 }
 
