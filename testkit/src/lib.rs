@@ -379,7 +379,8 @@ impl Gateway {
     }
 
     /// Like [`Gateway::start`] with extra arguments after `run --config F` (e.g.
-    /// `--log-format json`); returns the failure instead of panicking.
+    /// `--log-format json`); returns the failure instead of panicking. Two workers unless the
+    /// arguments say `--workers`.
     pub fn start_with(
         config: &str,
         env: &[(&str, &str)],
@@ -390,11 +391,12 @@ impl Gateway {
         fs::write(&config_path, config).expect("write config");
         let stderr_path = dir.path().join("stderr.log");
         let mut cmd = Command::new(aegis_bin());
-        cmd.arg("run")
-            .arg("--config")
-            .arg(&config_path)
-            .args(args)
-            .env_remove("PORT")
+        cmd.arg("run").arg("--config").arg(&config_path).args(args);
+        // The same worker count on every machine (tests count connections and ports).
+        if !args.contains(&"--workers") {
+            cmd.args(["--workers", "2"]);
+        }
+        cmd.env_remove("PORT")
             .env_remove("REDIS_URL")
             .env_remove("JWT_SECRET")
             .stdin(Stdio::null())
@@ -637,6 +639,109 @@ impl RawUpstream {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+}
+
+/// What a [`ScriptedUpstream`] does after a request it received.
+#[derive(Debug, Clone)]
+pub enum Then {
+    /// Write these bytes and keep the connection for its next request.
+    Answer(Vec<u8>),
+    /// Write these bytes, then close.
+    AnswerAndClose(Vec<u8>),
+    /// Close without a byte of answer (a keep-alive race: the request was received).
+    Close,
+}
+
+/// One request a [`ScriptedUpstream`] received: on which connection (numbered from 0 in
+/// accept order), its place on that connection, its head and body.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub conn: usize,
+    pub nth_on_conn: usize,
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+/// A keep-alive raw HTTP/1.1 upstream in the test process that answers by script and records
+/// every request it received (bodies included: `Content-Length` only), so a test can count
+/// what reached it and on which connections.
+#[derive(Debug)]
+pub struct ScriptedUpstream {
+    pub addr: SocketAddr,
+    received: Arc<Mutex<Vec<Received>>>,
+}
+
+impl ScriptedUpstream {
+    /// `script(request)` decides each answer; it runs on the connection's thread.
+    pub fn start(script: impl Fn(&Received) -> Then + Send + Sync + 'static) -> ScriptedUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind scripted upstream");
+        let addr = listener.local_addr().unwrap();
+        let received: Arc<Mutex<Vec<Received>>> = Arc::default();
+        let script = Arc::new(script);
+        let log = received.clone();
+        thread::spawn(move || {
+            for (conn, s) in listener.incoming().enumerate() {
+                let Ok(mut s) = s else { break };
+                let (script, log) = (script.clone(), log.clone());
+                thread::spawn(move || {
+                    let _ = s.set_read_timeout(Some(IO_TIMEOUT));
+                    // Bounded: a connection carries at most this many requests.
+                    for nth_on_conn in 0..10_000 {
+                        let Ok(head) = read_head(&mut s) else { return };
+                        let head = String::from_utf8_lossy(&head).into_owned();
+                        let len = head
+                            .lines()
+                            .filter_map(|l| l.split_once(':'))
+                            .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+                            .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        let mut body = vec![0; len];
+                        if s.read_exact(&mut body).is_err() {
+                            return;
+                        }
+                        let r = Received {
+                            conn,
+                            nth_on_conn,
+                            head,
+                            body,
+                        };
+                        let then = script(&r);
+                        log.lock().unwrap().push(r);
+                        match then {
+                            Then::Answer(b) => {
+                                if s.write_all(&b).is_err() {
+                                    return;
+                                }
+                            }
+                            Then::AnswerAndClose(b) => {
+                                let _ = s.write_all(&b);
+                                return;
+                            }
+                            Then::Close => return,
+                        }
+                    }
+                });
+            }
+        });
+        ScriptedUpstream { addr, received }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every request received so far, in the order they were.
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// How many connections carried a request.
+    pub fn connections(&self) -> usize {
+        let mut conns: Vec<usize> = self.received().iter().map(|r| r.conn).collect();
+        conns.sort_unstable();
+        conns.dedup();
+        conns.len()
     }
 }
 

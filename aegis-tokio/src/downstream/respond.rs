@@ -104,7 +104,15 @@ pub(super) async fn write_response<S: AsyncRead + AsyncWrite + Unpin>(
         h1::put_u64(wbuf, n);
         wbuf.extend_from_slice(b"\r\n");
     } else if framing == Some(Framing::Chunked) {
-        wbuf.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        // Codings the upstream applied besides chunked stay on the body: the client is told.
+        match raw.map(|r| &r.codings[..]) {
+            Some(codings) if !codings.is_empty() => {
+                wbuf.extend_from_slice(b"transfer-encoding: ");
+                wbuf.extend_from_slice(codings);
+                wbuf.extend_from_slice(b", chunked\r\n");
+            }
+            _ => wbuf.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        }
     }
     if !keep {
         wbuf.extend_from_slice(b"connection: close\r\n");

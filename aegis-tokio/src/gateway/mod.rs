@@ -267,6 +267,17 @@ where
             metrics.upstream_latency(answered.saturating_duration_since(sent));
             guard.report_at(UpstreamOutcome::Status(resp.status().as_u16()), answered);
             let (mut head, body) = resp.into_parts();
+            // A transfer coding besides chunked (gzip) stays on the body; only an HTTP/1.1
+            // client can be told so (HTTP/1.0 and HTTP/2 have no transfer codings).
+            let coded = body.headers().is_some_and(|h| !h.codings.is_empty());
+            if coded && parts.version != http::Version::HTTP_11 {
+                ex.reason = "upstream_error";
+                return error(
+                    StatusCode::BAD_GATEWAY,
+                    "bad_gateway",
+                    "the upstream's response has a transfer coding this client cannot receive",
+                );
+            }
             // The upstream's headers stay raw for an HTTP/1.x client (downstream writes them,
             // leaving out the hop-by-hop ones); hyper needs them in the map.
             // (The raw lines are already without hop-by-hop and Connection-named headers.)

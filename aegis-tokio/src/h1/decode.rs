@@ -105,24 +105,51 @@ impl BodyDecoder {
     }
 }
 
+/// Where the chunked decoder is in RFC 9112 §7.1's grammar:
+///
+/// ```text
+///   chunk      = chunk-size [ chunk-ext ] CRLF chunk-data CRLF
+///   chunk-ext  = *( BWS ";" BWS ext-name [ BWS "=" BWS ( token / quoted-string ) ] )
+///   last-chunk = 1*"0" [ chunk-ext ] CRLF,  then  *( field-line CRLF ) CRLF
+/// ```
+///
+/// Strict: a bare LF, whitespace after the size that no `;` follows, an extension or trailer
+/// byte outside the grammar, or a trailer line that is not `name: value` is an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 enum ChunkState {
     #[default]
     Size,
-    /// After the size: extensions or whitespace until the line's end.
-    Ext,
+    /// Whitespace after the size: a `;` must follow.
+    SizeWs,
+    /// After `;` (and any whitespace): an extension name must start.
+    ExtPreName,
+    ExtName,
+    /// Whitespace after a name: `=` or `;` must follow.
+    ExtPostName,
+    /// After `=` (and any whitespace): a token or a quoted string must start.
+    ExtPreValue,
+    ExtToken,
+    ExtQuoted,
+    /// After a backslash in a quoted string.
+    ExtEscape,
+    /// After a value: `;`, whitespace or the line's end.
+    ExtPostValue,
+    /// Whitespace after a value: `;` must follow.
+    ExtValueWs,
     SizeLf,
     Data,
     DataCr,
     DataLf,
     /// At the start of a trailer line (or the final empty line).
     Trailer,
-    TrailerLine,
+    TrailerName,
+    TrailerValue,
+    TrailerLf,
     EndLf,
     Done,
 }
 
-/// The chunked transfer coding's decoder (RFC 9112 §7.1); trailers are read and dropped.
+/// The chunked transfer coding's decoder (RFC 9112 §7.1); trailers are checked and dropped.
 #[derive(Debug, Clone, Default)]
 pub struct Chunked {
     state: ChunkState,
@@ -132,91 +159,134 @@ pub struct Chunked {
     meta: usize,
 }
 
+/// RFC 9110 §5.6.2 `tchar`: the bytes of a token.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn is_ws(b: u8) -> bool {
+    b == b' ' || b == b'\t'
+}
+
 impl Chunked {
     fn decode(&mut self, input: &[u8]) -> Result<Decoded, &'static str> {
+        use ChunkState as S;
         let mut i = 0;
         while i < input.len() {
             let b = input[i];
-            match self.state {
-                ChunkState::Size => match (b as char).to_digit(16) {
-                    Some(d) => {
-                        if self.digits == 15 {
-                            return Err("chunk size too large");
-                        }
-                        self.size = self.size * 16 + u64::from(d);
-                        self.digits += 1;
+            let state = self.state;
+            if matches!(
+                state,
+                S::SizeWs
+                    | S::ExtPreName
+                    | S::ExtName
+                    | S::ExtPostName
+                    | S::ExtPreValue
+                    | S::ExtToken
+                    | S::ExtQuoted
+                    | S::ExtEscape
+                    | S::ExtPostValue
+                    | S::ExtValueWs
+                    | S::Trailer
+                    | S::TrailerName
+                    | S::TrailerValue
+            ) {
+                self.meta_byte()?;
+            }
+            self.state = match (state, b) {
+                (S::Size, _) if b.is_ascii_hexdigit() => {
+                    if self.digits == 15 {
+                        return Err("chunk size too large");
                     }
-                    None if self.digits == 0 => return Err("invalid chunk size"),
-                    None => match b {
-                        b'\r' => self.state = ChunkState::SizeLf,
-                        b'\n' => self.end_of_size(),
-                        b';' | b' ' | b'\t' => self.state = ChunkState::Ext,
-                        _ => return Err("invalid chunk size"),
-                    },
-                },
-                ChunkState::Ext => match b {
-                    b'\r' => self.state = ChunkState::SizeLf,
-                    b'\n' => self.end_of_size(),
-                    _ => self.meta_byte()?,
-                },
-                ChunkState::SizeLf if b == b'\n' => self.end_of_size(),
-                ChunkState::Data => {
+                    let d = (b as char).to_digit(16).unwrap_or_default();
+                    self.size = self.size * 16 + u64::from(d);
+                    self.digits += 1;
+                    S::Size
+                }
+                (S::Size, _) if self.digits == 0 => return Err("invalid chunk size"),
+                (S::Size, b'\r') => S::SizeLf,
+                (S::Size, b';') => S::ExtPreName,
+                (S::Size, _) if is_ws(b) => S::SizeWs,
+                (S::Size, _) => return Err("invalid chunk size line"),
+                (S::SizeWs, b';') => S::ExtPreName,
+                (S::SizeWs, _) if is_ws(b) => S::SizeWs,
+                (S::SizeWs, _) => {
+                    return Err("whitespace after the chunk size without an extension");
+                }
+                (S::ExtPreName, _) if is_ws(b) => S::ExtPreName,
+                (S::ExtPreName | S::ExtName, _) if is_tchar(b) => S::ExtName,
+                (S::ExtName, b'\r') => S::SizeLf,
+                (S::ExtName | S::ExtPostName, b';') => S::ExtPreName,
+                (S::ExtName | S::ExtPostName, b'=') => S::ExtPreValue,
+                (S::ExtName | S::ExtPostName, _) if is_ws(b) => S::ExtPostName,
+                (S::ExtPreValue, _) if is_ws(b) => S::ExtPreValue,
+                (S::ExtPreValue, b'"') => S::ExtQuoted,
+                (S::ExtPreValue | S::ExtToken, _) if is_tchar(b) => S::ExtToken,
+                (S::ExtToken | S::ExtPostValue, b'\r') => S::SizeLf,
+                (S::ExtToken | S::ExtPostValue | S::ExtValueWs, b';') => S::ExtPreName,
+                (S::ExtToken | S::ExtPostValue | S::ExtValueWs, _) if is_ws(b) => S::ExtValueWs,
+                (S::ExtQuoted, b'"') => S::ExtPostValue,
+                (S::ExtQuoted, b'\\') => S::ExtEscape,
+                // qdtext: HTAB, SP, VCHAR but `"` and `\\`, obs-text.
+                (S::ExtQuoted, _) if is_ws(b) || b >= 0x21 && b != 0x7f => S::ExtQuoted,
+                (S::ExtEscape, _) if is_ws(b) || b >= 0x21 && b != 0x7f => S::ExtQuoted,
+                (
+                    S::ExtPreName
+                    | S::ExtName
+                    | S::ExtPostName
+                    | S::ExtPreValue
+                    | S::ExtToken
+                    | S::ExtQuoted
+                    | S::ExtEscape
+                    | S::ExtPostValue
+                    | S::ExtValueWs,
+                    _,
+                ) => return Err("invalid chunk extension"),
+                (S::SizeLf, b'\n') => {
+                    if self.size == 0 {
+                        S::Trailer
+                    } else {
+                        S::Data
+                    }
+                }
+                (S::SizeLf, _) => return Err("chunk size line not ended by CRLF"),
+                (S::Data, _) => {
                     let n = usize::try_from(self.size)
                         .unwrap_or(usize::MAX)
                         .min(input.len() - i);
                     self.size -= n as u64;
-                    if self.size == 0 {
-                        self.state = ChunkState::DataCr;
-                    }
+                    self.state = if self.size == 0 { S::DataCr } else { S::Data };
                     return Ok(Decoded::Data(i..i + n));
                 }
-                ChunkState::DataCr if b == b'\r' => self.state = ChunkState::DataLf,
-                ChunkState::DataCr | ChunkState::DataLf if b == b'\n' => {
-                    self.state = ChunkState::Size;
+                (S::DataCr, b'\r') => S::DataLf,
+                (S::DataLf, b'\n') => {
                     self.digits = 0;
+                    S::Size
                 }
-                ChunkState::Trailer => match b {
-                    b'\r' => self.state = ChunkState::EndLf,
-                    b'\n' => {
-                        self.state = ChunkState::Done;
-                        return Ok(Decoded::End(i + 1));
-                    }
-                    _ => {
-                        self.state = ChunkState::TrailerLine;
-                        self.meta_byte()?;
-                    }
-                },
-                ChunkState::TrailerLine => {
-                    if b == b'\n' {
-                        self.state = ChunkState::Trailer;
-                    } else {
-                        self.meta_byte()?;
-                    }
+                (S::DataCr | S::DataLf, _) => return Err("chunk data not followed by CRLF"),
+                (S::Trailer, b'\r') => S::EndLf,
+                (S::Trailer | S::TrailerName, _) if is_tchar(b) => S::TrailerName,
+                (S::TrailerName, b':') => S::TrailerValue,
+                // field-value and OWS: VCHAR, obs-text, SP, HTAB.
+                (S::TrailerValue, _) if is_ws(b) || b >= 0x21 && b != 0x7f => S::TrailerValue,
+                (S::TrailerValue, b'\r') => S::TrailerLf,
+                (S::TrailerLf, b'\n') => S::Trailer,
+                (S::Trailer | S::TrailerName | S::TrailerValue | S::TrailerLf, _) => {
+                    return Err("invalid trailer line");
                 }
-                ChunkState::EndLf if b == b'\n' => {
-                    self.state = ChunkState::Done;
+                (S::EndLf, b'\n') => {
+                    self.state = S::Done;
                     return Ok(Decoded::End(i + 1));
                 }
-                ChunkState::Done => return Ok(Decoded::End(i)),
-                ChunkState::SizeLf
-                | ChunkState::DataCr
-                | ChunkState::DataLf
-                | ChunkState::EndLf => return Err("invalid chunk framing"),
-            }
+                (S::EndLf, _) => return Err("chunked body not ended by CRLF"),
+                (S::Done, _) => return Ok(Decoded::End(i)),
+            };
             i += 1;
         }
-        if self.state == ChunkState::Done {
+        if self.state == S::Done {
             return Ok(Decoded::End(i));
         }
         Ok(Decoded::More(i))
-    }
-
-    fn end_of_size(&mut self) {
-        self.state = if self.size == 0 {
-            ChunkState::Trailer
-        } else {
-            ChunkState::Data
-        };
     }
 
     fn meta_byte(&mut self) -> Result<(), &'static str> {
@@ -260,7 +330,8 @@ mod tests {
 
     #[test]
     fn chunked_bodies_decode_at_any_split() {
-        let wire = b"5;ext=1\r\nhello\r\n7\r\n, world\r\nA \r\n0123456789\r\n0\r\nX-T: 1\r\n\r\n";
+        let wire = b"5;ext=1\r\nhello\r\n7 ; a ; b = \"q \\\" s\"\r\n, world\r\n\
+                     A;x\r\n0123456789\r\n0\r\nX-T: 1\r\nX-Empty:\r\n\r\n";
         for step in 1..wire.len() {
             let got = decode_all(BodyDecoder::new(Framing::Chunked), wire, step);
             assert_eq!(
@@ -273,6 +344,7 @@ mod tests {
         assert_eq!(got.as_deref(), Ok(&b""[..]));
     }
 
+    /// Everything RFC 9112 §7.1 calls invalid, at every split: refused, never read past.
     #[test]
     fn malformed_chunks_are_errors() {
         for wire in [
@@ -280,12 +352,41 @@ mod tests {
             b"2\r\nabc\r\n",
             b"fffffffffffffffff\r\n",
             b"\r\n",
+            // Bare LF: in the size line, after the data, in the last chunk, in trailers.
+            b"2\nab\r\n0\r\n\r\n",
+            b"2\r\nab\n0\r\n\r\n",
+            b"2\r\nab\r\n0\n\r\n",
+            b"0\r\n\n",
+            b"0\r\nX-T: 1\n\r\n",
+            b"2;a\nab\r\n0\r\n\r\n",
+            // Whitespace after the size not followed by an extension.
+            b"2 \r\nab\r\n0\r\n\r\n",
+            b"2\t\r\nab\r\n0\r\n\r\n",
+            // Extensions with CR/LF or non-token bytes.
+            b"2;a\rb\r\nab\r\n0\r\n\r\n",
+            b"2;a b\r\nab\r\n0\r\n\r\n",
+            b"2;\r\nab\r\n0\r\n\r\n",
+            b"2;a=\r\nab\r\n0\r\n\r\n",
+            b"2;a=(b)\r\nab\r\n0\r\n\r\n",
+            b"2;a=\"b\r\nab\r\n0\r\n\r\n",
+            b"2;a=\"b\x01\"\r\nab\r\n0\r\n\r\n",
+            b"2;a@b\r\nab\r\n0\r\n\r\n",
+            // Trailer lines that are not `name: value`.
+            b"0\r\nno-colon\r\n\r\n",
+            b"0\r\n: empty-name\r\n\r\n",
+            b"0\r\n bad: folded\r\n\r\n",
+            b"0\r\nX T: 1\r\n\r\n",
+            b"0\r\nX-T: a\x00b\r\n\r\n",
+            b"0\r\nX-T: 1\r\r\n\r\n",
         ] {
-            assert!(
-                decode_all(BodyDecoder::new(Framing::Chunked), wire, 64).is_err(),
-                "{:?}",
-                String::from_utf8_lossy(wire)
-            );
+            for step in [1, 3, 64] {
+                let got = decode_all(BodyDecoder::new(Framing::Chunked), wire, step);
+                assert!(
+                    got.is_err_and(|e| e != "incomplete"),
+                    "{:?} at step {step}",
+                    String::from_utf8_lossy(wire)
+                );
+            }
         }
     }
 }

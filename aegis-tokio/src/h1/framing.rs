@@ -20,11 +20,14 @@ pub enum Framing {
 /// read: one pass, no map lookups afterwards.
 #[derive(Debug, Default)]
 pub(super) struct Meta {
-    pub(super) host: bool,
+    /// `Host` header lines seen.
+    pub(super) hosts: u8,
     /// `Transfer-Encoding` was sent: its codings, and whether the last one is `chunked`.
     pub(super) te: bool,
     pub(super) te_codings: usize,
     pub(super) te_last_chunked: bool,
+    /// A coding follows `chunked` (which must be applied once, last).
+    pub(super) te_chunked_not_last: bool,
     /// `Content-Length`: the value all of its values agree on; `cl_bad` if they do not, or
     /// one is not a number.
     pub(super) cl: Option<u64>,
@@ -38,7 +41,7 @@ pub(super) struct Meta {
 impl Meta {
     pub(super) fn see(&mut self, name: &HeaderName, value: &[u8]) {
         if name == HOST {
-            self.host = true;
+            self.hosts = self.hosts.saturating_add(1);
         } else if name == CONTENT_LENGTH {
             self.content_length_value(value);
         } else if name == TRANSFER_ENCODING {
@@ -62,6 +65,8 @@ impl Meta {
     pub(super) fn transfer_encoding(&mut self, value: &[u8]) {
         self.te = true;
         for t in tokens(value) {
+            // Something follows `chunked`: chunked applied twice, or not last (RFC 9112 §6.1).
+            self.te_chunked_not_last |= self.te_last_chunked;
             self.te_codings += 1;
             self.te_last_chunked = t.eq_ignore_ascii_case(b"chunked");
         }

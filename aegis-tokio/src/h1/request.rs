@@ -3,6 +3,7 @@
 
 use std::mem::MaybeUninit;
 
+use http::header::HOST;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
 
 use super::framing::{Framing, MAX_HEADERS, Meta};
@@ -104,8 +105,22 @@ pub fn parse_request(
     };
     let meta = header_map(req.headers, &mut parts.headers)?;
     // RFC 9112 §3.2: an HTTP/1.1 request without Host is refused.
-    if version == Version::HTTP_11 && !meta.host {
+    if version == Version::HTTP_11 && meta.hosts == 0 {
         return Err(HeadError::Bad("no Host header".into()));
+    }
+    // RFC 9112 §3.2: more than one Host, or a Host that names another authority than an
+    // absolute-form target, is refused (two hosts that two hops could read differently).
+    if meta.hosts > 1 {
+        return Err(HeadError::Bad("more than one Host header".into()));
+    }
+    if let (Some(authority), Some(host)) = (uri.authority(), parts.headers.get(HOST))
+        && !host
+            .as_bytes()
+            .eq_ignore_ascii_case(authority.as_str().as_bytes())
+    {
+        return Err(HeadError::Bad(
+            "the Host header differs from the request target's authority".into(),
+        ));
     }
     let framing = request_framing(&meta, version)?;
     let keep_alive = meta.keep_alive(version);
@@ -171,7 +186,11 @@ fn request_framing(meta: &Meta, version: Version) -> Result<Framing, HeadError> 
         }
         // Not chunked last: the length cannot be known (400); chunked after another coding:
         // a coding this gateway does not decode (501).
-        return if !meta.te_last_chunked {
+        return if meta.te_chunked_not_last {
+            Err(HeadError::Bad(
+                "chunked is not the last transfer coding, or is applied twice".into(),
+            ))
+        } else if !meta.te_last_chunked {
             Err(HeadError::Bad(
                 "Transfer-Encoding does not end in chunked".into(),
             ))
@@ -250,6 +269,9 @@ mod tests {
             "POST / HTTP/1.1\r\nContent-Length: -3\r\n\r\n",
             "GARBAGE\r\n\r\n",
             "GET / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n",
+            "GET http://a/x HTTP/1.1\r\nHost: b\r\n\r\n",
         ] {
             assert!(matches!(parse(bad), Err(HeadError::Bad(_))), "{bad}");
         }
@@ -257,6 +279,11 @@ mod tests {
             parse("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n")
                 .unwrap_err(),
             HeadError::UnsupportedCoding
+        );
+        let absolute = parse("GET http://A:80/x HTTP/1.1\r\nHost: a:80\r\n\r\n");
+        assert!(
+            absolute.unwrap().is_some(),
+            "the same authority, another case"
         );
         let ten = parse("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
         assert!(!ten.keep_alive);

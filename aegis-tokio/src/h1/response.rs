@@ -21,6 +21,9 @@ pub struct RawHeaders {
     /// A line may carry a name the gateway sets itself (request id, rate-limit headers): the
     /// writer must filter.
     pub may_collide: bool,
+    /// The transfer codings the upstream applied besides `chunked` (`gzip`), comma-separated:
+    /// the body is relayed with them still applied, so the client must be told.
+    pub codings: Vec<u8>,
 }
 
 /// What a response header is to this hop.
@@ -77,6 +80,7 @@ impl RawHeaders {
     /// keeps one); `Connection`-named headers are dropped too.
     fn fill(raw: &mut RawHeaders, head: &[u8], parsed: &[httparse::Header<'_>], meta: &mut Meta) {
         raw.bytes.clear();
+        raw.codings.clear();
         raw.has_date = false;
         raw.may_collide = false;
         let mut named = false;
@@ -95,6 +99,12 @@ impl RawHeaders {
                 }
                 Kind::TransferEncoding => {
                     meta.transfer_encoding(h.value);
+                    for t in tokens(h.value).filter(|t| !t.eq_ignore_ascii_case(b"chunked")) {
+                        if !raw.codings.is_empty() {
+                            raw.codings.extend_from_slice(b", ");
+                        }
+                        raw.codings.extend_from_slice(t);
+                    }
                     continue;
                 }
                 Kind::ContentLength => {
@@ -226,11 +236,28 @@ pub fn parse_response(
     let mut meta = Meta::default();
     RawHeaders::fill(raw, &buf[..n], resp.headers, &mut meta);
     let mut keep_alive = meta.keep_alive(version);
-    let framing = if head_request
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
+    if meta.te {
+        // RFC 9112 §6.1: an HTTP/1.0 message has no transfer codings; chunked is applied
+        // once, last.
+        if version == Version::HTTP_10 {
+            return Err("malformed response: Transfer-Encoding in an HTTP/1.0 response".into());
+        }
+        if meta.te_chunked_not_last {
+            return Err("malformed response: chunked is not the last transfer coding".into());
+        }
+        // Both Transfer-Encoding and Content-Length (§6.3): the coding frames the body, the
+        // length is not relayed, and a connection that said both is not used again.
+        if meta.cl.is_some() || meta.cl_bad {
+            keep_alive = false;
+            raw.content_length = None;
+        }
+    }
+    let bodiless = status.is_informational() || status == StatusCode::NO_CONTENT;
+    if bodiless {
+        // A 1xx or 204 has no content and never a length (RFC 9110 §8.6).
+        raw.content_length = None;
+    }
+    let framing = if head_request || bodiless || status == StatusCode::NOT_MODIFIED {
         Framing::Length(0)
     } else if meta.te {
         if meta.te_last_chunked {
@@ -344,5 +371,60 @@ mod tests {
             .unwrap();
         assert!(!raw.may_collide && !raw.has_date);
         assert_eq!(h.framing, Framing::Close);
+    }
+
+    /// RFC 9112's rules for responses: a faulty framing is not reused, an impossible one is
+    /// refused, a 204 has no length, codings besides chunked stay visible.
+    #[test]
+    fn faulty_response_framing() {
+        let mut raw = RawHeaders::default();
+        let mut parse = |s: &str| {
+            parse_response(s.as_bytes(), false, 65536, &mut raw).map(|o| o.map(|(_, h)| h))
+        };
+        let both =
+            parse("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n")
+                .unwrap()
+                .unwrap();
+        assert_eq!(both.framing, Framing::Chunked);
+        assert!(!both.keep_alive, "a response with both is not pooled");
+        assert_eq!(raw.content_length, None);
+        let err = |s: &str| parse_response(s.as_bytes(), false, 65536, &mut RawHeaders::default());
+        assert!(err("HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").is_err());
+        assert!(err("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n").is_err());
+        assert!(err("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n").is_err());
+        let mut raw = RawHeaders::default();
+        let no_content = parse_response(
+            b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n",
+            false,
+            65536,
+            &mut raw,
+        );
+        assert_eq!(no_content.unwrap().unwrap().1.framing, Framing::Length(0));
+        assert_eq!(raw.content_length, None, "a 204 never carries a length");
+        let gz = parse_response(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            false,
+            65536,
+            &mut raw,
+        );
+        let gz = gz.unwrap().unwrap().1;
+        assert_eq!((gz.framing, gz.keep_alive), (Framing::Chunked, true));
+        assert_eq!(raw.codings, b"gzip");
+        let close = parse_response(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+            false,
+            65536,
+            &mut raw,
+        );
+        assert_eq!(close.unwrap().unwrap().1.framing, Framing::Close);
+        assert_eq!(raw.codings, b"gzip");
+        parse_response(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n",
+            false,
+            65536,
+            &mut raw,
+        )
+        .unwrap();
+        assert!(raw.codings.is_empty(), "refilled for the next response");
     }
 }

@@ -237,9 +237,15 @@ where
                     Ok(Some((n, head))) => {
                         conn.rbuf.consume(n);
                         let status = head.status;
-                        if status.is_informational()
-                            && status != http::StatusCode::SWITCHING_PROTOCOLS
-                        {
+                        if status == http::StatusCode::SWITCHING_PROTOCOLS {
+                            // No Upgrade is ever forwarded: a 101 cannot be an answer.
+                            return Poll::Ready(Err(Failure::Send(SendError::Exchange(
+                                "the upstream switched protocols (101) though no upgrade was \
+                                 asked for"
+                                    .into(),
+                            ))));
+                        }
+                        if status.is_informational() {
                             continue;
                         }
                         return Poll::Ready(Ok((head, complete)));
