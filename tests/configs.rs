@@ -161,6 +161,7 @@ fn example_config_shows_every_key_of_the_model() {
     let mut total = 0;
     for (section, raw) in [
         ("server", "RawServer"),
+        ("upstream", "RawUpstream"),
         ("auth", "RawAuth"),
         ("rate_limit", "RawStore"),
         ("breaker", "RawBreaker"),

@@ -201,3 +201,46 @@ fn a_transfer_coding_besides_chunked_stays_visible_to_the_client() {
     let r = raw_exchange(gw.addr, b"GET /gz HTTP/1.0\r\n\r\n", false).unwrap();
     assert_eq!(r.status, 502, "{r:?}");
 }
+
+/// The attacker's paths with a public `/` and an auth route `/secure`: each is refused with
+/// 400 and nothing reaches the upstream; header names with `_` never reach it either.
+#[test]
+fn ambiguous_paths_and_underscore_headers_never_reach_the_upstream() {
+    let up = ok_upstream();
+    let gw = Gateway::start(
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n\n[auth]\nsecret = \"s\"\n\n\
+             [[routes]]\npath = \"/secure\"\ntargets = [{u:?}]\nauth = true\n\n\
+             [[routes]]\npath = \"/\"\ntargets = [{u:?}]\n",
+            u = up.url()
+        ),
+        &[("RUST_LOG", "warn")],
+    );
+    for path in [
+        "/secure;x=1/y",
+        "/SECURE/x",
+        "/secure%2fx",
+        "/a/..%2fsecure/x",
+        "/secure\\x",
+        "/secure%00/x",
+        "/secure%20/x",
+        "/a/..;/secure/x",
+        "/a/%252e%252e/secure/x",
+        "/a/%c0%ae%c0%ae/secure/x",
+    ] {
+        let r = raw_exchange(
+            gw.addr,
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+            false,
+        )
+        .unwrap();
+        assert_eq!(r.status, 400, "{path}: {r:?}");
+    }
+    assert!(up.received().is_empty(), "{:?}", up.received());
+    let r = aegis_testkit::get(gw.addr, "/public", &[("X_User_Id", "admin"), ("X-Ok", "1")]);
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = up.received();
+    let head = seen[0].head.to_ascii_lowercase();
+    assert!(head.contains("x-ok: 1"), "{head}");
+    assert!(!head.contains("x_user_id"), "{head}");
+}

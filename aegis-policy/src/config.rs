@@ -81,6 +81,7 @@ impl ConfigEnv for MapEnv {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
     pub auth: Option<AuthConfig>,
     pub rate_limit: StoreConfig,
     pub breaker: BreakerConfig,
@@ -102,6 +103,43 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     pub max_uri_bytes: usize,
     pub max_body_bytes: Option<u64>,
+    /// What to do with request headers whose names contain `_`.
+    pub headers_with_underscores: UnderscoreHeaders,
+    /// Client connections open at once, in all (new ones past it get a 503 and the close).
+    pub max_connections: usize,
+    /// Client connections open at once from one client IP.
+    pub max_connections_per_ip: usize,
+    /// Requests in flight at once from one client IP (past it: 429).
+    pub max_requests_per_ip: usize,
+}
+
+/// What a request header whose name contains `_` gets (Envoy's
+/// `headers_with_underscores_action`): a backend that folds `_` to `-` must never read a
+/// client's `X_User_Id` as the gateway's `X-User-Id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnderscoreHeaders {
+    /// Removed before the request goes upstream.
+    Drop,
+    /// The request is refused with 400.
+    Reject,
+    /// Forwarded as sent.
+    Allow,
+}
+
+/// `[upstream]`: the client side of the gateway, toward every target.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamConfig {
+    /// A pooled keep-alive connection unused this long is closed (below common upstream
+    /// keep-alive timeouts, so the gateway closes first).
+    pub idle_timeout: Duration,
+    /// Idle connections kept per target, per worker thread.
+    pub max_idle_per_target: usize,
+    /// Requests in flight to one target at once (per process).
+    pub max_requests_per_target: usize,
+    /// Requests that may wait for one of those slots; more get 503 at once.
+    pub max_pending_per_target: usize,
+    /// How long a request waits for a slot before it gets 503.
+    pub pending_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -256,6 +294,8 @@ pub struct RouteConfig {
 struct RawConfig {
     #[serde(default)]
     server: RawServer,
+    #[serde(default)]
+    upstream: RawUpstream,
     auth: Option<RawAuth>,
     #[serde(default)]
     rate_limit: RawStore,
@@ -280,6 +320,20 @@ struct RawServer {
     max_header_size: Option<RawSize>,
     max_uri_length: Option<RawSize>,
     max_body_size: Option<RawSize>,
+    headers_with_underscores: Option<String>,
+    max_connections: Option<i64>,
+    max_connections_per_ip: Option<i64>,
+    max_requests_per_ip: Option<i64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    idle_timeout: Option<String>,
+    max_idle_per_target: Option<i64>,
+    max_requests_per_target: Option<i64>,
+    max_pending_per_target: Option<i64>,
+    pending_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -566,6 +620,7 @@ fn check_redis_url(url: &str) -> Result<(), String> {
 
 fn validate(raw: RawConfig, env: &dyn ConfigEnv) -> Result<Config, ConfigError> {
     let server = validate_server(raw.server)?;
+    let upstream = validate_upstream(raw.upstream)?;
     let auth = raw.auth.map(|a| validate_auth(a, env)).transpose()?;
     let rate_limit = validate_store(raw.rate_limit)?;
     let mut routes = Vec::with_capacity(raw.routes.len());
@@ -587,10 +642,57 @@ fn validate(raw: RawConfig, env: &dyn ConfigEnv) -> Result<Config, ConfigError> 
     let breaker = validate_breaker(raw.breaker, max_timeout)?;
     Ok(Config {
         server,
+        upstream,
         auth,
         rate_limit,
         breaker,
         routes,
+    })
+}
+
+/// A count from config: at least `min`, `default` when unset.
+fn count(path: &str, raw: Option<i64>, default: usize, min: usize) -> Result<usize, ConfigError> {
+    match raw {
+        None => Ok(default),
+        Some(n) => usize::try_from(n)
+            .ok()
+            .filter(|&n| n >= min)
+            .ok_or_else(|| {
+                ConfigError::new(path, format!("must be a whole number of at least {min}"))
+            }),
+    }
+}
+
+fn validate_upstream(u: RawUpstream) -> Result<UpstreamConfig, ConfigError> {
+    Ok(UpstreamConfig {
+        idle_timeout: positive_duration(
+            "upstream.idle_timeout",
+            u.idle_timeout.as_deref(),
+            Duration::from_secs(4),
+        )?,
+        max_idle_per_target: count(
+            "upstream.max_idle_per_target",
+            u.max_idle_per_target,
+            512,
+            0,
+        )?,
+        max_requests_per_target: count(
+            "upstream.max_requests_per_target",
+            u.max_requests_per_target,
+            1024,
+            1,
+        )?,
+        max_pending_per_target: count(
+            "upstream.max_pending_per_target",
+            u.max_pending_per_target,
+            1024,
+            0,
+        )?,
+        pending_timeout: duration(
+            "upstream.pending_timeout",
+            u.pending_timeout.as_deref(),
+            Duration::from_secs(1),
+        )?,
     })
 }
 
@@ -680,6 +782,25 @@ fn validate_server(s: RawServer) -> Result<ServerConfig, ConfigError> {
         max_header_bytes: max_header as usize,
         max_uri_bytes: max_uri as usize,
         max_body_bytes,
+        headers_with_underscores: match s.headers_with_underscores.as_deref().unwrap_or("drop") {
+            "drop" => UnderscoreHeaders::Drop,
+            "reject" => UnderscoreHeaders::Reject,
+            "allow" => UnderscoreHeaders::Allow,
+            other => {
+                return Err(ConfigError::new(
+                    "server.headers_with_underscores",
+                    format!("{other:?} is not one of \"drop\", \"reject\", \"allow\""),
+                ));
+            }
+        },
+        max_connections: count("server.max_connections", s.max_connections, 25_000, 1)?,
+        max_connections_per_ip: count(
+            "server.max_connections_per_ip",
+            s.max_connections_per_ip,
+            1_000,
+            1,
+        )?,
+        max_requests_per_ip: count("server.max_requests_per_ip", s.max_requests_per_ip, 256, 1)?,
     })
 }
 

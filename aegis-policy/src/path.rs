@@ -3,8 +3,16 @@
 //!
 //! The rules: percent-encoded unreserved characters (`A-Z a-z 0-9 - . _ ~`, RFC 3986 §2.3) are
 //! decoded and other escapes have their hex upper-cased (§6.2.2.1); runs of `/` collapse to one;
-//! `.` and `..` segments are removed (§5.2.4), never climbing above the root. An encoded slash
-//! (`%2F`) is data, not a separator, and stays encoded.
+//! `.` and `..` segments are removed (§5.2.4), never climbing above the root.
+//!
+//! What a lenient backend could read as another path is refused, not normalised (Envoy's
+//! "reject" choice): an encoded separator (`%2F`, `%5C`), a raw backslash, an encoded control
+//! character (`%00`–`%1F`, `%7F`), an escaped escape (`%25` before two hex digits, which a
+//! server that decodes twice reads as `%2e`...), escapes that do not decode to UTF-8 (overlong
+//! forms such as `%C0%AE` included), and a dot segment with parameters (`..;x`). What is left
+//! has one reading, which routing, auth, the rate-limit key and the upstream all see.
+//! [`lenient_view`] gives the path as the most lenient common backends would read it, so that
+//! the pipeline can refuse one that would land on a more protected route there.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -15,6 +23,18 @@ pub enum PathError {
     NotAbsolute,
     /// A `%` not followed by two hex digits.
     BadPercentEncoding,
+    /// `%2F` or `%5C`: a separator a backend may decode and then split on.
+    EncodedSeparator,
+    /// A raw `\`, which some backends read as `/`.
+    Backslash,
+    /// `%00`–`%1F` or `%7F`.
+    EncodedControl,
+    /// `%25` followed by two hex digits: an escape escaped.
+    DoubleEncoded,
+    /// Escapes that do not decode to UTF-8 (overlong forms included).
+    InvalidUtf8,
+    /// `.;x` or `..;x`: a dot segment with parameters, which servlet containers resolve.
+    DotSegmentParams,
 }
 
 impl fmt::Display for PathError {
@@ -22,6 +42,18 @@ impl fmt::Display for PathError {
         f.write_str(match self {
             PathError::NotAbsolute => "path must start with \"/\"",
             PathError::BadPercentEncoding => "\"%\" must be followed by two hex digits",
+            PathError::EncodedSeparator => "an encoded \"/\" or \"\\\" (%2F, %5C) is not allowed",
+            PathError::Backslash => "a \"\\\" is not allowed",
+            PathError::EncodedControl => {
+                "an encoded control character (%00-%1F, %7F) is not allowed"
+            }
+            PathError::DoubleEncoded => {
+                "a double-encoded escape (%25 before two hex digits) is not allowed"
+            }
+            PathError::InvalidUtf8 => "escapes must decode to UTF-8",
+            PathError::DotSegmentParams => {
+                "a \".\" or \"..\" segment with \";\" parameters is not allowed"
+            }
         })
     }
 }
@@ -35,27 +67,115 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     if is_normal(path.as_bytes()) {
         return Ok(Cow::Borrowed(path));
     }
+    check_escapes(path.as_bytes())?;
     let decoded = decode_unreserved(path)?;
+    if decoded
+        .split('/')
+        .any(|s| s.starts_with(".;") || s.starts_with("..;"))
+    {
+        return Err(PathError::DotSegmentParams);
+    }
     Ok(Cow::Owned(remove_dot_segments(&decoded)))
 }
 
-/// True when no rule would change the path: no `%`, no empty, `.` or `..` segment except a
-/// final empty one (the trailing slash).
+/// True when no rule would change or refuse the path: no `%` or `\\`, no empty, `.` or `..`
+/// segment except a final empty one (the trailing slash), no dot segment with parameters.
 fn is_normal(p: &[u8]) -> bool {
     let mut seg_start = 1;
     for i in 1..=p.len() {
         if i == p.len() || p[i] == b'/' {
             let seg = &p[seg_start..i];
             let last = i == p.len();
-            if (seg.is_empty() && !last) || seg == b"." || seg == b".." {
+            if (seg.is_empty() && !last)
+                || seg == b"."
+                || seg == b".."
+                || seg.starts_with(b".;")
+                || seg.starts_with(b"..;")
+            {
                 return false;
             }
             seg_start = i + 1;
-        } else if p[i] == b'%' {
+        } else if p[i] == b'%' || p[i] == b'\\' {
             return false;
         }
     }
     true
+}
+
+/// Refuses a backslash and every escape a lenient backend could read another way; checks
+/// that all escapes together decode to UTF-8.
+fn check_escapes(p: &[u8]) -> Result<(), PathError> {
+    let mut decoded = Vec::new();
+    let mut high = false;
+    let mut i = 0;
+    while i < p.len() {
+        match p[i] {
+            b'\\' => return Err(PathError::Backslash),
+            b'%' => {
+                let v = match (
+                    p.get(i + 1).copied().and_then(hex),
+                    p.get(i + 2).copied().and_then(hex),
+                ) {
+                    (Some(h), Some(l)) => h * 16 + l,
+                    _ => return Err(PathError::BadPercentEncoding),
+                };
+                match v {
+                    b'/' | b'\\' => return Err(PathError::EncodedSeparator),
+                    0..=0x1f | 0x7f => return Err(PathError::EncodedControl),
+                    b'%' if p.get(i + 3).is_some_and(|&c| hex(c).is_some())
+                        && p.get(i + 4).is_some_and(|&c| hex(c).is_some()) =>
+                    {
+                        return Err(PathError::DoubleEncoded);
+                    }
+                    _ => {}
+                }
+                high |= v >= 0x80;
+                decoded.push(v);
+                i += 3;
+            }
+            b => {
+                decoded.push(b);
+                i += 1;
+            }
+        }
+    }
+    if high && std::str::from_utf8(&decoded).is_err() {
+        return Err(PathError::InvalidUtf8);
+    }
+    Ok(())
+}
+
+/// The path as lenient backends read it (a normalised path in, `None` when they read it as
+/// it is): `;params` dropped from every segment (servlet containers), letters folded to lower
+/// case (case-insensitive file systems), trailing `%20`, `.` and `%00` trimmed from segments
+/// (Windows), dot segments resolved again.
+pub fn lenient_view(path: &str) -> Option<String> {
+    let b = path.as_bytes();
+    let may_differ = b
+        .iter()
+        .any(|&c| c.is_ascii_uppercase() || c == b';' || c == b'%')
+        || path.split('/').any(|s| s.len() > 1 && s.ends_with('.'));
+    if !may_differ {
+        return None;
+    }
+    let mut out = String::with_capacity(path.len());
+    for seg in path.split('/').skip(1) {
+        let mut seg = seg.split(';').next().unwrap_or_default();
+        loop {
+            let trimmed = seg
+                .strip_suffix("%20")
+                .or_else(|| seg.strip_suffix("%00"))
+                .or_else(|| (seg.len() > 2).then(|| seg.strip_suffix('.')).flatten());
+            match trimmed {
+                Some(t) => seg = t,
+                None => break,
+            }
+        }
+        out.push('/');
+        out.push_str(&seg.to_ascii_lowercase());
+    }
+    let view = remove_dot_segments(&out);
+    (view != path).then_some(view)
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -173,12 +293,52 @@ mod tests {
         assert_eq!(n("/a/b/.."), "/a/");
         assert_eq!(n("/.."), "/");
         assert_eq!(n("/"), "/");
-        assert_eq!(n("/a%2fb"), "/a%2Fb");
-        assert_eq!(n("/a%2F..%2Fb"), "/a%2F..%2Fb", "encoded slashes are data");
+        assert_eq!(n("/a%c3%a9"), "/a%C3%A9");
         assert_eq!(normalize("/a%zz"), Err(PathError::BadPercentEncoding));
         assert_eq!(normalize("/a%2"), Err(PathError::BadPercentEncoding));
         assert_eq!(normalize("users"), Err(PathError::NotAbsolute));
         assert!(matches!(normalize("/users/42"), Ok(Cow::Borrowed(_))));
+    }
+
+    /// What an attacker sends to reach a protected route through a lenient backend.
+    #[test]
+    fn ambiguous_paths_are_refused() {
+        for (p, e) in [
+            ("/secure%2fx", PathError::EncodedSeparator),
+            ("/a/..%2Fsecure/x", PathError::EncodedSeparator),
+            ("/secure%5Cx", PathError::EncodedSeparator),
+            ("/secure\\x", PathError::Backslash),
+            ("/secure%00/x", PathError::EncodedControl),
+            ("/secure%0a", PathError::EncodedControl),
+            ("/a/%252e%252e/secure", PathError::DoubleEncoded),
+            ("/a/%252f", PathError::DoubleEncoded),
+            ("/a/%c0%ae%c0%ae/secure", PathError::InvalidUtf8),
+            ("/a/%ff", PathError::InvalidUtf8),
+            ("/a/..;x/secure", PathError::DotSegmentParams),
+            ("/a/%2e%2e;x/secure", PathError::DotSegmentParams),
+            ("/a/.;/secure", PathError::DotSegmentParams),
+        ] {
+            assert_eq!(normalize(p), Err(e), "{p}");
+        }
+        // A literal percent that is not an escaped escape is fine.
+        assert_eq!(n("/100%25"), "/100%25");
+        assert_eq!(n("/100%25x"), "/100%25x");
+    }
+
+    #[test]
+    fn lenient_views() {
+        let v = |p: &str| lenient_view(&n(p));
+        assert_eq!(v("/secure;x=1/y").as_deref(), Some("/secure/y"));
+        assert_eq!(v("/SECURE/x").as_deref(), Some("/secure/x"));
+        assert_eq!(v("/secure%20/x").as_deref(), Some("/secure/x"));
+        assert_eq!(v("/secure./x").as_deref(), Some("/secure/x"));
+        assert_eq!(
+            v("/a/b;c/../secure").as_deref(),
+            None,
+            "dot segments resolved first: /a/secure"
+        );
+        assert_eq!(v("/users/42"), None);
+        assert_eq!(v("/users/v1.2"), None);
     }
 
     #[test]
@@ -197,13 +357,18 @@ mod tests {
         #[test]
         fn idempotent_and_clean(segs in prop::collection::vec(
             prop_oneof!["[a-z]{1,3}", Just(".".to_owned()), Just("..".to_owned()),
-                        Just("".to_owned()), Just("%2e".to_owned()), Just("%41".to_owned())], 0..8)) {
+                        Just("".to_owned()), Just("%2e".to_owned()), Just("%41".to_owned()),
+                        Just("%C3%A9".to_owned()), Just("x;p".to_owned())], 0..8)) {
             let p = format!("/{}", segs.join("/"));
             let once = normalize(&p).unwrap().into_owned();
             let twice = normalize(&once).unwrap().into_owned();
             prop_assert_eq!(&once, &twice);
             prop_assert!(once.starts_with('/'));
-            prop_assert!(is_normal(once.as_bytes()), "{} -> {}", p, once);
+            let segs: Vec<&str> = once.split('/').skip(1).collect();
+            for (i, s) in segs.iter().enumerate() {
+                prop_assert!(*s != "." && *s != "..", "{} -> {}", p, once);
+                prop_assert!(!s.is_empty() || i + 1 == segs.len(), "{} -> {}", p, once);
+            }
         }
     }
 }

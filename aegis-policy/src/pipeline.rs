@@ -29,8 +29,10 @@ use serde_json::json;
 
 use crate::auth::{AuthFailure, Verifier};
 use crate::balancer::{Attempt, Balancer, TargetStats, UpstreamOutcome};
-use crate::config::{Config, ConfigError, LimitKeyKind, OnStoreError, RouteConfig};
-use crate::path::{normalize, split_query};
+use crate::config::{
+    Config, ConfigError, LimitKeyKind, OnStoreError, RouteConfig, UnderscoreHeaders,
+};
+use crate::path::{lenient_view, normalize, split_query};
 use crate::ratelimit::{
     ClientKey, CounterKey, CounterReply, CounterRequest, CounterStore, Limit, RateDecision,
     StoreError, decide,
@@ -217,6 +219,8 @@ pub struct Forward {
     rewrite: Option<String>,
     base_path: Option<String>,
     rate: RateHeaders,
+    /// `server.headers_with_underscores = "drop"`.
+    drop_underscores: bool,
 }
 
 impl Forward {
@@ -240,11 +244,22 @@ impl Forward {
     }
 
     /// Header edits on the request sent upstream: a client-sent `x-user-id` is always
-    /// removed, and the verified identity set.
+    /// removed, and the verified identity set; names with `_` are removed unless
+    /// `server.headers_with_underscores` says otherwise.
     pub fn apply_request_headers(&self, headers: &mut HeaderMap) {
         // Few requests carry one: look before removing (a removal hashes the name).
         if header(headers, &X_USER_ID).is_some() {
             headers.remove(X_USER_ID);
+        }
+        if self.drop_underscores && has_underscore_name(headers) {
+            let names: Vec<HeaderName> = headers
+                .keys()
+                .filter(|k| k.as_str().contains('_'))
+                .cloned()
+                .collect();
+            for n in names {
+                headers.remove(n);
+            }
         }
         if let Some(u) = &self.user {
             headers.insert(X_USER_ID, u.clone());
@@ -336,6 +351,25 @@ impl Policy {
         client
     }
 
+    /// The route a lenient backend's reading of `path` lands on, when it is not `matched` and
+    /// is more protected (auth, or a rate limit, where `matched` has none): such a path must
+    /// not be forwarded, or the backend would serve the protected resource unprotected.
+    fn lenient_route(
+        &self,
+        method: &Method,
+        host: Option<&str>,
+        path: &str,
+        matched: RouteId,
+    ) -> Option<RouteId> {
+        let view = lenient_view(path)?;
+        let RouteMatch::Found(other) = self.router.find(method, host, &view) else {
+            return None;
+        };
+        let (a, b) = (&self.config.routes[matched.0], &self.config.routes[other.0]);
+        let stricter = (b.auth && !a.auth) || (b.rate_limit.is_some() && a.rate_limit.is_none());
+        (other != matched && stricter).then_some(other)
+    }
+
     /// Step one: size limits, route, authenticate, refuse a declared body over the route's
     /// limit, and ask for a rate-limit counter if the route has one.
     pub fn on_request(&self, req: &RequestView<'_>, now: Now) -> Step {
@@ -360,6 +394,16 @@ impl Policy {
                 Reason::HeadersTooLarge,
                 None,
                 json!({"error": "headers_too_large", "message": format!("request headers larger than {} bytes", server.max_header_bytes)}),
+            ));
+        }
+        if server.headers_with_underscores == UnderscoreHeaders::Reject
+            && has_underscore_name(req.headers)
+        {
+            return Step::Respond(Reply::new(
+                StatusCode::BAD_REQUEST,
+                Reason::BadRequest,
+                None,
+                json!({"error": "bad_request", "message": "header names with \"_\" are not accepted"}),
             ));
         }
         let (raw_path, query) = split_query(req.path_and_query);
@@ -402,6 +446,14 @@ impl Policy {
         };
         let route = &self.config.routes[id.0];
         let rt = &self.routes[id.0];
+        if let Some(other) = self.lenient_route(req.method, host, &path, id) {
+            return Step::Respond(Reply::new(
+                StatusCode::BAD_REQUEST,
+                Reason::BadRequest,
+                None,
+                json!({"error": "bad_request", "message": format!("the path is ambiguous: a lenient server reads it as one under {}, which this gateway protects more", self.config.routes[other.0].path)}),
+            ));
+        }
 
         let user = if route.auth {
             let verifier = self
@@ -543,6 +595,8 @@ impl Policy {
                 rewrite: ticket.rewrite,
                 user: ticket.user,
                 rate: ticket.rate,
+                drop_underscores: self.config.server.headers_with_underscores
+                    == UnderscoreHeaders::Drop,
             }),
             Err(u) => {
                 let retry = ceil_secs_min1(u.retry_after);
@@ -687,6 +741,13 @@ fn rewrite_path(
         out.push_str(q);
     }
     Some(out)
+}
+
+/// Whether a header name contains `_` (one pass over the names; most requests have none).
+fn has_underscore_name(headers: &HeaderMap) -> bool {
+    headers
+        .keys()
+        .any(|k| k.as_str().as_bytes().contains(&b'_'))
 }
 
 /// A complete synchronous driver: the pipeline plus its balancers and a counter store that

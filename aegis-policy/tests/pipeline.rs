@@ -609,3 +609,104 @@ fn size_limits_and_upstream_failures_are_policy_answers() {
     );
     e.on_upstream_result(&fwd, UpstreamOutcome::Status(200), at(1));
 }
+
+/// The attacker's paths against a public `/` and a protected `/secure` (issue "Hardening
+/// II"): none reaches the public route in a form a lenient backend resolves to /secure.
+#[test]
+fn ambiguous_paths_to_a_protected_route_are_refused_on_a_public_one() {
+    let text = r#"
+        [auth]
+        secret = "${JWT_SECRET}"
+        [[routes]]
+        path = "/secure"
+        targets = ["http://s:1"]
+        auth = true
+        [[routes]]
+        path = "/limited"
+        targets = ["http://l:1"]
+        rate_limit = { max = 10, window = "60s" }
+        [[routes]]
+        path = "/"
+        targets = ["http://p:1"]
+    "#;
+    let mut e = engine(text);
+    let none = HeaderMap::new();
+    for path in [
+        "/secure;x=1/y",
+        "/SECURE/x",
+        "/Secure",
+        "/secure%2fx",
+        "/a/..%2fsecure/x",
+        "/secure\\x",
+        "/secure%00/x",
+        "/secure%20/x",
+        "/secure./x",
+        "/a/..;/secure/x",
+        "/a/%252e%252e/secure",
+        "/a/%c0%ae%c0%ae/secure",
+        "/LIMITED/x",
+        "/limited;a/x",
+    ] {
+        let Decision::Respond(r) = e.handle(&get(path, &none, "10.0.0.1"), at(0)) else {
+            panic!("{path} was forwarded");
+        };
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{path}: {}", r.body);
+        assert_eq!(r.reason, Reason::BadRequest, "{path}");
+    }
+    // What resolves to /secure on its own is routed there, and auth applies.
+    for path in ["/secure/x", "/a/../secure", "/a/%2e%2e/secure"] {
+        let Decision::Respond(r) = e.handle(&get(path, &none, "10.0.0.1"), at(0)) else {
+            panic!("{path} was forwarded");
+        };
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{path}");
+    }
+    // Public paths with case, parameters or dots that no stricter route claims go through.
+    for path in [
+        "/Public/Index.HTML",
+        "/docs;v=2/a",
+        "/files/v1.2/",
+        "/100%25",
+    ] {
+        assert!(
+            matches!(
+                e.handle(&get(path, &none, "10.0.0.1"), at(0)),
+                Decision::Forward(_)
+            ),
+            "{path}"
+        );
+    }
+}
+
+#[test]
+fn header_names_with_underscores_are_dropped_by_default_or_refused() {
+    let text = "[[routes]]\npath = \"/\"\ntargets = [\"http://p:1\"]\n";
+    let mut h = HeaderMap::new();
+    h.insert("x_user_id", HeaderValue::from_static("admin"));
+    h.insert("x-fine", HeaderValue::from_static("1"));
+    let mut e = engine(text);
+    let Decision::Forward(f) = e.handle(&get("/", &h, "10.0.0.1"), at(0)) else {
+        panic!()
+    };
+    let mut sent = h.clone();
+    f.apply_request_headers(&mut sent);
+    assert!(sent.get("x_user_id").is_none(), "{sent:?}");
+    assert_eq!(sent.get("x-fine").unwrap(), "1");
+
+    let mut e = engine(&format!(
+        "[server]\nheaders_with_underscores = \"reject\"\n{text}"
+    ));
+    let Decision::Respond(r) = e.handle(&get("/", &h, "10.0.0.1"), at(0)) else {
+        panic!()
+    };
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+
+    let mut e = engine(&format!(
+        "[server]\nheaders_with_underscores = \"allow\"\n{text}"
+    ));
+    let Decision::Forward(f) = e.handle(&get("/", &h, "10.0.0.1"), at(0)) else {
+        panic!()
+    };
+    let mut sent = h.clone();
+    f.apply_request_headers(&mut sent);
+    assert_eq!(sent.get("x_user_id").unwrap(), "admin");
+}
