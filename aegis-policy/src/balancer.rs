@@ -16,7 +16,11 @@ pub enum UpstreamOutcome {
     ConnectError,
     /// No response within the route's timeout.
     Timeout,
-    /// The client went away, or the task was cancelled, before the outcome was known.
+    /// The exchange ended for a reason that says nothing about the target: the client went
+    /// away, the task was cancelled, the upstream closed a pooled keep-alive connection just
+    /// as the request went out (a race, not a fault), or the gateway itself ran out of a local
+    /// resource (file descriptors, ports, a per-target slot). Releases a half-open probe;
+    /// never counts as a failure.
     Cancelled,
 }
 

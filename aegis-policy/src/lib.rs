@@ -47,6 +47,7 @@ pub mod config;
 pub mod path;
 pub mod pipeline;
 pub mod ratelimit;
+pub mod retry;
 pub mod router;
 pub mod time;
 

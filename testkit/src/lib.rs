@@ -390,7 +390,19 @@ impl Gateway {
         let config_path = dir.path().join("aegis.toml");
         fs::write(&config_path, config).expect("write config");
         let stderr_path = dir.path().join("stderr.log");
-        let mut cmd = Command::new(aegis_bin());
+        // `AEGIS_TEST_NOFILE=N` in `env`: the gateway runs with at most N file descriptors
+        // (`ulimit -n`, through sh), for tests of what it does when it runs out.
+        let nofile = env.iter().find(|(k, _)| *k == "AEGIS_TEST_NOFILE");
+        let mut cmd = match nofile {
+            Some((_, n)) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(aegis_bin());
+                c
+            }
+            None => Command::new(aegis_bin()),
+        };
         cmd.arg("run").arg("--config").arg(&config_path).args(args);
         // The same worker count on every machine (tests count connections and ports).
         if !args.contains(&"--workers") {
@@ -744,6 +756,39 @@ impl ScriptedUpstream {
         conns.len()
     }
 }
+
+/// TCP states (Linux's numbers: 01 ESTABLISHED, 08 CLOSE_WAIT, ...) of every loopback socket
+/// connected to `port` on this machine: the client ends of connections to it, as
+/// `/proc/net/tcp` and `/proc/net/tcp6` list them.
+pub fn tcp_states_to(port: u16) -> Vec<u8> {
+    let mut states = Vec::new();
+    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = fs::read_to_string(file) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let (Some(remote), Some(state)) = (cols.get(2), cols.get(3)) else {
+                continue;
+            };
+            let remote_port = remote
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if remote_port == Some(port)
+                && let Ok(s) = u8::from_str_radix(state, 16)
+            {
+                states.push(s);
+            }
+        }
+    }
+    states
+}
+
+/// `ESTABLISHED` in [`tcp_states_to`].
+pub const TCP_ESTABLISHED: u8 = 0x01;
+/// `CLOSE_WAIT` in [`tcp_states_to`]: the peer closed, this end has not.
+pub const TCP_CLOSE_WAIT: u8 = 0x08;
 
 // ---------------------------------------------------------------------------------------------
 // A small HTTP/1.1 client over raw sockets (so malformed and oversized requests can be sent).

@@ -21,6 +21,7 @@ use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -64,6 +65,22 @@ impl Limits {
     }
 }
 
+/// One connection in the process's count of open ones, while it lives; `.0` is the count
+/// with it.
+struct Counted<'a>(usize, &'a AtomicUsize);
+
+impl Counted<'_> {
+    fn enter(n: &AtomicUsize) -> Counted<'_> {
+        Counted(n.fetch_add(1, Ordering::Relaxed) + 1, n)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.1.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// How waiting for a request head ended.
 enum HeadRead {
     Head(h1::RequestHead),
@@ -89,12 +106,49 @@ pub async fn serve<S>(
 {
     let _open = crate::observe::metrics::GaugeGuard::enter(shared.metrics.connections.mine());
     let conn = conn::new(stream);
-    let mut stopped = pin!(stop.cancelled());
+    let mut wbuf = Vec::new();
     let mut timer = Timer::default();
+    // The connection caps: past one, a 503 and the close, before a byte is read.
+    let _counted = Counted::enter(&shared.connections);
+    let (max_total, max_per_ip) = {
+        let rt = shared.runtime.load();
+        let server = &rt.policy.config().server;
+        (server.max_connections, server.max_connections_per_ip)
+    };
+    let _held = shared.connections_per_ip.enter(peer.addr.ip(), max_per_ip);
+    if _counted.0 > max_total || _held.is_none() {
+        let mut body = gateway::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            if _held.is_none() {
+                "too many connections from this client"
+            } else {
+                "too many connections"
+            },
+        );
+        body.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("1"),
+        );
+        let out = Out {
+            request_id: None,
+            version: http::Version::HTTP_11,
+            head_request: false,
+            keep: false,
+            stall: limits.idle_timeout,
+        };
+        if write_response(&conn, &mut wbuf, body, out, &mut timer)
+            .await
+            .is_ok()
+        {
+            close(&conn, false).await;
+        }
+        return;
+    }
+    let mut stopped = pin!(stop.cancelled());
     // The config a request runs on: checked per request with one atomic load, the Arc
     // cloned only when a reload swapped it.
     let mut runtime = arc_swap::Cache::new(&shared.runtime);
-    let mut wbuf = Vec::with_capacity(4096);
     // The request head, refilled by each request (its header map's allocation is kept).
     let (mut parts, ()) = Request::new(()).into_parts();
     let mut first = true;

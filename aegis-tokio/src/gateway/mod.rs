@@ -162,7 +162,7 @@ where
     let now = shared.clock.at(ex.started);
     // In a block: the ticket and the pick are dead before the upstream exchange's await, so
     // the request's future keeps no room for them (and does not copy them).
-    let (fwd, max_body) = {
+    let (fwd, max_body, _held) = {
         let ticket = match rt.policy.on_request(&view, now) {
             Step::Respond(r) => return reply(r, ex),
             Step::Admit(t) => t,
@@ -196,10 +196,24 @@ where
         let route = ticket.route().0;
         ex.route = Some(route);
         let max_body = rt.policy.max_body(ticket.route());
+        // One client may hold only so many upstream slots at once.
+        let client = rt.policy.client_ip(peer.addr.ip(), &parts.headers);
+        let max = rt.policy.config().server.max_requests_per_ip;
+        let Some(held) = shared.requests_per_ip.enter(client, max) else {
+            ex.reason = "client_concurrency";
+            let mut r = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_concurrent_requests",
+                format!("more than {max} requests in flight from this client"),
+            );
+            r.headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return r;
+        };
         // A pick may half-open a breaker; that transition is logged with the outcome's.
         let mut balancer = lock(&rt.balancers[route]);
         match rt.policy.forward(ticket, &mut balancer, now) {
-            Ok(f) => (f, max_body),
+            Ok(f) => (f, max_body, held),
             Err(r) => {
                 drop(balancer);
                 return reply(r, ex);
@@ -321,6 +335,28 @@ where
                     "the request body could not be read",
                 );
             }
+            // Not the target's fault: the breaker does not count these.
+            match &e {
+                SendError::Stale(_) => {
+                    guard.report(UpstreamOutcome::Cancelled);
+                    ex.reason = "upstream_error";
+                    return error(StatusCode::BAD_GATEWAY, "bad_gateway", detail(&e));
+                }
+                SendError::Local(why) => {
+                    guard.report(UpstreamOutcome::Cancelled);
+                    tracing::error!("the gateway cannot reach an upstream: {why}");
+                    ex.reason = "gateway_overloaded";
+                    return overloaded(
+                        "the gateway is out of local resources; retry shortly".into(),
+                    );
+                }
+                SendError::Busy(_) => {
+                    guard.report(UpstreamOutcome::Cancelled);
+                    ex.reason = "upstream_busy";
+                    return overloaded(format!("{}; retry shortly", detail(&e)));
+                }
+                _ => {}
+            }
             metrics.upstream_latency(sent.elapsed());
             upstream_failed(
                 rt,
@@ -332,6 +368,14 @@ where
             )
         }
     }
+}
+
+/// 503 with `Retry-After: 1`: the gateway itself cannot take the request now.
+fn overloaded(message: String) -> Response<ProxyBody> {
+    let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message);
+    r.headers_mut()
+        .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
 }
 
 /// Reports a failed exchange to the breaker and answers with the policy's 502 or 504.

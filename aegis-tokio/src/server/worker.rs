@@ -1,8 +1,12 @@
 //! A worker thread: its own current-thread runtime, its own `SO_REUSEPORT` listener on the
 //! proxy address and its own upstream pools; it serves until told to stop, then drains.
 
+use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
 
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -10,6 +14,10 @@ use tokio_util::sync::CancellationToken;
 use super::listen;
 use crate::gateway::Listener;
 use crate::state::Shared;
+use crate::upstream::{self, Key};
+
+/// How often the reaper looks at idle upstream connections when none closes.
+const REAP_EVERY: Duration = Duration::from_secs(1);
 
 /// One worker: reports the address it bound (or why it could not) on `ready`, then serves.
 pub(super) fn run(
@@ -49,10 +57,34 @@ pub(super) fn run(
         {
             return;
         }
+        tokio::task::spawn_local(reap(shared.clone(), stop.clone()));
         if !listen::serve(listener, Listener::Proxy, shared, stop).await {
             tracing::warn!("worker {i}: drain timeout reached; closing its remaining connections");
         }
     });
+}
+
+/// The worker's upstream pool reaper: a pass over its idle connections every second (idle
+/// ones expire, those of targets a reload removed close) and at once whenever an upstream
+/// closes one of them (no connection lingers in CLOSE_WAIT). Ends when the worker stops.
+async fn reap(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(REAP_EVERY);
+    let mut stopped = pin!(stop.cancelled());
+    poll_fn(|cx| {
+        if stopped.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        while tick.poll_tick(cx).is_ready() {}
+        let rt = shared.runtime.load();
+        let live: Vec<Key> = rt
+            .routes
+            .iter()
+            .flat_map(|r| r.targets.iter().map(|t| t.pool))
+            .collect();
+        upstream::sweep(cx, |k| live.contains(&k));
+        Poll::Pending
+    })
+    .await;
 }
 
 /// Waits for worker threads to finish without blocking the control runtime.

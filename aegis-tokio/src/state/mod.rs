@@ -2,6 +2,7 @@
 //! reload), what lives for the whole process ([`Shared`]), and the rate-limit counter stores
 //! (in memory, or Redis shared by every gateway instance).
 
+pub mod caps;
 pub mod redis;
 mod runtime;
 mod shared;

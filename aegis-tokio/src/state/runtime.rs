@@ -75,7 +75,7 @@ impl Runtime {
                 targets: r
                     .targets
                     .iter()
-                    .map(|t| Target::new(&t.authority))
+                    .map(|t| Target::new(&t.authority, &config.upstream))
                     .collect(),
             })
             .collect();

@@ -3,10 +3,12 @@
 //! again.
 
 use std::path::PathBuf;
+use std::sync::atomic::AtomicUsize;
 
 use aegis_policy::{Config, ConfigEnv};
 use arc_swap::ArcSwap;
 
+use super::caps::PerIp;
 use super::runtime::Runtime;
 use crate::observe::log::LogFormat;
 use crate::observe::metrics::Metrics;
@@ -69,6 +71,11 @@ pub struct Shared {
     pub source: ConfigSource,
     /// `/gateway/*` is answered on the proxy listener (no separate admin listener).
     pub admin_on_proxy: bool,
+    /// Client connections open now, in all (`server.max_connections`) and per client IP.
+    pub connections: AtomicUsize,
+    pub connections_per_ip: PerIp,
+    /// Requests in flight per client IP (`server.max_requests_per_ip`).
+    pub requests_per_ip: PerIp,
 }
 
 impl Shared {
@@ -85,6 +92,9 @@ impl Shared {
             log_format,
             source,
             admin_on_proxy,
+            connections: AtomicUsize::new(0),
+            connections_per_ip: PerIp::default(),
+            requests_per_ip: PerIp::default(),
         })
     }
 }

@@ -57,8 +57,7 @@ impl UpBody {
             && conn.body.decoder.is_done()
             && conn.rbuf.is_empty()
         {
-            let began = conn.body.began;
-            pool::release(self.key, conn, began);
+            pool::release(self.key, conn);
         }
     }
 }

@@ -19,14 +19,15 @@ use tokio::time::Instant;
 
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
-use http::uri::Authority;
 use http::{HeaderMap, HeaderValue, Method, Response};
 use hyper::body::Body;
 use tokio::net::TcpStream;
 
 use super::body::UpBody;
 use super::pool::{self, BodyState, Conn, MAX_RESPONSE_HEAD};
-use super::target::Target;
+use super::target::{NoSlot, Target};
+use aegis_policy::retry::resend_on_stale;
+
 use crate::error::BodyError;
 use crate::h1::{self, BodyDecoder, Framing, Pumped};
 use crate::headers::{X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID};
@@ -43,6 +44,15 @@ pub enum SendError {
     Connect(String),
     /// The connection failed, or the upstream broke HTTP, before a whole response head.
     Exchange(String),
+    /// A pooled connection the upstream closed just as the request went out, and the request
+    /// may not be sent again (it is not idempotent, or its body is gone): a race, not the
+    /// target's fault.
+    Stale(String),
+    /// The gateway itself is out of a resource (file descriptors, local ports, memory): not
+    /// the target's fault.
+    Local(String),
+    /// No in-flight slot for the target came free (`[upstream] max_requests_per_target`).
+    Busy(NoSlot),
     /// The request body failed (too large, or the client's connection broke).
     Body(BodyError),
     /// No response head by the route's deadline.
@@ -53,11 +63,26 @@ impl fmt::Display for SendError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SendError::Connect(e) => write!(f, "could not connect: {e}"),
-            SendError::Exchange(e) => f.write_str(e),
+            SendError::Exchange(e) | SendError::Stale(e) => f.write_str(e),
+            SendError::Local(e) => write!(f, "the gateway is out of local resources: {e}"),
+            SendError::Busy(NoSlot::QueueFull) => {
+                f.write_str("too many requests are already waiting for this target")
+            }
+            SendError::Busy(NoSlot::TimedOut) => {
+                f.write_str("no slot for this target came free in time")
+            }
             SendError::Body(e) => write!(f, "{e}"),
             SendError::Timeout => f.write_str("no response in time"),
         }
     }
+}
+
+/// An error of this machine, not of the network or the peer: descriptors, ports, memory.
+fn is_local(e: &io::Error) -> bool {
+    // Linux errno values: ENOMEM 12, ENFILE 23, EMFILE 24, EADDRNOTAVAIL 99, ENOBUFS 105.
+    e.kind() == io::ErrorKind::AddrNotAvailable
+        || e.kind() == io::ErrorKind::OutOfMemory
+        || matches!(e.raw_os_error(), Some(12 | 23 | 24 | 99 | 105))
 }
 
 /// Sends `req` (origin-form URI, `Host` set) to `authority` on a pooled connection, or a new
@@ -87,6 +112,15 @@ where
         )
     };
     let head_request = out.method == Method::HEAD;
+    // A slot first: at once when one is free (the common case, kept out of the future's
+    // size), else waiting in line.
+    let permit = match target.slots.try_take() {
+        Some(p) => p,
+        None => Box::pin(target.slots.wait())
+            .await
+            .map_err(SendError::Busy)?,
+    };
+    let mut permit = Some(permit);
 
     let mut tries = 0;
     loop {
@@ -106,7 +140,7 @@ where
                 }
                 // Boxed: a new connection is rare next to a pooled one, and its future would
                 // otherwise be moved (copied) with every request's.
-                match Box::pin(connect(&target.authority, connect_timeout.min(left))).await {
+                match Box::pin(connect(target, connect_timeout.min(left))).await {
                     Err(SendError::Connect(_))
                         if left < connect_timeout && Instant::now() >= deadline =>
                     {
@@ -119,6 +153,8 @@ where
         let mut wbuf = std::mem::take(&mut conn.wbuf);
         wbuf.clear();
         put_request_head(&mut wbuf, out, framing);
+        // Request bytes written on this connection (for the resend rule).
+        let mut sent = 0;
         let result = {
             let mut timer = std::mem::take(&mut conn.timer);
             let r = {
@@ -127,7 +163,8 @@ where
                     &mut wbuf,
                     &mut body,
                     framing,
-                    head_request
+                    head_request,
+                    &mut sent,
                 ));
                 poll_fn(|cx| {
                     if let Poll::Ready(r) = ex.as_mut().poll(cx) {
@@ -156,10 +193,10 @@ where
                 conn.body = BodyState {
                     decoder: BodyDecoder::new(head.framing),
                     reusable: head.keep_alive && complete,
-                    began: now,
                     stall: body_stall,
                     stalled: Stall::default(),
                 };
+                conn.permit = permit.take();
                 let mut resp = Response::new(UpBody {
                     conn: Some(conn),
                     key: target.pool,
@@ -170,7 +207,25 @@ where
                 // (its headers, in the connection, are read until then).
                 return Ok(resp);
             }
-            Err(Failure::Stale) if reused && framing.is_none() => continue,
+            // A kept-alive connection the upstream closed as the request went out: again on a
+            // fresh one only if the upstream cannot have acted on it or may repeat it.
+            Err(Failure::Stale)
+                if reused && resend_on_stale(out.method, sent > 0, framing.is_some()) =>
+            {
+                continue;
+            }
+            Err(Failure::Stale) if reused => {
+                return Err(SendError::Stale(format!(
+                    "the upstream closed its kept-alive connection as the request went out; \
+                     a {} {} is not sent twice",
+                    out.method,
+                    if framing.is_some() {
+                        "with a body"
+                    } else {
+                        "request"
+                    }
+                )));
+            }
             Err(Failure::Stale) => {
                 return Err(SendError::Exchange(
                     "the upstream closed the connection before answering".into(),
@@ -196,14 +251,17 @@ async fn exchange<B>(
     body: &mut B,
     framing: Option<Framing>,
     head_request: bool,
+    sent: &mut u64,
 ) -> Result<(h1::ResponseHead, bool), Failure>
 where
     B: Body<Data = Bytes, Error = BodyError> + Unpin,
 {
     // Write the head and the body; stop early if the upstream starts answering.
     let mut pump = h1::Pump::new(framing);
-    let written = poll_fn(
-        |cx| match pump.poll(cx, wbuf, Pin::new(&mut *body), &mut conn.io) {
+    let written = poll_fn(|cx| {
+        let pumped = pump.poll(cx, wbuf, Pin::new(&mut *body), &mut conn.io);
+        *sent = pump.written();
+        match pumped {
             Pumped::Done => Poll::Ready(Ok(Written::Complete)),
             Pumped::WritePending | Pumped::BodyPending => answered_early(conn, cx),
             // A write of nothing: the connection is gone.
@@ -214,8 +272,8 @@ where
             // body: its answer can still be read.
             Pumped::WriteFailed(e) => Poll::Ready(Ok(Written::Broken(e))),
             Pumped::BodyFailed(e) => Poll::Ready(Err(Failure::Send(SendError::Body(e)))),
-        },
-    )
+        }
+    })
     .await?;
     let (complete, mut broken) = match written {
         Written::Complete => (true, None),
@@ -395,7 +453,8 @@ fn put_header(out: &mut Vec<u8>, name: &str, value: &HeaderValue) {
     h1::put_header(out, name.as_bytes(), value.as_bytes());
 }
 
-async fn connect(authority: &Authority, timeout: Duration) -> Result<Box<Conn>, SendError> {
+async fn connect(target: &Target, timeout: Duration) -> Result<Box<Conn>, SendError> {
+    let authority = &target.authority;
     let host = authority
         .host()
         .trim_start_matches('[')
@@ -404,7 +463,13 @@ async fn connect(authority: &Authority, timeout: Duration) -> Result<Box<Conn>, 
     let io = tokio::time::timeout(timeout, TcpStream::connect((host, port)))
         .await
         .map_err(|_| SendError::Connect(format!("connect timed out after {timeout:?}")))?
-        .map_err(|e| SendError::Connect(e.to_string()))?;
+        .map_err(|e| {
+            if is_local(&e) {
+                SendError::Local(format!("connecting to {authority}: {e}"))
+            } else {
+                SendError::Connect(e.to_string())
+            }
+        })?;
     let _ = io.set_nodelay(true);
-    Ok(Conn::new(io))
+    Ok(Conn::new(io, target.idle_timeout, target.max_idle))
 }

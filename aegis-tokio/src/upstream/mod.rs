@@ -15,4 +15,5 @@ mod target;
 
 pub use body::UpBody;
 pub use client::{Outgoing, SendError, SetHeaders, Timing, send};
-pub use target::{Key, Target};
+pub use pool::sweep;
+pub use target::{Key, NoSlot, Target};

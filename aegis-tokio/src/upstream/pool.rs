@@ -2,27 +2,26 @@
 //! pool per worker thread (no locks; a connection is only ever used by the thread that made
 //! it).
 //!
-//! Idle connections sit in the pool unpolled; one the upstream closed (or that holds stray
-//! bytes) is seen as readable when checked out and dropped. Idle for [`IDLE`] or beyond
-//! [`MAX_IDLE`] per target, they are closed.
+//! A connection goes back to the pool when its response is read to the end and is closed when
+//! it has been idle for `[upstream] idle_timeout` (below the upstreams' own keep-alive
+//! timeouts, so that the gateway, not the upstream, ends it), when the pool of its target
+//! already holds `max_idle_per_target`, or when its target left the config. A worker's reaper
+//! ([`sweep`]) watches the idle ones: one the upstream closed is dropped at once (no
+//! CLOSE_WAIT left behind), expired ones as their time comes.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::task::Context;
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
 
 use super::target::Key;
 use crate::h1::{self, BodyDecoder, ReadBuf};
 use crate::time::{Stall, Timer};
 
-/// An idle pooled connection is closed after this long.
-const IDLE: Duration = Duration::from_secs(90);
-/// Idle connections kept per target per worker; more are closed when released.
-const MAX_IDLE: usize = 512;
 /// The largest response head accepted from an upstream.
 pub(super) const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
@@ -33,8 +32,13 @@ pub(super) const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 pub(super) struct Conn {
     pub(super) io: TcpStream,
     pub(super) rbuf: ReadBuf,
-    /// Pooled and unused until then: closed (set when pooled, [`IDLE`] after use).
+    /// Pooled and unused until then: closed (set when pooled).
     pub(super) idle_until: Instant,
+    /// `[upstream] idle_timeout` and `max_idle_per_target` of its target.
+    pub(super) idle_timeout: Duration,
+    pub(super) max_idle: usize,
+    /// The target's in-flight slot, held from the request until its response is read.
+    pub(super) permit: Option<OwnedSemaphorePermit>,
     pub(super) timer: Timer,
     /// The request being written (kept for the connection's next request).
     pub(super) wbuf: Vec<u8>,
@@ -49,8 +53,6 @@ pub(super) struct BodyState {
     pub(super) decoder: BodyDecoder,
     /// The connection can carry another exchange after this body.
     pub(super) reusable: bool,
-    /// When the exchange began (the connection's idle time counts from it once pooled).
-    pub(super) began: Instant,
     /// No body bytes for this long fails the body (the route's timeout).
     pub(super) stall: Duration,
     /// The deadline while no body bytes come.
@@ -59,19 +61,21 @@ pub(super) struct BodyState {
 
 impl Conn {
     /// A fresh connection over `io`, with no response read yet.
-    pub(super) fn new(io: TcpStream) -> Box<Conn> {
+    pub(super) fn new(io: TcpStream, idle_timeout: Duration, max_idle: usize) -> Box<Conn> {
         let now = Instant::now();
         Box::new(Conn {
             io,
             rbuf: ReadBuf::new(),
-            idle_until: now + IDLE,
+            idle_until: now + idle_timeout,
+            idle_timeout,
+            max_idle,
+            permit: None,
             timer: Timer::default(),
             wbuf: Vec::with_capacity(1024),
             headers: h1::RawHeaders::default(),
             body: BodyState {
                 decoder: BodyDecoder::Length(0),
                 reusable: false,
-                began: now,
                 stall: Duration::ZERO,
                 stalled: Stall::default(),
             },
@@ -100,7 +104,7 @@ pub(super) fn checkout(key: Key, now: Instant, cx: &mut Context<'_>) -> Option<B
         let list = p.get_mut(key.0)?;
         while let Some(mut c) = list.pop_back() {
             if c.idle_until <= now {
-                // The rest are older still.
+                // Idle times are set at release, in order: the rest are older still.
                 list.clear();
                 return None;
             }
@@ -112,10 +116,12 @@ pub(super) fn checkout(key: Key, now: Instant, cx: &mut Context<'_>) -> Option<B
     })
 }
 
-/// Puts a connection whose exchange is complete back in the pool. `now`: when the exchange
-/// began (idle expiry is 90 s: the request's own duration does not matter, a clock read does).
-pub(super) fn release(key: Key, mut conn: Box<Conn>, now: Instant) {
-    conn.idle_until = now + IDLE;
+/// Puts a connection whose exchange is complete back in the pool, idle from now (a response
+/// that took long does not make its connection look old), its in-flight slot given back.
+pub(super) fn release(key: Key, mut conn: Box<Conn>) {
+    conn.permit = None;
+    let now = Instant::now();
+    conn.idle_until = now + conn.idle_timeout;
     // `try_with`: a body dropped while its thread shuts down (the pool already gone) just
     // closes its connection.
     let _ = POOL.try_with(|p| {
@@ -129,8 +135,29 @@ pub(super) fn release(key: Key, mut conn: Box<Conn>, now: Instant) {
         while list.front().is_some_and(|c| c.idle_until <= now) {
             list.pop_front();
         }
-        if list.len() < MAX_IDLE {
+        if list.len() < conn.max_idle {
             list.push_back(conn);
         }
     });
+}
+
+/// The reaper's pass over this worker's idle connections: drops those of targets no longer
+/// `live`, those idle past their time, and those the upstream closed or sent bytes on; the
+/// rest are left registered with `cx`, so that an upstream closing one wakes the reaper.
+/// Returns how many idle connections remain.
+pub fn sweep(cx: &mut Context<'_>, live: impl Fn(Key) -> bool) -> usize {
+    let now = Instant::now();
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        let mut left = 0;
+        for (i, list) in p.iter_mut().enumerate() {
+            if !live(Key(i)) {
+                list.clear();
+                continue;
+            }
+            list.retain_mut(|c| c.idle_until > now && c.is_quiet(cx));
+            left += list.len();
+        }
+        left
+    })
 }

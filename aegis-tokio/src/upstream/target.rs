@@ -1,11 +1,15 @@
-//! Where a target's requests go: its authority, the `Host` it is sent, and its slot in the
-//! workers' connection pools.
+//! Where a target's requests go: its authority, the `Host` it is sent, its slot in the
+//! workers' connection pools, and the bound on requests in flight to it.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
+use aegis_policy::config::UpstreamConfig;
 use http::HeaderValue;
 use http::uri::Authority;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Where a target's requests go.
 #[derive(Debug)]
@@ -15,16 +19,77 @@ pub struct Target {
     pub host: HeaderValue,
     /// Its slot in the upstream connection pools.
     pub pool: Key,
+    /// `[upstream] idle_timeout` and `max_idle_per_target`.
+    pub idle_timeout: Duration,
+    pub max_idle: usize,
+    /// Requests in flight to it, bounded.
+    pub slots: Slots,
 }
 
 impl Target {
-    pub fn new(authority: &Authority) -> Target {
+    pub fn new(authority: &Authority, upstream: &UpstreamConfig) -> Target {
         Target {
             host: HeaderValue::from_str(authority.as_str())
                 .expect("a validated authority is a header value"),
             pool: key(authority),
             authority: authority.clone(),
+            idle_timeout: upstream.idle_timeout,
+            max_idle: upstream.max_idle_per_target,
+            slots: Slots {
+                free: Arc::new(Semaphore::new(upstream.max_requests_per_target)),
+                waiting: AtomicUsize::new(0),
+                max_waiting: upstream.max_pending_per_target,
+                wait: upstream.pending_timeout,
+            },
         }
+    }
+}
+
+/// The requests in flight to one target, bounded across the process's workers (Envoy's
+/// cluster `max_requests` and `max_pending_requests`): a request takes a slot before it is
+/// sent and gives it back when its response has been read; past the bound it waits, in
+/// order, up to `pending_timeout`, unless `max_pending_per_target` already wait.
+#[derive(Debug)]
+pub struct Slots {
+    free: Arc<Semaphore>,
+    waiting: AtomicUsize,
+    max_waiting: usize,
+    wait: Duration,
+}
+
+/// Why no slot was had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoSlot {
+    /// `max_pending_per_target` requests already wait.
+    QueueFull,
+    /// None came free within `pending_timeout`.
+    TimedOut,
+}
+
+impl Slots {
+    /// A free slot, if there is one.
+    pub(super) fn try_take(&self) -> Option<OwnedSemaphorePermit> {
+        self.free.clone().try_acquire_owned().ok()
+    }
+
+    /// A slot after waiting in line (when [`Slots::try_take`] found none).
+    pub(super) async fn wait(&self) -> Result<OwnedSemaphorePermit, NoSlot> {
+        if self.waiting.fetch_add(1, Ordering::Relaxed) >= self.max_waiting {
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+            return Err(NoSlot::QueueFull);
+        }
+        let got = tokio::time::timeout(self.wait, self.free.clone().acquire_owned()).await;
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        match got {
+            Ok(Ok(p)) => Ok(p),
+            // The semaphore is never closed; a timeout is the only way to miss.
+            _ => Err(NoSlot::TimedOut),
+        }
+    }
+
+    /// Slots in use now.
+    pub fn in_use(&self, max: usize) -> usize {
+        max.saturating_sub(self.free.available_permits())
     }
 }
 
@@ -34,7 +99,7 @@ impl Target {
 pub struct Key(pub(super) usize);
 
 /// The slot of `authority`, assigned the first time it is seen.
-pub fn key(authority: &Authority) -> Key {
+fn key(authority: &Authority) -> Key {
     static KEYS: Mutex<Option<HashMap<Authority, usize>>> = Mutex::new(None);
     let mut keys = KEYS.lock().unwrap_or_else(PoisonError::into_inner);
     let keys = keys.get_or_insert_with(HashMap::default);
