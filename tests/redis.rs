@@ -140,6 +140,13 @@ fn redis_outage_with_deny_answers_503_and_recovers() {
         let r = gw.get("/limited", &[]);
         assert_eq!(r.status, 503, "{r:?}");
         assert_eq!(r.json()["error"], "rate_limit_unavailable");
+        // Never the store's own words (hosts, OS errors): those are for the log.
+        assert_eq!(
+            r.json()["message"],
+            "the rate-limit store is unavailable; retry shortly",
+            "{}",
+            r.text()
+        );
         assert!(r.header("retry-after").is_some(), "{r:?}");
     }
     wait_until("health to be 503", Duration::from_secs(5), || {

@@ -533,7 +533,7 @@ impl Policy {
             .expect("a Count step has a limit");
         let reply = match reply {
             Ok(r) => r,
-            Err(e) => {
+            Err(_) => {
                 return match self.config.rate_limit.on_store_error {
                     OnStoreError::Allow => {
                         ticket.rate = RateHeaders::Degraded;
@@ -543,7 +543,8 @@ impl Policy {
                         StatusCode::SERVICE_UNAVAILABLE,
                         Reason::StoreUnavailable,
                         Some(id),
-                        json!({"error": "rate_limit_unavailable", "message": e.to_string()}),
+                        // The store's own words (hosts, OS errors) are for the log, not clients.
+                        json!({"error": "rate_limit_unavailable", "message": "the rate-limit store is unavailable; retry shortly"}),
                     )
                     .header(RETRY_AFTER, HeaderValue::from_static("1"))),
                 };

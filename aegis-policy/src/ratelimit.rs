@@ -19,7 +19,7 @@
 //!   admitted, so at most `2·max - 1` per `window`, and the long-run rate is `max / window`.
 //!   Denials carry the exact wait until the next admission.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
@@ -232,16 +232,21 @@ pub trait CounterStore {
 }
 
 /// A bounded in-memory store. Expired keys are swept at most once per `SWEEP_EVERY_MS` of wall
-/// time, and whenever the store is full; if it is still full of live keys, a new key is a
-/// [`StoreError`] (and `on_store_error` decides), so memory never grows past `max_keys`.
+/// time. A new key in a full store evicts the oldest key (first counted): memory never grows
+/// past `max_keys`, and a client rotating keys costs only the oldest counters their state
+/// (those clients start a fresh window), never a store error for everyone.
 ///
 /// The hasher is injected: the gateway passes a randomly seeded one (client-chosen keys must not
 /// be able to force collisions), the simulator a fixed one.
 #[derive(Debug)]
 pub struct MemoryStore<S> {
     map: HashMap<CounterKey, (CounterState, u64), S>,
+    /// Keys in the order they were first counted (a key swept or evicted may linger here
+    /// until it reaches the front or the next sweep prunes it).
+    order: VecDeque<CounterKey>,
     max_keys: usize,
     next_sweep: u64,
+    evicted: u64,
 }
 
 const SWEEP_EVERY_MS: u64 = 1000;
@@ -250,8 +255,10 @@ impl<S: BuildHasher> MemoryStore<S> {
     pub fn with_hasher(max_keys: usize, hasher: S) -> Self {
         MemoryStore {
             map: HashMap::with_hasher(hasher),
+            order: VecDeque::new(),
             max_keys: max_keys.max(1),
             next_sweep: 0,
+            evicted: 0,
         }
     }
 
@@ -263,9 +270,26 @@ impl<S: BuildHasher> MemoryStore<S> {
         self.map.is_empty()
     }
 
+    /// Live keys evicted to make room for new ones, since the store was made.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
     fn sweep(&mut self, now: u64) {
         self.map.retain(|_, (_, expires)| *expires > now);
+        let map = &self.map;
+        self.order.retain(|k| map.contains_key(k));
         self.next_sweep = now.saturating_add(SWEEP_EVERY_MS);
+    }
+
+    /// Removes the oldest key still in the map.
+    fn evict_oldest(&mut self) {
+        while let Some(k) = self.order.pop_front() {
+            if self.map.remove(&k).is_some() {
+                self.evicted += 1;
+                return;
+            }
+        }
     }
 }
 
@@ -284,17 +308,12 @@ impl<S: BuildHasher> CounterStore for MemoryStore<S> {
             return Ok(reply);
         }
         if self.map.len() >= self.max_keys {
-            self.sweep(now);
-            if self.map.len() >= self.max_keys {
-                return Err(StoreError(format!(
-                    "in-memory store is full ({} live keys)",
-                    self.max_keys
-                )));
-            }
+            self.evict_oldest();
         }
         let (reply, ttl) = step(&req.limit, None, req.now);
         self.map
             .insert(req.key.clone(), (reply.state, now.saturating_add(ttl)));
+        self.order.push_back(req.key.clone());
         Ok(reply)
     }
 }
@@ -497,11 +516,22 @@ mod tests {
             assert!(s.apply(&req(short, &format!("k{i}"), 10_000)).is_ok());
         }
         assert_eq!(s.len(), 50);
-        // Full of live keys: a new key is refused, an existing one still served.
-        assert!(s.apply(&req(short, "new", 10_001)).is_err());
-        assert!(s.apply(&req(short, "k1", 10_001)).is_ok());
-        // Once they expire, the sweep reclaims them all.
-        assert!(s.apply(&req(short, "new", 10_200)).is_ok());
+        // Full of live keys: a new key evicts the oldest (k0), never an error; the rest keep
+        // their counts (k1 is over its limit still).
+        assert!(s.apply(&req(short, "new", 10_001)).unwrap().admitted);
+        assert_eq!((s.len(), s.evicted()), (50, 1));
+        assert!(!s.apply(&req(short, "k1", 10_001)).unwrap().admitted);
+        // A client rotating keys evicts only the oldest ones, one per new key.
+        for i in 0..20 {
+            assert!(s.apply(&req(short, &format!("r{i}"), 10_002)).is_ok());
+        }
+        assert_eq!((s.len(), s.evicted()), (50, 21));
+        assert!(
+            !s.apply(&req(short, "k30", 10_003)).unwrap().admitted,
+            "k30 kept its count"
+        );
+        // Once they expire, the periodic sweep reclaims them all.
+        assert!(s.apply(&req(short, "new2", 11_000)).is_ok());
         assert_eq!(s.len(), 1);
         // Dead keys do not linger past the periodic sweep either.
         let mut s = MemoryStore::with_hasher(10_000, FixedHasher);

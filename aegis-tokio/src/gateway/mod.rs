@@ -174,7 +174,10 @@ where
                     // rest, and every request's future is moved once into hyper's connection.
                     Store::Redis(r) => Box::pin(r.apply(p.request())).await,
                 };
-                if answer.is_err() {
+                if let Err(e) = &answer {
+                    // The detail is for operators (the client gets a fixed message); the
+                    // store logs each outage once, this is per request.
+                    tracing::debug!("{e}");
                     shared
                         .metrics
                         .store_errors
