@@ -282,3 +282,32 @@ fn cli_check_token_and_bad_config_exit_codes() {
     let r = get(gw.addr, "/x", &[("Authorization", "Bearer not.a.token")]);
     assert_eq!(r.status, 401);
 }
+
+/// `aegis token | head -0`, `aegis check | head -0`: a closed stdout ends the command quietly
+/// (exit 0, nothing on stderr), never with a panic.
+#[test]
+fn a_closed_stdout_is_not_a_panic() {
+    let dir = temp_dir("closed-stdout");
+    let config = dir.path().join("ok.toml");
+    std::fs::write(
+        &config,
+        "[[routes]]\npath = \"/\"\ntargets = [\"http://127.0.0.1:9\"]\n",
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    for args in [
+        vec!["token", "--secret", "s"],
+        vec!["check", "--config", config],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(aegis_bin())
+            .args(&args)
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {:?} {stderr}", out.status);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}

@@ -421,8 +421,9 @@ impl Config {
     /// Parses and validates a TOML document. `${VAR}` in any string value is replaced from
     /// `env` (`$${` writes a literal `${`); a missing variable is an error naming it.
     pub fn from_toml(text: &str, env: &dyn ConfigEnv) -> Result<Config, ConfigError> {
+        // A syntax error keeps toml's multi-line display (the line and a caret under it).
         let mut value: toml::Value = toml::from_str(text)
-            .map_err(|e| ConfigError::new("config", one_line(&e.to_string())))?;
+            .map_err(|e| ConfigError::new("config", e.to_string().trim_end().to_owned()))?;
         substitute(&mut value, &mut String::new(), env)?;
         let raw: RawConfig = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
@@ -431,7 +432,8 @@ impl Config {
             } else {
                 path
             };
-            ConfigError::new(path, one_line(&e.into_inner().to_string()))
+            let reason = friendly(&path, &one_line(&e.into_inner().to_string()));
+            ConfigError::new(path, reason)
         })?;
         validate(raw, env)
     }
@@ -475,6 +477,34 @@ impl Config {
 
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A type error from the deserializer in the config's words: "expected i64" is "expected a
+/// whole number", a number where a duration goes says how to write one, and the
+/// deserializer's own "in `a.b`" (which drops list indexes) goes, since `path` says where.
+fn friendly(path: &str, reason: &str) -> String {
+    let reason = match reason.rfind(" in `") {
+        Some(i) if reason.ends_with('`') => &reason[..i],
+        _ => reason,
+    };
+    let mut r = reason
+        .replace("expected i64", "expected a whole number")
+        .replace("expected u64", "expected a whole number")
+        .replace("expected usize", "expected a whole number");
+    let key = path.rsplit('.').next().unwrap_or(path);
+    let is_duration = key.ends_with("timeout")
+        || matches!(
+            key,
+            "window" | "open_for" | "leeway" | "interval" | "probe_timeout"
+        );
+    if is_duration
+        && let Some(n) = r
+            .strip_prefix("invalid type: integer `")
+            .and_then(|rest| rest.split('`').next())
+    {
+        r = format!("a duration is a string with a unit: write \"{n}s\" (or \"{n}ms\")");
+    }
+    r
 }
 
 fn substitute(
@@ -1323,17 +1353,41 @@ mod tests {
             err(&typo)
         );
         let wrong_type = SEED.replace("max = 10", "max = \"ten\"");
-        assert!(
-            err(&wrong_type).starts_with("routes[0].rate_limit.max: "),
-            "{}",
-            err(&wrong_type)
+        assert_eq!(
+            err(&wrong_type),
+            "routes[0].rate_limit.max: invalid type: string \"ten\", expected a whole number"
+        );
+        let spaced = SEED.replace(r#"open_for = "60s""#, r#"open_for = "10 sec""#);
+        assert_eq!(
+            err(&spaced),
+            r#"breaker.open_for: "10 sec": unknown unit "sec"; units are ns, us, ms, s, m, h, d"#
+        );
+        let spaced = SEED.replace(r#"open_for = "60s""#, r#"open_for = "10 s""#);
+        assert_eq!(
+            err(&spaced),
+            r#"breaker.open_for: "10 s": no space between a number and its unit; write "10s""#
+        );
+        let number = SEED.replace(r#"open_for = "60s""#, "open_for = 10");
+        assert_eq!(
+            err(&number),
+            r#"breaker.open_for: a duration is a string with a unit: write "10s" (or "10ms")"#
         );
         let missing = Config::from_toml(SEED, &MapEnv::default()).unwrap_err();
         assert_eq!(
             missing.to_string(),
             "auth.secret: environment variable JWT_SECRET is not set"
         );
-        assert!(err("[server\n").starts_with("config: "));
+        // A syntax error keeps toml's display: the line, and a caret under the spot.
+        let syntax = err("[[routes]]\npath = \"/\"\ntargets = [\"http://a:1\"\n");
+        assert!(
+            syntax.starts_with("config: TOML parse error at line 3"),
+            "{syntax}"
+        );
+        assert!(
+            syntax.contains("\n3 | targets = [\"http://a:1\"\n"),
+            "{syntax}"
+        );
+        assert!(syntax.contains('^'), "{syntax}");
     }
 
     #[test]

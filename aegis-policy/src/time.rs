@@ -83,6 +83,9 @@ pub fn ceil_secs_min1(d: Duration) -> u64 {
 
 /// Parses `"60s"`, `"500ms"`, `"2m"`, `"1h"`, `"1m30s"`. A bare number is refused so that a
 /// unit is never guessed.
+/// The units a duration may use, smallest first.
+const UNITS: [&str; 7] = ["ns", "us", "ms", "s", "m", "h", "d"];
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     if t.is_empty() {
@@ -104,6 +107,27 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         let n: u128 = t[start..i]
             .parse()
             .map_err(|_| format!("{s:?}: number too large"))?;
+        // A space before the unit: say which unit it is and how to write it.
+        let mut spaced = i;
+        while spaced < bytes.len() && bytes[spaced].is_ascii_whitespace() {
+            spaced += 1;
+        }
+        if spaced > i && spaced < bytes.len() && bytes[spaced].is_ascii_alphabetic() {
+            let mut end = spaced;
+            while end < bytes.len() && bytes[end].is_ascii_alphabetic() {
+                end += 1;
+            }
+            let unit = &t[spaced..end];
+            let n = &t[start..i];
+            return Err(if UNITS.contains(&unit) {
+                format!("{s:?}: no space between a number and its unit; write \"{n}{unit}\"")
+            } else {
+                format!(
+                    "{s:?}: unknown unit {unit:?}; units are {}",
+                    UNITS.join(", ")
+                )
+            });
+        }
         let ustart = i;
         while i < bytes.len() && bytes[i].is_ascii_alphabetic() {
             i += 1;
@@ -121,7 +145,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
                     "{s:?} has no unit; write e.g. \"{n}s\" or \"{n}ms\""
                 ));
             }
-            u => return Err(format!("{s:?}: unknown unit {u:?} (use ms, s, m, h, d)")),
+            u => {
+                return Err(format!(
+                    "{s:?}: unknown unit {u:?}; units are {}",
+                    UNITS.join(", ")
+                ));
+            }
         };
         total = n
             .checked_mul(unit_ns)

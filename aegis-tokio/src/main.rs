@@ -149,7 +149,7 @@ fn run(cmd: Cmd) -> Result<(), String> {
         Cmd::Check { config } => {
             let c = ConfigSource::File(config).load()?;
             let n = c.routes.len();
-            println!("ok: {n} route{}", if n == 1 { "" } else { "s" });
+            aegis_tokio::say!("ok: {n} route{}", if n == 1 { "" } else { "s" });
             Ok(())
         }
         #[cfg(feature = "dev")]
@@ -163,7 +163,7 @@ fn run(cmd: Cmd) -> Result<(), String> {
                 .or_else(|| std::env::var("JWT_SECRET").ok().filter(|s| !s.is_empty()))
                 .ok_or("--secret is required (or set JWT_SECRET)")?;
             let exp = parse_duration(&exp).map_err(|e| format!("--exp: {e}"))?;
-            println!("{}", token::mint(&secret, &user, &claim, exp)?);
+            aegis_tokio::say!("{}", token::mint(&secret, &user, &claim, exp)?);
             Ok(())
         }
         #[cfg(feature = "dev")]

@@ -45,7 +45,7 @@ pub async fn run(
             .await
             .map_err(|e| format!("cannot listen on 127.0.0.1:{port} for {name}: {e}"))?;
         let addr = l.local_addr().map_err(|e| e.to_string())?;
-        println!("upstream {name} listening on http://{addr}");
+        crate::say!("upstream {name} listening on http://{addr}");
         tokio::spawn(upstream::serve(Arc::from(name), l));
         let url = format!("\"http://{addr}\"");
         if i < 3 { &mut users } else { &mut products }.push(url);
@@ -96,7 +96,7 @@ fn print_walkthrough(addr: SocketAddr, token: &str) {
     } else {
         format!("http://{addr}")
     };
-    println!(
+    crate::say!(
         r#"
 A token for userId test-123 (HS256, valid 24 h):
 

@@ -29,7 +29,7 @@ pub async fn run(name: &str, addr: SocketAddr) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let local = l.local_addr().map_err(|e| e.to_string())?;
-    println!("upstream {name} listening on http://{local}");
+    crate::say!("upstream {name} listening on http://{local}");
     serve(Arc::from(name), l).await;
     Ok(())
 }

@@ -66,3 +66,18 @@ pub fn init(format: LogFormat) -> LogGuard {
         _writer: Some(guard),
     }
 }
+
+/// Writes a line to stdout. A closed stdout (`aegis check ... | head -0`) is not an error and
+/// not a panic, as `println!` would make it: the line is dropped.
+pub fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stdout(), "{line}");
+}
+
+/// `println!` that a closed stdout cannot turn into a panic (see [`say`]).
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::observe::log::say(format_args!($($arg)*))
+    };
+}

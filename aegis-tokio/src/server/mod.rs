@@ -104,10 +104,10 @@ async fn control(
         }
     }
 
-    println!("listening on http://{addr}");
+    crate::say!("listening on http://{addr}");
     let admin = match admin {
         Some(l) => {
-            println!(
+            crate::say!(
                 "admin listening on http://{}",
                 l.local_addr().map_err(|e| e.to_string())?
             );
