@@ -1,10 +1,9 @@
 //! The upstream connection pool: connections an upstream closes after answering are not
 //! reused (no request fails because of one), and a pooled connection survives between
 //! requests, bodiless answers (HEAD) included.
-#![allow(clippy::disallowed_methods)] // real time: pauses between requests
+#![allow(clippy::disallowed_methods)] // real time
 
 use std::io::Write;
-use std::time::Duration;
 
 use aegis_testkit::{Gateway, RawUpstream, Upstream, one_route_config, request};
 
@@ -18,8 +17,10 @@ fn connections_closed_by_the_upstream_are_not_reused() {
     for i in 0..20 {
         let r = gw.get("/x", &[]);
         assert_eq!(r.status, 200, "request {i}: {r:?}");
+        // No pause: the next request may find the connection closed at checkout, or be sent
+        // on it just as it closes (then, a GET, it is sent again on a fresh one): either way
+        // it does not fail.
         assert_eq!(r.text(), "ok");
-        std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(up.requests.try_iter().count(), 20);
 }

@@ -153,13 +153,22 @@ fn client_cannot_spoof_identity_or_rate_limit_key() {
 
     // A new X-Forwarded-For on every request does not buy a new rate-limit budget.
     wait_for_window_room(Duration::from_secs(60), Duration::from_secs(5));
-    let statuses: Vec<u16> = (0..6)
+    let answers: Vec<_> = (0..6)
         .map(|i| {
             let xff = format!("10.9.8.{i}");
-            gw.get("/limited", &[("X-Forwarded-For", &xff)]).status
+            gw.get("/limited", &[("X-Forwarded-For", &xff)])
         })
         .collect();
+    let statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
     assert_eq!(statuses, [200, 200, 200, 429, 429, 429]);
+    // A 429 says why and when to come back.
+    for r in &answers[3..] {
+        assert_eq!(r.header("ratelimit-remaining"), Some("0"), "{r:?}");
+        assert!(r.header("ratelimit-limit").is_some(), "{r:?}");
+        let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+        assert!((1..=60).contains(&retry), "{r:?}");
+        assert_eq!(r.json()["error"], "rate_limited");
+    }
 }
 
 #[test]

@@ -181,9 +181,14 @@ fn two_gateways_share_one_global_limit() {
     let mut limited = 0;
     for i in 0..40 {
         let gw = if i % 2 == 0 { &a } else { &b };
-        match gw.get("/limited", &[]).status {
+        let r = gw.get("/limited", &[]);
+        match r.status {
             200 => ok[i % 2] += 1,
-            429 => limited += 1,
+            429 => {
+                limited += 1;
+                assert_eq!(r.header("ratelimit-remaining"), Some("0"), "{r:?}");
+                assert!(r.header("retry-after").is_some(), "{r:?}");
+            }
             s => panic!("unexpected {s}"),
         }
     }

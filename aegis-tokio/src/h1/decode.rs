@@ -389,4 +389,52 @@ mod tests {
             }
         }
     }
+
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::h1::encode::{LAST_CHUNK, put_chunk};
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            /// Any bytes at any split: data, an end or an error, never a panic, and never a
+            /// range outside the input.
+            #[test]
+            fn any_bytes_get_an_answer(
+                bytes in prop::collection::vec(any::<u8>(), 0..200),
+                step in 1usize..17,
+            ) {
+                let _ = decode_all(BodyDecoder::new(Framing::Chunked), &bytes, step);
+            }
+
+            /// A chunked body this gateway writes (its chunks, optional extensions, optional
+            /// trailers) decodes to the data it carried, at every split.
+            #[test]
+            fn written_bodies_round_trip(
+                chunks in prop::collection::vec(prop::collection::vec(any::<u8>(), 1..40), 0..6),
+                ext in prop_oneof![Just(""), Just(";a"), Just(";a=b"), Just(" ; q=\"x y\"")],
+                trailer in prop_oneof![Just(""), Just("X-T: 1\r\n"), Just("Etag: \"v\"\r\n")],
+                step in 1usize..23,
+            ) {
+                let mut wire = Vec::new();
+                for c in &chunks {
+                    let mut one = Vec::new();
+                    put_chunk(&mut one, c);
+                    // The extension goes between the size and its CRLF.
+                    let crlf = one.iter().position(|&b| b == b'\r').unwrap();
+                    wire.extend_from_slice(&one[..crlf]);
+                    wire.extend_from_slice(ext.as_bytes());
+                    wire.extend_from_slice(&one[crlf..]);
+                }
+                wire.extend_from_slice(&LAST_CHUNK[..3]);
+                wire.extend_from_slice(trailer.as_bytes());
+                wire.extend_from_slice(b"\r\n");
+                let data: Vec<u8> = chunks.concat();
+                let got = decode_all(BodyDecoder::new(Framing::Chunked), &wire, step);
+                prop_assert_eq!(got, Ok(data));
+            }
+        }
+    }
 }

@@ -310,4 +310,99 @@ mod tests {
             HeadError::HeadersTooLarge
         );
     }
+
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// A head written back from what the parser made of it.
+        fn unparse(p: &http::request::Parts) -> Vec<u8> {
+            let mut out = format!(
+                "{} {} {}\r\n",
+                p.method,
+                p.uri,
+                if p.version == Version::HTTP_10 {
+                    "HTTP/1.0"
+                } else {
+                    "HTTP/1.1"
+                }
+            )
+            .into_bytes();
+            for (k, v) in &p.headers {
+                out.extend_from_slice(k.as_str().as_bytes());
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(v.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(b"\r\n");
+            out
+        }
+
+        fn header() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("Host: x".to_owned()),
+                Just("Host: y".to_owned()),
+                "Content-Length: [0-9]{1,3}",
+                Just("Content-Length: 1, 2".to_owned()),
+                Just("Transfer-Encoding: chunked".to_owned()),
+                Just("Transfer-Encoding: gzip, chunked".to_owned()),
+                Just("Transfer-Encoding: chunked, chunked".to_owned()),
+                Just("Connection: close".to_owned()),
+                Just("Connection: keep-alive".to_owned()),
+                Just("Expect: 100-continue".to_owned()),
+                "X-[A-Za-z]{1,8}: [ -~]{0,12}",
+                "[A-Za-z_-]{1,6}:[ \t]?[a-z]{0,4}",
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            /// Any bytes: an answer, never a panic; a complete head never claims more bytes
+            /// than it was given.
+            #[test]
+            fn any_bytes_get_an_answer(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+                let mut p = http::Request::new(()).into_parts().0;
+                if let Ok(Some((n, _))) = parse_request(&bytes, 8192, 65536, &mut p) {
+                    prop_assert!(n <= bytes.len());
+                }
+            }
+
+            /// Heads built from the headers that decide framing: every one accepted reads
+            /// back, written again, as the same framing, connection handling and headers.
+            #[test]
+            fn accepted_heads_round_trip(
+                method in prop_oneof![Just("GET"), Just("POST"), Just("PUT"), Just("HEAD")],
+                path in "/[a-z0-9/._-]{0,12}",
+                ten in any::<bool>(),
+                headers in prop::collection::vec(header(), 0..6),
+            ) {
+                let version = if ten { "HTTP/1.0" } else { "HTTP/1.1" };
+                let mut head = format!("{method} {path} {version}\r\n");
+                for h in &headers {
+                    head.push_str(h);
+                    head.push_str("\r\n");
+                }
+                head.push_str("\r\n");
+                let mut p = http::Request::new(()).into_parts().0;
+                let Ok(Some((n, first))) = parse_request(head.as_bytes(), 8192, 65536, &mut p) else {
+                    return Ok(());
+                };
+                prop_assert_eq!(n, head.len());
+                let again = unparse(&p);
+                let mut q = http::Request::new(()).into_parts().0;
+                let (m, second) = parse_request(&again, 8192, 65536, &mut q)
+                    .expect("an accepted head, written again, is accepted")
+                    .expect("complete");
+                prop_assert_eq!(m, again.len());
+                prop_assert_eq!(first.framing, second.framing);
+                prop_assert_eq!(first.keep_alive, second.keep_alive);
+                prop_assert_eq!(first.expect_continue, second.expect_continue);
+                prop_assert_eq!(&p.headers, &q.headers);
+                prop_assert_eq!(&p.method, &q.method);
+                prop_assert_eq!(&p.uri, &q.uri);
+            }
+        }
+    }
 }
