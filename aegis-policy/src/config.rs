@@ -82,6 +82,7 @@ impl ConfigEnv for MapEnv {
 pub struct Config {
     pub server: ServerConfig,
     pub upstream: UpstreamConfig,
+    pub retry_budget: RetryBudgetConfig,
     pub auth: Option<AuthConfig>,
     pub rate_limit: StoreConfig,
     pub breaker: BreakerConfig,
@@ -111,6 +112,10 @@ pub struct ServerConfig {
     pub max_connections_per_ip: usize,
     /// Requests in flight at once from one client IP (past it: 429).
     pub max_requests_per_ip: usize,
+    /// `Upgrade` protocols tunnelled to upstreams (lower case); any other is never forwarded.
+    pub upgrades: Vec<String>,
+    /// A tunnel (WebSocket) with no bytes either way this long is closed.
+    pub websocket_idle_timeout: Duration,
 }
 
 /// What a request header whose name contains `_` gets (Envoy's
@@ -268,6 +273,8 @@ pub struct TargetConfig {
     pub authority: http::uri::Authority,
     /// A path the forwarded path is appended to (`""` when the URL has none).
     pub base_path: String,
+    /// Its share of the route's requests relative to the others' (1 unless set).
+    pub weight: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -284,6 +291,61 @@ pub struct RouteConfig {
     pub strip_prefix: bool,
     pub timeout: Duration,
     pub max_body_bytes: Option<u64>,
+    pub balance: Balance,
+    pub retry: RetryConfig,
+    pub health_check: Option<HealthCheckConfig>,
+}
+
+/// How a route spreads requests over its targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    /// Round robin; smooth weighted round robin when the targets' weights differ.
+    RoundRobin,
+    /// Power of two choices: of two targets drawn at random, the one with fewer requests in
+    /// flight (weighted by its recent failures, so a target that fails fast does not attract
+    /// the traffic).
+    P2c,
+}
+
+/// When a failed try of a request goes to another target.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryConfig {
+    /// Tries after the first for an idempotent request that failed after it was sent (a
+    /// request that could not be sent at all may always go to another target, once each).
+    pub retries: u32,
+    /// Statuses that count as a failed try (`retry_on`).
+    pub on: StatusSet,
+    /// A request with an `Idempotency-Key` header counts as idempotent.
+    pub idempotency_key: bool,
+    /// A request body up to this size is kept so that it can be sent again; a larger one
+    /// is streamed and its request is never retried after it was sent.
+    pub max_body: u64,
+    /// Each try's own deadline for a response head (the route's `timeout` bounds them all).
+    pub try_timeout: Duration,
+}
+
+/// `[retry_budget]`: retries a route may add over its requests, so that retries cannot turn a
+/// degraded upstream into an overloaded one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryBudgetConfig {
+    /// At most this many retries per request, over the window (0.2: 20 % more).
+    pub ratio: f64,
+    /// Retries allowed per second whatever the ratio (so a quiet route can still retry).
+    pub min_per_second: u32,
+    pub window: Duration,
+}
+
+/// Active health checks of a route's targets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheckConfig {
+    /// `GET` this path on each target; a 2xx answer within `timeout` is a pass.
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive failed checks that take a healthy target out of rotation.
+    pub unhealthy_after: u32,
+    /// Consecutive passed checks that bring an unhealthy target back.
+    pub healthy_after: u32,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -296,6 +358,9 @@ struct RawConfig {
     server: RawServer,
     #[serde(default)]
     upstream: RawUpstream,
+    #[serde(default)]
+    retry_budget: RawRetryBudget,
+    health_check: Option<RawHealthCheck>,
     auth: Option<RawAuth>,
     #[serde(default)]
     rate_limit: RawStore,
@@ -324,6 +389,49 @@ struct RawServer {
     max_connections: Option<i64>,
     max_connections_per_ip: Option<i64>,
     max_requests_per_ip: Option<i64>,
+    upgrades: Option<Vec<String>>,
+    websocket_idle_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRetryBudget {
+    ratio: Option<f64>,
+    min_per_second: Option<i64>,
+    window: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawHealthCheck {
+    path: Option<String>,
+    interval: Option<String>,
+    timeout: Option<String>,
+    unhealthy_after: Option<i64>,
+    healthy_after: Option<i64>,
+}
+
+/// A route's `health_check`: `true` (the top-level `[health_check]`), or a table.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawRouteHealth {
+    On(bool),
+    Table(RawHealthCheck),
+}
+
+/// A target: a URL, or `{ url = "...", weight = 3 }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawTarget {
+    Url(String),
+    Weighted(RawWeighted),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWeighted {
+    url: String,
+    weight: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -391,7 +499,7 @@ struct RawRoute {
     path: String,
     host: Option<String>,
     methods: Option<Vec<String>>,
-    targets: Vec<String>,
+    targets: Vec<RawTarget>,
     #[serde(default)]
     auth: bool,
     rate_limit: Option<RawLimit>,
@@ -399,6 +507,13 @@ struct RawRoute {
     strip_prefix: bool,
     timeout: Option<String>,
     max_body_size: Option<RawSize>,
+    balance: Option<String>,
+    retries: Option<i64>,
+    retry_on: Option<Vec<RawStatus>>,
+    retry_idempotency_key: Option<bool>,
+    retry_max_body: Option<RawSize>,
+    try_timeout: Option<String>,
+    health_check: Option<RawRouteHealth>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -651,6 +766,7 @@ fn check_redis_url(url: &str) -> Result<(), String> {
 fn validate(raw: RawConfig, env: &dyn ConfigEnv) -> Result<Config, ConfigError> {
     let server = validate_server(raw.server)?;
     let upstream = validate_upstream(raw.upstream)?;
+    let retry_budget = validate_retry_budget(raw.retry_budget)?;
     let auth = raw.auth.map(|a| validate_auth(a, env)).transpose()?;
     let rate_limit = validate_store(raw.rate_limit)?;
     let mut routes = Vec::with_capacity(raw.routes.len());
@@ -661,7 +777,13 @@ fn validate(raw: RawConfig, env: &dyn ConfigEnv) -> Result<Config, ConfigError> 
         ));
     }
     for (i, r) in raw.routes.into_iter().enumerate() {
-        routes.push(validate_route(i, r, &server, auth.is_some())?);
+        routes.push(validate_route(
+            i,
+            r,
+            &server,
+            auth.is_some(),
+            raw.health_check.as_ref(),
+        )?);
     }
     check_route_overlaps(&routes)?;
     let max_timeout = routes
@@ -673,11 +795,114 @@ fn validate(raw: RawConfig, env: &dyn ConfigEnv) -> Result<Config, ConfigError> 
     Ok(Config {
         server,
         upstream,
+        retry_budget,
         auth,
         rate_limit,
         breaker,
         routes,
     })
+}
+
+fn validate_retry_budget(b: RawRetryBudget) -> Result<RetryBudgetConfig, ConfigError> {
+    let ratio = b.ratio.unwrap_or(0.2);
+    if !(0.0..=10.0).contains(&ratio) {
+        return Err(ConfigError::new(
+            "retry_budget.ratio",
+            "must be between 0 and 10 (0.2: at most 20 % more requests)",
+        ));
+    }
+    let min_per_second = count("retry_budget.min_per_second", b.min_per_second, 10, 0)?;
+    Ok(RetryBudgetConfig {
+        ratio,
+        min_per_second: u32::try_from(min_per_second).unwrap_or(u32::MAX),
+        window: positive_duration(
+            "retry_budget.window",
+            b.window.as_deref(),
+            Duration::from_secs(10),
+        )?,
+    })
+}
+
+/// A route's health checks: its own table over the top-level `[health_check]` defaults.
+fn validate_health_check(
+    path: &str,
+    own: Option<&RawHealthCheck>,
+    shared: Option<&RawHealthCheck>,
+) -> Result<HealthCheckConfig, ConfigError> {
+    let d = RawHealthCheck::default();
+    let (own, shared) = (own.unwrap_or(&d), shared.unwrap_or(&d));
+    let key = |k: &str| format!("{path}.{k}");
+    let probe_path = own
+        .path
+        .clone()
+        .or_else(|| shared.path.clone())
+        .unwrap_or_else(|| "/health".to_owned());
+    if !probe_path.starts_with('/') || probe_path.contains(char::is_whitespace) {
+        return Err(ConfigError::new(
+            key("path"),
+            format!("{probe_path:?} must be a path starting with \"/\""),
+        ));
+    }
+    let interval = positive_duration(
+        &key("interval"),
+        own.interval.as_deref().or(shared.interval.as_deref()),
+        Duration::from_secs(5),
+    )?;
+    let timeout = positive_duration(
+        &key("timeout"),
+        own.timeout.as_deref().or(shared.timeout.as_deref()),
+        Duration::from_secs(1),
+    )?;
+    if timeout > interval {
+        return Err(ConfigError::new(
+            key("timeout"),
+            "must not be longer than the interval",
+        ));
+    }
+    let threshold = |k: &str, v: Option<i64>| -> Result<u32, ConfigError> {
+        let n = count(&key(k), v, 2, 1)?;
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    };
+    Ok(HealthCheckConfig {
+        path: probe_path,
+        interval,
+        timeout,
+        unhealthy_after: threshold(
+            "unhealthy_after",
+            own.unhealthy_after.or(shared.unhealthy_after),
+        )?,
+        healthy_after: threshold("healthy_after", own.healthy_after.or(shared.healthy_after))?,
+    })
+}
+
+/// Statuses as `[502, "5xx"]`.
+fn statuses(path: &str, list: &[RawStatus]) -> Result<StatusSet, ConfigError> {
+    let mut set = StatusSet::EMPTY;
+    for (i, s) in list.iter().enumerate() {
+        let path = format!("{path}[{i}]");
+        match s {
+            RawStatus::Code(c) if (100..=599).contains(c) => set.insert(*c as u16),
+            RawStatus::Code(c) => {
+                return Err(ConfigError::new(path, format!("{c} is not an HTTP status")));
+            }
+            RawStatus::Class(c) => {
+                let class = match c.as_str() {
+                    "4xx" => 400,
+                    "5xx" => 500,
+                    _ => {
+                        return Err(ConfigError::new(
+                            path,
+                            format!("{c:?} is not a status or class (\"4xx\", \"5xx\")"),
+                        ));
+                    }
+                };
+                for code in class..class + 100 {
+                    set.insert(code);
+                }
+            }
+        }
+    }
+    Ok(set)
 }
 
 /// A count from config: at least `min`, `default` when unset.
@@ -831,6 +1056,38 @@ fn validate_server(s: RawServer) -> Result<ServerConfig, ConfigError> {
             1,
         )?,
         max_requests_per_ip: count("server.max_requests_per_ip", s.max_requests_per_ip, 256, 1)?,
+        upgrades: match s.upgrades {
+            None => vec!["websocket".to_owned()],
+            Some(list) => {
+                let mut out = Vec::with_capacity(list.len());
+                for (i, u) in list.iter().enumerate() {
+                    let lower = u.trim().to_ascii_lowercase();
+                    if lower == "h2c" {
+                        return Err(ConfigError::new(
+                            format!("server.upgrades[{i}]"),
+                            "\"h2c\" is never forwarded (h2c smuggling)",
+                        ));
+                    }
+                    if lower.is_empty()
+                        || !lower
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"-._/".contains(&b))
+                    {
+                        return Err(ConfigError::new(
+                            format!("server.upgrades[{i}]"),
+                            format!("{u:?} is not a protocol name"),
+                        ));
+                    }
+                    out.push(lower);
+                }
+                out
+            }
+        },
+        websocket_idle_timeout: positive_duration(
+            "server.websocket_idle_timeout",
+            s.websocket_idle_timeout.as_deref(),
+            Duration::from_secs(3600),
+        )?,
     })
 }
 
@@ -994,34 +1251,7 @@ fn validate_breaker(b: RawBreaker, max_timeout: Duration) -> Result<BreakerConfi
     }
     let failure_statuses = match b.failure_statuses {
         None => StatusSet::server_errors(),
-        Some(list) => {
-            let mut set = StatusSet::EMPTY;
-            for (i, s) in list.iter().enumerate() {
-                let path = format!("breaker.failure_statuses[{i}]");
-                match s {
-                    RawStatus::Code(c) if (100..=599).contains(c) => set.insert(*c as u16),
-                    RawStatus::Code(c) => {
-                        return Err(ConfigError::new(path, format!("{c} is not an HTTP status")));
-                    }
-                    RawStatus::Class(c) => {
-                        let class = match c.as_str() {
-                            "4xx" => 400,
-                            "5xx" => 500,
-                            _ => {
-                                return Err(ConfigError::new(
-                                    path,
-                                    format!("{c:?} is not a status or class (\"4xx\", \"5xx\")"),
-                                ));
-                            }
-                        };
-                        for code in class..class + 100 {
-                            set.insert(code);
-                        }
-                    }
-                }
-            }
-            set
-        }
+        Some(list) => statuses("breaker.failure_statuses", &list)?,
     };
     Ok(BreakerConfig {
         failure_threshold,
@@ -1031,7 +1261,26 @@ fn validate_breaker(b: RawBreaker, max_timeout: Duration) -> Result<BreakerConfi
     })
 }
 
-fn validate_target(path: &str, raw: &str) -> Result<TargetConfig, ConfigError> {
+fn validate_target(path: &str, raw: &RawTarget) -> Result<TargetConfig, ConfigError> {
+    let (url, weight) = match raw {
+        RawTarget::Url(u) => (u.as_str(), 1),
+        RawTarget::Weighted(w) => {
+            let weight = w.weight.unwrap_or(1);
+            let weight = u32::try_from(weight)
+                .ok()
+                .filter(|w| (1..=1000).contains(w))
+                .ok_or_else(|| {
+                    ConfigError::new(format!("{path}.weight"), "must be between 1 and 1000")
+                })?;
+            (w.url.as_str(), weight)
+        }
+    };
+    let mut target = validate_target_url(path, url)?;
+    target.weight = weight;
+    Ok(target)
+}
+
+fn validate_target_url(path: &str, raw: &str) -> Result<TargetConfig, ConfigError> {
     let bad = || ConfigError::new(path, format!("{raw:?} is not an http URL"));
     let uri: http::Uri = raw.parse().map_err(|_| bad())?;
     match uri.scheme_str() {
@@ -1066,6 +1315,7 @@ fn validate_target(path: &str, raw: &str) -> Result<TargetConfig, ConfigError> {
         url,
         authority,
         base_path,
+        weight: 1,
     })
 }
 
@@ -1074,6 +1324,7 @@ fn validate_route(
     r: RawRoute,
     server: &ServerConfig,
     have_auth: bool,
+    shared_health: Option<&RawHealthCheck>,
 ) -> Result<RouteConfig, ConfigError> {
     let p = |key: &str| format!("routes[{i}].{key}");
     if !r.path.starts_with('/') {
@@ -1158,7 +1409,10 @@ fn validate_route(
         let tp = format!("routes[{i}].targets[{j}]");
         let target = validate_target(&tp, t)?;
         if let Some(k) = targets.iter().position(|x| x.url == target.url) {
-            return Err(ConfigError::new(tp, format!("{t:?} repeats targets[{k}]")));
+            return Err(ConfigError::new(
+                tp,
+                format!("{:?} repeats targets[{k}]", target.url),
+            ));
         }
         targets.push(target);
     }
@@ -1240,6 +1494,60 @@ fn validate_route(
         Some(n) => n,
         None => norm.clone(),
     };
+    let balance = match r.balance.as_deref().unwrap_or("round_robin") {
+        "round_robin" => Balance::RoundRobin,
+        "p2c" => Balance::P2c,
+        other => {
+            return Err(ConfigError::new(
+                p("balance"),
+                format!("{other:?} is not \"round_robin\" or \"p2c\""),
+            ));
+        }
+    };
+    let retries = count(&p("retries"), r.retries, 0, 0)?;
+    if retries > 10 {
+        return Err(ConfigError::new(p("retries"), "must be at most 10"));
+    }
+    let retry_on = match &r.retry_on {
+        None => {
+            let mut s = StatusSet::EMPTY;
+            for c in [502, 503, 504] {
+                s.insert(c);
+            }
+            s
+        }
+        Some(list) => statuses(&p("retry_on"), list)?,
+    };
+    let try_timeout = positive_duration(&p("try_timeout"), r.try_timeout.as_deref(), timeout)?;
+    if try_timeout > timeout {
+        return Err(ConfigError::new(
+            p("try_timeout"),
+            "must not be longer than the route's timeout (the deadline of all tries)",
+        ));
+    }
+    let retry = RetryConfig {
+        retries: retries as u32,
+        on: retry_on,
+        idempotency_key: r.retry_idempotency_key.unwrap_or(false),
+        max_body: match &r.retry_max_body {
+            Some(s) => size(&p("retry_max_body"), s)?,
+            None => 64 << 10,
+        },
+        try_timeout,
+    };
+    let health_check = match &r.health_check {
+        None | Some(RawRouteHealth::On(false)) => None,
+        Some(RawRouteHealth::On(true)) => Some(validate_health_check(
+            &p("health_check"),
+            None,
+            shared_health,
+        )?),
+        Some(RawRouteHealth::Table(own)) => Some(validate_health_check(
+            &p("health_check"),
+            Some(own),
+            shared_health,
+        )?),
+    };
     Ok(RouteConfig {
         name,
         path: norm,
@@ -1251,6 +1559,9 @@ fn validate_route(
         strip_prefix: r.strip_prefix,
         timeout,
         max_body_bytes,
+        balance,
+        retry,
+        health_check,
     })
 }
 
