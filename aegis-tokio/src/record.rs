@@ -88,4 +88,6 @@ pub struct Exchange {
     pub host: Option<HeaderValue>,
     /// The rate-limit client IP, worked out only for the JSON log.
     pub client_ip: Option<IpAddr>,
+    /// Tries made upstream (retries included; 0: none).
+    pub attempts: u32,
 }

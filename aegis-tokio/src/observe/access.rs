@@ -23,6 +23,13 @@ pub fn log(format: LogFormat, policy: &Policy, parts: &Parts, ex: &Exchange, sta
         LogFormat::Text => {
             let ms = elapsed.as_millis();
             match target {
+                // Retries show; a request sent once keeps the seed's line.
+                Some(t) if ex.attempts > 1 => tracing::info!(
+                    target: "aegis::access",
+                    "[{}] {t}{pq} → {status} ({ms}ms) [{id}] attempts={}",
+                    parts.method,
+                    ex.attempts
+                ),
                 Some(t) => tracing::info!(
                     target: "aegis::access",
                     "[{}] {t}{pq} → {status} ({ms}ms) [{id}]",
@@ -63,6 +70,7 @@ pub fn log(format: LogFormat, policy: &Policy, parts: &Parts, ex: &Exchange, sta
                 user = ex.user.as_ref().and_then(|u| u.to_str().ok()),
                 auth,
                 reason = ex.reason,
+                attempts = ex.attempts,
                 "request"
             );
         }

@@ -46,6 +46,7 @@ struct Padded<T>(T);
 struct Counters {
     status: Box<[AtomicU64]>,
     rate_limited: AtomicU64,
+    retries: AtomicU64,
     buckets: [AtomicU64; BUCKETS.len()],
     upstream_count: AtomicU64,
     upstream_sum_us: AtomicU64,
@@ -65,6 +66,7 @@ impl RouteMetrics {
                     Padded(Counters {
                         status: (0..STATUS_SLOTS).map(|_| AtomicU64::new(0)).collect(),
                         rate_limited: AtomicU64::new(0),
+                        retries: AtomicU64::new(0),
                         buckets: std::array::from_fn(|_| AtomicU64::new(0)),
                         upstream_count: AtomicU64::new(0),
                         upstream_sum_us: AtomicU64::new(0),
@@ -95,6 +97,11 @@ impl RouteMetrics {
 
     pub fn rate_limited(&self) {
         self.mine().rate_limited.fetch_add(1, Relaxed);
+    }
+
+    /// A failed try sent to another target.
+    pub fn retried(&self) {
+        self.mine().retries.fetch_add(1, Relaxed);
     }
 
     /// Time from sending a request upstream to its response head (or its failure).
@@ -212,6 +219,18 @@ impl Metrics {
                 "aegis_rate_limited_total{{route=\"{}\"}} {}",
                 esc(name),
                 m.sum(|c| &c.rate_limited)
+            );
+        }
+        out.push_str(
+            "# HELP aegis_retries_total Failed tries sent again to another target, by route.\n\
+             # TYPE aegis_retries_total counter\n",
+        );
+        for (name, m) in &routes {
+            let _ = writeln!(
+                out,
+                "aegis_retries_total{{route=\"{}\"}} {}",
+                esc(name),
+                m.sum(|c| &c.retries)
             );
         }
         out.push_str(

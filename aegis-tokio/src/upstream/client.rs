@@ -87,10 +87,12 @@ fn is_local(e: &io::Error) -> bool {
 
 /// Sends `req` (origin-form URI, `Host` set) to `authority` on a pooled connection, or a new
 /// one, and returns the response head with its body still to be read from the connection.
+/// The body is borrowed: when no connection could be made it is untouched, and the caller
+/// may send it elsewhere.
 pub async fn send<B>(
     target: &Target,
     out: &Outgoing<'_>,
-    mut body: B,
+    body: &mut B,
     timing: Timing,
 ) -> Result<Response<UpBody>, SendError>
 where
@@ -161,7 +163,7 @@ where
                 let mut ex = pin!(exchange(
                     &mut conn,
                     &mut wbuf,
-                    &mut body,
+                    &mut *body,
                     framing,
                     head_request,
                     &mut sent,
