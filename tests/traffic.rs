@@ -155,3 +155,157 @@ fn an_empty_retry_budget_stops_retries() {
         "no try was repeated"
     );
 }
+
+/// A health-checked target that goes down is taken out of rotation by its checks before any
+/// user request fails on it, and comes back when its checks pass again.
+#[test]
+fn a_target_failing_its_health_checks_is_skipped_before_users_see_errors() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let down = Arc::new(AtomicBool::new(false));
+    let flag = down.clone();
+    let flaky = ScriptedUpstream::start(move |_| {
+        if flag.load(Ordering::SeqCst) {
+            Then::AnswerAndClose(
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n".to_vec(),
+            )
+        } else {
+            Then::Answer(OK.to_vec())
+        }
+    });
+    let good = ok();
+    let gw = gateway(
+        &[flaky.url(), good.url()],
+        "health_check = { path = \"/hc\", interval = \"200ms\", timeout = \"100ms\", unhealthy_after = 2, healthy_after = 2 }",
+        "",
+    );
+    let healthy = |gw: &Gateway| -> Vec<bool> {
+        gw.stats()
+            .iter()
+            .map(|s| s["healthy"].as_bool().unwrap())
+            .collect()
+    };
+    aegis_testkit::wait_until(
+        "probes of both targets",
+        std::time::Duration::from_secs(5),
+        || count(&flaky.received(), "GET /hc") >= 2 && count(&good.received(), "GET /hc") >= 2,
+    );
+    assert_eq!(healthy(&gw), [true, true]);
+    down.store(true, Ordering::SeqCst);
+    aegis_testkit::wait_until(
+        "the checks to take it out",
+        std::time::Duration::from_secs(5),
+        || healthy(&gw) == [false, true],
+    );
+    let users_before = flaky
+        .received()
+        .iter()
+        .filter(|r| !r.head.starts_with("GET /hc"))
+        .count();
+    for i in 0..20 {
+        assert_eq!(gw.get(&format!("/u/{i}"), &[]).status, 200);
+    }
+    let users_after = flaky
+        .received()
+        .iter()
+        .filter(|r| !r.head.starts_with("GET /hc"))
+        .count();
+    assert_eq!(
+        users_before, users_after,
+        "no user request went to the unhealthy target"
+    );
+    let metrics = gw.get("/gateway/metrics", &[]).text();
+    assert!(
+        metrics.contains(&format!(
+            "aegis_target_healthy{{route=\"/\",target=\"{}\"}} 0",
+            flaky.url()
+        )),
+        "{metrics}"
+    );
+    down.store(false, Ordering::SeqCst);
+    aegis_testkit::wait_until(
+        "the checks to bring it back",
+        std::time::Duration::from_secs(5),
+        || healthy(&gw) == [true, true],
+    );
+    for i in 0..4 {
+        assert_eq!(gw.get(&format!("/v/{i}"), &[]).status, 200);
+    }
+    assert!(
+        flaky
+            .received()
+            .iter()
+            .any(|r| r.head.starts_with("GET /v/"))
+    );
+    assert!(
+        gw.stderr().contains("fails its health checks"),
+        "{}",
+        gw.stderr()
+    );
+}
+
+/// Weights within 5 % over 10,000 requests (3:1 here).
+#[test]
+fn weighted_targets_get_their_share() {
+    let heavy = ok();
+    let light = ok();
+    let gw = Gateway::start(
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[[routes]]\npath = \"/\"\n\
+             targets = [{{ url = {:?}, weight = 3 }}, {:?}]\n",
+            heavy.url(),
+            light.url()
+        ),
+        &[("RUST_LOG", "warn")],
+    );
+    let s = aegis_testkit::connect_raw(gw.addr, std::time::Duration::from_secs(5));
+    let mut w = s.try_clone().unwrap();
+    let mut r = std::io::BufReader::new(s);
+    for _ in 0..100 {
+        // Pipelined in batches of 100: 10,000 requests in a few seconds.
+        let batch = "GET /w HTTP/1.1\r\nHost: x\r\n\r\n".repeat(100);
+        std::io::Write::write_all(&mut w, batch.as_bytes()).unwrap();
+        for _ in 0..100 {
+            assert_eq!(
+                aegis_testkit::read_response(&mut r, false).unwrap().status,
+                200
+            );
+        }
+    }
+    let (h, l) = (heavy.received().len() as f64, light.received().len() as f64);
+    assert_eq!(h + l, 10_000.0);
+    let share = h / (h + l);
+    assert!(
+        (share - 0.75).abs() <= 0.75 * 0.05,
+        "heavy got {share:.3} of the requests"
+    );
+}
+
+/// `balance = "p2c"`: of two targets, the one with fewer requests in flight gets the next;
+/// a slow target holds more in flight, so the fast one gets most of the traffic.
+#[test]
+fn p2c_sends_more_to_the_target_with_fewer_requests_in_flight() {
+    let slow = ScriptedUpstream::start(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        Then::Answer(OK.to_vec())
+    });
+    let fast = ok();
+    let gw = gateway(&[slow.url(), fast.url()], "balance = \"p2c\"", "");
+    let addr = gw.addr;
+    let clients: Vec<_> = (0..8)
+        .map(|c| {
+            std::thread::spawn(move || {
+                for i in 0..10 {
+                    let r = aegis_testkit::get(addr, &format!("/p/{c}/{i}"), &[]);
+                    assert_eq!(r.status, 200);
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    let (s, f) = (slow.received().len(), fast.received().len());
+    assert_eq!(s + f, 80);
+    assert!(f > 60, "the fast target got {f} of 80");
+}

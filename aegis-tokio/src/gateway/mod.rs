@@ -303,7 +303,7 @@ where
             headers: &parts.headers,
             set: upstream::SetHeaders {
                 host: &target.host,
-                forwarded_for: forwarding.chain.as_ref().unwrap_or(&peer.ip_header),
+                forwarded_for: Some(forwarding.chain.as_ref().unwrap_or(&peer.ip_header)),
                 forwarded_host: forwarding
                     .host
                     .as_ref()

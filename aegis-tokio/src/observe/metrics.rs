@@ -280,6 +280,21 @@ impl Metrics {
             );
         }
         out.push_str(
+            "# HELP aegis_target_healthy Health checks per target: 1 passing, 0 failing (routes with checks).\n\
+             # TYPE aegis_target_healthy gauge\n",
+        );
+        for s in stats {
+            if let Some(h) = s.healthy {
+                let _ = writeln!(
+                    out,
+                    "aegis_target_healthy{{route=\"{}\",target=\"{}\"}} {}",
+                    esc(&s.route),
+                    esc(&s.target_url),
+                    u8::from(h)
+                );
+            }
+        }
+        out.push_str(
             "# HELP aegis_breaker_failures Consecutive failures per target.\n\
              # TYPE aegis_breaker_failures gauge\n",
         );

@@ -403,7 +403,8 @@ pub struct Timing {
 #[derive(Debug)]
 pub struct SetHeaders<'a> {
     pub host: &'a HeaderValue,
-    pub forwarded_for: &'a HeaderValue,
+    /// `None`: a request of the gateway's own (a health check), on no client's behalf.
+    pub forwarded_for: Option<&'a HeaderValue>,
     pub forwarded_host: Option<&'a HeaderValue>,
     pub request_id: &'a RequestId,
 }
@@ -429,8 +430,10 @@ fn put_request_head(out: &mut Vec<u8>, req: &Outgoing<'_>, framing: Option<Frami
         put_header(out, name.as_str(), value);
     }
     put_header(out, "host", set.host);
-    put_header(out, "x-forwarded-for", set.forwarded_for);
-    out.extend_from_slice(b"x-forwarded-proto: http\r\n");
+    if let Some(f) = set.forwarded_for {
+        put_header(out, "x-forwarded-for", f);
+        out.extend_from_slice(b"x-forwarded-proto: http\r\n");
+    }
     if let Some(h) = set.forwarded_host {
         put_header(out, "x-forwarded-host", h);
     }
