@@ -397,6 +397,30 @@ impl Policy {
         (other != matched && stricter).then_some(other)
     }
 
+    /// The protocol an HTTP/1.1 request asks to switch to (`Connection: upgrade` with
+    /// `Upgrade: websocket`), when `server.upgrades` tunnels it: the `Upgrade` value to send
+    /// upstream. Any other upgrade is never forwarded (`h2c` never can be).
+    pub fn upgrade<'h>(&self, headers: &'h HeaderMap) -> Option<&'h HeaderValue> {
+        let wanted = headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+        if !wanted {
+            return None;
+        }
+        let value = header(headers, &http::header::UPGRADE)?;
+        let proto = value.to_str().ok()?.split(',').next()?.trim();
+        let name = proto.split('/').next().unwrap_or(proto);
+        self.config
+            .server
+            .upgrades
+            .iter()
+            .any(|u| u.eq_ignore_ascii_case(name))
+            .then_some(value)
+    }
+
     /// Step one: size limits, route, authenticate, refuse a declared body over the route's
     /// limit, and ask for a rate-limit counter if the route has one.
     pub fn on_request(&self, req: &RequestView<'_>, now: Now) -> Step {

@@ -90,4 +90,6 @@ pub struct Exchange {
     pub client_ip: Option<IpAddr>,
     /// Tries made upstream (retries included; 0: none).
     pub attempts: u32,
+    /// The protocol the request asks to switch to, when it is one the gateway tunnels.
+    pub upgrade: Option<HeaderValue>,
 }

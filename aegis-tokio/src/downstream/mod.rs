@@ -16,6 +16,7 @@ mod body;
 mod conn;
 mod h2;
 mod respond;
+mod tunnel;
 
 use std::future::{Future, poll_fn};
 use std::io;
@@ -33,7 +34,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 pub use body::ReqBody;
 use conn::{Conn, lock};
-use respond::{Out, close, respond_and_close, write_response};
+use respond::{Out, close, respond_and_close, write_response, write_upgrade};
 
 use crate::gateway::{self, Listener};
 use crate::h1::{self, BodyDecoder, Framing, HeadError};
@@ -136,6 +137,7 @@ pub async fn serve<S>(
             head_request: false,
             keep: false,
             stall: limits.idle_timeout,
+            upgrade: None,
         };
         if write_response(&conn, &mut wbuf, body, out, &mut timer)
             .await
@@ -214,6 +216,24 @@ pub async fn serve<S>(
             // The client left; the exchange was dropped (its outcome reported as cancelled).
             return;
         };
+        if let Some(proto) = answer.upgrade.clone() {
+            // A 101 to an upgrade: the connection becomes a tunnel to the upstream's.
+            let out = Out {
+                request_id: Some(&answer.request_id),
+                version,
+                head_request,
+                keep: true,
+                stall: limits.idle_timeout,
+                upgrade: Some(&proto),
+            };
+            let upgraded = write_upgrade(&conn, &mut wbuf, answer.response, out, &mut timer).await;
+            if let Ok(Some((upstream, early))) = upgraded
+                && let Ok(io) = std::rc::Rc::try_unwrap(conn).map(std::cell::RefCell::into_inner)
+            {
+                tunnel(&shared, io, upstream, early, &parts, &answer.request_id).await;
+            }
+            return;
+        }
         let unread = {
             let mut io = lock(&conn);
             io.continue_left = b"";
@@ -227,6 +247,7 @@ pub async fn serve<S>(
             head_request,
             keep,
             stall: limits.idle_timeout,
+            upgrade: None,
         };
         let written = write_response(&conn, &mut wbuf, answer.response, out, &mut timer).await;
         match written {
@@ -240,6 +261,56 @@ pub async fn serve<S>(
         // A stop that came during the write is seen by the next read_head (between requests
         // it closes at once): one cancellation check per request, not two.
     }
+}
+
+/// Runs the tunnel of an upgraded connection (what the client and the upstream sent past
+/// their heads goes first), counted in the metrics and logged when it ends.
+async fn tunnel<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared,
+    io: conn::Io<S>,
+    upstream: tokio::net::TcpStream,
+    early: Vec<u8>,
+    parts: &http::request::Parts,
+    request_id: &crate::record::RequestId,
+) {
+    let conn::Io {
+        stream, mut rbuf, ..
+    } = io;
+    let client = conn::Prefixed {
+        prefix: rbuf.take_filled(),
+        pos: 0,
+        io: stream,
+    };
+    let upstream = conn::Prefixed {
+        prefix: early,
+        pos: 0,
+        io: upstream,
+    };
+    let idle = shared
+        .runtime
+        .load()
+        .policy
+        .config()
+        .server
+        .websocket_idle_timeout;
+    let metrics = &shared.metrics;
+    let started = Instant::now();
+    let done = {
+        let _open = crate::observe::metrics::GaugeGuard::enter(metrics.tunnels.mine());
+        tunnel::run(client, upstream, idle).await
+    };
+    metrics.tunnel_bytes(done.up, done.down);
+    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    tracing::info!(
+        target: "aegis::access",
+        "[{}] {pq} tunnel closed after {}ms{}: {} bytes up, {} bytes down [{}]",
+        parts.method,
+        started.elapsed().as_millis(),
+        if done.idle_out { " (idle)" } else { "" },
+        done.up,
+        done.down,
+        request_id.as_str()
+    );
 }
 
 /// Reads the next request head: from what is buffered, else from the stream, until

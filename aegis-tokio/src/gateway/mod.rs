@@ -50,6 +50,9 @@ const IDEMPOTENCY_KEY: http::HeaderName = http::HeaderName::from_static("idempot
 pub struct Answer {
     pub response: Response<ProxyBody>,
     pub request_id: RequestId,
+    /// The protocol switched to, when the response is a `101` to an upgrade request: the
+    /// connection becomes a tunnel to the upstream's.
+    pub upgrade: Option<HeaderValue>,
 }
 
 impl Answer {
@@ -86,6 +89,7 @@ fn admin_only(shared: &Shared, rt: &Runtime, parts: &http::request::Parts) -> An
     Answer {
         response,
         request_id: RequestId::of(&parts.headers),
+        upgrade: None,
     }
 }
 
@@ -124,6 +128,7 @@ where
         client_ip: (shared.log_format == crate::observe::log::LogFormat::Json)
             .then(|| rt.policy.client_ip(peer.addr.ip(), h)),
         attempts: 0,
+        upgrade: None,
     };
     let resp = exchange(shared, rt, peer, parts, body, &mut ex).await;
     let status = resp.status().as_u16();
@@ -134,6 +139,7 @@ where
     access::log(shared.log_format, &rt.policy, parts, &ex, status);
     Answer {
         response: resp,
+        upgrade: ex.upgrade.take().filter(|_| status == 101),
         request_id: ex.request_id,
     }
 }
@@ -260,6 +266,10 @@ where
     };
     let replayable = bodiless || keep;
 
+    // An upgrade the route's server tunnels (WebSocket), read before hop-by-hop headers go.
+    if parts.version == http::Version::HTTP_11 {
+        ex.upgrade = rt.policy.upgrade(&parts.headers).cloned();
+    }
     let original = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
     let first_pq = fwd.path_and_query(original);
     // Not the client's own target (the policy normalised or rewrote it): check it.
@@ -309,6 +319,7 @@ where
                     .as_ref()
                     .or_else(|| header(&parts.headers, &HOST)),
                 request_id: &ex.request_id,
+                upgrade: ex.upgrade.as_ref(),
             },
         };
         let timing = upstream::Timing {

@@ -147,6 +147,10 @@ pub struct Metrics {
     pub in_flight: ShardedGauge,
     /// Client connections open now.
     pub connections: ShardedGauge,
+    /// Tunnels (WebSocket) open now, and the bytes they carried each way.
+    pub tunnels: ShardedGauge,
+    tunnel_up: AtomicU64,
+    tunnel_down: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -159,6 +163,9 @@ impl Default for Metrics {
             reload_failures: AtomicU64::new(0),
             in_flight: ShardedGauge::default(),
             connections: ShardedGauge::default(),
+            tunnels: ShardedGauge::default(),
+            tunnel_up: AtomicU64::new(0),
+            tunnel_down: AtomicU64::new(0),
         }
     }
 }
@@ -172,6 +179,12 @@ impl Metrics {
             .entry(name.to_owned())
             .or_insert_with(|| Arc::new(RouteMetrics::new()))
             .clone()
+    }
+
+    /// A tunnel ended having carried `up` bytes from the client and `down` to it.
+    pub fn tunnel_bytes(&self, up: u64, down: u64) {
+        self.tunnel_up.fetch_add(up, Relaxed);
+        self.tunnel_down.fetch_add(down, Relaxed);
     }
 
     /// The Prometheus text exposition (version 0.0.4).
@@ -325,6 +338,13 @@ impl Metrics {
              # HELP aegis_connections_open Client connections open now.\n\
              # TYPE aegis_connections_open gauge\n\
              aegis_connections_open {}\n\
+             # HELP aegis_tunnels_open Upgraded connections (WebSocket) open now.\n\
+             # TYPE aegis_tunnels_open gauge\n\
+             aegis_tunnels_open {}\n\
+             # HELP aegis_tunnel_bytes_total Bytes carried by tunnels that ended, by direction.\n\
+             # TYPE aegis_tunnel_bytes_total counter\n\
+             aegis_tunnel_bytes_total{{direction=\"up\"}} {}\n\
+             aegis_tunnel_bytes_total{{direction=\"down\"}} {}\n\
              # HELP aegis_log_lines_dropped_total Log lines dropped because stderr fell behind.\n\
              # TYPE aegis_log_lines_dropped_total counter\n\
              aegis_log_lines_dropped_total {}\n",
@@ -334,6 +354,9 @@ impl Metrics {
             self.reload_failures.load(Relaxed),
             self.in_flight.get(),
             self.connections.get(),
+            self.tunnels.get(),
+            self.tunnel_up.load(Relaxed),
+            self.tunnel_down.load(Relaxed),
             super::log::dropped_lines(),
         );
         out

@@ -79,6 +79,7 @@ async fn probe(
             forwarded_for: None,
             forwarded_host: None,
             request_id: &request_id,
+            upgrade: None,
         },
     };
     let start = Instant::now();

@@ -6,6 +6,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
+use tokio::net::TcpStream;
 
 use super::pool::{self, Conn, MAX_RESPONSE_HEAD};
 use super::target::Key;
@@ -48,6 +49,14 @@ impl UpBody {
         if *left == 0 {
             self.finish();
         }
+    }
+
+    /// The connection of a `101 Switching Protocols`, for a tunnel: the socket and the bytes
+    /// the upstream already sent past the head.
+    pub fn into_upgraded(mut self) -> Option<(TcpStream, Vec<u8>)> {
+        let mut conn = self.conn.take()?;
+        let early = conn.rbuf.take_filled();
+        Some((conn.io, early))
     }
 
     /// Pools the connection if its body is over and it can be reused; else it closes.

@@ -166,6 +166,7 @@ where
                     &mut *body,
                     framing,
                     head_request,
+                    out.set.upgrade.is_some(),
                     &mut sent,
                 ));
                 poll_fn(|cx| {
@@ -194,7 +195,8 @@ where
             Ok((head, complete)) => {
                 conn.body = BodyState {
                     decoder: BodyDecoder::new(head.framing),
-                    reusable: head.keep_alive && complete,
+                    // A connection that was asked to switch protocols is not used again.
+                    reusable: head.keep_alive && complete && out.set.upgrade.is_none(),
                     stall: body_stall,
                     stalled: Stall::default(),
                 };
@@ -247,12 +249,14 @@ enum Failure {
 
 /// Writes the request and reads the response head: the head, and whether the whole request
 /// was written (an upstream may answer before reading all of the body).
+#[allow(clippy::too_many_arguments)]
 async fn exchange<B>(
     conn: &mut Conn,
     wbuf: &mut Vec<u8>,
     body: &mut B,
     framing: Option<Framing>,
     head_request: bool,
+    upgrade: bool,
     sent: &mut u64,
 ) -> Result<(h1::ResponseHead, bool), Failure>
 where
@@ -297,8 +301,11 @@ where
                     Ok(Some((n, head))) => {
                         conn.rbuf.consume(n);
                         let status = head.status;
+                        if status == http::StatusCode::SWITCHING_PROTOCOLS && upgrade {
+                            return Poll::Ready(Ok((head, complete)));
+                        }
                         if status == http::StatusCode::SWITCHING_PROTOCOLS {
-                            // No Upgrade is ever forwarded: a 101 cannot be an answer.
+                            // No upgrade was asked for: a 101 cannot be an answer.
                             return Poll::Ready(Err(Failure::Send(SendError::Exchange(
                                 "the upstream switched protocols (101) though no upgrade was \
                                  asked for"
@@ -407,6 +414,8 @@ pub struct SetHeaders<'a> {
     pub forwarded_for: Option<&'a HeaderValue>,
     pub forwarded_host: Option<&'a HeaderValue>,
     pub request_id: &'a RequestId,
+    /// The protocol to switch to (`Upgrade: websocket`), when the request asks for a tunnel.
+    pub upgrade: Option<&'a HeaderValue>,
 }
 
 /// `METHOD /path?query HTTP/1.1`, the headers, the set headers, and the framing header of the
@@ -438,6 +447,10 @@ fn put_request_head(out: &mut Vec<u8>, req: &Outgoing<'_>, framing: Option<Frami
         put_header(out, "x-forwarded-host", h);
     }
     h1::put_header(out, b"x-request-id", set.request_id.as_bytes());
+    if let Some(u) = set.upgrade {
+        out.extend_from_slice(b"connection: upgrade\r\n");
+        put_header(out, "upgrade", u);
+    }
     match framing {
         Some(Framing::Length(n)) => {
             out.extend_from_slice(b"content-length: ");
