@@ -401,6 +401,8 @@ impl Policy {
     /// `Upgrade: websocket`), when `server.upgrades` tunnels it: the `Upgrade` value to send
     /// upstream. Any other upgrade is never forwarded (`h2c` never can be).
     pub fn upgrade<'h>(&self, headers: &'h HeaderMap) -> Option<&'h HeaderValue> {
+        // Most requests have no Upgrade: one small-map lookup and out.
+        let value = header(headers, &http::header::UPGRADE)?;
         let wanted = headers
             .get_all(http::header::CONNECTION)
             .iter()
@@ -410,7 +412,6 @@ impl Policy {
         if !wanted {
             return None;
         }
-        let value = header(headers, &http::header::UPGRADE)?;
         let proto = value.to_str().ok()?.split(',').next()?.trim();
         let name = proto.split('/').next().unwrap_or(proto);
         self.config

@@ -349,6 +349,10 @@ async fn read_head<S: AsyncRead + Unpin>(
             }
         }
         let partial = !io.rbuf.is_empty();
+        if !partial {
+            // Waiting for the next request: no buffer held meanwhile.
+            io.rbuf.park();
+        }
         drop(guard);
         if !partial && stopped.as_mut().poll(cx).is_ready() {
             return Poll::Ready(HeadRead::Closed);

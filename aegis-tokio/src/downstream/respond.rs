@@ -52,7 +52,10 @@ pub(super) async fn write_response<S: AsyncRead + AsyncWrite + Unpin>(
     if let (ProxyBody::Upstream(up), Some(Framing::Length(_))) = (&mut body, framing) {
         up.read_buffered_into(wbuf);
     }
-    pump(conn, wbuf, &mut body, framing, timer, out.stall).await?;
+    let written = pump(conn, wbuf, &mut body, framing, timer, out.stall).await;
+    // The buffer goes back to the worker's spares between responses.
+    h1::give_write_buf(std::mem::take(wbuf));
+    written?;
     Ok(keep)
 }
 
@@ -108,6 +111,9 @@ fn put_head(
     };
     let keep = out.keep && framing != Some(Framing::Close);
 
+    if wbuf.capacity() == 0 {
+        *wbuf = h1::take_write_buf();
+    }
     wbuf.clear();
     h1::put_status_line(wbuf, status);
     let raw = match body {

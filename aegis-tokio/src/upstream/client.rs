@@ -152,8 +152,7 @@ where
                 }
             }
         };
-        let mut wbuf = std::mem::take(&mut conn.wbuf);
-        wbuf.clear();
+        let mut wbuf = h1::take_write_buf();
         put_request_head(&mut wbuf, out, framing);
         // Request bytes written on this connection (for the resend rule).
         let mut sent = 0;
@@ -187,10 +186,7 @@ where
             // The connection is mid-exchange: it goes.
             return Err(SendError::Timeout);
         };
-        if wbuf.capacity() <= 2 * h1::FLUSH_AT {
-            wbuf.clear();
-            conn.wbuf = wbuf;
-        }
+        h1::give_write_buf(wbuf);
         match result {
             Ok((head, complete)) => {
                 conn.body = BodyState {
