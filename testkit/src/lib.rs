@@ -1,11 +1,14 @@
 //! aegis-testkit: the end-to-end test harness (real `aegis` processes, real `redis-server`, raw
-//! HTTP/1.1 over loopback) shared by the end-to-end tests in the workspace root's `tests/`.
+//! HTTP/1.1 and HTTP/2 over loopback) shared by the end-to-end tests in the workspace root's
+//! `tests/`.
 //!
 //! Every process a test starts is owned by a value here and killed by PID on `Drop`; every wait
 //! polls a condition until a deadline (no fixed sleeps); all traffic goes to 127.0.0.1.
 #![forbid(unsafe_code)]
 // End-to-end tests live in real time: deadlines and rate-limit windows read the real clocks.
 #![allow(clippy::disallowed_methods)]
+
+pub mod h2raw;
 
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read, Write};
