@@ -47,7 +47,8 @@ pub struct Limits {
     pub idle_timeout: Duration,
     pub max_uri: usize,
     pub max_head: usize,
-    pub max_header_list: u32,
+    /// HTTP/2 connections' limits (`h2_*` in `[server]`).
+    pub h2: aegis_policy::config::H2Limits,
 }
 
 impl Limits {
@@ -59,7 +60,7 @@ impl Limits {
             // The policy refuses heads past its limits with 414/431; the buffer holds a bit
             // more so that it is the one to answer.
             max_head: server.max_header_bytes + server.max_uri_bytes + 1024,
-            max_header_list: u32::try_from(server.max_header_bytes).unwrap_or(u32::MAX),
+            h2: server.h2,
         }
     }
 }
@@ -89,6 +90,33 @@ pub async fn serve<S>(
 {
     let _open = crate::observe::metrics::GaugeGuard::enter(shared.metrics.connections.mine());
     let conn = conn::new(stream);
+    // The HTTP/1.1 loop's state (buffers, timer, head) is gone before an HTTP/2 connection
+    // begins: an idle h2 connection keeps only what h2 needs.
+    if serve_h1(&conn, &peer, &shared, listener, &limits, &stop).await == Served::H2Preface {
+        h2::serve(conn, peer, shared.clone(), listener, limits, &stop).await;
+    }
+}
+
+/// How the HTTP/1.1 loop ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Served {
+    Closed,
+    /// The connection opened with the HTTP/2 preface: hand it to `h2`.
+    H2Preface,
+}
+
+/// The HTTP/1.1 loop: requests until the connection closes, or the HTTP/2 preface.
+async fn serve_h1<S>(
+    conn: &Conn<S>,
+    peer: &Peer,
+    shared: &Arc<Shared>,
+    listener: Listener,
+    limits: &Limits,
+    stop: &CancellationToken,
+) -> Served
+where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+{
     let mut stopped = pin!(stop.cancelled());
     let mut timer = Timer::default();
     // The config a request runs on: checked per request with one atomic load, the Arc
@@ -108,8 +136,8 @@ pub async fn serve<S>(
         };
         let deadline = Instant::now() + idle;
         let read = read_head(
-            &conn,
-            &limits,
+            conn,
+            limits,
             deadline,
             &mut timer,
             stopped.as_mut(),
@@ -119,13 +147,13 @@ pub async fn serve<S>(
         let head = match read {
             HeadRead::Head(h) => h,
             HeadRead::Failed(HeadError::H2Preface) if first && !stop.is_cancelled() => {
-                return h2::serve(conn, peer, shared.clone(), listener, limits, &stop).await;
+                return Served::H2Preface;
             }
             HeadRead::Failed(e) => {
                 let body = gateway::error(e.status(), "bad_request", e.message());
-                let _ = respond_and_close(&conn, &mut wbuf, body, &mut timer, limits.idle_timeout)
-                    .await;
-                return;
+                let _ =
+                    respond_and_close(conn, &mut wbuf, body, &mut timer, limits.idle_timeout).await;
+                return Served::Closed;
             }
             HeadRead::TimedOut(true) => {
                 let body = gateway::error(
@@ -133,11 +161,11 @@ pub async fn serve<S>(
                     "request_timeout",
                     "the request head did not arrive within server.header_read_timeout",
                 );
-                let _ = respond_and_close(&conn, &mut wbuf, body, &mut timer, limits.idle_timeout)
-                    .await;
-                return;
+                let _ =
+                    respond_and_close(conn, &mut wbuf, body, &mut timer, limits.idle_timeout).await;
+                return Served::Closed;
             }
-            HeadRead::TimedOut(false) | HeadRead::Closed | HeadRead::Io => return,
+            HeadRead::TimedOut(false) | HeadRead::Closed | HeadRead::Io => return Served::Closed,
         };
         first = false;
         let h1::RequestHead {
@@ -150,18 +178,16 @@ pub async fn serve<S>(
         let body = if framing == Framing::Length(0) {
             ReqBody::empty()
         } else {
-            ReqBody::new(&conn, BodyDecoder::new(framing), expect_continue)
+            ReqBody::new(conn, BodyDecoder::new(framing), expect_continue)
         };
         let rt = runtime.load();
-        let watched = handle_watching(
-            &conn, &limits, &shared, rt, listener, &peer, &mut parts, body,
-        );
+        let watched = handle_watching(conn, limits, shared, rt, listener, peer, &mut parts, body);
         let Some(answer) = watched.await else {
             // The client left; the exchange was dropped (its outcome reported as cancelled).
-            return;
+            return Served::Closed;
         };
         let unread = {
-            let mut io = lock(&conn);
+            let mut io = lock(conn);
             io.continue_left = b"";
             io.body.is_some()
         };
@@ -174,14 +200,14 @@ pub async fn serve<S>(
             keep,
             stall: limits.idle_timeout,
         };
-        let written = write_response(&conn, &mut wbuf, answer.response, out, &mut timer).await;
+        let written = write_response(conn, &mut wbuf, answer.response, out, &mut timer).await;
         match written {
             Ok(true) if keep => {}
             Ok(_) => {
-                close(&conn, unread).await;
-                return;
+                close(conn, unread).await;
+                return Served::Closed;
             }
-            Err(_) => return,
+            Err(_) => return Served::Closed,
         }
         // A stop that came during the write is seen by the next read_head (between requests
         // it closes at once): one cancellation check per request, not two.
