@@ -328,11 +328,15 @@ fn header_fragment(f: &Frame) -> io::Result<Vec<u8>> {
     let mut p = &f.payload[..];
     let mut pad = 0;
     if f.has(0x8) {
-        pad = *p.first().ok_or_else(|| io::Error::other("empty padded HEADERS"))? as usize;
+        pad = *p
+            .first()
+            .ok_or_else(|| io::Error::other("empty padded HEADERS"))? as usize;
         p = &p[1..];
     }
     if f.has(0x20) {
-        p = p.get(5..).ok_or_else(|| io::Error::other("short HEADERS"))?;
+        p = p
+            .get(5..)
+            .ok_or_else(|| io::Error::other("short HEADERS"))?;
     }
     let end = p
         .len()
@@ -392,6 +396,8 @@ impl Response {
 pub struct H2Conn {
     pub s: TcpStream,
     pub reader: Reader,
+    /// Frames of other streams read while waiting for one stream's: kept for their turn.
+    later: std::collections::VecDeque<Frame>,
 }
 
 impl H2Conn {
@@ -401,6 +407,7 @@ impl H2Conn {
         let mut c = H2Conn {
             s,
             reader: Reader::default(),
+            later: Default::default(),
         };
         let mut hello = PREFACE.to_vec();
         hello.extend_from_slice(&settings(params));
@@ -439,13 +446,28 @@ impl H2Conn {
         }
     }
 
+    /// The next frame of `stream` or of the connection (stream 0); other streams' frames
+    /// are kept for later.
+    fn frame_for(&mut self, stream: u32) -> io::Result<Frame> {
+        if let Some(i) = self.later.iter().position(|f| f.stream == stream) {
+            return Ok(self.later.remove(i).expect("a kept frame"));
+        }
+        loop {
+            let f = self.frame()?;
+            if f.stream == stream || f.stream == 0 {
+                return Ok(f);
+            }
+            self.later.push_back(f);
+        }
+    }
+
     /// Reads until `stream` ends (a whole response, a reset) or the connection does (GOAWAY,
     /// close). Along the way it acknowledges SETTINGS, answers PINGs and, when `open_window`,
     /// gives back the window its data used, as a well-behaved client does.
     pub fn finish(&mut self, stream: u32, open_window: bool) -> Ended {
         let mut resp: Option<Response> = None;
         loop {
-            let f = match self.frame() {
+            let f = match self.frame_for(stream) {
                 Ok(f) => f,
                 Err(_) => return Ended::Closed,
             };
@@ -556,9 +578,17 @@ mod tests {
     fn frames_round_trip_and_integers_follow_rfc_7541() {
         let mut r = Reader::default();
         r.push(&rst_stream(3, code::CANCEL));
-        r.push(&frame(ty::GOAWAY, 0, 0, &[0, 0, 0, 5, 0, 0, 0, 0xb, b'h', b'i']));
+        r.push(&frame(
+            ty::GOAWAY,
+            0,
+            0,
+            &[0, 0, 0, 5, 0, 0, 0, 0xb, b'h', b'i'],
+        ));
         let f = r.next_frame().unwrap().unwrap();
-        assert_eq!((f.ty, f.stream, f.error_code()), (ty::RST_STREAM, 3, Some(8)));
+        assert_eq!(
+            (f.ty, f.stream, f.error_code()),
+            (ty::RST_STREAM, 3, Some(8))
+        );
         let g = r.next_frame().unwrap().unwrap();
         assert_eq!(g.last_stream(), Some(5));
         assert_eq!(g.error_code(), Some(code::ENHANCE_YOUR_CALM));
