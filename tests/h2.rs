@@ -617,3 +617,55 @@ fn an_h2c_upgrade_over_http1_is_not_forwarded() {
         }
     }
 }
+
+/// A client that opens its windows wide and then reads nothing, on many streams of large
+/// responses (a slow-read attack): what the gateway buffers for it is bounded per stream by
+/// `h2_max_send_buffer_size` (the upstream is read no further), not by the client's window.
+#[test]
+fn a_client_that_reads_nothing_costs_at_most_the_send_buffer_per_stream() {
+    const STREAMS: u32 = 16;
+    let big = std::sync::Arc::new(vec![b'z'; 8 << 20]);
+    let b = Backend::start(move |_, _| {
+        let mut r =
+            format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", big.len()).into_bytes();
+        r.extend_from_slice(&big);
+        r
+    });
+    let gw = gateway(&b.url(), "idle_timeout = \"60s\"", "");
+    still_serves(&gw);
+    let before = rss_kib(&gw);
+    let max = (1u32 << 31) - 1;
+    let mut c = H2Conn::handshake(gw.addr, &[(setting::INITIAL_WINDOW_SIZE, max)]);
+    let mut burst = h2raw::window_update(0, max - 65_535);
+    for i in 0..STREAMS {
+        burst.extend_from_slice(&headers(
+            1 + 2 * i,
+            &request_block("GET", "/big", &[]),
+            true,
+        ));
+    }
+    c.send(&burst).unwrap();
+    wait_until("every stream upstream", WAIT, || {
+        let big = b
+            .heads()
+            .iter()
+            .filter(|h| h.starts_with("GET /big "))
+            .count();
+        big == STREAMS as usize
+    });
+    // Memory grows while the buffers fill, then stays: wait until it has grown and the last
+    // ten readings (half a second or more) agree.
+    let mut readings: Vec<u64> = Vec::new();
+    wait_until("the gateway's memory to grow and settle", WAIT, || {
+        readings.push(rss_kib(&gw));
+        let last = &readings[readings.len().saturating_sub(10)..];
+        let (lo, hi) = (last.iter().min().unwrap(), last.iter().max().unwrap());
+        last.len() == 10 && hi - lo < 256 && *lo > before + 512
+    });
+    let last = *readings.last().unwrap();
+    let grown = last.saturating_sub(before);
+    assert!(
+        grown < 16 * 1024,
+        "{STREAMS} unread streams cost {grown} KiB"
+    );
+}
