@@ -14,13 +14,16 @@
 //! What this module adds, because hyper's server does not:
 //!
 //! ```text
-//!   connection: no open stream for header_read_timeout (before the first) or idle_timeout
-//!               (after) ─▶ GOAWAY ─▶ closed when the client acks, or CLOSE_GRACE later.
-//!               PINGs are not activity. (hyper's keep-alive pings are off: this replaces
+//!   connection: no open stream and no response byte (DATA) sent for header_read_timeout
+//!               (before the first stream) or idle_timeout (after) ─▶ GOAWAY ─▶ closed when
+//!               the client acks it, or CLOSE_GRACE after the last stream or byte. PINGs and
+//!               SETTINGS are not activity. (hyper's keep-alive pings are off: this replaces
 //!               them, and a dead client's streams stall, below.)
-//!   stream:     response head sent ─▶ [the client takes no byte for idle_timeout: its window
-//!               or its socket stays full] ─▶ RST_STREAM(CANCEL), upstream connection closed.
-//!               While the body waits for the upstream, the upstream's timeout applies.
+//!   stream:     response head sent ─▶ waiting on the client: neither the stream asked its
+//!               body for more nor the connection sent a DATA byte for idle_timeout (a window
+//!               or a socket that stays full) ─▶ RST_STREAM(CANCEL), upstream connection
+//!               closed. While the body waits for the upstream, the upstream's timeout
+//!               applies.
 //!   request:    a `content-length` body's last bytes are held until the client's stream has
 //!               ended, so an upstream never gets a whole request that h2 then finds too long;
 //!               a missing :path, CONNECT, two `host` fields or one that differs from
@@ -49,7 +52,6 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Limits;
@@ -59,8 +61,8 @@ use crate::record::{Peer, RequestId};
 use crate::state::Shared;
 use crate::time::{Stall, Timer};
 
-/// After a GOAWAY, how long a connection with no open stream waits for its client to
-/// acknowledge it before the gateway closes it anyway.
+/// After a GOAWAY, how long a connection with no open stream (and no response byte leaving)
+/// waits for its client to acknowledge it before the gateway closes it anyway.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 tokio::task_local! {
@@ -89,12 +91,14 @@ pub(super) async fn serve<S>(
     let prefix = rbuf.take_filled();
     // The HTTP/1.1 read buffer is not kept: h2 has its own.
     drop(rbuf);
+    let activity = Rc::new(Activity::default());
     let io = Prefixed {
         prefix,
         pos: 0,
         io: stream,
+        sent: FrameMeter::default(),
+        activity: activity.clone(),
     };
-    let activity = Rc::new(Activity::new());
     let tasks = StreamTasks {
         activity: activity.clone(),
         stall: limits.idle_timeout,
@@ -126,37 +130,42 @@ pub(super) async fn serve<S>(
     let mut conn = pin!(builder.serve_connection(TokioIo::new(io), svc));
     let mut stopped = pin!(stop.cancelled());
     let mut timer = Timer::default();
-    // When the GOAWAY went (idle, or the worker stopping).
-    let mut closing: Option<Instant> = None;
+    // No stream open and no progress (a stream ended, a DATA byte sent) until the deadline.
+    let mut idle = Stall::default();
+    let mut closing = false;
     let ended = poll_fn(|cx| {
         loop {
             if let Poll::Ready(r) = conn.as_mut().poll(cx) {
                 return Poll::Ready(r.err());
             }
-            if closing.is_none() && stopped.as_mut().poll(cx).is_ready() {
+            if !closing && stopped.as_mut().poll(cx).is_ready() {
                 conn.as_mut().graceful_shutdown();
-                closing = Some(Instant::now());
+                closing = true;
+                idle = Stall::default();
                 continue;
             }
             activity.register(cx.waker());
             if activity.open.get() > 0 {
                 return Poll::Pending;
             }
-            let idle = activity.idle_since.get();
-            let deadline = match closing {
-                Some(at) => at.max(idle) + CLOSE_GRACE,
-                None if activity.served.get() => idle + limits.idle_timeout,
-                None => idle + limits.header_read_timeout,
+            let limit = if closing {
+                CLOSE_GRACE
+            } else if activity.served.get() {
+                limits.idle_timeout
+            } else {
+                limits.header_read_timeout
             };
+            let deadline = idle.deadline(activity.progress(), limit);
             if !timer.timed_out(deadline, cx) {
                 return Poll::Pending;
             }
-            if closing.is_some() {
+            if closing {
                 // The client never acknowledged the GOAWAY: close without it.
                 return Poll::Ready(None);
             }
             conn.as_mut().graceful_shutdown();
-            closing = Some(Instant::now());
+            closing = true;
+            idle = Stall::default();
         }
     })
     .await;
@@ -217,30 +226,23 @@ fn refuse(parts: &http::request::Parts) -> Option<Response<ProxyBody>> {
 // ---------------------------------------------------------------------------------------------
 // Streams: counted while open, reset when their client takes no response bytes.
 
-/// A connection's streams, as their tasks see them. One connection's tasks all run on its
-/// worker's thread: cells, no locks.
-#[derive(Debug)]
+/// A connection's streams and what it sends, as its tasks see them. One connection's tasks
+/// all run on its worker's thread: cells, no locks.
+#[derive(Debug, Default)]
 struct Activity {
     /// Streams whose task is running (from the request head to the response's end).
     open: Cell<usize>,
-    /// When the last stream ended (or the connection began).
-    idle_since: Cell<Instant>,
+    /// Streams ended so far.
+    ended: Cell<u64>,
     /// Whether any stream has opened (before the first, `header_read_timeout` applies).
     served: Cell<bool>,
+    /// DATA payload bytes written to the socket: response bytes the client took room for.
+    data_sent: Cell<u64>,
     /// The connection's task, woken when its last stream ends (its idle timer starts).
     waker: RefCell<Option<Waker>>,
 }
 
 impl Activity {
-    fn new() -> Activity {
-        Activity {
-            open: Cell::new(0),
-            idle_since: Cell::new(Instant::now()),
-            served: Cell::new(false),
-            waker: RefCell::new(None),
-        }
-    }
-
     fn register(&self, w: &Waker) {
         let mut slot = self.waker.borrow_mut();
         if !slot.as_ref().is_some_and(|s| s.will_wake(w)) {
@@ -254,14 +256,19 @@ impl Activity {
     }
 
     fn closed(&self) {
+        self.ended.set(self.ended.get() + 1);
         let left = self.open.get().saturating_sub(1);
         self.open.set(left);
-        if left == 0 {
-            self.idle_since.set(Instant::now());
-            if let Some(w) = self.waker.borrow_mut().take() {
-                w.wake();
-            }
+        if left == 0
+            && let Some(w) = self.waker.borrow_mut().take()
+        {
+            w.wake();
         }
+    }
+
+    /// What makes a connection not idle: streams ending, response bytes leaving.
+    fn progress(&self) -> u64 {
+        self.ended.get().wrapping_add(self.data_sent.get())
     }
 }
 
@@ -302,8 +309,10 @@ struct Watch {
     on_client: Cell<bool>,
 }
 
-/// One stream's task: hyper's stream future, dropped (RST_STREAM CANCEL) when the client
-/// has taken no bytes of its response for `stall`.
+/// One stream's task: hyper's stream future, dropped (RST_STREAM CANCEL) when its response
+/// has waited on the client for `stall` with no progress: the stream did not ask its body for
+/// more, and the connection sent no DATA byte (a stream's own bytes are not told apart from
+/// its neighbours': hyper does not say which stream is which).
 struct StreamTask<F> {
     fut: Pin<Box<F>>,
     watch: Rc<Watch>,
@@ -322,7 +331,12 @@ impl<F: Future<Output = ()>> Future for StreamTask<F> {
             return Poll::Ready(());
         }
         if this.watch.on_client.get() {
-            let deadline = this.stalled.deadline(this.watch.polls.get(), this.stall);
+            let progress = this
+                .watch
+                .polls
+                .get()
+                .wrapping_add(this.activity.data_sent.get());
+            let deadline = this.stalled.deadline(progress, this.stall);
             if this.timer.timed_out(deadline, cx) {
                 tracing::debug!("HTTP/2 stream reset: its client took no response bytes");
                 return Poll::Ready(());
@@ -479,12 +493,70 @@ where
 // ---------------------------------------------------------------------------------------------
 // The socket.
 
-/// A socket with some of its bytes already read: those are read again first.
+/// A socket with some of its bytes already read: those are read again first. What is
+/// written through it is metered: DATA payload bytes count as the connection's progress.
 #[derive(Debug)]
 struct Prefixed<S> {
     prefix: Vec<u8>,
     pos: usize,
     io: S,
+    sent: FrameMeter,
+    activity: Rc<Activity>,
+}
+
+/// Follows the frames in the bytes written to a client (the server's frames from the first
+/// byte on) and counts their DATA payload bytes.
+#[derive(Debug, Default)]
+struct FrameMeter {
+    head: [u8; 9],
+    /// Bytes of `head` filled.
+    have: usize,
+    /// Payload bytes of the current frame still to come.
+    left: usize,
+    data: bool,
+}
+
+impl FrameMeter {
+    /// Takes `written` bytes; returns how many of them were DATA payload.
+    fn take(&mut self, mut written: &[u8]) -> u64 {
+        let mut data = 0;
+        while !written.is_empty() {
+            if self.left > 0 {
+                let n = self.left.min(written.len());
+                if self.data {
+                    data += n as u64;
+                }
+                self.left -= n;
+                written = &written[n..];
+                continue;
+            }
+            let n = (9 - self.have).min(written.len());
+            self.head[self.have..self.have + n].copy_from_slice(&written[..n]);
+            self.have += n;
+            written = &written[n..];
+            if self.have == 9 {
+                self.have = 0;
+                self.left =
+                    u32::from_be_bytes([0, self.head[0], self.head[1], self.head[2]]) as usize;
+                self.data = self.head[3] == 0;
+            }
+        }
+        data
+    }
+
+    /// Takes the first `n` bytes of `bufs`.
+    fn take_vectored(&mut self, bufs: &[io::IoSlice<'_>], mut n: usize) -> u64 {
+        let mut data = 0;
+        for b in bufs {
+            if n == 0 {
+                break;
+            }
+            let k = n.min(b.len());
+            data += self.take(&b[..k]);
+            n -= k;
+        }
+        data
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
@@ -508,13 +580,28 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
     }
 }
 
+impl<S> Prefixed<S> {
+    fn count(&self, data: u64) {
+        if data > 0 {
+            let sent = &self.activity.data_sent;
+            sent.set(sent.get() + data);
+        }
+    }
+}
+
 impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            let data = this.sent.take(&buf[..n]);
+            this.count(data);
+        }
+        r
     }
 
     fn poll_write_vectored(
@@ -522,7 +609,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = r {
+            let data = this.sent.take_vectored(bufs, n);
+            this.count(data);
+        }
+        r
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -535,5 +628,37 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(ty: u8, len: usize) -> Vec<u8> {
+        let mut f = (len as u32).to_be_bytes()[1..].to_vec();
+        f.extend_from_slice(&[ty, 0, 0, 0, 0, 1]);
+        f.extend(std::iter::repeat_n(b'x', len));
+        f
+    }
+
+    #[test]
+    fn the_meter_counts_data_payload_across_any_split_of_the_writes() {
+        let mut bytes = frame(0x4, 6); // SETTINGS
+        bytes.extend(frame(0x0, 1000)); // DATA
+        bytes.extend(frame(0x6, 8)); // PING
+        bytes.extend(frame(0x1, 30)); // HEADERS
+        bytes.extend(frame(0x0, 0)); // DATA, empty (END_STREAM)
+        bytes.extend(frame(0x0, 70_000)); // DATA
+        for split in [1, 2, 7, 9, 10, 1009, 4096, bytes.len()] {
+            let mut m = FrameMeter::default();
+            let data: u64 = bytes.chunks(split).map(|c| m.take(c)).sum();
+            assert_eq!(data, 71_000, "writes of {split} bytes");
+        }
+        let mut m = FrameMeter::default();
+        let (a, b) = bytes.split_at(20);
+        let bufs = [io::IoSlice::new(a), io::IoSlice::new(b)];
+        assert_eq!(m.take_vectored(&bufs, 25), 1);
+        assert_eq!(m.take(&bytes[25..]), 70_999);
     }
 }

@@ -32,6 +32,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 pub use body::ReqBody;
 use conn::{Conn, lock};
+pub use h2::CLOSE_GRACE;
 use respond::{Out, close, respond_and_close, write_response};
 
 use crate::gateway::{self, Listener};
