@@ -116,6 +116,27 @@ pub struct ServerConfig {
     pub upgrades: Vec<String>,
     /// A tunnel (WebSocket) with no bytes either way this long is closed.
     pub websocket_idle_timeout: Duration,
+    /// Limits of an HTTP/2 (h2c) client connection.
+    pub h2: H2Limits,
+}
+
+/// Limits of one HTTP/2 client connection (the `h2_*` keys of `[server]`). The timeouts of
+/// HTTP/2 streams and connections are the HTTP/1.1 ones (`idle_timeout`, a route's `timeout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct H2Limits {
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS`: more open streams are refused (`REFUSED_STREAM`).
+    pub max_concurrent_streams: u32,
+    /// `SETTINGS_MAX_HEADER_LIST_SIZE` (decoded, 32 bytes per field counted as RFC 9113 says):
+    /// a larger header list gets 431; four times it ends the connection.
+    pub max_header_list_bytes: u32,
+    /// Streams the client opened and reset before the gateway took them up (rapid reset,
+    /// CVE-2023-44487): one more ends the connection (`ENHANCE_YOUR_CALM`).
+    pub max_pending_resets: usize,
+    /// Streams the gateway resets for the client's protocol errors, over a connection's life
+    /// (CVE-2025-8671): one more ends the connection (`ENHANCE_YOUR_CALM`).
+    pub max_error_resets: usize,
+    /// Response bytes buffered per stream for a client that does not take them.
+    pub max_send_buffer_bytes: usize,
 }
 
 /// What a request header whose name contains `_` gets (Envoy's
@@ -391,6 +412,11 @@ struct RawServer {
     max_requests_per_ip: Option<i64>,
     upgrades: Option<Vec<String>>,
     websocket_idle_timeout: Option<String>,
+    h2_max_concurrent_streams: Option<i64>,
+    h2_max_header_list_size: Option<RawSize>,
+    h2_max_pending_resets: Option<i64>,
+    h2_max_error_resets: Option<i64>,
+    h2_max_send_buffer_size: Option<RawSize>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -1005,6 +1031,7 @@ fn validate_server(s: RawServer) -> Result<ServerConfig, ConfigError> {
         .as_ref()
         .map(|r| size("server.max_body_size", r))
         .transpose()?;
+    let h2 = validate_h2(&s, max_header)?;
     Ok(ServerConfig {
         listen,
         admin_listen,
@@ -1088,7 +1115,77 @@ fn validate_server(s: RawServer) -> Result<ServerConfig, ConfigError> {
             s.websocket_idle_timeout.as_deref(),
             Duration::from_secs(3600),
         )?,
+        h2,
     })
+}
+
+/// The `h2_*` keys of `[server]`. The header list defaults to `max_header_size`, so that a
+/// request head has the same room over HTTP/2 as over HTTP/1.1.
+fn validate_h2(s: &RawServer, max_header: u64) -> Result<H2Limits, ConfigError> {
+    let count = |path: &str, raw: Option<i64>, default: i64, max: i64| {
+        let n = raw.unwrap_or(default);
+        if (1..=max).contains(&n) {
+            Ok(n)
+        } else {
+            Err(ConfigError::new(
+                path,
+                format!("must be between 1 and {max}, not {n}"),
+            ))
+        }
+    };
+    let bytes = |path: &str, raw: &Option<RawSize>, default: u64, (lo, hi): (u64, u64)| {
+        let n = raw.as_ref().map(|r| size(path, r)).transpose()?;
+        let n = n.unwrap_or(default);
+        if (lo..=hi).contains(&n) {
+            Ok(n)
+        } else {
+            Err(ConfigError::new(
+                path,
+                format!("must be between {} and {}", fmt_size(lo), fmt_size(hi)),
+            ))
+        }
+    };
+    Ok(H2Limits {
+        max_concurrent_streams: count(
+            "server.h2_max_concurrent_streams",
+            s.h2_max_concurrent_streams,
+            100,
+            10_000,
+        )? as u32,
+        max_header_list_bytes: bytes(
+            "server.h2_max_header_list_size",
+            &s.h2_max_header_list_size,
+            max_header,
+            (1 << 10, 1 << 20),
+        )? as u32,
+        max_pending_resets: count(
+            "server.h2_max_pending_resets",
+            s.h2_max_pending_resets,
+            20,
+            10_000,
+        )? as usize,
+        max_error_resets: count(
+            "server.h2_max_error_resets",
+            s.h2_max_error_resets,
+            1024,
+            1_000_000,
+        )? as usize,
+        max_send_buffer_bytes: bytes(
+            "server.h2_max_send_buffer_size",
+            &s.h2_max_send_buffer_size,
+            64 << 10,
+            (16 << 10, 16 << 20),
+        )? as usize,
+    })
+}
+
+/// A size as the config writes it: `16KiB`, `1MiB`, or bytes.
+fn fmt_size(n: u64) -> String {
+    match n {
+        n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{}MiB", n >> 20),
+        n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{}KiB", n >> 10),
+        n => n.to_string(),
+    }
 }
 
 fn validate_auth(a: RawAuth, env: &dyn ConfigEnv) -> Result<AuthConfig, ConfigError> {
@@ -1646,6 +1743,77 @@ mod tests {
             !format!("{c:?}").contains("s3cret"),
             "secrets never show in Debug"
         );
+    }
+
+    #[test]
+    fn h2_limits_have_defaults_and_bounds_that_name_the_key() {
+        let c = Config::from_toml(SEED, &env()).unwrap();
+        assert_eq!(
+            c.server.h2,
+            H2Limits {
+                max_concurrent_streams: 100,
+                max_header_list_bytes: 32 << 10,
+                max_pending_resets: 20,
+                max_error_resets: 1024,
+                max_send_buffer_bytes: 64 << 10,
+            }
+        );
+        // The header list follows max_header_size unless set.
+        let head = SEED.replace(
+            "listen = \"0.0.0.0:8000\"",
+            "listen = \"0.0.0.0:8000\"\nmax_header_size = \"8KiB\"",
+        );
+        let c = Config::from_toml(&head, &env()).unwrap();
+        assert_eq!(c.server.h2.max_header_list_bytes, 8 << 10);
+        let set = |line: &str| {
+            SEED.replace(
+                "listen = \"0.0.0.0:8000\"",
+                &format!("listen = \"0.0.0.0:8000\"\n{line}"),
+            )
+        };
+        let c = Config::from_toml(
+            &set("h2_max_concurrent_streams = 7\nh2_max_header_list_size = \"4KiB\"\nh2_max_pending_resets = 3\nh2_max_error_resets = 9\nh2_max_send_buffer_size = \"1MiB\""),
+            &env(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.server.h2,
+            H2Limits {
+                max_concurrent_streams: 7,
+                max_header_list_bytes: 4 << 10,
+                max_pending_resets: 3,
+                max_error_resets: 9,
+                max_send_buffer_bytes: 1 << 20,
+            }
+        );
+        for (line, msg) in [
+            (
+                "h2_max_concurrent_streams = 0",
+                "server.h2_max_concurrent_streams: must be between 1 and 10000, not 0",
+            ),
+            (
+                "h2_max_pending_resets = -1",
+                "server.h2_max_pending_resets: must be between 1 and 10000, not -1",
+            ),
+            (
+                "h2_max_error_resets = 2000000",
+                "server.h2_max_error_resets: must be between 1 and 1000000, not 2000000",
+            ),
+            (
+                "h2_max_header_list_size = 100",
+                "server.h2_max_header_list_size: must be between 1KiB and 1MiB",
+            ),
+            (
+                "h2_max_send_buffer_size = \"1GiB\"",
+                "server.h2_max_send_buffer_size: must be between 16KiB and 16MiB",
+            ),
+            (
+                "h2_max_header_list_size = \"4 parsecs\"",
+                "server.h2_max_header_list_size: \"4 parsecs\": unknown unit \"parsecs\" (use B, KiB, MiB, GiB, KB, MB, GB)",
+            ),
+        ] {
+            assert_eq!(err(&set(line)), msg, "{line}");
+        }
     }
 
     #[test]
