@@ -28,6 +28,8 @@ DEADLINE = 60.0
 CONFIG = """[server]
 listen = "127.0.0.1:0"
 idle_timeout = "10m"
+# Every connection here comes from 127.0.0.1.
+max_connections_per_ip = 100000
 header_read_timeout = "10m"
 [[routes]]
 path = "/api"
