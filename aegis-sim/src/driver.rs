@@ -17,6 +17,7 @@ use aegis_policy::{
 };
 
 use crate::scenario::StoreFault;
+use crate::violation::Violation;
 
 /// The counter store of the simulation: aegis-policy's `MemoryStore` with a fixed hasher (it
 /// stands for Redis too: the Redis script mirrors the same pure step), failing during the
@@ -101,14 +102,6 @@ fn reason_index(r: &Reason) -> usize {
         Reason::HeadersTooLarge => 11,
         Reason::BodyTooLarge => 12,
     }
-}
-
-/// A broken invariant: when, which, and what was seen.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Violation {
-    pub t_ms: u64,
-    pub invariant: &'static str,
-    pub detail: String,
 }
 
 /// A breaker state change, at its logical instant.

@@ -8,7 +8,8 @@
 //! * [`run`]: the event loop (virtual clock, simulated clients and upstreams);
 //! * [`fuzz`]: random scenarios from seeds, a safety phase with faults then a liveness phase;
 //! * [`replay`]: a recorded JSON access log through a candidate config;
-//! * [`rng`]: the seeded PRNG, written out so a seed means the same bytes everywhere.
+//! * [`rng`]: the seeded PRNG, written out so a seed means the same bytes everywhere;
+//! * [`violation`]: a broken invariant, shared by the driver and the reports.
 //!
 //! No clock is read and no global randomness is drawn anywhere in this crate.
 #![forbid(unsafe_code)]
@@ -22,6 +23,7 @@ pub mod rng;
 pub mod run;
 pub mod scenario;
 pub mod tokens;
+pub mod violation;
 
 pub use report::Report;
 pub use run::{RunOptions, run};

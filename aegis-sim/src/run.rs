@@ -411,7 +411,7 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
         for (r, states) in finals.iter().enumerate() {
             for (t, st) in states.iter().enumerate() {
                 if *st != BreakerState::Closed {
-                    driver.violations.push(crate::driver::Violation {
+                    driver.violations.push(crate::violation::Violation {
                         t_ms: end.as_millis(),
                         invariant: "liveness_all_closed",
                         detail: format!(
