@@ -1,6 +1,8 @@
 //! The simulated gateway: drives aegis-policy's pipeline step by step (`on_request` →
 //! counter store → `on_counter` → `forward` → `on_upstream_result`) exactly as the gateway
-//! does, and checks the invariants after every step against a shadow model of its own.
+//! does, and checks every step twice: against the reference model ([`crate::oracle`]), which
+//! says what the policy should have decided, and against the invariants, kept by a shadow
+//! model built from the breakers' reported transitions.
 //!
 //! Nothing here decides what happens to a request; the policy does. The driver only counts,
 //! keeps the bookkeeping a real gateway keeps (requests in flight), and watches.
@@ -9,6 +11,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use aegis_policy::config::LimitAlgorithm;
+use aegis_policy::http::HeaderMap;
 use aegis_policy::http::header::RETRY_AFTER;
 use aegis_policy::{
     Attempt, Balancer, BreakerState, CounterKey, CounterReply, CounterRequest, CounterStore,
@@ -16,6 +19,7 @@ use aegis_policy::{
     StoreError, UnixMillis, UpstreamOutcome, Verdict,
 };
 
+use crate::oracle::{self, Answer, Oracle, Rate};
 use crate::scenario::StoreFault;
 use crate::violation::Violation;
 
@@ -71,7 +75,7 @@ impl CounterStore for FaultyStore {
 }
 
 /// Labels of how requests ended, in report order.
-pub const OUTCOMES: [&str; 13] = [
+pub const OUTCOMES: [&str; 15] = [
     "forwarded",
     "upstream_error",
     "upstream_timeout",
@@ -85,7 +89,12 @@ pub const OUTCOMES: [&str; 13] = [
     "uri_too_long",
     "headers_too_large",
     "body_too_large",
+    "client_cancelled",
+    "outcome_lost",
 ];
+
+const CANCELLED: usize = 13;
+const LOST: usize = 14;
 
 fn reason_index(r: &Reason) -> usize {
     match r {
@@ -134,6 +143,7 @@ struct Flight {
     route: usize,
     attempt: Attempt,
     probe_era: Option<u64>,
+    oracle: Option<oracle::Ticket>,
 }
 
 /// Counters for the report.
@@ -198,6 +208,7 @@ pub struct Driver {
     pub ticks: Vec<(u64, usize)>,
     open_for: Duration,
     probe_timeout: Duration,
+    oracle: Option<Oracle>,
 }
 
 fn violation(now: Nanos, invariant: &'static str, detail: String) -> Violation {
@@ -253,6 +264,75 @@ impl Driver {
             transitions: Vec::new(),
             violations: Vec::new(),
             ticks: Vec::new(),
+            oracle: None,
+        }
+    }
+
+    /// Checks every step against the reference model too (scenario runs and fuzz). The store
+    /// faults are the world's: the model needs them to know when the store fails.
+    pub fn enable_oracle(&mut self, store_faults: &[StoreFault]) {
+        self.oracle = Some(Oracle::new(self.policy.config(), store_faults));
+    }
+
+    fn disagree(&mut self, now: Nanos, detail: String) {
+        self.violations
+            .push(violation(now, "oracle_agrees", detail));
+    }
+
+    /// Compares the oracle's answer for a request with the policy's.
+    fn judge(
+        &mut self,
+        request: u64,
+        view: &RequestView<'_>,
+        now: Now,
+        want: &Answer,
+        got: &Answer,
+    ) {
+        self.counts.checks += 1;
+        if want != got {
+            let detail = format!(
+                "request {request} at {}ms (wall {}): {} {}{} from {}: the reference model says {want}; the policy did {got}",
+                now.mono.as_millis(),
+                now.wall.0,
+                view.method,
+                view.path_and_query,
+                view.host
+                    .map(|h| format!(" (host {h})"))
+                    .unwrap_or_default(),
+                view.peer,
+            );
+            self.disagree(now.mono, detail);
+        }
+    }
+
+    /// Every breaker of `route` must be in the state, with the failure count, the model has.
+    fn compare_breakers(&mut self, route: usize, now: Nanos) {
+        let Some(o) = self.oracle.as_mut() else {
+            return;
+        };
+        o.settle(route, now.0);
+        let mut problems = Vec::new();
+        for t in 0..self.balancers[route].len() {
+            let mut b = self.balancers[route].breaker(t).clone();
+            b.advance(now, &mut Vec::new());
+            let got = (b.state_at(now).as_str(), u64::from(b.failures()));
+            let want = o.circuit(route, t);
+            if got != want {
+                problems.push(format!(
+                    "breaker of {} on route {} at {}ms: the reference model says {} with {} failures; the policy's is {} with {}",
+                    self.balancers[route].url(t),
+                    self.policy.route(RouteId(route)).name,
+                    now.as_millis(),
+                    want.0,
+                    want.1,
+                    got.0,
+                    got.1
+                ));
+            }
+        }
+        self.counts.checks += 1;
+        for p in problems {
+            self.disagree(now, p);
         }
     }
 
@@ -265,6 +345,32 @@ impl Driver {
         let request = self.answered.len() as u64;
         self.answered.push(false);
         self.counts.requests += 1;
+        let expected = self
+            .oracle
+            .as_mut()
+            .and_then(|o| o.request(view, now.mono.0, now.wall.0));
+        let (handled, got) = self.pipeline(request, view, now, expected.as_ref().and_then(|e| e.1));
+        // No expectation: the oracle cannot judge this request's token (not HMAC-signed).
+        if let (Some((want, _)), Some(got)) = (&expected, &got) {
+            self.judge(request, view, now, want, got);
+        }
+        let route = match &handled {
+            Handled::Respond { route, .. } => *route,
+            Handled::Forward { route, .. } => Some(*route),
+        };
+        if let Some(r) = route {
+            self.compare_breakers(r, now.mono);
+        }
+        handled
+    }
+
+    fn pipeline(
+        &mut self,
+        request: u64,
+        view: &RequestView<'_>,
+        now: Now,
+        ticket_o: Option<oracle::Ticket>,
+    ) -> (Handled, Option<Answer>) {
         let ticket = match self.policy.on_request(view, now) {
             Step::Respond(reply) => return self.reply(request, &reply, now),
             Step::Admit(t) => t,
@@ -273,7 +379,9 @@ impl Driver {
                 let result = self.store.apply(pending.request());
                 let mut denied_key = None;
                 match &result {
-                    Ok(r) if r.admitted => self.check_fixed_window(pending.request(), now),
+                    Ok(r) if r.admitted => {
+                        self.check_fixed_window(pending.route().0, pending.request(), now);
+                    }
                     Ok(_) => denied_key = Some(pending.request().key.clone()),
                     Err(_) => self.counts.store_errors += 1,
                 }
@@ -301,6 +409,44 @@ impl Driver {
             Ok(f) => f,
             Err(reply) => return self.reply(request, &reply, now),
         };
+        let described = self.oracle.is_some().then(|| {
+            let mut h = HeaderMap::new();
+            fwd.apply_response_headers(&mut h);
+            let num = |name: &str| {
+                h.get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+            };
+            let rate = if h.contains_key("x-aegis-ratelimit") {
+                Rate::Unchecked
+            } else {
+                match (
+                    num("ratelimit-limit"),
+                    num("ratelimit-remaining"),
+                    num("ratelimit-reset"),
+                ) {
+                    (Some(limit), Some(remaining), Some(reset)) => Rate::Headers {
+                        limit,
+                        remaining,
+                        reset,
+                        policy: h
+                            .get("ratelimit-policy")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_owned(),
+                    },
+                    _ => Rate::None,
+                }
+            };
+            Answer::Forward {
+                route,
+                target: fwd.target(),
+                probe: fwd.attempt.permit.is_probe(),
+                upstream: fwd.path_and_query(view.path_and_query).into_owned(),
+                user: fwd.user().and_then(|u| u.to_str().ok()).map(str::to_owned),
+                rate,
+            }
+        });
         let target = fwd.target();
         self.counts.checks += 1;
         let shadow = &mut self.shadow[route][target];
@@ -352,6 +498,7 @@ impl Driver {
             route,
             attempt: fwd.attempt,
             probe_era,
+            oracle: ticket_o,
         };
         let slot = match self.free.pop() {
             Some(s) => {
@@ -363,14 +510,17 @@ impl Driver {
                 (self.flights.len() - 1) as u32
             }
         };
-        Handled::Forward {
-            request,
-            slot,
-            route,
-            target,
-            timeout,
-            upstream_path,
-        }
+        (
+            Handled::Forward {
+                request,
+                slot,
+                route,
+                target,
+                timeout,
+                upstream_path,
+            },
+            described,
+        )
     }
 
     /// The upstream outcome of the request in `slot`, known at `now`. Returns the request id
@@ -402,6 +552,12 @@ impl Driver {
                 s.probes = s.probes.saturating_sub(1);
             }
         }
+        // The model hears of the outcome first, so that it expects the transitions the policy
+        // is about to report.
+        let want = match (self.oracle.as_mut(), flight.oracle) {
+            (Some(o), Some(ticket)) => Some(o.outcome(ticket, outcome, now.mono.0)),
+            _ => None,
+        };
         self.policy
             .on_upstream_result(&mut self.balancers[route], flight.attempt, outcome, now);
         self.drain(route);
@@ -414,10 +570,42 @@ impl Driver {
             (Some(r), _) => (r.status.as_u16(), reason_index(&r.reason)),
             (None, UpstreamOutcome::Status(s)) => (s, 0),
             // The client is gone; nobody reads this status.
-            (None, _) => (499, 1),
+            (None, _) => (499, CANCELLED),
         };
+        if let Some(want) = want {
+            self.counts.checks += 1;
+            if want != status {
+                self.disagree(
+                    now.mono,
+                    format!(
+                        "request {} at {}ms: upstream outcome {outcome:?}: the reference model says the client gets {want}; the policy's answer is {status}",
+                        flight.request,
+                        now.mono.as_millis()
+                    ),
+                );
+            }
+        }
+        self.compare_breakers(route, now.mono);
         self.answer(flight.request, status, label, now.mono);
         Some((flight.request, status))
+    }
+
+    /// The outcome of the request in `slot` is lost: neither the policy nor the model hears of
+    /// it (only the breaker's `probe_timeout` frees a lost probe). The shell's own deadline
+    /// answers the client 504.
+    pub fn lose(&mut self, slot: u32, now: Now) -> Option<(u64, u16)> {
+        self.counts.checks += 1;
+        let Some(flight) = self.flights.get_mut(slot as usize).and_then(Option::take) else {
+            self.violations.push(violation(
+                now.mono,
+                "outcome_reported_once",
+                format!("slot {slot} lost an outcome, but nothing is in flight there"),
+            ));
+            return None;
+        };
+        self.free.push(slot);
+        self.answer(flight.request, 504, LOST, now.mono);
+        Some((flight.request, 504))
     }
 
     /// Every breaker transition so far, named by route and target URL (t_ms from start).
@@ -439,7 +627,11 @@ impl Driver {
     pub fn tick(&mut self, route: usize, now: Nanos) {
         if let Some(b) = self.balancers.get_mut(route) {
             b.advance(now);
+            if let Some(o) = self.oracle.as_mut() {
+                o.settle(route, now.0);
+            }
             self.drain(route);
+            self.compare_breakers(route, now);
         }
     }
 
@@ -448,6 +640,25 @@ impl Driver {
     pub fn finish(&mut self, end: Nanos) {
         for r in 0..self.balancers.len() {
             self.tick(r, end);
+        }
+        if let Some(o) = self.oracle.as_mut() {
+            let mut missing = Vec::new();
+            for r in 0..self.balancers.len() {
+                for t in 0..self.balancers[r].len() {
+                    if let Some(c) = o.next_change(r, t) {
+                        missing.push(format!(
+                            "the reference model expected {} {}→{} at {}ms, which the policy never reported",
+                            self.balancers[r].url(t),
+                            c.from,
+                            c.to,
+                            c.at / 1_000_000
+                        ));
+                    }
+                }
+            }
+            for m in missing {
+                self.disagree(end, m);
+            }
         }
         if let Some(f) = self.flights.iter().flatten().next() {
             self.violations.push(violation(
@@ -476,8 +687,24 @@ impl Driver {
             .collect()
     }
 
-    fn reply(&mut self, request: u64, reply: &Reply, now: Now) -> Handled {
+    fn reply(&mut self, request: u64, reply: &Reply, now: Now) -> (Handled, Option<Answer>) {
         let status = reply.status.as_u16();
+        let retry_after = reply
+            .headers
+            .iter()
+            .find(|(k, _)| k == RETRY_AFTER)
+            .and_then(|(_, v)| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let described = self.oracle.is_some().then(|| Answer::Respond {
+            status,
+            reason: reply.reason.label(),
+            auth: match &reply.reason {
+                Reason::Unauthorized(f) => Some(f.reason()),
+                _ => None,
+            },
+            route: reply.route.map(|r| r.0),
+            retry_after,
+        });
         if let Reason::Unauthorized(f) = &reply.reason {
             let r = f.reason();
             match self.counts.auth.iter_mut().find(|(k, _)| *k == r) {
@@ -490,13 +717,7 @@ impl Driver {
         }
         if status == 503 || status == 429 {
             self.counts.checks += 1;
-            let retry = reply
-                .headers
-                .iter()
-                .find(|(k, _)| k == RETRY_AFTER)
-                .and_then(|(_, v)| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok());
-            if !matches!(retry, Some(s) if s >= 1) {
+            if !matches!(retry_after, Some(s) if s >= 1) {
                 self.violations.push(violation(
                     now.mono,
                     "retry_after_on_refusal",
@@ -507,11 +728,14 @@ impl Driver {
             }
         }
         self.answer(request, status, reason_index(&reply.reason), now.mono);
-        Handled::Respond {
-            request,
-            status,
-            route: reply.route.map(|r| r.0),
-        }
+        (
+            Handled::Respond {
+                request,
+                status,
+                route: reply.route.map(|r| r.0),
+            },
+            described,
+        )
     }
 
     fn answer(&mut self, request: u64, status: u16, label: usize, now: Nanos) {
@@ -534,13 +758,20 @@ impl Driver {
         self.counts.outcomes[label] += 1;
     }
 
-    fn check_fixed_window(&mut self, req: &CounterRequest, now: Now) {
-        if req.limit.algorithm != LimitAlgorithm::FixedWindow {
+    /// At most `max` admissions per key per window, with `max` and `window` read from the
+    /// route's config (not from the policy's counter request, which a bug could get wrong in
+    /// agreement with itself).
+    fn check_fixed_window(&mut self, route: usize, req: &CounterRequest, now: Now) {
+        let Some(limit) = self.policy.config().routes[route].rate_limit.as_ref() else {
+            return;
+        };
+        if limit.algorithm != LimitAlgorithm::FixedWindow {
             return;
         }
         self.counts.checks += 1;
-        let window = req.limit.window_start(req.now);
-        let max = req.limit.max;
+        let window_ms = (limit.window.as_millis() as u64).max(1);
+        let window = now.wall.0 / window_ms * window_ms;
+        let max = limit.max;
         let entry = match self.fixed.get_mut(&req.key) {
             Some(e) => e,
             None => self.fixed.entry(req.key.clone()).or_insert((window, 0)),
@@ -590,6 +821,26 @@ impl Driver {
             let s = &mut self.shadow[route][tt.target];
             self.counts.checks += 1;
             let mut problems = Vec::new();
+            if let Some(o) = self.oracle.as_mut() {
+                let want = o.next_change(route, tt.target);
+                let got = (t.at.0, t.from.as_str(), t.to.as_str());
+                let same = want.is_some_and(|w| (w.at, w.from, w.to) == got);
+                if !same {
+                    let want = match want {
+                        Some(w) => format!("{}→{} at {}ms", w.from, w.to, w.at / 1_000_000),
+                        None => "no change".to_owned(),
+                    };
+                    problems.push((
+                        "oracle_agrees",
+                        format!(
+                            "the reference model expected {want}; the policy reported {}→{} at {}ms",
+                            got.1,
+                            got.2,
+                            t.at.as_millis()
+                        ),
+                    ));
+                }
+            }
             if t.from != s.state {
                 problems.push((
                     "transitions_account_for_state",

@@ -3,8 +3,10 @@
 //!
 //! * [`scenario`]: the TOML scenario model (gateway config, upstream behaviour over time,
 //!   client load, scripted requests, store faults, expectations) and its validation;
-//! * [`driver`]: the pipeline driven step by step, with the invariants checked after every
-//!   step against a shadow model;
+//! * [`driver`]: the pipeline driven step by step, each step compared with the reference
+//!   model and the invariants checked after it;
+//! * [`oracle`]: the reference model: what the policy should decide, re-derived plainly from
+//!   the config's values;
 //! * [`run`]: the event loop (virtual clock, simulated clients and upstreams);
 //! * [`fuzz`]: random scenarios from seeds, a safety phase with faults then a liveness phase;
 //! * [`replay`]: a recorded JSON access log through a candidate config;
@@ -17,6 +19,7 @@
 
 pub mod driver;
 pub mod fuzz;
+pub mod oracle;
 pub mod replay;
 pub mod report;
 pub mod rng;

@@ -582,7 +582,7 @@ pub fn replay(
                 let user = user.unwrap_or_else(|| format!("anonymous@{}", r.client_ip));
                 headers
                     .entry((user, kind))
-                    .or_insert_with_key(|(u, k)| m.headers(u, *k))
+                    .or_insert_with_key(|(u, k)| m.headers(u, *k, 0))
             }
         };
         let view = RequestView {

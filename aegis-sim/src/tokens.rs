@@ -24,6 +24,7 @@ pub struct Minter {
     exp: u64,
     /// `exp` of expired ones: past even with the leeway.
     expired_exp: u64,
+    leeway: u64,
 }
 
 impl std::fmt::Debug for Minter {
@@ -58,39 +59,66 @@ impl Minter {
             iat: start_secs,
             exp: end_secs.saturating_add(DAY_SECS),
             expired_exp: start_secs.saturating_sub(leeway + DAY_SECS),
+            leeway,
         })
     }
 
-    /// The bare token, or `None` for [`TokenKind::Missing`].
-    pub fn token(&self, user: &str, kind: TokenKind) -> Option<String> {
-        let (exp, key) = match kind {
-            TokenKind::Missing => return None,
-            TokenKind::Valid => (self.exp, &self.key),
-            TokenKind::Expired => (self.expired_exp, &self.key),
-            TokenKind::BadSignature => (self.exp, &self.wrong_key),
-        };
+    /// The bare token, or `None` for [`TokenKind::Missing`] and [`TokenKind::NotBearer`].
+    /// `now_secs` is the request's wall time: the edge kinds are minted relative to it.
+    pub fn token(&self, user: &str, kind: TokenKind, now_secs: u64) -> Option<String> {
+        let mut exp = Some(self.exp);
+        let mut nbf = None;
+        let mut key = &self.key;
+        let mut iss = self.issuer.clone();
+        let mut aud = self.audience.clone();
+        match kind {
+            TokenKind::Missing | TokenKind::NotBearer => return None,
+            TokenKind::Valid => {}
+            TokenKind::Expired => exp = Some(self.expired_exp),
+            TokenKind::BadSignature => key = &self.wrong_key,
+            // Refused when now >= exp + leeway: one second short of that, and exactly that.
+            TokenKind::ExpiredInLeeway => {
+                exp = Some((now_secs + 1).saturating_sub(self.leeway));
+            }
+            TokenKind::ExpiredPastLeeway => exp = Some(now_secs.saturating_sub(self.leeway)),
+            // Refused when now + leeway < nbf.
+            TokenKind::NbfInLeeway => nbf = Some(now_secs + self.leeway),
+            TokenKind::NbfPastLeeway => nbf = Some(now_secs + self.leeway + 1),
+            TokenKind::WrongIssuer => iss = Some(format!("not-{}", iss.unwrap_or_default())),
+            TokenKind::WrongAudience => aud = Some(format!("not-{}", aud.unwrap_or_default())),
+            TokenKind::NoExp => exp = None,
+        }
         let mut claims = Map::new();
         claims.insert(self.user_claim.clone(), Value::from(user));
-        claims.insert(
-            "iat".into(),
-            Value::from(self.iat.min(exp.saturating_sub(1))),
-        );
-        claims.insert("exp".into(), Value::from(exp));
-        if let Some(i) = &self.issuer {
-            claims.insert("iss".into(), Value::from(i.as_str()));
+        let iat = exp.map_or(self.iat, |e| self.iat.min(e.saturating_sub(1)));
+        claims.insert("iat".into(), Value::from(iat));
+        if let Some(e) = exp {
+            claims.insert("exp".into(), Value::from(e));
         }
-        if let Some(a) = &self.audience {
-            claims.insert("aud".into(), Value::from(a.as_str()));
+        if let Some(n) = nbf {
+            claims.insert("nbf".into(), Value::from(n));
+        }
+        if let Some(i) = iss {
+            claims.insert("iss".into(), Value::from(i));
+        }
+        if let Some(a) = aud {
+            claims.insert("aud".into(), Value::from(a));
         }
         // Signing an in-memory JSON object with an HMAC key cannot fail.
         jsonwebtoken::encode(&Header::new(self.alg), &claims, key).ok()
     }
 
-    /// Request headers carrying `kind` for `user`.
-    pub fn headers(&self, user: &str, kind: TokenKind) -> HeaderMap {
+    /// Request headers carrying `kind` for `user` at wall second `now_secs`.
+    pub fn headers(&self, user: &str, kind: TokenKind, now_secs: u64) -> HeaderMap {
         let mut h = HeaderMap::new();
-        if let Some(t) = self.token(user, kind)
-            && let Ok(v) = HeaderValue::from_str(&format!("Bearer {t}"))
+        let value = match kind {
+            TokenKind::NotBearer => Some(format!("Basic {user}")),
+            _ => self
+                .token(user, kind, now_secs)
+                .map(|t| format!("Bearer {t}")),
+        };
+        if let Some(v) = value
+            && let Ok(v) = HeaderValue::from_str(&v)
         {
             h.insert(AUTHORIZATION, v);
         }
@@ -114,16 +142,37 @@ mod tests {
         let m = Minter::new(auth, 1_800_000_000, 1_800_000_100).unwrap();
         let v = Verifier::new(auth).unwrap();
         let now = UnixMillis(1_800_000_050_000);
-        let ok = v.verify_token(&m.token("alice", TokenKind::Valid).unwrap(), now);
+        let ok = v.verify_token(&m.token("alice", TokenKind::Valid, 0).unwrap(), now);
         assert_eq!(ok.unwrap(), "alice");
-        let exp = v.verify_token(&m.token("alice", TokenKind::Expired).unwrap(), now);
+        let exp = v.verify_token(&m.token("alice", TokenKind::Expired, 0).unwrap(), now);
         assert_eq!(exp.unwrap_err().reason(), "expired");
-        let bad = v.verify_token(&m.token("alice", TokenKind::BadSignature).unwrap(), now);
+        let bad = v.verify_token(&m.token("alice", TokenKind::BadSignature, 0).unwrap(), now);
         assert_eq!(bad.unwrap_err().reason(), "bad_signature");
-        assert!(m.token("alice", TokenKind::Missing).is_none());
+        assert!(m.token("alice", TokenKind::Missing, 0).is_none());
+        // The edges, at the request's own second, against the config's 30 s leeway.
+        let at = |k: TokenKind| v.verify_token(&m.token("alice", k, 1_800_000_050).unwrap(), now);
+        assert!(at(TokenKind::ExpiredInLeeway).is_ok());
         assert_eq!(
-            m.token("bob", TokenKind::Valid),
-            m.token("bob", TokenKind::Valid),
+            at(TokenKind::ExpiredPastLeeway).unwrap_err().reason(),
+            "expired"
+        );
+        assert!(at(TokenKind::NbfInLeeway).is_ok());
+        assert_eq!(
+            at(TokenKind::NbfPastLeeway).unwrap_err().reason(),
+            "not_yet_valid"
+        );
+        assert_eq!(
+            at(TokenKind::WrongIssuer).unwrap_err().reason(),
+            "wrong_issuer"
+        );
+        assert!(
+            at(TokenKind::WrongAudience).is_ok(),
+            "no audience configured"
+        );
+        assert_eq!(at(TokenKind::NoExp).unwrap_err().reason(), "missing_claim");
+        assert_eq!(
+            m.token("bob", TokenKind::Valid, 0),
+            m.token("bob", TokenKind::Valid, 0),
             "deterministic"
         );
     }

@@ -1,0 +1,216 @@
+//! The oracle's token check, from the README's rules, on tokens it decodes itself: exactly
+//! one `Authorization` header with the `Bearer` scheme; the header's `alg` in the allow-list;
+//! an HMAC signature that the config's secret reproduces; then, in this order, `exp` (refused
+//! when now ≥ exp + leeway; required unless `require_exp = false`), `nbf` (refused when
+//! now + leeway < nbf), `iss` and `aud` when configured, and the identity claim (the
+//! configured one, else `sub`), which is forwarded as `x-user-id`.
+//!
+//! Only HMAC keys can be checked here (the simulator mints with the HS secret); for other
+//! tokens the oracle says [`Check::Unknown`] and the policy's answer stands.
+
+use std::collections::HashMap;
+
+use aegis_policy::FixedHasher;
+use aegis_policy::config::AuthConfig;
+use aegis_policy::http::HeaderMap;
+use aegis_policy::http::header::AUTHORIZATION;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, EncodingKey};
+use serde_json::{Map, Value};
+
+/// The oracle's answer for a request's credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    User(String),
+    /// Refused, with the 401's `reason`.
+    Refused(&'static str),
+    /// A token this oracle cannot judge (not HMAC-signed).
+    Unknown,
+}
+
+/// What a token says, once decoded: the time-independent part of the check is done.
+#[derive(Debug, Clone)]
+enum Decoded {
+    Refused(&'static str),
+    Unknown,
+    Claims(Map<String, Value>),
+}
+
+#[derive(Debug)]
+pub struct Auth {
+    config: AuthConfig,
+    /// Decoding and signature checks, per token text (clients reuse their tokens).
+    seen: HashMap<String, Decoded, FixedHasher>,
+}
+
+fn alg_of(name: &str) -> Option<Algorithm> {
+    Some(match name {
+        "HS256" => Algorithm::HS256,
+        "HS384" => Algorithm::HS384,
+        "HS512" => Algorithm::HS512,
+        "RS256" => Algorithm::RS256,
+        "RS384" => Algorithm::RS384,
+        "RS512" => Algorithm::RS512,
+        "PS256" => Algorithm::PS256,
+        "PS384" => Algorithm::PS384,
+        "PS512" => Algorithm::PS512,
+        "ES256" => Algorithm::ES256,
+        "ES384" => Algorithm::ES384,
+        "EdDSA" => Algorithm::EdDSA,
+        _ => return None,
+    })
+}
+
+/// A NumericDate: whole seconds (a fraction is cut off).
+fn seconds(v: &Value) -> Option<u64> {
+    let n = v.as_number()?;
+    match n.as_u64() {
+        Some(s) => Some(s),
+        None => n
+            .as_f64()
+            .filter(|f| *f >= 0.0 && f.is_finite())
+            .map(|f| f as u64),
+    }
+}
+
+impl Auth {
+    pub fn new(config: &AuthConfig) -> Auth {
+        Auth {
+            config: config.clone(),
+            seen: HashMap::with_hasher(FixedHasher),
+        }
+    }
+
+    fn decode(&self, token: &str) -> Decoded {
+        let parts: Vec<&str> = token.split('.').collect();
+        if parts.len() != 3 {
+            return Decoded::Unknown;
+        }
+        let Some(header) = URL_SAFE_NO_PAD
+            .decode(parts[0])
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Map<String, Value>>(&b).ok())
+        else {
+            return Decoded::Unknown;
+        };
+        let Some(alg_name) = header.get("alg").and_then(Value::as_str) else {
+            return Decoded::Unknown;
+        };
+        let allowed = self.config.algorithms.iter().any(|a| a.name() == alg_name);
+        if !allowed {
+            return Decoded::Refused("algorithm_not_allowed");
+        }
+        let Some(alg) = alg_of(alg_name) else {
+            return Decoded::Unknown;
+        };
+        if !matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
+            return Decoded::Unknown;
+        }
+        let Some(secret) = &self.config.secret else {
+            return Decoded::Unknown;
+        };
+        let Ok(key) = EncodingKey::from_secret(secret.0.as_bytes()) else {
+            return Decoded::Unknown;
+        };
+        let message = format!("{}.{}", parts[0], parts[1]);
+        match jsonwebtoken::crypto::sign(message.as_bytes(), &key, alg) {
+            Ok(sig) if sig == parts[2] => {}
+            Ok(_) => return Decoded::Refused("bad_signature"),
+            Err(_) => return Decoded::Unknown,
+        }
+        match URL_SAFE_NO_PAD
+            .decode(parts[1])
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Map<String, Value>>(&b).ok())
+        {
+            Some(claims) => Decoded::Claims(claims),
+            None => Decoded::Unknown,
+        }
+    }
+
+    /// Checks a request's credentials at wall time `now_ms`.
+    pub fn check(&mut self, headers: &HeaderMap, now_ms: u64) -> Check {
+        let values: Vec<_> = headers.get_all(AUTHORIZATION).iter().collect();
+        if values.is_empty() {
+            return Check::Refused("missing");
+        }
+        if values.len() > 1 {
+            return Check::Refused("malformed");
+        }
+        let Ok(text) = values[0].to_str() else {
+            return Check::Refused("malformed");
+        };
+        let text = text.trim();
+        let (scheme, rest) = match text.find(' ') {
+            Some(i) => (&text[..i], &text[i + 1..]),
+            None => (text, ""),
+        };
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Check::Refused("malformed");
+        }
+        let token = rest.trim();
+        if token.is_empty() {
+            return Check::Refused("missing");
+        }
+        if !self.seen.contains_key(token) {
+            let d = self.decode(token);
+            self.seen.insert(token.to_owned(), d);
+        }
+        let claims = match &self.seen[token] {
+            Decoded::Refused(r) => return Check::Refused(r),
+            Decoded::Unknown => return Check::Unknown,
+            Decoded::Claims(c) => c,
+        };
+        let now = now_ms / 1000;
+        let leeway = self.config.leeway.as_secs();
+        match claims.get("exp") {
+            None if self.config.require_exp => return Check::Refused("missing_claim"),
+            None => {}
+            Some(v) => match seconds(v) {
+                None => return Check::Refused("malformed"),
+                Some(exp) if now >= exp + leeway => return Check::Refused("expired"),
+                Some(_) => {}
+            },
+        }
+        if let Some(v) = claims.get("nbf") {
+            match seconds(v) {
+                None => return Check::Refused("malformed"),
+                Some(nbf) if now + leeway < nbf => return Check::Refused("not_yet_valid"),
+                Some(_) => {}
+            }
+        }
+        if let Some(iss) = &self.config.issuer
+            && claims.get("iss").and_then(Value::as_str) != Some(iss.as_str())
+        {
+            return Check::Refused("wrong_issuer");
+        }
+        if let Some(aud) = &self.config.audience {
+            let ok = match claims.get("aud") {
+                Some(Value::String(s)) => s == aud,
+                Some(Value::Array(list)) => list.iter().any(|v| v.as_str() == Some(aud)),
+                _ => false,
+            };
+            if !ok {
+                return Check::Refused("wrong_audience");
+            }
+        }
+        let id = match claims.get(&self.config.user_claim) {
+            Some(v) => Some(v),
+            None => claims.get("sub"),
+        };
+        let user = match id {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            Some(_) => return Check::Refused("malformed"),
+            None => return Check::Refused("missing_claim"),
+        };
+        let header_safe = user
+            .bytes()
+            .all(|b| b == b'\t' || (0x20..0x7f).contains(&b));
+        if user.is_empty() || user.len() > 256 || !header_safe {
+            return Check::Refused("malformed");
+        }
+        Check::User(user)
+    }
+}
