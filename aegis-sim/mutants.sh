@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# How many mutants of aegis-policy the simulator alone catches.
+#
+# cargo-mutants mutates aegis-policy/src (in a copy of the tree) and, for each mutant, runs only
+# aegis-sim's tests/judge.rs: the shipped scenarios and AEGIS_SIM_JUDGE_SEEDS fuzz seeds, each
+# run checked by the reference model, the invariants and the scenario's [expect]. No test of
+# aegis-policy's own runs, so a caught mutant is one the simulator caught.
+#
+# Usage (from the repository root; needs `cargo install cargo-mutants`):
+#   aegis-sim/mutants.sh                      # every file of aegis-policy/src but config.rs
+#   aegis-sim/mutants.sh aegis-policy/src/breaker.rs aegis-policy/src/balancer.rs
+#   AEGIS_SIM_JUDGE_SEEDS=2000 aegis-sim/mutants.sh ...
+# Results: mutants.out/ (caught.txt, missed.txt, timeout.txt, unviable.txt, outcomes.json).
+#
+# Builds use opt-level 1 without debug info: each mutant rebuilds aegis-policy and aegis-sim
+# in seconds and 500 seeds run in about 4 s. The first build (every dependency) takes a few
+# minutes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export AEGIS_SIM_JUDGE_SEEDS="${AEGIS_SIM_JUDGE_SEEDS:-500}"
+export CARGO_PROFILE_DEV_OPT_LEVEL=1
+export CARGO_PROFILE_DEV_DEBUG=0
+files=("$@")
+if [ ${#files[@]} -eq 0 ]; then
+    files=(auth balancer breaker path pipeline ratelimit router time)
+    files=("${files[@]/#/aegis-policy/src/}")
+    files=("${files[@]/%/.rs}")
+fi
+args=()
+for f in "${files[@]}"; do args+=(--file "$f"); done
+exec cargo mutants --package aegis-policy "${args[@]}" \
+    --test-package aegis-sim --cargo-test-arg=--test=judge \
+    --timeout 300 --build-timeout 600 --jobs 1
