@@ -28,6 +28,6 @@ if [ ${#files[@]} -eq 0 ]; then
 fi
 args=()
 for f in "${files[@]}"; do args+=(--file "$f"); done
-exec cargo mutants --package aegis-policy "${args[@]}" \
+exec cargo mutants --workspace "${args[@]}" \
     --test-package aegis-sim --cargo-test-arg=--test=judge \
     --timeout 300 --build-timeout 600 --jobs 1

@@ -11,8 +11,11 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use aegis_policy::config::LimitAlgorithm;
-use aegis_policy::http::HeaderMap;
 use aegis_policy::http::header::RETRY_AFTER;
+use aegis_policy::http::{HeaderMap, HeaderName};
+use aegis_policy::pipeline::{
+    AEGIS_RATELIMIT, RATELIMIT_LIMIT, RATELIMIT_POLICY, RATELIMIT_REMAINING, RATELIMIT_RESET,
+};
 use aegis_policy::{
     Attempt, Balancer, BreakerState, CounterKey, CounterReply, CounterRequest, CounterStore,
     FixedHasher, MemoryStore, Nanos, Now, Policy, Reason, Reply, RequestView, RouteId, Step,
@@ -412,25 +415,27 @@ impl Driver {
         let described = self.oracle.is_some().then(|| {
             let mut h = HeaderMap::new();
             fwd.apply_response_headers(&mut h);
-            let num = |name: &str| {
+            let num = |name: &HeaderName| {
                 h.get(name)
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse::<u64>().ok())
             };
-            let rate = if h.contains_key("x-aegis-ratelimit") {
+            let rate = if h.is_empty() {
+                Rate::None
+            } else if h.contains_key(AEGIS_RATELIMIT) {
                 Rate::Unchecked
             } else {
                 match (
-                    num("ratelimit-limit"),
-                    num("ratelimit-remaining"),
-                    num("ratelimit-reset"),
+                    num(&RATELIMIT_LIMIT),
+                    num(&RATELIMIT_REMAINING),
+                    num(&RATELIMIT_RESET),
                 ) {
                     (Some(limit), Some(remaining), Some(reset)) => Rate::Headers {
                         limit,
                         remaining,
                         reset,
                         policy: h
-                            .get("ratelimit-policy")
+                            .get(RATELIMIT_POLICY)
                             .and_then(|v| v.to_str().ok())
                             .unwrap_or_default()
                             .to_owned(),

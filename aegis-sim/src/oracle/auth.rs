@@ -131,14 +131,14 @@ impl Auth {
 
     /// Checks a request's credentials at wall time `now_ms`.
     pub fn check(&mut self, headers: &HeaderMap, now_ms: u64) -> Check {
-        let values: Vec<_> = headers.get_all(AUTHORIZATION).iter().collect();
-        if values.is_empty() {
+        let mut values = headers.get_all(AUTHORIZATION).iter();
+        let Some(value) = values.next() else {
             return Check::Refused("missing");
-        }
-        if values.len() > 1 {
+        };
+        if values.next().is_some() {
             return Check::Refused("malformed");
         }
-        let Ok(text) = values[0].to_str() else {
+        let Ok(text) = value.to_str() else {
             return Check::Refused("malformed");
         };
         let text = text.trim();
@@ -153,11 +153,14 @@ impl Auth {
         if token.is_empty() {
             return Check::Refused("missing");
         }
-        if !self.seen.contains_key(token) {
-            let d = self.decode(token);
-            self.seen.insert(token.to_owned(), d);
-        }
-        let claims = match &self.seen[token] {
+        let decoded = match self.seen.get(token) {
+            Some(d) => d,
+            None => {
+                let d = self.decode(token);
+                self.seen.entry(token.to_owned()).or_insert(d)
+            }
+        };
+        let claims = match decoded {
             Decoded::Refused(r) => return Check::Refused(r),
             Decoded::Unknown => return Check::Unknown,
             Decoded::Claims(c) => c,

@@ -18,8 +18,23 @@ fn hex_value(c: u8) -> Option<u8> {
     (c as char).to_digit(16).map(|d| d as u8)
 }
 
+/// True when normalising would change nothing: no escape, and no empty, `.` or `..`
+/// segment (an empty last one, the trailing slash, is fine).
+fn already_normal(raw: &str) -> bool {
+    let segments: Vec<&str> = raw.split('/').skip(1).collect();
+    let last = segments.len().saturating_sub(1);
+    !raw.contains('%')
+        && segments
+            .iter()
+            .enumerate()
+            .all(|(i, s)| *s != "." && *s != ".." && (!s.is_empty() || i == last))
+}
+
 /// The normal form of an absolute path (no query), or `None` when an escape is broken.
 pub fn normal_path(raw: &str) -> Option<String> {
+    if already_normal(raw) {
+        return Some(raw.to_owned());
+    }
     let bytes = raw.as_bytes();
     let mut decoded = String::new();
     let mut i = 0;
@@ -106,33 +121,35 @@ pub enum Routed {
 
 pub fn find(routes: &[RouteConfig], method: &Method, host: Option<&str>, path: &str) -> Routed {
     let host = host.map(bare_host);
-    let matching: Vec<usize> = (0..routes.len())
-        .filter(|&i| {
-            let r = &routes[i];
-            let host_ok = match (&r.host, host) {
-                (None, _) => true,
-                (Some(p), Some(h)) => host_matches(p, h),
-                (Some(_), None) => false,
-            };
-            host_ok && covers(&r.path, path)
-        })
-        .collect();
-    let Some(longest) = matching.iter().map(|&i| routes[i].path.len()).max() else {
+    let matches = |r: &RouteConfig| {
+        let host_ok = match (&r.host, host) {
+            (None, _) => true,
+            (Some(p), Some(h)) => host_matches(p, h),
+            (Some(_), None) => false,
+        };
+        host_ok && covers(&r.path, path)
+    };
+    let Some(longest) = routes
+        .iter()
+        .filter(|r| matches(r))
+        .map(|r| r.path.len())
+        .max()
+    else {
         return Routed::NotFound;
     };
-    let mut best: Vec<usize> = matching
-        .into_iter()
-        .filter(|&i| routes[i].path.len() == longest)
-        .collect();
-    // Host-specific first; the sort is stable, so file order stays within each group.
-    best.sort_by_key(|&i| routes[i].host.is_none());
-    for i in best {
-        let accepts = match &routes[i].methods {
-            None => true,
-            Some(list) => list.contains(method),
-        };
-        if accepts {
-            return Routed::Route(i);
+    // Among the longest: host-specific routes first, then the others, each in file order.
+    for with_host in [true, false] {
+        for (i, r) in routes.iter().enumerate() {
+            if r.path.len() != longest || r.host.is_some() != with_host || !matches(r) {
+                continue;
+            }
+            let accepts = match &r.methods {
+                None => true,
+                Some(list) => list.contains(method),
+            };
+            if accepts {
+                return Routed::Route(i);
+            }
         }
     }
     Routed::MethodNotAllowed
