@@ -28,6 +28,9 @@ if [ ${#files[@]} -eq 0 ]; then
 fi
 args=()
 for f in "${files[@]}"; do args+=(--file "$f"); done
+# The baseline: the unmutated tree must pass. (cargo-mutants' own baseline would run the
+# judge test in the mutated package, aegis-policy, which has none; so it is skipped below.)
+cargo test -p aegis-sim --test judge
 exec cargo mutants --workspace "${args[@]}" \
     --test-package aegis-sim --cargo-test-arg=--test=judge \
-    --timeout 300 --build-timeout 600 --jobs 1
+    --baseline skip --timeout 300 --build-timeout 600 --jobs 1
