@@ -15,6 +15,7 @@ use aegis_policy::http::header::RETRY_AFTER;
 use aegis_policy::http::{HeaderMap, HeaderName};
 use aegis_policy::pipeline::{
     AEGIS_RATELIMIT, RATELIMIT_LIMIT, RATELIMIT_POLICY, RATELIMIT_REMAINING, RATELIMIT_RESET,
+    X_USER_ID,
 };
 use aegis_policy::{
     Attempt, Balancer, BreakerState, CounterKey, CounterReply, CounterRequest, CounterStore,
@@ -448,7 +449,17 @@ impl Driver {
                 target: fwd.target(),
                 probe: fwd.attempt.permit.is_probe(),
                 upstream: fwd.path_and_query(view.path_and_query).into_owned(),
-                user: fwd.user().and_then(|u| u.to_str().ok()).map(str::to_owned),
+                // The identity the upstream receives: the request's headers as the gateway
+                // edits them (a client-sent x-user-id must never pass).
+                user: if view.headers.is_empty() {
+                    fwd.user().and_then(|u| u.to_str().ok()).map(str::to_owned)
+                } else {
+                    let mut sent = view.headers.clone();
+                    fwd.apply_request_headers(&mut sent);
+                    sent.get(X_USER_ID)
+                        .and_then(|u| u.to_str().ok())
+                        .map(str::to_owned)
+                },
                 rate,
             }
         });
@@ -637,6 +648,39 @@ impl Driver {
             }
             self.drain(route);
             self.compare_breakers(route, now);
+            self.compare_stats(route, now);
+        }
+    }
+
+    /// The route's `/gateway/stats` lines (what an operator sees) against the model's, at a
+    /// breaker tick (every breaker of the route has just been brought up to `now`).
+    fn compare_stats(&mut self, route: usize, now: Nanos) {
+        let Some(o) = self.oracle.as_ref() else {
+            return;
+        };
+        let lines = self.balancers[route].snapshot(self.policy.route(RouteId(route)), now);
+        let mut problems = Vec::new();
+        for (t, line) in lines.iter().enumerate() {
+            let got = oracle::StatsLine {
+                failures: u64::from(line.failures),
+                state: line.state.as_str(),
+                requests: line.requests,
+                probe_in_flight: line.probe_in_flight,
+                next_probe_in_ms: line.next_probe_in_ms,
+                since_transition_ms: line.since_transition_ms,
+            };
+            let want = o.stats(route, t, now.0);
+            if got != want {
+                problems.push(format!(
+                    "stats of {} at {}ms: the reference model says {want:?}; the policy's {got:?}",
+                    line.target_url,
+                    now.as_millis()
+                ));
+            }
+        }
+        self.counts.checks += 1;
+        for p in problems {
+            self.disagree(now, p);
         }
     }
 

@@ -468,6 +468,9 @@ pub fn generate(seed: u64, base: Option<&Base>) -> Result<Table, ScenarioError> 
             l.push(("api_key", Value::Boolean(true)));
         }
         if rng.chance_ppm(300_000) {
+            l.push(("forge_user_id", Value::Boolean(true)));
+        }
+        if rng.chance_ppm(300_000) {
             l.push(("cancel", Value::Float(rng.range(1, 10) as f64 / 100.0)));
         }
         loads.push(table(l));

@@ -355,27 +355,29 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
                     .map_or(TokenKind::Valid, |x| x.0);
                 let user = &spec.users[user_i as usize];
                 let fresh;
-                let headers: &HeaderMap =
-                    if (kind == TokenKind::Missing || minter.is_none()) && !spec.api_key {
-                        &empty
-                    } else if kind.per_request() {
-                        let mut h = mint(user, kind, now.wall.as_secs());
-                        add_api_key(&mut h, spec.api_key, user);
-                        fresh = h;
-                        &fresh
-                    } else {
-                        let slot = &mut st.headers[user_i as usize][kind.index()];
-                        if slot.is_none() {
-                            let mut h = if kind == TokenKind::Missing {
-                                HeaderMap::new()
-                            } else {
-                                mint(user, kind, now.wall.as_secs())
-                            };
-                            add_api_key(&mut h, spec.api_key, user);
-                            *slot = Some(h);
-                        }
-                        slot.as_ref().unwrap_or(&empty)
-                    };
+                let headers: &HeaderMap = if (kind == TokenKind::Missing || minter.is_none())
+                    && !spec.api_key
+                    && !spec.forge_user_id
+                {
+                    &empty
+                } else if kind.per_request() {
+                    let mut h = mint(user, kind, now.wall.as_secs());
+                    add_extras(&mut h, spec, user);
+                    fresh = h;
+                    &fresh
+                } else {
+                    let slot = &mut st.headers[user_i as usize][kind.index()];
+                    if slot.is_none() {
+                        let mut h = if kind == TokenKind::Missing {
+                            HeaderMap::new()
+                        } else {
+                            mint(user, kind, now.wall.as_secs())
+                        };
+                        add_extras(&mut h, spec, user);
+                        *slot = Some(h);
+                    }
+                    slot.as_ref().unwrap_or(&empty)
+                };
                 let cancel = (spec.cancel_ppm > 0).then_some((spec.cancel_ppm, &mut st.cancel));
                 let peer = spec.ips[ip_i as usize];
                 let mut req = Req {
@@ -494,9 +496,18 @@ struct Req<'a> {
     cancel: Option<(u32, &'a mut Rng)>,
 }
 
-fn add_api_key(h: &mut HeaderMap, on: bool, user: &str) {
-    if on && let Ok(v) = aegis_policy::http::HeaderValue::from_str(user) {
+/// The load's other headers: `x-api-key: <user>`, a forged `x-user-id`.
+fn add_extras(h: &mut HeaderMap, spec: &crate::scenario::LoadSpec, user: &str) {
+    if spec.api_key
+        && let Ok(v) = aegis_policy::http::HeaderValue::from_str(user)
+    {
         h.insert("x-api-key", v);
+    }
+    if spec.forge_user_id {
+        h.insert(
+            "x-user-id",
+            aegis_policy::http::HeaderValue::from_static("mallory"),
+        );
     }
 }
 

@@ -231,6 +231,8 @@ pub struct LoadSpec {
     pub tokens: Vec<(TokenKind, u64)>,
     /// Send `x-api-key: <user>` with every request (for `key = "header:x-api-key"` limits).
     pub api_key: bool,
+    /// Send a forged `x-user-id: mallory` with every request: it must never reach an upstream.
+    pub forge_user_id: bool,
     /// Fraction (per million) of requests whose client goes away before the answer: the
     /// upstream attempt ends as `Cancelled` at a uniform instant before its outcome.
     pub cancel_ppm: u32,
@@ -414,6 +416,7 @@ struct RawLoad {
     pick: Option<String>,
     tokens: Option<BTreeMap<String, f64>>,
     api_key: Option<bool>,
+    forge_user_id: Option<bool>,
     cancel: Option<f64>,
 }
 
@@ -843,6 +846,7 @@ fn load(i: usize, raw: &RawLoad) -> Result<LoadSpec, ScenarioError> {
         sequential,
         tokens,
         api_key: raw.api_key.unwrap_or(false),
+        forge_user_id: raw.forge_user_id.unwrap_or(false),
         cancel_ppm: ppm(&p("cancel"), raw.cancel.unwrap_or(0.0))?,
     })
 }

@@ -74,6 +74,10 @@ pub struct Circuit {
     pub probe_deadline: Option<u64>,
     /// Counts changes of state; outcomes from an older era are ignored.
     pub era: u64,
+    /// Requests sent to the target.
+    pub sends: u64,
+    /// When the state last changed.
+    pub last_change: Option<u64>,
     /// Changes not yet matched against the policy's reports, oldest first.
     pub unreported: std::collections::VecDeque<Change>,
 }
@@ -92,6 +96,8 @@ impl Circuit {
             reopens_at: 0,
             probe_deadline: None,
             era: 0,
+            sends: 0,
+            last_change: None,
             unreported: std::collections::VecDeque::new(),
         }
     }
@@ -104,6 +110,7 @@ impl Circuit {
         });
         self.state = to;
         self.era += 1;
+        self.last_change = Some(at);
     }
 
     fn open(&mut self, at: u64, rules: &Rules) {
@@ -144,6 +151,7 @@ impl Circuit {
     /// Sends a request (after [`Circuit::admits`] said yes).
     pub fn send(&mut self, now: u64, rules: &Rules) -> Sent {
         let probe = self.state == State::HalfOpen;
+        self.sends += 1;
         if probe {
             self.probe_deadline = Some(now.saturating_add(rules.probe_timeout));
         }

@@ -142,6 +142,17 @@ pub struct Ticket {
     sent: Sent,
 }
 
+/// The fields of a `/gateway/stats` line the model predicts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatsLine {
+    pub failures: u64,
+    pub state: &'static str,
+    pub requests: u64,
+    pub probe_in_flight: bool,
+    pub next_probe_in_ms: Option<u64>,
+    pub since_transition_ms: Option<u64>,
+}
+
 /// A breaker change the oracle expected, for the driver to compare.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Expected {
@@ -407,6 +418,22 @@ impl Oracle {
     pub fn circuit(&self, route: usize, target: usize) -> (&'static str, u64) {
         let c = &self.balancers[route].circuits[target];
         (c.state.name(), c.failures)
+    }
+
+    /// The `/gateway/stats` line of a circuit at `mono` (after `settle`): failures, state,
+    /// requests sent, whether a probe is out, ms until an OPEN circuit half-opens, ms since
+    /// the last change (absent if it never changed).
+    pub fn stats(&self, route: usize, target: usize, mono: u64) -> StatsLine {
+        let c = &self.balancers[route].circuits[target];
+        StatsLine {
+            failures: c.failures,
+            state: c.state.name(),
+            requests: c.sends,
+            probe_in_flight: c.state == State::HalfOpen && c.probe_deadline.is_some(),
+            next_probe_in_ms: (c.state == State::Open)
+                .then(|| c.reopens_at.saturating_sub(mono) / 1_000_000),
+            since_transition_ms: c.last_change.map(|at| mono.saturating_sub(at) / 1_000_000),
+        }
     }
 
     /// Every circuit's state is CLOSED.
