@@ -451,10 +451,12 @@ impl Driver {
                 upstream: fwd.path_and_query(view.path_and_query).into_owned(),
                 // The identity the upstream receives: the request's headers as the gateway
                 // edits them (a client-sent x-user-id must never pass).
-                user: if view.headers.is_empty() {
-                    fwd.user().and_then(|u| u.to_str().ok()).map(str::to_owned)
-                } else {
-                    let mut sent = view.headers.clone();
+                // (Only x-user-id is edited, so only it is copied.)
+                user: {
+                    let mut sent = HeaderMap::new();
+                    for v in view.headers.get_all(X_USER_ID) {
+                        sent.append(X_USER_ID, v.clone());
+                    }
                     fwd.apply_request_headers(&mut sent);
                     sent.get(X_USER_ID)
                         .and_then(|u| u.to_str().ok())
@@ -465,6 +467,14 @@ impl Driver {
         });
         let target = fwd.target();
         self.counts.checks += 1;
+        let url = &self.policy.config().routes[route].targets[target].url;
+        if self.oracle.is_some() && self.balancers[route].url(target) != url.as_str() {
+            let detail = format!(
+                "request {request}: the balancer names target {target} {:?}, the config {url:?}",
+                self.balancers[route].url(target)
+            );
+            self.disagree(now.mono, detail);
+        }
         let shadow = &mut self.shadow[route][target];
         let mut probe_era = None;
         match shadow.state {
@@ -658,9 +668,29 @@ impl Driver {
         let Some(o) = self.oracle.as_ref() else {
             return;
         };
-        let lines = self.balancers[route].snapshot(self.policy.route(RouteId(route)), now);
+        let at = Now {
+            mono: now,
+            wall: aegis_policy::UnixMillis(0),
+        };
+        let all = self.policy.stats(&self.balancers, at);
+        let first: usize = self.balancers[..route].iter().map(Balancer::len).sum();
+        let lines = all
+            .get(first..first + self.balancers[route].len())
+            .unwrap_or_default();
+        let config = self.policy.route(RouteId(route));
         let mut problems = Vec::new();
         for (t, line) in lines.iter().enumerate() {
+            let named = (
+                line.route.as_str(),
+                line.path.as_str(),
+                line.target_url.as_str(),
+            );
+            let target = config.targets.get(t).map_or("", |x| x.url.as_str());
+            if named != (config.name.as_str(), config.path.as_str(), target) {
+                problems.push(format!(
+                    "stats line {named:?} names another route or target"
+                ));
+            }
             let got = oracle::StatsLine {
                 failures: u64::from(line.failures),
                 state: line.state.as_str(),
@@ -764,6 +794,9 @@ impl Driver {
                 }
             }
         }
+        if self.oracle.is_some() {
+            self.check_body(request, reply, retry_after, now);
+        }
         if status == 503 || status == 429 {
             self.counts.checks += 1;
             if !matches!(retry_after, Some(s) if s >= 1) {
@@ -785,6 +818,60 @@ impl Driver {
             },
             described,
         )
+    }
+
+    /// What the client reads of a refusal agrees with its status: a 401 names its reason in
+    /// the body and describes it in the `WWW-Authenticate` challenge; a 429 or a 503 for want
+    /// of a target repeats `Retry-After` as `retryAfter`.
+    fn check_body(&mut self, request: u64, reply: &Reply, retry_after: Option<u64>, now: Now) {
+        let status = reply.status.as_u16();
+        if !matches!(status, 401 | 429 | 503) {
+            return;
+        }
+        self.counts.checks += 1;
+        let mut problems = Vec::new();
+        let refusal = matches!(reply.reason, Reason::RateLimited | Reason::NoHealthyTarget);
+        if refusal {
+            let said = retry_after.map(|s| format!("\"retryAfter\":{s}"));
+            if !said.is_some_and(|s| reply.body.contains(&s)) {
+                problems.push(format!(
+                    "its body {} says another retryAfter than Retry-After {retry_after:?}",
+                    reply.body
+                ));
+            }
+        }
+        if let Reason::Unauthorized(f) = &reply.reason {
+            let body: serde_json::Value = serde_json::from_str(&reply.body).unwrap_or_default();
+            let message = body["message"].as_str().unwrap_or_default();
+            if body["error"] != "unauthorized" || body["reason"] != f.reason() {
+                problems.push(format!(
+                    "its body {} does not name the reason {}",
+                    reply.body,
+                    f.reason()
+                ));
+            }
+            let challenge = reply
+                .headers
+                .iter()
+                .find(|(k, _)| k == aegis_policy::http::header::WWW_AUTHENTICATE)
+                .and_then(|(_, v)| v.to_str().ok())
+                .unwrap_or_default();
+            let described = format!("error_description=\"{message}\"");
+            if message.is_empty()
+                || !challenge.starts_with("Bearer realm=\"aegis\"")
+                || !challenge.contains(&described)
+            {
+                problems.push(format!(
+                    "its challenge {challenge:?} does not carry the body's message {message:?}"
+                ));
+            }
+        }
+        for p in problems {
+            self.disagree(
+                now.mono,
+                format!("request {request} answered {status}: {p}"),
+            );
+        }
     }
 
     fn answer(&mut self, request: u64, status: u16, label: usize, now: Nanos) {

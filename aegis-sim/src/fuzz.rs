@@ -103,6 +103,9 @@ fn pick<'a>(rng: &mut Rng, items: &[&'a str]) -> &'a str {
     items[rng.below(items.len() as u64) as usize]
 }
 
+/// An Ed25519 public key (tests/fixtures/ed_public.pem), for configs that allow EdDSA.
+const ED25519_PUBLIC_PEM: &str = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEACOQq99rHItyyOPgBLwWahFnCVfjFuVOlV1abDx7l8nw=\n-----END PUBLIC KEY-----\n";
+
 /// Route paths to draw from: some share a prefix without a segment boundary (`/svc0`,
 /// `/svc01`), some nest (`/svc0`, `/svc0/admin`), and `/` catches what the others leave.
 const ROUTE_PATHS: [&str; 6] = ["/svc0", "/svc0/admin", "/svc01", "/svc", "/svc1", "/"];
@@ -116,6 +119,17 @@ fn gateway(rng: &mut Rng, seed: u64) -> Table {
             ("secret", s(&format!("fuzz-secret-{seed}"))),
             ("leeway", s(pick(rng, &["0s", "1s", "5s", "30s", "90s"]))),
         ];
+        // The allow-list: the default (HS256), another HMAC, or HMAC beside a public key (the
+        // simulator signs with the first HMAC one; EdDSA tokens it sends are forgeries).
+        match rng.below(6) {
+            0 => a.push(("algorithms", Value::Array(vec![s("HS384")]))),
+            1 => a.push(("algorithms", Value::Array(vec![s("HS512"), s("HS256")]))),
+            2 => {
+                a.push(("algorithms", Value::Array(vec![s("HS256"), s("EdDSA")])));
+                a.push(("public_key_pem", s(ED25519_PUBLIC_PEM)));
+            }
+            _ => {}
+        }
         if rng.chance_ppm(300_000) {
             a.push(("issuer", s("fuzz-iss")));
         }
@@ -134,6 +148,20 @@ fn gateway(rng: &mut Rng, seed: u64) -> Table {
             ("on_store_error", s(pick(rng, &["allow", "deny"]))),
         ]),
     );
+    // The server's edges: a proxy in front, the smallest URI and header limits.
+    let mut server = Vec::new();
+    if rng.chance_ppm(300_000) {
+        server.push(("trusted_proxies", Value::Array(vec![s("10.9.0.0/16")])));
+    }
+    if rng.chance_ppm(200_000) {
+        server.push(("max_uri_length", int(64)));
+    }
+    if rng.chance_ppm(200_000) {
+        server.push(("max_header_size", int(1024)));
+    }
+    if !server.is_empty() {
+        g.insert("server".into(), table(server));
+    }
     let mut paths: Vec<&str> = ROUTE_PATHS.to_vec();
     let mut routes = Vec::new();
     let mut max_timeout = 0;
@@ -174,6 +202,9 @@ fn gateway(rng: &mut Rng, seed: u64) -> Table {
         }
         if rng.chance_ppm(250_000) {
             route.insert("strip_prefix".into(), Value::Boolean(true));
+        }
+        if rng.chance_ppm(200_000) {
+            route.insert("max_body_size".into(), int(100));
         }
         // At least 100 ms: baseline latencies stay below 90 ms.
         let timeout = rng.range(100, 2_000);
@@ -321,6 +352,11 @@ fn paths_for(rng: &mut Rng, path: &str) -> Vec<Value> {
         paths.push(s(&format!("/%{first:02x}{}/item", &path[2..])));
         paths.push(s(&format!("/{}//./item/", &path[1..])));
         paths.push(s(&format!("/other/..{path}/x/../item")));
+        // Escapes in both cases: unreserved ones decode (`%7e` `~`, `%4A` `J`, `%2e` `.`),
+        // reserved ones stay, upper-cased (`%2f`, `%3a`).
+        paths.push(s(&sub(path, "%7euser/%4Aoe/%2e/item")));
+        paths.push(s(&sub(path, "a%2fb%3ac")));
+        paths.push(s(&sub(path, "x/%2E%2e/item")));
     }
     if rng.chance_ppm(200_000) {
         let p = if path == "/" { "/x" } else { path };
@@ -352,6 +388,13 @@ fn token_mix(rng: &mut Rng) -> Value {
         ("wrong_audience", 2),
         ("no_exp", 2),
         ("not_bearer", 1),
+        ("other_alg", 2),
+        ("audience_list", 2),
+        ("empty_user", 1),
+        ("no_user", 1),
+        ("fractional_exp", 2),
+        ("negative_exp", 1),
+        ("forged_eddsa", 2),
     ] {
         mix.push((kind, Value::Float(rng.range(0, most) as f64 / 100.0)));
     }
@@ -444,7 +487,15 @@ pub fn generate(seed: u64, base: Option<&Base>) -> Result<Table, ScenarioError> 
     let mut all_paths = Vec::new();
     for r in &config.routes {
         let (path, host, method) = route_request(r);
-        let paths = paths_for(&mut rng, &path);
+        let mut paths = paths_for(&mut rng, &path);
+        if config.server.max_uri_bytes == 64 {
+            // One byte under, at and over the limit.
+            let base = sub(&path, "item?pad=");
+            for len in [63, 64, 65] {
+                let pad = "x".repeat(len - base.len().min(len));
+                paths.push(s(&format!("{base}{pad}")));
+            }
+        }
         all_paths.extend(paths.iter().cloned());
         let mut l = vec![
             ("rate", Value::Float(rng.range(2, 25) as f64)),
@@ -469,6 +520,26 @@ pub fn generate(seed: u64, base: Option<&Base>) -> Result<Table, ScenarioError> 
         }
         if rng.chance_ppm(300_000) {
             l.push(("forge_user_id", Value::Boolean(true)));
+        }
+        if rng.chance_ppm(200_000) {
+            l.push((
+                "content_lengths",
+                Value::Array(vec![int(99), int(100), int(101)]),
+            ));
+        }
+        if rng.chance_ppm(200_000) {
+            l.push(("extra_headers", int(9)));
+        }
+        if config.server.max_header_bytes == 1024 && rng.chance_ppm(500_000) {
+            l.push(("header_budget", int(1024)));
+        }
+        if !config.server.trusted_proxies.is_empty() && rng.chance_ppm(500_000) {
+            l.push(("forwarded_for", Value::Boolean(true)));
+            l.retain(|(k, _)| *k != "ips");
+            l.push((
+                "ips",
+                Value::Array(vec![s("10.9.0.1"), s("10.9.0.2"), s("192.0.2.50")]),
+            ));
         }
         if rng.chance_ppm(300_000) {
             l.push(("cancel", Value::Float(rng.range(1, 10) as f64 / 100.0)));

@@ -355,29 +355,27 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
                     .map_or(TokenKind::Valid, |x| x.0);
                 let user = &spec.users[user_i as usize];
                 let fresh;
-                let headers: &HeaderMap = if (kind == TokenKind::Missing || minter.is_none())
-                    && !spec.api_key
-                    && !spec.forge_user_id
-                {
-                    &empty
-                } else if kind.per_request() {
-                    let mut h = mint(user, kind, now.wall.as_secs());
-                    add_extras(&mut h, spec, user);
-                    fresh = h;
-                    &fresh
-                } else {
-                    let slot = &mut st.headers[user_i as usize][kind.index()];
-                    if slot.is_none() {
-                        let mut h = if kind == TokenKind::Missing {
-                            HeaderMap::new()
-                        } else {
-                            mint(user, kind, now.wall.as_secs())
-                        };
-                        add_extras(&mut h, spec, user);
-                        *slot = Some(h);
-                    }
-                    slot.as_ref().unwrap_or(&empty)
-                };
+                let headers: &HeaderMap =
+                    if (kind == TokenKind::Missing || minter.is_none()) && !spec.has_extras() {
+                        &empty
+                    } else if kind.per_request() {
+                        let mut h = mint(user, kind, now.wall.as_secs());
+                        add_extras(&mut h, spec, user_i as usize, user);
+                        fresh = h;
+                        &fresh
+                    } else {
+                        let slot = &mut st.headers[user_i as usize][kind.index()];
+                        if slot.is_none() {
+                            let mut h = if kind == TokenKind::Missing {
+                                HeaderMap::new()
+                            } else {
+                                mint(user, kind, now.wall.as_secs())
+                            };
+                            add_extras(&mut h, spec, user_i as usize, user);
+                            *slot = Some(h);
+                        }
+                        slot.as_ref().unwrap_or(&empty)
+                    };
                 let cancel = (spec.cancel_ppm > 0).then_some((spec.cancel_ppm, &mut st.cancel));
                 let peer = spec.ips[ip_i as usize];
                 let mut req = Req {
@@ -496,18 +494,55 @@ struct Req<'a> {
     cancel: Option<(u32, &'a mut Rng)>,
 }
 
-/// The load's other headers: `x-api-key: <user>`, a forged `x-user-id`.
-fn add_extras(h: &mut HeaderMap, spec: &crate::scenario::LoadSpec, user: &str) {
-    if spec.api_key
-        && let Ok(v) = aegis_policy::http::HeaderValue::from_str(user)
-    {
-        h.insert("x-api-key", v);
+/// The load's other headers, for user number `i`: `x-api-key` (the user's name, or at the
+/// edges: empty, 257 and 256 bytes), a forged `x-user-id`, `content-length`, extra headers,
+/// `x-forwarded-for`, and last a pad to the header budget's edge.
+fn add_extras(h: &mut HeaderMap, spec: &crate::scenario::LoadSpec, i: usize, user: &str) {
+    use aegis_policy::http::HeaderValue;
+    if spec.api_key {
+        let key = match i % 7 {
+            0 => String::new(),
+            1 => "k".repeat(257),
+            2 => "k".repeat(256),
+            _ => user.to_owned(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&key) {
+            h.insert("x-api-key", v);
+        }
     }
     if spec.forge_user_id {
-        h.insert(
-            "x-user-id",
-            aegis_policy::http::HeaderValue::from_static("mallory"),
-        );
+        h.insert("x-user-id", HeaderValue::from_static("mallory"));
+    }
+    if !spec.content_lengths.is_empty() {
+        let n = spec.content_lengths[i % spec.content_lengths.len()];
+        h.insert("content-length", HeaderValue::from(n));
+    }
+    for k in 0..spec.extra_headers {
+        if let Ok(name) =
+            aegis_policy::http::HeaderName::from_bytes(format!("x-extra-{k}").as_bytes())
+        {
+            h.insert(name, HeaderValue::from_static("1"));
+        }
+    }
+    if spec.forwarded_for {
+        let value = match i % 4 {
+            0 => "198.51.100.7, 10.9.0.3",
+            1 => "not-an-ip, 10.9.0.3",
+            2 => "10.9.0.4",
+            _ => "198.51.100.9",
+        };
+        h.insert("x-forwarded-for", HeaderValue::from_static(value));
+    }
+    if let Some(budget) = spec.header_budget {
+        let used: usize = h.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+        let target = (budget + i % 3).saturating_sub(1);
+        let pad = "x-pad".len() + 4;
+        if target > used + pad {
+            let value = "p".repeat(target - used - pad);
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                h.insert("x-pad", v);
+            }
+        }
     }
 }
 

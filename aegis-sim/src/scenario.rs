@@ -146,10 +146,25 @@ pub enum TokenKind {
     NoExp,
     /// `Authorization: Basic ...`: not a bearer token.
     NotBearer,
+    /// Signed with the secret under an HMAC algorithm the config does not allow (valid when
+    /// it allows all three).
+    OtherAlg,
+    /// `aud` as a list holding the configured audience among others.
+    AudienceList,
+    /// An empty identity claim.
+    EmptyUser,
+    /// No identity claim (neither the configured one nor `sub`).
+    NoUser,
+    /// `exp` as a fraction of a second (NumericDate allows it).
+    FractionalExp,
+    /// A negative `exp`.
+    NegativeExp,
+    /// Claims to be EdDSA-signed (the simulator holds no private key: a forgery).
+    ForgedEdDsa,
 }
 
 impl TokenKind {
-    pub const ALL: [TokenKind; 12] = [
+    pub const ALL: [TokenKind; 19] = [
         TokenKind::Valid,
         TokenKind::Missing,
         TokenKind::Expired,
@@ -162,6 +177,13 @@ impl TokenKind {
         TokenKind::WrongAudience,
         TokenKind::NoExp,
         TokenKind::NotBearer,
+        TokenKind::OtherAlg,
+        TokenKind::AudienceList,
+        TokenKind::EmptyUser,
+        TokenKind::NoUser,
+        TokenKind::FractionalExp,
+        TokenKind::NegativeExp,
+        TokenKind::ForgedEdDsa,
     ];
 
     pub fn name(self) -> &'static str {
@@ -178,6 +200,13 @@ impl TokenKind {
             TokenKind::WrongAudience => "wrong_audience",
             TokenKind::NoExp => "no_exp",
             TokenKind::NotBearer => "not_bearer",
+            TokenKind::OtherAlg => "other_alg",
+            TokenKind::AudienceList => "audience_list",
+            TokenKind::EmptyUser => "empty_user",
+            TokenKind::NoUser => "no_user",
+            TokenKind::FractionalExp => "fractional_exp",
+            TokenKind::NegativeExp => "negative_exp",
+            TokenKind::ForgedEdDsa => "forged_eddsa",
         }
     }
 
@@ -233,9 +262,31 @@ pub struct LoadSpec {
     pub api_key: bool,
     /// Send a forged `x-user-id: mallory` with every request: it must never reach an upstream.
     pub forge_user_id: bool,
+    /// Send `content-length` with one of these values (by user: user i sends value i mod n).
+    pub content_lengths: Vec<u64>,
+    /// Send this many extra headers (`x-extra-0: 1` ...).
+    pub extra_headers: u32,
+    /// Pad the headers (`x-pad`) to one byte under, exactly at, or one byte over this size
+    /// (by user), as the gateway counts them: name, value and 4 bytes each.
+    pub header_budget: Option<usize>,
+    /// Send `x-forwarded-for` (values by user: a client behind a trusted proxy, an unparsable
+    /// entry, only trusted proxies, a bare client).
+    pub forwarded_for: bool,
     /// Fraction (per million) of requests whose client goes away before the answer: the
     /// upstream attempt ends as `Cancelled` at a uniform instant before its outcome.
     pub cancel_ppm: u32,
+}
+
+impl LoadSpec {
+    /// Whether requests carry headers besides the token.
+    pub fn has_extras(&self) -> bool {
+        self.api_key
+            || self.forge_user_id
+            || !self.content_lengths.is_empty()
+            || self.extra_headers > 0
+            || self.header_budget.is_some()
+            || self.forwarded_for
+    }
 }
 
 /// `count` requests at `at`, `at + every`, ...
@@ -417,6 +468,10 @@ struct RawLoad {
     tokens: Option<BTreeMap<String, f64>>,
     api_key: Option<bool>,
     forge_user_id: Option<bool>,
+    content_lengths: Option<Vec<u64>>,
+    extra_headers: Option<u32>,
+    header_budget: Option<usize>,
+    forwarded_for: Option<bool>,
     cancel: Option<f64>,
 }
 
@@ -847,6 +902,10 @@ fn load(i: usize, raw: &RawLoad) -> Result<LoadSpec, ScenarioError> {
         tokens,
         api_key: raw.api_key.unwrap_or(false),
         forge_user_id: raw.forge_user_id.unwrap_or(false),
+        content_lengths: raw.content_lengths.clone().unwrap_or_default(),
+        extra_headers: raw.extra_headers.unwrap_or(0).min(64),
+        header_budget: raw.header_budget,
+        forwarded_for: raw.forwarded_for.unwrap_or(false),
         cancel_ppm: ppm(&p("cancel"), raw.cancel.unwrap_or(0.0))?,
     })
 }

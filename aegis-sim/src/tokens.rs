@@ -4,6 +4,8 @@
 
 use aegis_policy::config::{AuthConfig, JwtAlgorithm};
 use aegis_policy::http::{HeaderMap, HeaderValue, header::AUTHORIZATION};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Map, Value};
 
@@ -14,6 +16,8 @@ const DAY_SECS: u64 = 86_400;
 /// Mints tokens of every [`TokenKind`] for any user.
 pub struct Minter {
     alg: Algorithm,
+    /// An HMAC algorithm the config does not allow, if there is one.
+    other_alg: Option<Algorithm>,
     key: EncodingKey,
     wrong_key: EncodingKey,
     user_claim: String,
@@ -47,10 +51,20 @@ impl Minter {
             JwtAlgorithm::HS512 => Algorithm::HS512,
             _ => Algorithm::HS256,
         };
+        let allowed = |a: JwtAlgorithm| auth.algorithms.contains(&a);
+        let other_alg = [
+            (JwtAlgorithm::HS256, Algorithm::HS256),
+            (JwtAlgorithm::HS384, Algorithm::HS384),
+            (JwtAlgorithm::HS512, Algorithm::HS512),
+        ]
+        .into_iter()
+        .find(|(a, _)| !allowed(*a))
+        .map(|(_, alg)| alg);
         let wrong = format!("{}-not-the-secret", secret.0);
         let leeway = auth.leeway.as_secs();
         Some(Minter {
             alg,
+            other_alg,
             key: EncodingKey::from_secret(secret.0.as_bytes()).ok()?,
             wrong_key: EncodingKey::from_secret(wrong.as_bytes()).ok()?,
             user_claim: auth.user_claim.clone(),
@@ -70,7 +84,9 @@ impl Minter {
         let mut nbf = None;
         let mut key = &self.key;
         let mut iss = self.issuer.clone();
-        let mut aud = self.audience.clone();
+        let mut aud = self.audience.clone().map(Value::from);
+        let mut user = Some(Value::from(user));
+        let mut alg = self.alg;
         match kind {
             TokenKind::Missing | TokenKind::NotBearer => return None,
             TokenKind::Valid => {}
@@ -85,15 +101,38 @@ impl Minter {
             TokenKind::NbfInLeeway => nbf = Some(now_secs + self.leeway),
             TokenKind::NbfPastLeeway => nbf = Some(now_secs + self.leeway + 1),
             TokenKind::WrongIssuer => iss = Some(format!("not-{}", iss.unwrap_or_default())),
-            TokenKind::WrongAudience => aud = Some(format!("not-{}", aud.unwrap_or_default())),
+            TokenKind::WrongAudience => {
+                let configured = self.audience.clone().unwrap_or_default();
+                aud = Some(Value::from(format!("not-{configured}")));
+            }
             TokenKind::NoExp => exp = None,
+            TokenKind::OtherAlg => alg = self.other_alg.unwrap_or(self.alg),
+            TokenKind::AudienceList => {
+                let mut list = vec![Value::from("someone-else")];
+                list.extend(self.audience.clone().map(Value::from));
+                aud = Some(Value::Array(list));
+            }
+            TokenKind::EmptyUser => user = Some(Value::from("")),
+            TokenKind::NoUser => user = None,
+            TokenKind::FractionalExp | TokenKind::NegativeExp | TokenKind::ForgedEdDsa => {}
         }
         let mut claims = Map::new();
-        claims.insert(self.user_claim.clone(), Value::from(user));
+        if let Some(u) = user {
+            claims.insert(self.user_claim.clone(), u);
+        }
         let iat = exp.map_or(self.iat, |e| self.iat.min(e.saturating_sub(1)));
         claims.insert("iat".into(), Value::from(iat));
-        if let Some(e) = exp {
-            claims.insert("exp".into(), Value::from(e));
+        match (kind, exp) {
+            (TokenKind::FractionalExp, Some(e)) => {
+                claims.insert("exp".into(), Value::from(e as f64 + 0.5));
+            }
+            (TokenKind::NegativeExp, _) => {
+                claims.insert("exp".into(), Value::from(-1.5));
+            }
+            (_, Some(e)) => {
+                claims.insert("exp".into(), Value::from(e));
+            }
+            (_, None) => {}
         }
         if let Some(n) = nbf {
             claims.insert("nbf".into(), Value::from(n));
@@ -102,10 +141,17 @@ impl Minter {
             claims.insert("iss".into(), Value::from(i));
         }
         if let Some(a) = aud {
-            claims.insert("aud".into(), Value::from(a));
+            claims.insert("aud".into(), a);
+        }
+        if kind == TokenKind::ForgedEdDsa {
+            // A well-formed EdDSA token whose 64-byte signature nobody made.
+            let header = URL_SAFE_NO_PAD.encode(br#"{"typ":"JWT","alg":"EdDSA"}"#);
+            let body = URL_SAFE_NO_PAD.encode(Value::Object(claims).to_string());
+            let sig = URL_SAFE_NO_PAD.encode([7u8; 64]);
+            return Some(format!("{header}.{body}.{sig}"));
         }
         // Signing an in-memory JSON object with an HMAC key cannot fail.
-        jsonwebtoken::encode(&Header::new(self.alg), &claims, key).ok()
+        jsonwebtoken::encode(&Header::new(alg), &claims, key).ok()
     }
 
     /// Request headers carrying `kind` for `user` at wall second `now_secs`.
@@ -170,6 +216,14 @@ mod tests {
             "no audience configured"
         );
         assert_eq!(at(TokenKind::NoExp).unwrap_err().reason(), "missing_claim");
+        let reason = |k: TokenKind| at(k).map_err(|e| e.reason());
+        assert_eq!(reason(TokenKind::OtherAlg), Err("algorithm_not_allowed"));
+        assert!(reason(TokenKind::AudienceList).is_ok());
+        assert_eq!(reason(TokenKind::EmptyUser), Err("malformed"));
+        assert_eq!(reason(TokenKind::NoUser), Err("missing_claim"));
+        assert!(reason(TokenKind::FractionalExp).is_ok());
+        assert_eq!(reason(TokenKind::NegativeExp), Err("malformed"));
+        assert_eq!(reason(TokenKind::ForgedEdDsa), Err("algorithm_not_allowed"));
         assert_eq!(
             m.token("bob", TokenKind::Valid, 0),
             m.token("bob", TokenKind::Valid, 0),

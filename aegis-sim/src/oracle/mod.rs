@@ -301,15 +301,16 @@ impl Oracle {
         }
         let rate = match (&self.limits[id], &route.rate_limit) {
             (Some((limit, policy)), Some(cfg)) => {
+                let ip = client_ip(&self.config, req.peer, req.headers);
                 let client = match &cfg.key {
-                    LimitKeyKind::Ip => Client::Ip(req.peer),
+                    LimitKeyKind::Ip => Client::Ip(ip),
                     LimitKeyKind::User => Client::User(user.clone().unwrap_or_default()),
                     LimitKeyKind::Header(name) => {
                         match req.headers.get(name).and_then(|v| v.to_str().ok()) {
                             Some(v) if !v.is_empty() && v.len() <= 256 => {
                                 Client::Header(v.to_owned())
                             }
-                            _ => Client::Ip(req.peer),
+                            _ => Client::Ip(ip),
                         }
                     }
                 };
@@ -450,6 +451,38 @@ fn describe(c: Change) -> Expected {
         from: c.from.name(),
         to: c.to.name(),
     }
+}
+
+/// The client a limit counts: the socket peer; but when the peer is a trusted proxy, the
+/// `X-Forwarded-For` entries are read from the right (the last header first), skipping
+/// trusted proxies: the first untrusted address is the client. An entry that is not an
+/// address ends the walk at the last trusted one; if all are trusted, the leftmost is it.
+fn client_ip(config: &Config, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    let trusted = |ip: &IpAddr| {
+        config
+            .server
+            .trusted_proxies
+            .iter()
+            .any(|net| net.contains(ip))
+    };
+    if !trusted(&peer) {
+        return peer;
+    }
+    let mut client = peer;
+    let lines: Vec<_> = headers.get_all("x-forwarded-for").iter().collect();
+    for line in lines.into_iter().rev() {
+        let Ok(text) = line.to_str() else {
+            return client;
+        };
+        for entry in text.split(',').rev() {
+            match entry.trim().parse::<IpAddr>() {
+                Ok(ip) if trusted(&ip) => client = ip,
+                Ok(ip) => return ip,
+                Err(_) => return client,
+            }
+        }
+    }
+    client
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {
