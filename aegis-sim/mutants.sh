@@ -9,7 +9,7 @@
 # Usage (from the repository root; needs `cargo install cargo-mutants`):
 #   aegis-sim/mutants.sh                      # every file of aegis-policy/src but config.rs
 #   aegis-sim/mutants.sh aegis-policy/src/breaker.rs aegis-policy/src/balancer.rs
-#   AEGIS_SIM_JUDGE_SEEDS=2000 aegis-sim/mutants.sh ...
+#   AEGIS_SIM_JUDGE_SEEDS=2000 MUTANTS_JOBS=2 aegis-sim/mutants.sh ...   # more seeds, two builds at once
 # Results: mutants.out/ (caught.txt, missed.txt, timeout.txt, unviable.txt, outcomes.json).
 #
 # Builds use opt-level 1 without debug info: each mutant rebuilds aegis-policy and aegis-sim
@@ -33,4 +33,4 @@ for f in "${files[@]}"; do args+=(--file "$f"); done
 cargo test -p aegis-sim --test judge
 exec cargo mutants --workspace "${args[@]}" \
     --test-package aegis-sim --cargo-test-arg=--test=judge \
-    --baseline skip --timeout 300 --build-timeout 600 --jobs 1
+    --baseline skip --timeout 300 --build-timeout 600 --jobs "${MUTANTS_JOBS:-1}"
