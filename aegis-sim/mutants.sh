@@ -31,6 +31,9 @@ for f in "${files[@]}"; do args+=(--file "$f"); done
 # The baseline: the unmutated tree must pass. (cargo-mutants' own baseline would run the
 # judge test in the mutated package, aegis-policy, which has none; so it is skipped below.)
 cargo test -p aegis-sim --test judge
-exec cargo mutants --workspace "${args[@]}" \
+# MUTANTS_ARGS: more cargo-mutants options, e.g. "--iterate" (test again only the mutants
+# that a previous run in this tree did not catch).
+# shellcheck disable=SC2086
+exec cargo mutants --workspace "${args[@]}" ${MUTANTS_ARGS:-} \
     --test-package aegis-sim --cargo-test-arg=--test=judge \
     --baseline skip --timeout 300 --build-timeout 600 --jobs "${MUTANTS_JOBS:-1}"

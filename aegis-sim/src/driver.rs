@@ -679,6 +679,14 @@ impl Driver {
             .unwrap_or_default();
         let config = self.policy.route(RouteId(route));
         let mut problems = Vec::new();
+        if lines.len() != config.targets.len() {
+            problems.push(format!(
+                "{} stats lines for the {} targets of route {}",
+                lines.len(),
+                config.targets.len(),
+                config.name
+            ));
+        }
         for (t, line) in lines.iter().enumerate() {
             let named = (
                 line.route.as_str(),

@@ -103,8 +103,11 @@ fn pick<'a>(rng: &mut Rng, items: &[&'a str]) -> &'a str {
     items[rng.below(items.len() as u64) as usize]
 }
 
-/// An Ed25519 public key (tests/fixtures/ed_public.pem), for configs that allow EdDSA.
+/// Public keys (aegis-policy/tests/keys/) for configs that allow a public-key algorithm beside
+/// HS256; the simulator has none of the private keys, so its tokens under them are forgeries.
 const ED25519_PUBLIC_PEM: &str = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEACOQq99rHItyyOPgBLwWahFnCVfjFuVOlV1abDx7l8nw=\n-----END PUBLIC KEY-----\n";
+const EC_PUBLIC_PEM: &str = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEzzZnpSKOV0NtMoBsCSLoZ1ya/nrT\nypM69K8SjY4ZWgBd27AU49HxyvM7slPMQIoHW2nLuDeqqnuqxopLEtmXtA==\n-----END PUBLIC KEY-----\n";
+const RSA_PUBLIC_PEM: &str = "-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAsTCPdFfS5IXT/RksrtUP\nHq3ZmYDVVgQLQW6fuByXihKtmiGvyQP5miLxg1nq/t0b60JLY5NzXzGQ3SpjED3a\nfg361neZDagHhrFyWS48+vGu6eO3/vxmGGBCEaXHC1nKWbGun7hzPzl4ZLby8uXy\nWwsrl8NHtT4YGl4LFxYQpmi7B5FzYyTIBM4f/RCT0e9U3lODRn/AerLnLUfDF1c6\ncIB/ytd1D/P9NNW3xR3xyoo8YT3KbB0y47ymIh7U53GteDeqTxWD4rRMjJSmEMVa\nQREdk7WLYfiTTCO2bWjlMmCh2lbxrlSAO5++bf0Vyo6UEwdVnMCsOgkwv9w9ENM2\noQIDAQAB\n-----END PUBLIC KEY-----\n";
 
 /// Route paths to draw from: some share a prefix without a segment boundary (`/svc0`,
 /// `/svc01`), some nest (`/svc0`, `/svc0/admin`), and `/` catches what the others leave.
@@ -121,12 +124,20 @@ fn gateway(rng: &mut Rng, seed: u64) -> Table {
         ];
         // The allow-list: the default (HS256), another HMAC, or HMAC beside a public key (the
         // simulator signs with the first HMAC one; EdDSA tokens it sends are forgeries).
-        match rng.below(6) {
+        match rng.below(8) {
             0 => a.push(("algorithms", Value::Array(vec![s("HS384")]))),
             1 => a.push(("algorithms", Value::Array(vec![s("HS512"), s("HS256")]))),
             2 => {
                 a.push(("algorithms", Value::Array(vec![s("HS256"), s("EdDSA")])));
                 a.push(("public_key_pem", s(ED25519_PUBLIC_PEM)));
+            }
+            3 => {
+                a.push(("algorithms", Value::Array(vec![s("HS256"), s("ES256")])));
+                a.push(("public_key_pem", s(EC_PUBLIC_PEM)));
+            }
+            4 => {
+                a.push(("algorithms", Value::Array(vec![s("HS256"), s("RS256")])));
+                a.push(("public_key_pem", s(RSA_PUBLIC_PEM)));
             }
             _ => {}
         }
@@ -394,7 +405,8 @@ fn token_mix(rng: &mut Rng) -> Value {
         ("no_user", 1),
         ("fractional_exp", 2),
         ("negative_exp", 1),
-        ("forged_eddsa", 2),
+        ("forged", 2),
+        ("wrong_audience_list", 1),
     ] {
         mix.push((kind, Value::Float(rng.range(0, most) as f64 / 100.0)));
     }

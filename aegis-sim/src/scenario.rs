@@ -159,12 +159,15 @@ pub enum TokenKind {
     FractionalExp,
     /// A negative `exp`.
     NegativeExp,
-    /// Claims to be EdDSA-signed (the simulator holds no private key: a forgery).
-    ForgedEdDsa,
+    /// Claims a public-key signature (the first such algorithm the config allows, else
+    /// EdDSA): a forgery, since the simulator holds no private key.
+    Forged,
+    /// `aud` as a list without the configured audience.
+    WrongAudienceList,
 }
 
 impl TokenKind {
-    pub const ALL: [TokenKind; 19] = [
+    pub const ALL: [TokenKind; 20] = [
         TokenKind::Valid,
         TokenKind::Missing,
         TokenKind::Expired,
@@ -183,7 +186,8 @@ impl TokenKind {
         TokenKind::NoUser,
         TokenKind::FractionalExp,
         TokenKind::NegativeExp,
-        TokenKind::ForgedEdDsa,
+        TokenKind::Forged,
+        TokenKind::WrongAudienceList,
     ];
 
     pub fn name(self) -> &'static str {
@@ -206,7 +210,8 @@ impl TokenKind {
             TokenKind::NoUser => "no_user",
             TokenKind::FractionalExp => "fractional_exp",
             TokenKind::NegativeExp => "negative_exp",
-            TokenKind::ForgedEdDsa => "forged_eddsa",
+            TokenKind::Forged => "forged",
+            TokenKind::WrongAudienceList => "wrong_audience_list",
         }
     }
 

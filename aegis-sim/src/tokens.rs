@@ -18,6 +18,9 @@ pub struct Minter {
     alg: Algorithm,
     /// An HMAC algorithm the config does not allow, if there is one.
     other_alg: Option<Algorithm>,
+    /// The forgery's algorithm and signature length: the first public-key algorithm the
+    /// config allows (EdDSA when it allows none).
+    forged: (&'static str, usize),
     key: EncodingKey,
     wrong_key: EncodingKey,
     user_claim: String,
@@ -62,9 +65,24 @@ impl Minter {
         .map(|(_, alg)| alg);
         let wrong = format!("{}-not-the-secret", secret.0);
         let leeway = auth.leeway.as_secs();
+        let forged = auth
+            .algorithms
+            .iter()
+            .find_map(|a| match a {
+                JwtAlgorithm::EdDSA => Some(("EdDSA", 64)),
+                JwtAlgorithm::ES256 => Some(("ES256", 64)),
+                JwtAlgorithm::ES384 => Some(("ES384", 96)),
+                JwtAlgorithm::RS256 | JwtAlgorithm::RS384 | JwtAlgorithm::RS512 => {
+                    Some((a.name(), 256))
+                }
+                JwtAlgorithm::PS256 => Some(("PS256", 256)),
+                _ => None,
+            })
+            .unwrap_or(("EdDSA", 64));
         Some(Minter {
             alg,
             other_alg,
+            forged,
             key: EncodingKey::from_secret(secret.0.as_bytes()).ok()?,
             wrong_key: EncodingKey::from_secret(wrong.as_bytes()).ok()?,
             user_claim: auth.user_claim.clone(),
@@ -114,7 +132,10 @@ impl Minter {
             }
             TokenKind::EmptyUser => user = Some(Value::from("")),
             TokenKind::NoUser => user = None,
-            TokenKind::FractionalExp | TokenKind::NegativeExp | TokenKind::ForgedEdDsa => {}
+            TokenKind::WrongAudienceList => {
+                aud = Some(Value::Array(vec![Value::from("someone-else")]));
+            }
+            TokenKind::FractionalExp | TokenKind::NegativeExp | TokenKind::Forged => {}
         }
         let mut claims = Map::new();
         if let Some(u) = user {
@@ -143,11 +164,12 @@ impl Minter {
         if let Some(a) = aud {
             claims.insert("aud".into(), a);
         }
-        if kind == TokenKind::ForgedEdDsa {
-            // A well-formed EdDSA token whose 64-byte signature nobody made.
-            let header = URL_SAFE_NO_PAD.encode(br#"{"typ":"JWT","alg":"EdDSA"}"#);
+        if kind == TokenKind::Forged {
+            // A well-formed token whose signature (of the right length) nobody made.
+            let (alg, len) = self.forged;
+            let header = URL_SAFE_NO_PAD.encode(format!(r#"{{"typ":"JWT","alg":"{alg}"}}"#));
             let body = URL_SAFE_NO_PAD.encode(Value::Object(claims).to_string());
-            let sig = URL_SAFE_NO_PAD.encode([7u8; 64]);
+            let sig = URL_SAFE_NO_PAD.encode(vec![7u8; len]);
             return Some(format!("{header}.{body}.{sig}"));
         }
         // Signing an in-memory JSON object with an HMAC key cannot fail.
@@ -223,7 +245,32 @@ mod tests {
         assert_eq!(reason(TokenKind::NoUser), Err("missing_claim"));
         assert!(reason(TokenKind::FractionalExp).is_ok());
         assert_eq!(reason(TokenKind::NegativeExp), Err("malformed"));
-        assert_eq!(reason(TokenKind::ForgedEdDsa), Err("algorithm_not_allowed"));
+        assert_eq!(reason(TokenKind::Forged), Err("algorithm_not_allowed"));
+        // Under allowed public-key algorithms, a forgery's signature does not verify.
+        let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/../aegis-policy/tests/keys/");
+        for (alg, file) in [
+            ("ES256", "ec_public.pem"),
+            ("RS256", "rsa_public.pem"),
+            ("EdDSA", "ed_public.pem"),
+        ] {
+            let text = format!(
+                "[auth]\nsecret = \"s3\"\nalgorithms = [\"HS256\", \"{alg}\"]\npublic_key_file = \"{file}\"\n[[routes]]\npath = \"/\"\ntargets = [\"http://a:1\"]\nauth = true\n"
+            );
+            let env = crate::scenario::ScenarioEnv {
+                vars: Default::default(),
+                base: keys.into(),
+            };
+            let c = Config::from_toml(&text, &env).unwrap();
+            let auth = c.auth.as_ref().unwrap();
+            let m = Minter::new(auth, 1_800_000_000, 1_800_000_100).unwrap();
+            let v = Verifier::new(auth).unwrap();
+            let forged = m.token("alice", TokenKind::Forged, 0).unwrap();
+            assert_eq!(
+                v.verify_token(&forged, now).unwrap_err().reason(),
+                "bad_signature",
+                "{alg}"
+            );
+        }
         assert_eq!(
             m.token("bob", TokenKind::Valid, 0),
             m.token("bob", TokenKind::Valid, 0),
