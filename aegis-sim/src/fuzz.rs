@@ -368,6 +368,9 @@ fn paths_for(rng: &mut Rng, path: &str) -> Vec<Value> {
         paths.push(s(&sub(path, "%7euser/%4Aoe/%2e/item")));
         paths.push(s(&sub(path, "a%2fb%3ac")));
         paths.push(s(&sub(path, "x/%2E%2e/item")));
+        // Empty segments alone, and paths of nothing but dot segments.
+        paths.push(s(&format!("/{path}//item")));
+        paths.push(s(pick(rng, &["/.", "/..", "/./", "/./.."])));
     }
     if rng.chance_ppm(200_000) {
         let p = if path == "/" { "/x" } else { path };
