@@ -452,15 +452,19 @@ impl Driver {
                 // The identity the upstream receives: the request's headers as the gateway
                 // edits them (a client-sent x-user-id must never pass).
                 // (Only x-user-id is edited, so only it is copied.)
+                // It must also be the identity the forward names (for the access log).
                 user: {
                     let mut sent = HeaderMap::new();
                     for v in view.headers.get_all(X_USER_ID) {
                         sent.append(X_USER_ID, v.clone());
                     }
                     fwd.apply_request_headers(&mut sent);
-                    sent.get(X_USER_ID)
-                        .and_then(|u| u.to_str().ok())
-                        .map(str::to_owned)
+                    let sent = sent.get(X_USER_ID);
+                    if sent == fwd.user() {
+                        sent.and_then(|u| u.to_str().ok()).map(str::to_owned)
+                    } else {
+                        Some(format!("{sent:?} sent upstream but {:?} named", fwd.user()))
+                    }
                 },
                 rate,
             }

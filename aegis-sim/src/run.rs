@@ -525,10 +525,11 @@ fn add_extras(h: &mut HeaderMap, spec: &crate::scenario::LoadSpec, i: usize, use
         }
     }
     if spec.forwarded_for {
-        let value = match i % 4 {
+        let value = match i % 5 {
             0 => "198.51.100.7, 10.9.0.3",
             1 => "not-an-ip, 10.9.0.3",
             2 => "10.9.0.4",
+            3 => "203.0.113.1, 198.51.100.8, 10.9.0.3",
             _ => "198.51.100.9",
         };
         h.insert("x-forwarded-for", HeaderValue::from_static(value));

@@ -275,7 +275,7 @@ pub struct LoadSpec {
     /// (by user), as the gateway counts them: name, value and 4 bytes each.
     pub header_budget: Option<usize>,
     /// Send `x-forwarded-for` (values by user: a client behind a trusted proxy, an unparsable
-    /// entry, only trusted proxies, a bare client).
+    /// entry, only trusted proxies, two untrusted addresses before a proxy, a bare client).
     pub forwarded_for: bool,
     /// Fraction (per million) of requests whose client goes away before the answer: the
     /// upstream attempt ends as `Cancelled` at a uniform instant before its outcome.
