@@ -445,6 +445,7 @@ impl Driver {
                 }
             };
             Answer::Forward {
+                max_body: self.policy.max_body(RouteId(route)),
                 route,
                 target: fwd.target(),
                 probe: fwd.attempt.permit.is_probe(),

@@ -67,6 +67,8 @@ pub enum Answer {
         /// `x-user-id`.
         user: Option<String>,
         rate: Rate,
+        /// The body limit the shell enforces while the body streams.
+        max_body: Option<u64>,
     },
 }
 
@@ -99,8 +101,12 @@ impl std::fmt::Display for Answer {
                 upstream,
                 user,
                 rate,
+                max_body,
             } => {
                 write!(f, "forward on route #{route} to target #{target}")?;
+                if let Some(m) = max_body {
+                    write!(f, " (body limit {m})")?;
+                }
                 if *probe {
                     write!(f, " (the probe)")?;
                 }
@@ -369,6 +375,7 @@ impl Oracle {
                     upstream,
                     user,
                     rate,
+                    max_body: route.max_body_bytes,
                 };
                 let ticket = Ticket {
                     route: id,
