@@ -454,7 +454,10 @@ impl Driver {
                 // edits them (a client-sent x-user-id must never pass).
                 // (Only x-user-id is edited, so only it is copied.)
                 // It must also be the identity the forward names (for the access log).
-                user: {
+                user: if fwd.user().is_none() && !view.headers.contains_key(X_USER_ID) {
+                    // Nothing to forward and nothing to strip.
+                    None
+                } else {
                     let mut sent = HeaderMap::new();
                     for v in view.headers.get_all(X_USER_ID) {
                         sent.append(X_USER_ID, v.clone());

@@ -513,7 +513,7 @@ pub fn generate(seed: u64, base: Option<&Base>) -> Result<Table, ScenarioError> 
         }
         all_paths.extend(paths.iter().cloned());
         let mut l = vec![
-            ("rate", Value::Float(rng.range(2, 25) as f64)),
+            ("rate", Value::Float(rng.range(2, 20) as f64)),
             ("until", ms(SAFETY_MS)),
             ("arrival", s(pick(&mut rng, &["uniform", "poisson"]))),
             ("method", s(&method)),

@@ -21,13 +21,14 @@ fn hex_value(c: u8) -> Option<u8> {
 /// True when normalising would change nothing: no escape, and no empty, `.` or `..`
 /// segment (an empty last one, the trailing slash, is fine).
 fn already_normal(raw: &str) -> bool {
-    let segments: Vec<&str> = raw.split('/').skip(1).collect();
-    let last = segments.len().saturating_sub(1);
+    let mut segments = raw.split('/').skip(1).peekable();
+    while let Some(s) = segments.next() {
+        let last = segments.peek().is_none();
+        if s == "." || s == ".." || (s.is_empty() && !last) {
+            return false;
+        }
+    }
     !raw.contains('%')
-        && segments
-            .iter()
-            .enumerate()
-            .all(|(i, s)| *s != "." && *s != ".." && (!s.is_empty() || i == last))
 }
 
 /// The normal form of an absolute path (no query), or `None` when an escape is broken.
@@ -95,12 +96,14 @@ pub fn bare_host(host: &str) -> &str {
 }
 
 fn host_matches(pattern: &HostPattern, host: &str) -> bool {
-    let host = host.to_ascii_lowercase();
     match pattern {
-        HostPattern::Exact(h) => host == h.to_ascii_lowercase(),
+        HostPattern::Exact(h) => host.eq_ignore_ascii_case(h),
+        // At least one character, then a dot, then the suffix.
         HostPattern::Suffix(s) => {
-            let dotted = format!(".{}", s.to_ascii_lowercase());
-            host.ends_with(&dotted) && host.len() > dotted.len() - 1
+            let h = host.as_bytes();
+            h.len() > s.len() + 1
+                && h[h.len() - s.len() - 1] == b'.'
+                && h[h.len() - s.len()..].eq_ignore_ascii_case(s.as_bytes())
         }
     }
 }
