@@ -1,6 +1,8 @@
 //! The simulated gateway: drives aegis-policy's pipeline step by step (`on_request` →
 //! counter store → `on_counter` → `forward` → `on_upstream_result`) exactly as the gateway
-//! does, and checks the invariants after every step against a shadow model of its own.
+//! does, and checks every step twice: against the reference model ([`crate::oracle`]), which
+//! says what the policy should have decided, and against the invariants, kept by a shadow
+//! model built from the breakers' reported transitions.
 //!
 //! Nothing here decides what happens to a request; the policy does. The driver only counts,
 //! keeps the bookkeeping a real gateway keeps (requests in flight), and watches.
@@ -10,13 +12,20 @@ use std::time::Duration;
 
 use aegis_policy::config::LimitAlgorithm;
 use aegis_policy::http::header::RETRY_AFTER;
+use aegis_policy::http::{HeaderMap, HeaderName};
+use aegis_policy::pipeline::{
+    AEGIS_RATELIMIT, RATELIMIT_LIMIT, RATELIMIT_POLICY, RATELIMIT_REMAINING, RATELIMIT_RESET,
+    X_USER_ID,
+};
 use aegis_policy::{
     Attempt, Balancer, BreakerState, CounterKey, CounterReply, CounterRequest, CounterStore,
     FixedHasher, MemoryStore, Nanos, Now, Policy, Reason, Reply, RequestView, RouteId, Step,
     StoreError, UnixMillis, UpstreamOutcome, Verdict,
 };
 
+use crate::oracle::{self, Answer, Oracle, Rate};
 use crate::scenario::StoreFault;
+use crate::violation::Violation;
 
 /// The counter store of the simulation: aegis-policy's `MemoryStore` with a fixed hasher (it
 /// stands for Redis too: the Redis script mirrors the same pure step), failing during the
@@ -70,7 +79,7 @@ impl CounterStore for FaultyStore {
 }
 
 /// Labels of how requests ended, in report order.
-pub const OUTCOMES: [&str; 13] = [
+pub const OUTCOMES: [&str; 15] = [
     "forwarded",
     "upstream_error",
     "upstream_timeout",
@@ -84,7 +93,12 @@ pub const OUTCOMES: [&str; 13] = [
     "uri_too_long",
     "headers_too_large",
     "body_too_large",
+    "client_cancelled",
+    "outcome_lost",
 ];
+
+const CANCELLED: usize = 13;
+const LOST: usize = 14;
 
 fn reason_index(r: &Reason) -> usize {
     match r {
@@ -101,14 +115,6 @@ fn reason_index(r: &Reason) -> usize {
         Reason::HeadersTooLarge => 11,
         Reason::BodyTooLarge => 12,
     }
-}
-
-/// A broken invariant: when, which, and what was seen.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Violation {
-    pub t_ms: u64,
-    pub invariant: &'static str,
-    pub detail: String,
 }
 
 /// A breaker state change, at its logical instant.
@@ -141,6 +147,7 @@ struct Flight {
     route: usize,
     attempt: Attempt,
     probe_era: Option<u64>,
+    oracle: Option<oracle::Ticket>,
 }
 
 /// Counters for the report.
@@ -205,6 +212,7 @@ pub struct Driver {
     pub ticks: Vec<(u64, usize)>,
     open_for: Duration,
     probe_timeout: Duration,
+    oracle: Option<Oracle>,
 }
 
 fn violation(now: Nanos, invariant: &'static str, detail: String) -> Violation {
@@ -260,6 +268,75 @@ impl Driver {
             transitions: Vec::new(),
             violations: Vec::new(),
             ticks: Vec::new(),
+            oracle: None,
+        }
+    }
+
+    /// Checks every step against the reference model too (scenario runs and fuzz). The store
+    /// faults are the world's: the model needs them to know when the store fails.
+    pub fn enable_oracle(&mut self, store_faults: &[StoreFault]) {
+        self.oracle = Some(Oracle::new(self.policy.config(), store_faults));
+    }
+
+    fn disagree(&mut self, now: Nanos, detail: String) {
+        self.violations
+            .push(violation(now, "oracle_agrees", detail));
+    }
+
+    /// Compares the oracle's answer for a request with the policy's.
+    fn judge(
+        &mut self,
+        request: u64,
+        view: &RequestView<'_>,
+        now: Now,
+        want: &Answer,
+        got: &Answer,
+    ) {
+        self.counts.checks += 1;
+        if want != got {
+            let detail = format!(
+                "request {request} at {}ms (wall {}): {} {}{} from {}: the reference model says {want}; the policy did {got}",
+                now.mono.as_millis(),
+                now.wall.0,
+                view.method,
+                view.path_and_query,
+                view.host
+                    .map(|h| format!(" (host {h})"))
+                    .unwrap_or_default(),
+                view.peer,
+            );
+            self.disagree(now.mono, detail);
+        }
+    }
+
+    /// Every breaker of `route` must be in the state, with the failure count, the model has.
+    fn compare_breakers(&mut self, route: usize, now: Nanos) {
+        let Some(o) = self.oracle.as_mut() else {
+            return;
+        };
+        o.settle(route, now.0);
+        let mut problems = Vec::new();
+        for t in 0..self.balancers[route].len() {
+            let mut b = self.balancers[route].breaker(t).clone();
+            b.advance(now, &mut Vec::new());
+            let got = (b.state_at(now).as_str(), u64::from(b.failures()));
+            let want = o.circuit(route, t);
+            if got != want {
+                problems.push(format!(
+                    "breaker of {} on route {} at {}ms: the reference model says {} with {} failures; the policy's is {} with {}",
+                    self.balancers[route].url(t),
+                    self.policy.route(RouteId(route)).name,
+                    now.as_millis(),
+                    want.0,
+                    want.1,
+                    got.0,
+                    got.1
+                ));
+            }
+        }
+        self.counts.checks += 1;
+        for p in problems {
+            self.disagree(now, p);
         }
     }
 
@@ -272,6 +349,32 @@ impl Driver {
         let request = self.answered.len() as u64;
         self.answered.push(false);
         self.counts.requests += 1;
+        let expected = self
+            .oracle
+            .as_mut()
+            .and_then(|o| o.request(view, now.mono.0, now.wall.0));
+        let (handled, got) = self.pipeline(request, view, now, expected.as_ref().and_then(|e| e.1));
+        // No expectation: the oracle cannot judge this request's token (not HMAC-signed).
+        if let (Some((want, _)), Some(got)) = (&expected, &got) {
+            self.judge(request, view, now, want, got);
+        }
+        let route = match &handled {
+            Handled::Respond { route, .. } => *route,
+            Handled::Forward { route, .. } => Some(*route),
+        };
+        if let Some(r) = route {
+            self.compare_breakers(r, now.mono);
+        }
+        handled
+    }
+
+    fn pipeline(
+        &mut self,
+        request: u64,
+        view: &RequestView<'_>,
+        now: Now,
+        ticket_o: Option<oracle::Ticket>,
+    ) -> (Handled, Option<Answer>) {
         let ticket = match self.policy.on_request(view, now) {
             Step::Respond(reply) => return self.reply(request, &reply, now),
             Step::Admit(t) => t,
@@ -280,7 +383,9 @@ impl Driver {
                 let result = self.store.apply(pending.request());
                 let mut denied_key = None;
                 match &result {
-                    Ok(r) if r.admitted => self.check_fixed_window(pending.request(), now),
+                    Ok(r) if r.admitted => {
+                        self.check_fixed_window(pending.route().0, pending.request(), now);
+                    }
                     Ok(_) => denied_key = Some(pending.request().key.clone()),
                     Err(_) => self.counts.store_errors += 1,
                 }
@@ -308,8 +413,76 @@ impl Driver {
             Ok(f) => f,
             Err(reply) => return self.reply(request, &reply, now),
         };
+        let described = self.oracle.is_some().then(|| {
+            let mut h = HeaderMap::new();
+            fwd.apply_response_headers(&mut h);
+            let num = |name: &HeaderName| {
+                h.get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+            };
+            let rate = if h.is_empty() {
+                Rate::None
+            } else if h.contains_key(AEGIS_RATELIMIT) {
+                Rate::Unchecked
+            } else {
+                match (
+                    num(&RATELIMIT_LIMIT),
+                    num(&RATELIMIT_REMAINING),
+                    num(&RATELIMIT_RESET),
+                ) {
+                    (Some(limit), Some(remaining), Some(reset)) => Rate::Headers {
+                        limit,
+                        remaining,
+                        reset,
+                        policy: h
+                            .get(RATELIMIT_POLICY)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_owned(),
+                    },
+                    _ => Rate::None,
+                }
+            };
+            Answer::Forward {
+                max_body: self.policy.max_body(RouteId(route)),
+                route,
+                target: fwd.target(),
+                probe: fwd.attempt.permit.is_probe(),
+                upstream: fwd.path_and_query(view.path_and_query).into_owned(),
+                // The identity the upstream receives: the request's headers as the gateway
+                // edits them (a client-sent x-user-id must never pass).
+                // (Only x-user-id is edited, so only it is copied.)
+                // It must also be the identity the forward names (for the access log).
+                user: if fwd.user().is_none() && !view.headers.contains_key(X_USER_ID) {
+                    // Nothing to forward and nothing to strip.
+                    None
+                } else {
+                    let mut sent = HeaderMap::new();
+                    for v in view.headers.get_all(X_USER_ID) {
+                        sent.append(X_USER_ID, v.clone());
+                    }
+                    fwd.apply_request_headers(&mut sent);
+                    let sent = sent.get(X_USER_ID);
+                    if sent == fwd.user() {
+                        sent.and_then(|u| u.to_str().ok()).map(str::to_owned)
+                    } else {
+                        Some(format!("{sent:?} sent upstream but {:?} named", fwd.user()))
+                    }
+                },
+                rate,
+            }
+        });
         let target = fwd.target();
         self.counts.checks += 1;
+        let url = &self.policy.config().routes[route].targets[target].url;
+        if self.oracle.is_some() && self.balancers[route].url(target) != url.as_str() {
+            let detail = format!(
+                "request {request}: the balancer names target {target} {:?}, the config {url:?}",
+                self.balancers[route].url(target)
+            );
+            self.disagree(now.mono, detail);
+        }
         let shadow = &mut self.shadow[route][target];
         let mut probe_era = None;
         match shadow.state {
@@ -359,6 +532,7 @@ impl Driver {
             route,
             attempt: fwd.attempt,
             probe_era,
+            oracle: ticket_o,
         };
         let slot = match self.free.pop() {
             Some(s) => {
@@ -370,14 +544,17 @@ impl Driver {
                 (self.flights.len() - 1) as u32
             }
         };
-        Handled::Forward {
-            request,
-            slot,
-            route,
-            target,
-            timeout,
-            upstream_path,
-        }
+        (
+            Handled::Forward {
+                request,
+                slot,
+                route,
+                target,
+                timeout,
+                upstream_path,
+            },
+            described,
+        )
     }
 
     /// The upstream outcome of the request in `slot`, known at `now`. Returns the request id
@@ -409,6 +586,12 @@ impl Driver {
                 s.probes = s.probes.saturating_sub(1);
             }
         }
+        // The model hears of the outcome first, so that it expects the transitions the policy
+        // is about to report.
+        let want = match (self.oracle.as_mut(), flight.oracle) {
+            (Some(o), Some(ticket)) => Some(o.outcome(ticket, outcome, now.mono.0)),
+            _ => None,
+        };
         self.policy
             .on_upstream_result(&mut self.balancers[route], flight.attempt, outcome, now);
         self.drain(route);
@@ -421,10 +604,42 @@ impl Driver {
             (Some(r), _) => (r.status.as_u16(), reason_index(&r.reason)),
             (None, UpstreamOutcome::Status(s)) => (s, 0),
             // The client is gone; nobody reads this status.
-            (None, _) => (499, 1),
+            (None, _) => (499, CANCELLED),
         };
+        if let Some(want) = want {
+            self.counts.checks += 1;
+            if want != status {
+                self.disagree(
+                    now.mono,
+                    format!(
+                        "request {} at {}ms: upstream outcome {outcome:?}: the reference model says the client gets {want}; the policy's answer is {status}",
+                        flight.request,
+                        now.mono.as_millis()
+                    ),
+                );
+            }
+        }
+        self.compare_breakers(route, now.mono);
         self.answer(flight.request, status, label, now.mono);
         Some((flight.request, status))
+    }
+
+    /// The outcome of the request in `slot` is lost: neither the policy nor the model hears of
+    /// it (only the breaker's `probe_timeout` frees a lost probe). The shell's own deadline
+    /// answers the client 504.
+    pub fn lose(&mut self, slot: u32, now: Now) -> Option<(u64, u16)> {
+        self.counts.checks += 1;
+        let Some(flight) = self.flights.get_mut(slot as usize).and_then(Option::take) else {
+            self.violations.push(violation(
+                now.mono,
+                "outcome_reported_once",
+                format!("slot {slot} lost an outcome, but nothing is in flight there"),
+            ));
+            return None;
+        };
+        self.free.push(slot);
+        self.answer(flight.request, 504, LOST, now.mono);
+        Some((flight.request, 504))
     }
 
     /// Every breaker transition so far, named by route and target URL (t_ms from start).
@@ -446,7 +661,72 @@ impl Driver {
     pub fn tick(&mut self, route: usize, now: Nanos) {
         if let Some(b) = self.balancers.get_mut(route) {
             b.advance(now);
+            if let Some(o) = self.oracle.as_mut() {
+                o.settle(route, now.0);
+            }
             self.drain(route);
+            self.compare_breakers(route, now);
+            self.compare_stats(route, now);
+        }
+    }
+
+    /// The route's `/gateway/stats` lines (what an operator sees) against the model's, at a
+    /// breaker tick (every breaker of the route has just been brought up to `now`).
+    fn compare_stats(&mut self, route: usize, now: Nanos) {
+        let Some(o) = self.oracle.as_ref() else {
+            return;
+        };
+        let at = Now {
+            mono: now,
+            wall: aegis_policy::UnixMillis(0),
+        };
+        let all = self.policy.stats(&self.balancers, at);
+        let first: usize = self.balancers[..route].iter().map(Balancer::len).sum();
+        let lines = all
+            .get(first..first + self.balancers[route].len())
+            .unwrap_or_default();
+        let config = self.policy.route(RouteId(route));
+        let mut problems = Vec::new();
+        if lines.len() != config.targets.len() {
+            problems.push(format!(
+                "{} stats lines for the {} targets of route {}",
+                lines.len(),
+                config.targets.len(),
+                config.name
+            ));
+        }
+        for (t, line) in lines.iter().enumerate() {
+            let named = (
+                line.route.as_str(),
+                line.path.as_str(),
+                line.target_url.as_str(),
+            );
+            let target = config.targets.get(t).map_or("", |x| x.url.as_str());
+            if named != (config.name.as_str(), config.path.as_str(), target) {
+                problems.push(format!(
+                    "stats line {named:?} names another route or target"
+                ));
+            }
+            let got = oracle::StatsLine {
+                failures: u64::from(line.failures),
+                state: line.state.as_str(),
+                requests: line.requests,
+                probe_in_flight: line.probe_in_flight,
+                next_probe_in_ms: line.next_probe_in_ms,
+                since_transition_ms: line.since_transition_ms,
+            };
+            let want = o.stats(route, t, now.0);
+            if got != want {
+                problems.push(format!(
+                    "stats of {} at {}ms: the reference model says {want:?}; the policy's {got:?}",
+                    line.target_url,
+                    now.as_millis()
+                ));
+            }
+        }
+        self.counts.checks += 1;
+        for p in problems {
+            self.disagree(now, p);
         }
     }
 
@@ -455,6 +735,25 @@ impl Driver {
     pub fn finish(&mut self, end: Nanos) {
         for r in 0..self.balancers.len() {
             self.tick(r, end);
+        }
+        if let Some(o) = self.oracle.as_mut() {
+            let mut missing = Vec::new();
+            for r in 0..self.balancers.len() {
+                for t in 0..self.balancers[r].len() {
+                    if let Some(c) = o.next_change(r, t) {
+                        missing.push(format!(
+                            "the reference model expected {} {}→{} at {}ms, which the policy never reported",
+                            self.balancers[r].url(t),
+                            c.from,
+                            c.to,
+                            c.at / 1_000_000
+                        ));
+                    }
+                }
+            }
+            for m in missing {
+                self.disagree(end, m);
+            }
         }
         if let Some(f) = self.flights.iter().flatten().next() {
             self.violations.push(violation(
@@ -483,8 +782,24 @@ impl Driver {
             .collect()
     }
 
-    fn reply(&mut self, request: u64, reply: &Reply, now: Now) -> Handled {
+    fn reply(&mut self, request: u64, reply: &Reply, now: Now) -> (Handled, Option<Answer>) {
         let status = reply.status.as_u16();
+        let retry_after = reply
+            .headers
+            .iter()
+            .find(|(k, _)| k == RETRY_AFTER)
+            .and_then(|(_, v)| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let described = self.oracle.is_some().then(|| Answer::Respond {
+            status,
+            reason: reply.reason.label(),
+            auth: match &reply.reason {
+                Reason::Unauthorized(f) => Some(f.reason()),
+                _ => None,
+            },
+            route: reply.route.map(|r| r.0),
+            retry_after,
+        });
         if let Reason::Unauthorized(f) = &reply.reason {
             let r = f.reason();
             match self.counts.auth.iter_mut().find(|(k, _)| *k == r) {
@@ -495,15 +810,12 @@ impl Driver {
                 }
             }
         }
+        if self.oracle.is_some() {
+            self.check_body(request, reply, retry_after, now);
+        }
         if status == 503 || status == 429 {
             self.counts.checks += 1;
-            let retry = reply
-                .headers
-                .iter()
-                .find(|(k, _)| k == RETRY_AFTER)
-                .and_then(|(_, v)| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok());
-            if !matches!(retry, Some(s) if s >= 1) {
+            if !matches!(retry_after, Some(s) if s >= 1) {
                 self.violations.push(violation(
                     now.mono,
                     "retry_after_on_refusal",
@@ -514,10 +826,67 @@ impl Driver {
             }
         }
         self.answer(request, status, reason_index(&reply.reason), now.mono);
-        Handled::Respond {
-            request,
-            status,
-            route: reply.route.map(|r| r.0),
+        (
+            Handled::Respond {
+                request,
+                status,
+                route: reply.route.map(|r| r.0),
+            },
+            described,
+        )
+    }
+
+    /// What the client reads of a refusal agrees with its status: a 401 names its reason in
+    /// the body and describes it in the `WWW-Authenticate` challenge; a 429 or a 503 for want
+    /// of a target repeats `Retry-After` as `retryAfter`.
+    fn check_body(&mut self, request: u64, reply: &Reply, retry_after: Option<u64>, now: Now) {
+        let status = reply.status.as_u16();
+        if !matches!(status, 401 | 429 | 503) {
+            return;
+        }
+        self.counts.checks += 1;
+        let mut problems = Vec::new();
+        let refusal = matches!(reply.reason, Reason::RateLimited | Reason::NoHealthyTarget);
+        if refusal {
+            let said = retry_after.map(|s| format!("\"retryAfter\":{s}"));
+            if !said.is_some_and(|s| reply.body.contains(&s)) {
+                problems.push(format!(
+                    "its body {} says another retryAfter than Retry-After {retry_after:?}",
+                    reply.body
+                ));
+            }
+        }
+        if let Reason::Unauthorized(f) = &reply.reason {
+            let body: serde_json::Value = serde_json::from_str(&reply.body).unwrap_or_default();
+            let message = body["message"].as_str().unwrap_or_default();
+            if body["error"] != "unauthorized" || body["reason"] != f.reason() {
+                problems.push(format!(
+                    "its body {} does not name the reason {}",
+                    reply.body,
+                    f.reason()
+                ));
+            }
+            let challenge = reply
+                .headers
+                .iter()
+                .find(|(k, _)| k == aegis_policy::http::header::WWW_AUTHENTICATE)
+                .and_then(|(_, v)| v.to_str().ok())
+                .unwrap_or_default();
+            let described = format!("error_description=\"{message}\"");
+            if message.is_empty()
+                || !challenge.starts_with("Bearer realm=\"aegis\"")
+                || !challenge.contains(&described)
+            {
+                problems.push(format!(
+                    "its challenge {challenge:?} does not carry the body's message {message:?}"
+                ));
+            }
+        }
+        for p in problems {
+            self.disagree(
+                now.mono,
+                format!("request {request} answered {status}: {p}"),
+            );
         }
     }
 
@@ -541,13 +910,20 @@ impl Driver {
         self.counts.outcomes[label] += 1;
     }
 
-    fn check_fixed_window(&mut self, req: &CounterRequest, now: Now) {
-        if req.limit.algorithm != LimitAlgorithm::FixedWindow {
+    /// At most `max` admissions per key per window, with `max` and `window` read from the
+    /// route's config (not from the policy's counter request, which a bug could get wrong in
+    /// agreement with itself).
+    fn check_fixed_window(&mut self, route: usize, req: &CounterRequest, now: Now) {
+        let Some(limit) = self.policy.config().routes[route].rate_limit.as_ref() else {
+            return;
+        };
+        if limit.algorithm != LimitAlgorithm::FixedWindow {
             return;
         }
         self.counts.checks += 1;
-        let window = req.limit.window_start(req.now);
-        let max = req.limit.max;
+        let window_ms = (limit.window.as_millis() as u64).max(1);
+        let window = now.wall.0 / window_ms * window_ms;
+        let max = limit.max;
         let entry = match self.fixed.get_mut(&req.key) {
             Some(e) => e,
             None => self.fixed.entry(req.key.clone()).or_insert((window, 0)),
@@ -597,6 +973,26 @@ impl Driver {
             let s = &mut self.shadow[route][tt.target];
             self.counts.checks += 1;
             let mut problems = Vec::new();
+            if let Some(o) = self.oracle.as_mut() {
+                let want = o.next_change(route, tt.target);
+                let got = (t.at.0, t.from.as_str(), t.to.as_str());
+                let same = want.is_some_and(|w| (w.at, w.from, w.to) == got);
+                if !same {
+                    let want = match want {
+                        Some(w) => format!("{}→{} at {}ms", w.from, w.to, w.at / 1_000_000),
+                        None => "no change".to_owned(),
+                    };
+                    problems.push((
+                        "oracle_agrees",
+                        format!(
+                            "the reference model expected {want}; the policy reported {}→{} at {}ms",
+                            got.1,
+                            got.2,
+                            t.at.as_millis()
+                        ),
+                    ));
+                }
+            }
             if t.from != s.state {
                 problems.push((
                     "transitions_account_for_state",

@@ -103,23 +103,55 @@ fn pick<'a>(rng: &mut Rng, items: &[&'a str]) -> &'a str {
     items[rng.below(items.len() as u64) as usize]
 }
 
+/// Public keys (aegis-policy/tests/keys/) for configs that allow a public-key algorithm beside
+/// HS256; the simulator has none of the private keys, so its tokens under them are forgeries.
+const ED25519_PUBLIC_PEM: &str = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEACOQq99rHItyyOPgBLwWahFnCVfjFuVOlV1abDx7l8nw=\n-----END PUBLIC KEY-----\n";
+const EC_PUBLIC_PEM: &str = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEzzZnpSKOV0NtMoBsCSLoZ1ya/nrT\nypM69K8SjY4ZWgBd27AU49HxyvM7slPMQIoHW2nLuDeqqnuqxopLEtmXtA==\n-----END PUBLIC KEY-----\n";
+const RSA_PUBLIC_PEM: &str = "-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAsTCPdFfS5IXT/RksrtUP\nHq3ZmYDVVgQLQW6fuByXihKtmiGvyQP5miLxg1nq/t0b60JLY5NzXzGQ3SpjED3a\nfg361neZDagHhrFyWS48+vGu6eO3/vxmGGBCEaXHC1nKWbGun7hzPzl4ZLby8uXy\nWwsrl8NHtT4YGl4LFxYQpmi7B5FzYyTIBM4f/RCT0e9U3lODRn/AerLnLUfDF1c6\ncIB/ytd1D/P9NNW3xR3xyoo8YT3KbB0y47ymIh7U53GteDeqTxWD4rRMjJSmEMVa\nQREdk7WLYfiTTCO2bWjlMmCh2lbxrlSAO5++bf0Vyo6UEwdVnMCsOgkwv9w9ENM2\noQIDAQAB\n-----END PUBLIC KEY-----\n";
+
+/// Route paths to draw from: some share a prefix without a segment boundary (`/svc0`,
+/// `/svc01`), some nest (`/svc0`, `/svc0/admin`), and `/` catches what the others leave.
+const ROUTE_PATHS: [&str; 6] = ["/svc0", "/svc0/admin", "/svc01", "/svc", "/svc1", "/"];
+
 /// A random gateway config for `seed`.
 fn gateway(rng: &mut Rng, seed: u64) -> Table {
     let mut g = Table::new();
     let auth = rng.chance_ppm(500_000);
     if auth {
-        g.insert(
-            "auth".into(),
-            table(vec![("secret", s(&format!("fuzz-secret-{seed}")))]),
-        );
+        let mut a = vec![
+            ("secret", s(&format!("fuzz-secret-{seed}"))),
+            ("leeway", s(pick(rng, &["0s", "1s", "5s", "30s", "90s"]))),
+        ];
+        // The allow-list: the default (HS256), another HMAC, or HMAC beside a public key (the
+        // simulator signs with the first HMAC one; EdDSA tokens it sends are forgeries).
+        match rng.below(8) {
+            0 => a.push(("algorithms", Value::Array(vec![s("HS384")]))),
+            1 => a.push(("algorithms", Value::Array(vec![s("HS512"), s("HS256")]))),
+            2 => {
+                a.push(("algorithms", Value::Array(vec![s("HS256"), s("EdDSA")])));
+                a.push(("public_key_pem", s(ED25519_PUBLIC_PEM)));
+            }
+            3 => {
+                a.push(("algorithms", Value::Array(vec![s("HS256"), s("ES256")])));
+                a.push(("public_key_pem", s(EC_PUBLIC_PEM)));
+            }
+            4 => {
+                a.push(("algorithms", Value::Array(vec![s("HS256"), s("RS256")])));
+                a.push(("public_key_pem", s(RSA_PUBLIC_PEM)));
+            }
+            _ => {}
+        }
+        if rng.chance_ppm(300_000) {
+            a.push(("issuer", s("fuzz-iss")));
+        }
+        if rng.chance_ppm(300_000) {
+            a.push(("audience", s("fuzz-aud")));
+        }
+        if rng.chance_ppm(200_000) {
+            a.push(("require_exp", Value::Boolean(false)));
+        }
+        g.insert("auth".into(), table(a));
     }
-    g.insert(
-        "breaker".into(),
-        table(vec![
-            ("failure_threshold", int(rng.range(1, 5))),
-            ("open_for", ms(rng.range(500, 10_000))),
-        ]),
-    );
     g.insert(
         "rate_limit".into(),
         table(vec![
@@ -127,18 +159,68 @@ fn gateway(rng: &mut Rng, seed: u64) -> Table {
             ("on_store_error", s(pick(rng, &["allow", "deny"]))),
         ]),
     );
+    // The server's edges: a proxy in front, the smallest URI and header limits.
+    let mut server = Vec::new();
+    if rng.chance_ppm(300_000) {
+        server.push(("trusted_proxies", Value::Array(vec![s("10.9.0.0/16")])));
+    }
+    if rng.chance_ppm(200_000) {
+        server.push(("max_uri_length", int(64)));
+    }
+    if rng.chance_ppm(200_000) {
+        server.push(("max_header_size", int(1024)));
+    }
+    if !server.is_empty() {
+        g.insert("server".into(), table(server));
+    }
+    let mut paths: Vec<&str> = ROUTE_PATHS.to_vec();
     let mut routes = Vec::new();
+    let mut max_timeout = 0;
     for r in 0..rng.range(1, 3) {
         let mut route = Table::new();
-        route.insert("path".into(), s(&format!("/svc{r}")));
+        let path = paths.remove(rng.below(paths.len() as u64) as usize);
+        route.insert("path".into(), s(path));
+        // Named routes count separately; a default name is the path.
+        if rng.chance_ppm(800_000) {
+            route.insert("name".into(), s(&format!("r{r}")));
+        }
         let targets = (0..rng.range(1, 4))
-            .map(|t| s(&format!("http://svc{r}-{t}:80")))
+            .map(|t| {
+                let base = if rng.chance_ppm(200_000) { "/base" } else { "" };
+                s(&format!("http://svc{r}-{t}:80{base}"))
+            })
             .collect();
         route.insert("targets".into(), Value::Array(targets));
         let route_auth = auth && rng.chance_ppm(600_000);
         route.insert("auth".into(), Value::Boolean(route_auth));
+        match rng.below(10) {
+            0 | 1 => {
+                route.insert("host".into(), s("api.fuzz"));
+            }
+            2 => {
+                route.insert("host".into(), s("*.fuzz"));
+            }
+            _ => {}
+        }
+        match rng.below(10) {
+            0 | 1 => {
+                route.insert("methods".into(), Value::Array(vec![s("GET"), s("POST")]));
+            }
+            2 => {
+                route.insert("methods".into(), Value::Array(vec![s("POST")]));
+            }
+            _ => {}
+        }
+        if rng.chance_ppm(250_000) {
+            route.insert("strip_prefix".into(), Value::Boolean(true));
+        }
+        if rng.chance_ppm(200_000) {
+            route.insert("max_body_size".into(), int(100));
+        }
         // At least 100 ms: baseline latencies stay below 90 ms.
-        route.insert("timeout".into(), ms(rng.range(100, 2_000)));
+        let timeout = rng.range(100, 2_000);
+        max_timeout = max_timeout.max(timeout);
+        route.insert("timeout".into(), ms(timeout));
         if rng.chance_ppm(600_000) {
             let keys: &[&str] = if route_auth {
                 &["ip", "user", "header:x-api-key"]
@@ -148,8 +230,11 @@ fn gateway(rng: &mut Rng, seed: u64) -> Table {
             route.insert(
                 "rate_limit".into(),
                 table(vec![
-                    ("max", int(rng.range(5, 50))),
-                    ("window", s(pick(rng, &["1s", "2s", "5s", "10s"]))),
+                    ("max", int(rng.range(1, 50))),
+                    (
+                        "window",
+                        s(pick(rng, &["250ms", "1s", "1500ms", "2s", "5s", "10s"])),
+                    ),
                     ("key", s(pick(rng, keys))),
                     ("algorithm", s(pick(rng, &["fixed_window", "gcra"]))),
                 ]),
@@ -157,6 +242,23 @@ fn gateway(rng: &mut Rng, seed: u64) -> Table {
         }
         routes.push(Value::Table(route));
     }
+    let mut breaker = vec![
+        ("failure_threshold", int(rng.range(1, 5))),
+        ("open_for", ms(rng.range(500, 10_000))),
+    ];
+    if rng.chance_ppm(400_000) {
+        breaker.push(("probe_timeout", ms(max_timeout + rng.range(0, 3_000))));
+    }
+    match rng.below(8) {
+        0 => breaker.push(("failure_statuses", Value::Array(vec![s("5xx"), int(429)]))),
+        1 => breaker.push((
+            "failure_statuses",
+            Value::Array(vec![int(500), int(502), int(503), int(504)]),
+        )),
+        2 => breaker.push(("failure_statuses", Value::Array(vec![s("4xx"), s("5xx")]))),
+        _ => {}
+    }
+    g.insert("breaker".into(), table(breaker));
     g.insert("routes".into(), Value::Array(routes));
     g
 }
@@ -187,8 +289,9 @@ fn window(rng: &mut Rng) -> (u64, u64) {
 fn fault(rng: &mut Rng) -> Value {
     let (from, until) = window(rng);
     let mut f = vec![("from", ms(from)), ("until", ms(until))];
-    match rng.below(6) {
+    match rng.below(7) {
         0 => f.push(("kind", s("refused"))),
+        6 => f.push(("kind", s("lose"))),
         1 => f.push(("kind", s("hang"))),
         2 => {
             f.push(("kind", s("status")));
@@ -212,7 +315,7 @@ fn fault(rng: &mut Rng) -> Value {
             f.push(("kind", s("flap")));
             f.push(("period", ms(period)));
             f.push(("down_for", ms(rng.range(0, period))));
-            f.push(("down", s(pick(rng, &["refused", "hang", "status"]))));
+            f.push(("down", s(pick(rng, &["refused", "hang", "status", "lose"]))));
         }
     }
     table(f)
@@ -240,6 +343,77 @@ fn sub(path: &str, rest: &str) -> String {
     } else {
         format!("{path}/{rest}")
     }
+}
+
+/// Requests aimed at `path` the way clients write them: plain, with a query, failing, asking
+/// for a status, percent-encoded, with dot and empty segments, continuing the prefix inside a
+/// segment, with an encoded slash, with a broken escape.
+fn paths_for(rng: &mut Rng, path: &str) -> Vec<Value> {
+    let mut paths = vec![s(path), s(&sub(path, "item?x=1"))];
+    if rng.chance_ppm(300_000) {
+        paths.push(s(&sub(path, "fail")));
+    }
+    if rng.chance_ppm(300_000) {
+        let status = pick(rng, &["503", "429", "404", "500"]);
+        paths.push(s(&sub(path, &format!("item?status={status}"))));
+    }
+    if rng.chance_ppm(300_000) && path.len() > 1 {
+        // `/svc0` as `/%73vc0`: the same route after decoding.
+        let first = path.as_bytes()[1];
+        paths.push(s(&format!("/%{first:02x}{}/item", &path[2..])));
+        paths.push(s(&format!("/{}//./item/", &path[1..])));
+        paths.push(s(&format!("/other/..{path}/x/../item")));
+        // Escapes in both cases: unreserved ones decode (`%7e` `~`, `%4A` `J`, `%2e` `.`),
+        // reserved ones stay, upper-cased (`%2f`, `%3a`).
+        paths.push(s(&sub(path, "%7euser/%4Aoe/%2e/item")));
+        paths.push(s(&sub(path, "a%2fb%3ac")));
+        paths.push(s(&sub(path, "x/%2E%2e/item")));
+        // Empty segments alone, and paths of nothing but dot segments.
+        paths.push(s(&format!("/{path}//item")));
+        paths.push(s(pick(rng, &["/.", "/..", "/./", "/./.."])));
+    }
+    if rng.chance_ppm(200_000) {
+        let p = if path == "/" { "/x" } else { path };
+        paths.push(s(&format!("{p}x/item")));
+        paths.push(s(&format!("{p}%2Fitem")));
+        paths.push(s(&format!("{p}/")));
+    }
+    if rng.chance_ppm(100_000) {
+        paths.push(s(&sub(path, "%zz")));
+    }
+    if rng.chance_ppm(100_000) {
+        paths.push(s("/no-such-route-here"));
+    }
+    paths
+}
+
+/// A token mix: mostly valid, some of every kind of refusal, and the edges of the leeway.
+fn token_mix(rng: &mut Rng) -> Value {
+    let mut mix = vec![("valid", Value::Float(0.8))];
+    for (kind, most) in [
+        ("missing", 5),
+        ("expired", 3),
+        ("bad_signature", 2),
+        ("expired_in_leeway", 3),
+        ("expired_past_leeway", 3),
+        ("nbf_in_leeway", 2),
+        ("nbf_past_leeway", 2),
+        ("wrong_issuer", 2),
+        ("wrong_audience", 2),
+        ("no_exp", 2),
+        ("not_bearer", 1),
+        ("other_alg", 2),
+        ("audience_list", 2),
+        ("empty_user", 1),
+        ("no_user", 1),
+        ("fractional_exp", 2),
+        ("negative_exp", 1),
+        ("forged", 2),
+        ("wrong_audience_list", 1),
+    ] {
+        mix.push((kind, Value::Float(rng.range(0, most) as f64 / 100.0)));
+    }
+    table(mix)
 }
 
 /// The scenario document for `seed`.
@@ -317,19 +491,29 @@ pub fn generate(seed: u64, base: Option<&Base>) -> Result<Table, ScenarioError> 
         doc.insert("store_faults".into(), Value::Array(vec![table(f)]));
     }
 
-    // Safety load: one stream per route, with strays (404s, /fail) and a token mix.
+    // Safety load: one stream per route, with strays (404s, /fail, encodings) and a token mix.
+    let header_keys = config.routes.iter().any(|r| {
+        matches!(
+            r.rate_limit.as_ref().map(|l| &l.key),
+            Some(aegis_policy::config::LimitKeyKind::Header(_))
+        )
+    });
     let mut loads = Vec::new();
+    let mut all_paths = Vec::new();
     for r in &config.routes {
         let (path, host, method) = route_request(r);
-        let mut paths = vec![s(&path), s(&sub(&path, "item?x=1"))];
-        if rng.chance_ppm(300_000) {
-            paths.push(s(&sub(&path, "fail")));
+        let mut paths = paths_for(&mut rng, &path);
+        if config.server.max_uri_bytes == 64 {
+            // One byte under, at and over the limit.
+            let base = sub(&path, "item?pad=");
+            for len in [63, 64, 65] {
+                let pad = "x".repeat(len - base.len().min(len));
+                paths.push(s(&format!("{base}{pad}")));
+            }
         }
-        if rng.chance_ppm(100_000) {
-            paths.push(s("/no-such-route-here"));
-        }
+        all_paths.extend(paths.iter().cloned());
         let mut l = vec![
-            ("rate", Value::Float(rng.range(2, 25) as f64)),
+            ("rate", Value::Float(rng.range(2, 20) as f64)),
             ("until", ms(SAFETY_MS)),
             ("arrival", s(pick(&mut rng, &["uniform", "poisson"]))),
             ("method", s(&method)),
@@ -341,20 +525,106 @@ pub fn generate(seed: u64, base: Option<&Base>) -> Result<Table, ScenarioError> 
             l.push(("host", s(&h)));
         }
         let tokens = if can_mint {
-            table(vec![
-                ("valid", Value::Float(0.9)),
-                ("missing", Value::Float(rng.range(0, 5) as f64 / 100.0)),
-                ("expired", Value::Float(rng.range(0, 3) as f64 / 100.0)),
-                (
-                    "bad_signature",
-                    Value::Float(rng.range(0, 2) as f64 / 100.0),
-                ),
-            ])
+            token_mix(&mut rng)
+        } else {
+            table(vec![("missing", Value::Float(1.0))])
+        };
+        l.push(("tokens", tokens));
+        if header_keys && rng.chance_ppm(500_000) {
+            l.push(("api_key", Value::Boolean(true)));
+        }
+        if rng.chance_ppm(300_000) {
+            l.push(("forge_user_id", Value::Boolean(true)));
+        }
+        if rng.chance_ppm(200_000) {
+            l.push((
+                "content_lengths",
+                Value::Array(vec![int(99), int(100), int(101)]),
+            ));
+        }
+        if rng.chance_ppm(200_000) {
+            l.push(("extra_headers", int(9)));
+        }
+        if config.server.max_header_bytes == 1024 && rng.chance_ppm(500_000) {
+            l.push(("header_budget", int(1024)));
+        }
+        if !config.server.trusted_proxies.is_empty() && rng.chance_ppm(500_000) {
+            l.push(("forwarded_for", Value::Boolean(true)));
+            l.retain(|(k, _)| *k != "ips");
+            l.push((
+                "ips",
+                Value::Array(vec![s("10.9.0.1"), s("10.9.0.2"), s("192.0.2.50")]),
+            ));
+        }
+        if rng.chance_ppm(300_000) {
+            l.push(("cancel", Value::Float(rng.range(1, 10) as f64 / 100.0)));
+        }
+        loads.push(table(l));
+    }
+    // Strays: any of those paths, with another method and host.
+    if rng.chance_ppm(500_000) {
+        let mut l = vec![
+            ("name", s("strays")),
+            ("rate", Value::Float(rng.range(1, 4) as f64)),
+            ("until", ms(SAFETY_MS)),
+            ("method", s(pick(&mut rng, &["GET", "POST", "DELETE"]))),
+            ("paths", Value::Array(all_paths)),
+            ("ips", int(rng.range(1, 5))),
+            ("users", int(rng.range(1, 3))),
+        ];
+        match rng.below(4) {
+            0 => l.push(("host", s("api.fuzz:8000"))),
+            1 => l.push(("host", s("x.FUZZ"))),
+            2 => l.push(("host", s("elsewhere.example"))),
+            _ => {}
+        }
+        let tokens = if can_mint {
+            token_mix(&mut rng)
         } else {
             table(vec![("missing", Value::Float(1.0))])
         };
         l.push(("tokens", tokens));
         loads.push(table(l));
+    }
+
+    // The wall clock steps (NTP) forward during the safety phase: to just before or onto a
+    // window edge of a limit, or by up to two minutes.
+    let windows: Vec<u64> = config
+        .routes
+        .iter()
+        .filter_map(|r| r.rate_limit.as_ref())
+        .map(|l| u64::try_from(l.window.as_millis()).unwrap_or(1).max(1))
+        .collect();
+    // Only forward steps: after a step back, whether a key that expired before it counts
+    // again depends on whether the store swept it meanwhile (it sweeps at most once a second
+    // of wall time), which is the store's housekeeping rather than a rule to check.
+    if rng.chance_ppm(300_000) {
+        let mut jumps = Vec::new();
+        let mut offset: i64 = 0;
+        let mut at = 0;
+        for _ in 0..rng.range(1, 2) {
+            at = rng.range(at + 1_000, SAFETY_MS - 5_000);
+            let wall = i64::try_from(at).unwrap_or(0) + offset;
+            let by = match (windows.is_empty(), rng.below(3)) {
+                (false, 0 | 1) => {
+                    let w = i64::try_from(windows[rng.below(windows.len() as u64) as usize])
+                        .unwrap_or(1);
+                    // DEFAULT_WALL_START is a multiple of every window; land on an edge or 1 ms
+                    // before it.
+                    let edge = (wall / w + 1) * w;
+                    edge - wall - i64::try_from(rng.below(2)).unwrap_or(0)
+                }
+                _ => i64::try_from(rng.range(1, 120_000)).unwrap_or(1),
+            };
+            offset += by;
+            let by_text = if by < 0 {
+                format!("-{}ms", -by)
+            } else {
+                format!("{by}ms")
+            };
+            jumps.push(table(vec![("at", ms(at)), ("by", s(&by_text))]));
+        }
+        doc.insert("clock_jumps".into(), Value::Array(jumps));
     }
 
     // Liveness phase: no faults; a steady stream to every route from ever-new clients, long

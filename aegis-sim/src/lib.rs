@@ -3,12 +3,15 @@
 //!
 //! * [`scenario`]: the TOML scenario model (gateway config, upstream behaviour over time,
 //!   client load, scripted requests, store faults, expectations) and its validation;
-//! * [`driver`]: the pipeline driven step by step, with the invariants checked after every
-//!   step against a shadow model;
+//! * [`driver`]: the pipeline driven step by step, each step compared with the reference
+//!   model and the invariants checked after it;
+//! * [`oracle`]: the reference model: what the policy should decide, re-derived plainly from
+//!   the config's values;
 //! * [`run`]: the event loop (virtual clock, simulated clients and upstreams);
 //! * [`fuzz`]: random scenarios from seeds, a safety phase with faults then a liveness phase;
 //! * [`replay`]: a recorded JSON access log through a candidate config;
-//! * [`rng`]: the seeded PRNG, written out so a seed means the same bytes everywhere.
+//! * [`rng`]: the seeded PRNG, written out so a seed means the same bytes everywhere;
+//! * [`violation`]: a broken invariant, shared by the driver and the reports.
 //!
 //! No clock is read and no global randomness is drawn anywhere in this crate.
 #![forbid(unsafe_code)]
@@ -16,12 +19,14 @@
 
 pub mod driver;
 pub mod fuzz;
+pub mod oracle;
 pub mod replay;
 pub mod report;
 pub mod rng;
 pub mod run;
 pub mod scenario;
 pub mod tokens;
+pub mod violation;
 
 pub use report::Report;
 pub use run::{RunOptions, run};

@@ -39,10 +39,11 @@ use aegis_policy::{Config, Nanos, Now, Policy, RequestView, UnixMillis, Upstream
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::driver::{Driver, FaultyStore, Handled, Violation};
+use crate::driver::{Driver, FaultyStore, Handled};
 use crate::report::{LimitedKey, TransitionReport, secs};
 use crate::scenario::TokenKind;
 use crate::tokens::Minter;
+use crate::violation::Violation;
 
 const NS_PER_MS: u64 = 1_000_000;
 
@@ -581,7 +582,7 @@ pub fn replay(
                 let user = user.unwrap_or_else(|| format!("anonymous@{}", r.client_ip));
                 headers
                     .entry((user, kind))
-                    .or_insert_with_key(|(u, k)| m.headers(u, *k))
+                    .or_insert_with_key(|(u, k)| m.headers(u, *k, 0))
             }
         };
         let view = RequestView {

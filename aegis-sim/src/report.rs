@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::driver::Violation;
+use crate::violation::Violation;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TargetReport {

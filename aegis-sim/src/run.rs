@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BinaryHeap};
 use std::net::IpAddr;
 
 use aegis_policy::http::{HeaderMap, Method};
-use aegis_policy::{BreakerState, Nanos, Now, Policy, RequestView, UpstreamOutcome};
+use aegis_policy::{BreakerState, Nanos, Now, Policy, RequestView, UnixMillis, UpstreamOutcome};
 
 use crate::driver::{Driver, FaultyStore, Handled, OUTCOMES};
 use crate::report::{LimitedKey, Report, TargetReport, TraceLine};
@@ -32,6 +32,8 @@ enum Ev {
     /// keeps events 24 bytes).
     Script(u32),
     Done(u32),
+    /// The outcome of the request in this slot is lost (never reported to the policy).
+    Lost(u32),
     Tick(u32),
 }
 
@@ -76,7 +78,7 @@ impl Queue {
         };
         match ev {
             Ev::Load(_) | Ev::Script(_) => self.arrivals.push(e),
-            Ev::Done(_) | Ev::Tick(_) => self.others.push(e),
+            Ev::Done(_) | Ev::Lost(_) | Ev::Tick(_) => self.others.push(e),
         }
     }
 
@@ -108,12 +110,14 @@ fn sample(rng: &mut Rng, l: Latency) -> u64 {
 }
 
 impl Upstream {
-    /// How a request sent at `t` to `path` ends, and when (delay from `t`).
-    fn answer(&mut self, t: u64, path: &str, timeout: u64) -> (UpstreamOutcome, u64) {
+    /// How a request sent at `t` to `path` ends (`None`: its outcome is lost), and when
+    /// (delay from `t`).
+    fn answer(&mut self, t: u64, path: &str, timeout: u64) -> (Option<UpstreamOutcome>, u64) {
         let down = |d: Down, lat: u64, connect: u64| match d {
-            Down::Refused => (UpstreamOutcome::ConnectError, connect),
-            Down::Hang => (UpstreamOutcome::Timeout, timeout),
-            Down::Status(s) => (UpstreamOutcome::Status(s), lat),
+            Down::Refused => (Some(UpstreamOutcome::ConnectError), connect),
+            Down::Hang => (Some(UpstreamOutcome::Timeout), timeout),
+            Down::Lost => (None, timeout),
+            Down::Status(s) => (Some(UpstreamOutcome::Status(s)), lat),
         };
         let mut latency = self.spec.latency;
         let mut status = 200;
@@ -170,9 +174,9 @@ impl Upstream {
             None => sample(&mut self.rng, latency),
         };
         if lat >= timeout {
-            (UpstreamOutcome::Timeout, timeout)
+            (Some(UpstreamOutcome::Timeout), timeout)
         } else {
-            (UpstreamOutcome::Status(status), lat)
+            (Some(UpstreamOutcome::Status(status)), lat)
         }
     }
 }
@@ -183,17 +187,19 @@ struct LoadState {
     k: u64,
     next: u64,
     cursor: u64,
-    /// `[user][token kind]`, minted on first use.
-    headers: Vec<[Option<HeaderMap>; 4]>,
+    /// `[user][token kind]`, minted on first use (per-request kinds are minted every time).
+    headers: Vec<Vec<Option<HeaderMap>>>,
+    /// Its own stream for client cancellations, so they do not shift the other draws.
+    cancel: Rng,
 }
 
-fn kind_index(k: TokenKind) -> usize {
-    match k {
-        TokenKind::Valid => 0,
-        TokenKind::Missing => 1,
-        TokenKind::Expired => 2,
-        TokenKind::BadSignature => 3,
+/// The wall clock at virtual time `t`: the start, plus `t`, plus every clock jump so far.
+fn wall_at(s: &Scenario, t: u64) -> UnixMillis {
+    let mut ms = i128::from(s.wall_start.0) + i128::from(t / 1_000_000);
+    for j in s.clock_jumps.iter().take_while(|j| j.at <= t) {
+        ms += i128::from(j.by_ms);
     }
+    UnixMillis(u64::try_from(ms.max(0)).unwrap_or(u64::MAX))
 }
 
 /// Runs a scenario with the given seed.
@@ -220,10 +226,10 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
         ));
     }
     let empty = HeaderMap::new();
-    let mint = |user: &str, kind: TokenKind| -> HeaderMap {
+    let mint = |user: &str, kind: TokenKind, now_secs: u64| -> HeaderMap {
         minter
             .as_ref()
-            .map(|m| m.headers(user, kind))
+            .map(|m| m.headers(user, kind, now_secs))
             .unwrap_or_default()
     };
 
@@ -233,6 +239,7 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
         config.rate_limit.command_timeout,
     );
     let mut driver = Driver::new(policy, store);
+    driver.enable_oracle(&s.store_faults);
 
     // Upstreams by URL, and each (route, target)'s index into them.
     let urls: Vec<&String> = s.upstreams.keys().collect();
@@ -266,32 +273,42 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
             next: l.from,
             cursor: 0,
             headers: (0..l.users.len())
-                .map(|_| [None, None, None, None])
+                .map(|_| vec![None; TokenKind::ALL.len()])
                 .collect(),
+            cancel: Rng::derive(seed, &format!("load {i} cancel")),
         })
         .collect();
     for (i, l) in loads.iter().enumerate() {
         q.push(l.next, Ev::Load(i as u32));
     }
-    let script_headers: Vec<HeaderMap> =
-        s.requests.iter().map(|r| mint(&r.user, r.token)).collect();
+    let script_headers: Vec<HeaderMap> = s
+        .requests
+        .iter()
+        .map(|r| mint(&r.user, r.token, s.wall_start.as_secs()))
+        .collect();
     for (i, r) in s.requests.iter().enumerate() {
         q.push(r.at, Ev::Script(i as u32));
     }
     let mut script_sent: Vec<u32> = vec![0; s.requests.len()];
 
-    let mut outcomes: Vec<UpstreamOutcome> = Vec::new();
+    let mut outcomes: Vec<Option<UpstreamOutcome>> = Vec::new();
     let mut trace: Vec<TraceLine> = Vec::new();
     let mut last_t = 0u64;
 
     while let Some(Event { t, ev, .. }) = q.pop() {
         last_t = t;
-        let now = Now::virtual_at(Nanos(t), s.wall_start);
+        let now = Now {
+            mono: Nanos(t),
+            wall: wall_at(s, t),
+        };
         match ev {
             Ev::Tick(route) => driver.tick(route as usize, Nanos(t)),
-            Ev::Done(slot) => {
-                let outcome = outcomes[slot as usize];
-                if let Some((req, status)) = driver.complete(slot, outcome, now)
+            Ev::Done(slot) | Ev::Lost(slot) => {
+                let answered = match outcomes[slot as usize] {
+                    Some(outcome) => driver.complete(slot, outcome, now),
+                    None => driver.lose(slot, now),
+                };
+                if let Some((req, status)) = answered
                     && opts.trace
                     && let Some(line) = trace.get_mut(req as usize)
                 {
@@ -336,22 +353,38 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
                     .iter()
                     .find(|(_, c)| roll < *c)
                     .map_or(TokenKind::Valid, |x| x.0);
-                let headers: &HeaderMap = if kind == TokenKind::Missing || minter.is_none() {
-                    &empty
-                } else {
-                    let slot = &mut st.headers[user_i as usize][kind_index(kind)];
-                    if slot.is_none() {
-                        *slot = Some(mint(&spec.users[user_i as usize], kind));
-                    }
-                    slot.as_ref().unwrap_or(&empty)
-                };
+                let user = &spec.users[user_i as usize];
+                let fresh;
+                let headers: &HeaderMap =
+                    if (kind == TokenKind::Missing || minter.is_none()) && !spec.has_extras() {
+                        &empty
+                    } else if kind.per_request() {
+                        let mut h = mint(user, kind, now.wall.as_secs());
+                        add_extras(&mut h, spec, user_i as usize, user);
+                        fresh = h;
+                        &fresh
+                    } else {
+                        let slot = &mut st.headers[user_i as usize][kind.index()];
+                        if slot.is_none() {
+                            let mut h = if kind == TokenKind::Missing {
+                                HeaderMap::new()
+                            } else {
+                                mint(user, kind, now.wall.as_secs())
+                            };
+                            add_extras(&mut h, spec, user_i as usize, user);
+                            *slot = Some(h);
+                        }
+                        slot.as_ref().unwrap_or(&empty)
+                    };
+                let cancel = (spec.cancel_ppm > 0).then_some((spec.cancel_ppm, &mut st.cancel));
                 let peer = spec.ips[ip_i as usize];
-                let req = Req {
+                let mut req = Req {
                     method: &spec.method,
                     host: spec.host.as_deref(),
                     path,
                     headers,
                     peer,
+                    cancel,
                 };
                 send(
                     &mut driver,
@@ -360,7 +393,7 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
                     &mut q,
                     &mut outcomes,
                     opts.trace.then_some(&mut trace),
-                    &req,
+                    &mut req,
                     now,
                 );
             }
@@ -374,12 +407,20 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
                 if *sent < r.count {
                     q.push(t.saturating_add(r.every), Ev::Script(i));
                 }
-                let req = Req {
+                let fresh;
+                let headers = if r.token.per_request() {
+                    fresh = mint(&r.user, r.token, now.wall.as_secs());
+                    &fresh
+                } else {
+                    &script_headers[i as usize]
+                };
+                let mut req = Req {
                     method: &r.method,
                     host: r.host.as_deref(),
                     path: &r.path,
-                    headers: &script_headers[i as usize],
+                    headers,
                     peer: r.ip,
+                    cancel: None,
                 };
                 send(
                     &mut driver,
@@ -388,7 +429,7 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
                     &mut q,
                     &mut outcomes,
                     opts.trace.then_some(&mut trace),
-                    &req,
+                    &mut req,
                     now,
                 );
             }
@@ -411,7 +452,7 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
         for (r, states) in finals.iter().enumerate() {
             for (t, st) in states.iter().enumerate() {
                 if *st != BreakerState::Closed {
-                    driver.violations.push(crate::driver::Violation {
+                    driver.violations.push(crate::violation::Violation {
                         t_ms: end.as_millis(),
                         invariant: "liveness_all_closed",
                         detail: format!(
@@ -426,14 +467,7 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
         }
     }
     let mut report = build_report(s, seed, &driver, end, &finals);
-    for (code, want) in &s.expect.status_counts {
-        let got = report.status_counts.get(code).copied().unwrap_or(0);
-        if got != *want {
-            report
-                .expectations_failed
-                .push(format!("status {code}: expected {want}, got {got}"));
-        }
-    }
+    report.expectations_failed = expectations_failed(&s.expect, &report);
     if !report.invariant_violations.is_empty() {
         report.reproduce = Some(format!(
             "aegis-sim run {} --seed {seed}",
@@ -456,6 +490,61 @@ struct Req<'a> {
     path: &'a str,
     headers: &'a HeaderMap,
     peer: IpAddr,
+    /// The chance (per million) that the client goes away before its answer, and the dice.
+    cancel: Option<(u32, &'a mut Rng)>,
+}
+
+/// The load's other headers, for user number `i`: `x-api-key` (the user's name, or at the
+/// edges: empty, 257 and 256 bytes), a forged `x-user-id`, `content-length`, extra headers,
+/// `x-forwarded-for`, and last a pad to the header budget's edge.
+fn add_extras(h: &mut HeaderMap, spec: &crate::scenario::LoadSpec, i: usize, user: &str) {
+    use aegis_policy::http::HeaderValue;
+    if spec.api_key {
+        let key = match i % 7 {
+            0 => String::new(),
+            1 => "k".repeat(257),
+            2 => "k".repeat(256),
+            _ => user.to_owned(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&key) {
+            h.insert("x-api-key", v);
+        }
+    }
+    if spec.forge_user_id {
+        h.insert("x-user-id", HeaderValue::from_static("mallory"));
+    }
+    if !spec.content_lengths.is_empty() {
+        let n = spec.content_lengths[i % spec.content_lengths.len()];
+        h.insert("content-length", HeaderValue::from(n));
+    }
+    for k in 0..spec.extra_headers {
+        if let Ok(name) =
+            aegis_policy::http::HeaderName::from_bytes(format!("x-extra-{k}").as_bytes())
+        {
+            h.insert(name, HeaderValue::from_static("1"));
+        }
+    }
+    if spec.forwarded_for {
+        let value = match i % 5 {
+            0 => "198.51.100.7, 10.9.0.3",
+            1 => "not-an-ip, 10.9.0.3",
+            2 => "10.9.0.4",
+            3 => "203.0.113.1, 198.51.100.8, 10.9.0.3",
+            _ => "198.51.100.9",
+        };
+        h.insert("x-forwarded-for", HeaderValue::from_static(value));
+    }
+    if let Some(budget) = spec.header_budget {
+        let used: usize = h.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+        let target = (budget + i % 3).saturating_sub(1);
+        let pad = "x-pad".len() + 4;
+        if target > used + pad {
+            let value = "p".repeat(target - used - pad);
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                h.insert("x-pad", v);
+            }
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -464,9 +553,9 @@ fn send(
     upstreams: &mut [Upstream],
     target_up: &[Vec<usize>],
     q: &mut Queue,
-    outcomes: &mut Vec<UpstreamOutcome>,
+    outcomes: &mut Vec<Option<UpstreamOutcome>>,
     trace: Option<&mut Vec<TraceLine>>,
-    req: &Req<'_>,
+    req: &mut Req<'_>,
     now: Now,
 ) {
     let view = RequestView {
@@ -504,22 +593,126 @@ fn send(
         } => {
             let timeout_ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
             // The path the upstream sees (after strip_prefix / base path).
-            let (outcome, delay) = upstreams[target_up[route][target]].answer(
+            let (mut outcome, mut delay) = upstreams[target_up[route][target]].answer(
                 now.mono.0,
                 upstream_path.as_deref().unwrap_or(req.path),
                 timeout_ns,
             );
+            // A client that goes away: at a uniform instant within twice the upstream's
+            // time; before the outcome, the attempt ends cancelled then.
+            if let Some((ppm, rng)) = req.cancel.as_mut()
+                && rng.chance_ppm(*ppm)
+            {
+                let at = rng.below(delay.saturating_mul(2).max(1));
+                if at < delay {
+                    outcome = Some(UpstreamOutcome::Cancelled);
+                    delay = at;
+                }
+            }
             let slot_i = slot as usize;
             if outcomes.len() <= slot_i {
-                outcomes.resize(slot_i + 1, UpstreamOutcome::Cancelled);
+                outcomes.resize(slot_i + 1, None);
             }
             outcomes[slot_i] = outcome;
-            q.push(now.mono.0.saturating_add(delay), Ev::Done(slot));
+            let ev = if outcome.is_some() {
+                Ev::Done(slot)
+            } else {
+                Ev::Lost(slot)
+            };
+            q.push(now.mono.0.saturating_add(delay), ev);
             if let Some(tr) = line.as_mut().and_then(|tr| tr.as_mut()) {
                 tr.target = Some(driver.balancers[route].url(target).to_owned());
             }
         }
     }
+}
+
+/// The scenario's `[expect]` entries the report does not meet.
+fn expectations_failed(e: &crate::scenario::Expect, r: &Report) -> Vec<String> {
+    let mut failed = Vec::new();
+    let status = |code: &u16| r.status_counts.get(code).copied().unwrap_or(0);
+    for (code, want) in &e.status_counts {
+        let got = status(code);
+        if got != *want {
+            failed.push(format!("status {code}: expected {want}, got {got}"));
+        }
+    }
+    for (code, least) in &e.status_at_least {
+        let got = status(code);
+        if got < *least {
+            failed.push(format!(
+                "status {code}: expected at least {least}, got {got}"
+            ));
+        }
+    }
+    for (code, most) in &e.status_at_most {
+        let got = status(code);
+        if got > *most {
+            failed.push(format!("status {code}: expected at most {most}, got {got}"));
+        }
+    }
+    if let Some(want) = e.requests
+        && want != r.requests
+    {
+        failed.push(format!("requests: expected {want}, got {}", r.requests));
+    }
+    let timeline: Vec<String> = r
+        .transitions
+        .iter()
+        .map(|x| {
+            format!(
+                "{} {} {}>{}",
+                crate::report::secs(x.t_ms),
+                x.target,
+                x.from,
+                x.to
+            )
+        })
+        .collect();
+    if let Some(want) = &e.transitions
+        && *want != timeline
+    {
+        failed.push(format!(
+            "transitions: expected [{}], got [{}]",
+            want.join(", "),
+            timeline.join(", ")
+        ));
+    }
+    if let Some(want) = e.transition_count
+        && want != timeline.len() as u64
+    {
+        failed.push(format!(
+            "transition_count: expected {want}, got {}",
+            timeline.len()
+        ));
+    }
+    if let Some(want) = &e.limited_keys {
+        let got: BTreeMap<String, u64> = r
+            .limited_keys
+            .iter()
+            .map(|k| (k.key.clone(), k.limited))
+            .collect();
+        if *want != got {
+            failed.push(format!("limited_keys: expected {want:?}, got {got:?}"));
+        }
+    }
+    if let Some(want) = e.store_errors
+        && want != r.store_errors
+    {
+        failed.push(format!(
+            "store_errors: expected {want}, got {}",
+            r.store_errors
+        ));
+    }
+    if let Some(want) = e.admitted_unchecked
+        && want != r.admitted_unchecked
+    {
+        failed.push(format!(
+            "admitted_unchecked: expected {want}, got {}",
+            r.admitted_unchecked
+        ));
+    }
+    failed
 }
 
 fn build_report(

@@ -64,6 +64,10 @@ pub enum Down {
     Hang,
     /// Answers this status.
     Status(u16),
+    /// The outcome is lost: it never reaches the gateway's policy (a shell bug, a task that
+    /// died). The client gets a 504 from the shell's own deadline; the policy's only way out
+    /// is the breaker's `probe_timeout`.
+    Lost,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,21 +121,73 @@ impl Default for UpstreamSpec {
     }
 }
 
-/// What a simulated client puts in `Authorization`.
+/// What a simulated client puts in `Authorization`. The edge kinds are minted at the
+/// instant the request is sent, relative to its wall time and the config's leeway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum TokenKind {
     Valid,
     Missing,
+    /// Expired a day before the run, far past any leeway.
     Expired,
     BadSignature,
+    /// `exp` one second inside the leeway: still accepted.
+    ExpiredInLeeway,
+    /// `exp` exactly at the leeway's end: refused as expired.
+    ExpiredPastLeeway,
+    /// `nbf` at the far end of the leeway: accepted.
+    NbfInLeeway,
+    /// `nbf` one second beyond the leeway: refused as not yet valid.
+    NbfPastLeeway,
+    /// `iss` other than the configured issuer (valid when none is configured).
+    WrongIssuer,
+    /// `aud` other than the configured audience (valid when none is configured).
+    WrongAudience,
+    /// No `exp` claim (refused when `require_exp`, the default).
+    NoExp,
+    /// `Authorization: Basic ...`: not a bearer token.
+    NotBearer,
+    /// Signed with the secret under an HMAC algorithm the config does not allow (valid when
+    /// it allows all three).
+    OtherAlg,
+    /// `aud` as a list holding the configured audience among others.
+    AudienceList,
+    /// An empty identity claim.
+    EmptyUser,
+    /// No identity claim (neither the configured one nor `sub`).
+    NoUser,
+    /// `exp` as a fraction of a second (NumericDate allows it).
+    FractionalExp,
+    /// A negative `exp`.
+    NegativeExp,
+    /// Claims a public-key signature (the first such algorithm the config allows, else
+    /// EdDSA): a forgery, since the simulator holds no private key.
+    Forged,
+    /// `aud` as a list without the configured audience.
+    WrongAudienceList,
 }
 
 impl TokenKind {
-    pub const ALL: [TokenKind; 4] = [
+    pub const ALL: [TokenKind; 20] = [
         TokenKind::Valid,
         TokenKind::Missing,
         TokenKind::Expired,
         TokenKind::BadSignature,
+        TokenKind::ExpiredInLeeway,
+        TokenKind::ExpiredPastLeeway,
+        TokenKind::NbfInLeeway,
+        TokenKind::NbfPastLeeway,
+        TokenKind::WrongIssuer,
+        TokenKind::WrongAudience,
+        TokenKind::NoExp,
+        TokenKind::NotBearer,
+        TokenKind::OtherAlg,
+        TokenKind::AudienceList,
+        TokenKind::EmptyUser,
+        TokenKind::NoUser,
+        TokenKind::FractionalExp,
+        TokenKind::NegativeExp,
+        TokenKind::Forged,
+        TokenKind::WrongAudienceList,
     ];
 
     pub fn name(self) -> &'static str {
@@ -140,7 +196,39 @@ impl TokenKind {
             TokenKind::Missing => "missing",
             TokenKind::Expired => "expired",
             TokenKind::BadSignature => "bad_signature",
+            TokenKind::ExpiredInLeeway => "expired_in_leeway",
+            TokenKind::ExpiredPastLeeway => "expired_past_leeway",
+            TokenKind::NbfInLeeway => "nbf_in_leeway",
+            TokenKind::NbfPastLeeway => "nbf_past_leeway",
+            TokenKind::WrongIssuer => "wrong_issuer",
+            TokenKind::WrongAudience => "wrong_audience",
+            TokenKind::NoExp => "no_exp",
+            TokenKind::NotBearer => "not_bearer",
+            TokenKind::OtherAlg => "other_alg",
+            TokenKind::AudienceList => "audience_list",
+            TokenKind::EmptyUser => "empty_user",
+            TokenKind::NoUser => "no_user",
+            TokenKind::FractionalExp => "fractional_exp",
+            TokenKind::NegativeExp => "negative_exp",
+            TokenKind::Forged => "forged",
+            TokenKind::WrongAudienceList => "wrong_audience_list",
         }
+    }
+
+    /// Minted per request, from the request's wall time (the others are minted once per user).
+    pub fn per_request(self) -> bool {
+        matches!(
+            self,
+            TokenKind::ExpiredInLeeway
+                | TokenKind::ExpiredPastLeeway
+                | TokenKind::NbfInLeeway
+                | TokenKind::NbfPastLeeway
+        )
+    }
+
+    /// Index into [`TokenKind::ALL`].
+    pub fn index(self) -> usize {
+        TokenKind::ALL.iter().position(|k| *k == self).unwrap_or(0)
     }
 
     fn parse(path: &str, s: &str) -> Result<TokenKind, ScenarioError> {
@@ -148,9 +236,10 @@ impl TokenKind {
             .into_iter()
             .find(|k| k.name() == s)
             .ok_or_else(|| {
+                let names: Vec<&str> = TokenKind::ALL.iter().map(|k| k.name()).collect();
                 ScenarioError::new(
                     path,
-                    format!("{s:?} is not a token kind (valid, missing, expired, bad_signature)"),
+                    format!("{s:?} is not a token kind ({})", names.join(", ")),
                 )
             })
     }
@@ -174,6 +263,35 @@ pub struct LoadSpec {
     pub sequential: bool,
     /// Cumulative weights (per million of the total) of each token kind.
     pub tokens: Vec<(TokenKind, u64)>,
+    /// Send `x-api-key: <user>` with every request (for `key = "header:x-api-key"` limits).
+    pub api_key: bool,
+    /// Send a forged `x-user-id: mallory` with every request: it must never reach an upstream.
+    pub forge_user_id: bool,
+    /// Send `content-length` with one of these values (by user: user i sends value i mod n).
+    pub content_lengths: Vec<u64>,
+    /// Send this many extra headers (`x-extra-0: 1` ...).
+    pub extra_headers: u32,
+    /// Pad the headers (`x-pad`) to one byte under, exactly at, or one byte over this size
+    /// (by user), as the gateway counts them: name, value and 4 bytes each.
+    pub header_budget: Option<usize>,
+    /// Send `x-forwarded-for` (values by user: a client behind a trusted proxy, an unparsable
+    /// entry, only trusted proxies, two untrusted addresses before a proxy, a bare client).
+    pub forwarded_for: bool,
+    /// Fraction (per million) of requests whose client goes away before the answer: the
+    /// upstream attempt ends as `Cancelled` at a uniform instant before its outcome.
+    pub cancel_ppm: u32,
+}
+
+impl LoadSpec {
+    /// Whether requests carry headers besides the token.
+    pub fn has_extras(&self) -> bool {
+        self.api_key
+            || self.forge_user_id
+            || !self.content_lengths.is_empty()
+            || self.extra_headers > 0
+            || self.header_budget.is_some()
+            || self.forwarded_for
+    }
 }
 
 /// `count` requests at `at`, `at + every`, ...
@@ -198,12 +316,47 @@ pub struct StoreFault {
     pub slow: Option<u64>,
 }
 
+/// The wall clock steps (an NTP correction) by `by_ms` at virtual time `at`; the monotonic
+/// clock the breakers use does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClockJump {
+    pub at: u64,
+    pub by_ms: i64,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Expect {
     /// Liveness: once the load has ended and every outcome is in, every breaker is CLOSED.
     pub all_closed_at_end: bool,
     /// Exact counts for the statuses listed.
     pub status_counts: BTreeMap<u16, u64>,
+    /// Lower and upper bounds for the statuses listed.
+    pub status_at_least: BTreeMap<u16, u64>,
+    pub status_at_most: BTreeMap<u16, u64>,
+    /// Exact number of requests.
+    pub requests: Option<u64>,
+    /// The exact breaker timeline: `"<t> <target url> <FROM>><TO>"`, e.g.
+    /// `"13.506s http://user-service-1:3001 CLOSED>OPEN"`.
+    pub transitions: Option<Vec<String>>,
+    /// Exact number of breaker transitions (for timelines too long to list).
+    pub transition_count: Option<u64>,
+    /// Exact 429 counts per counter key; keys not listed must have none.
+    pub limited_keys: Option<BTreeMap<String, u64>>,
+    pub store_errors: Option<u64>,
+    pub admitted_unchecked: Option<u64>,
+}
+
+impl Expect {
+    /// True when the scenario states what it expects of its outcome (a status count or
+    /// bound) and of its breakers (a timeline, its length, or liveness).
+    pub fn states_outcome(&self) -> bool {
+        let statuses = !self.status_counts.is_empty()
+            || !self.status_at_least.is_empty()
+            || !self.status_at_most.is_empty();
+        let breakers =
+            self.transitions.is_some() || self.transition_count.is_some() || self.all_closed_at_end;
+        statuses && breakers
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -221,6 +374,7 @@ pub struct Scenario {
     pub loads: Vec<LoadSpec>,
     pub requests: Vec<ScriptSpec>,
     pub store_faults: Vec<StoreFault>,
+    pub clock_jumps: Vec<ClockJump>,
     pub expect: Expect,
 }
 
@@ -248,7 +402,17 @@ struct RawScenario {
     requests: Vec<RawScript>,
     #[serde(default)]
     store_faults: Vec<RawStoreFault>,
+    #[serde(default)]
+    clock_jumps: Vec<RawClockJump>,
     expect: Option<RawExpect>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClockJump {
+    at: String,
+    /// `"30s"` forward, `"-1500ms"` back.
+    by: String,
 }
 
 #[derive(Debug, Deserialize, Default, Clone)]
@@ -307,6 +471,13 @@ struct RawLoad {
     users: Option<RawPool>,
     pick: Option<String>,
     tokens: Option<BTreeMap<String, f64>>,
+    api_key: Option<bool>,
+    forge_user_id: Option<bool>,
+    content_lengths: Option<Vec<u64>>,
+    extra_headers: Option<u32>,
+    header_budget: Option<usize>,
+    forwarded_for: Option<bool>,
+    cancel: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -337,6 +508,14 @@ struct RawStoreFault {
 struct RawExpect {
     all_closed_at_end: Option<bool>,
     status_counts: Option<BTreeMap<String, u64>>,
+    status_at_least: Option<BTreeMap<String, u64>>,
+    status_at_most: Option<BTreeMap<String, u64>>,
+    requests: Option<u64>,
+    transitions: Option<Vec<String>>,
+    transition_count: Option<u64>,
+    limited_keys: Option<BTreeMap<String, u64>>,
+    store_errors: Option<u64>,
+    admitted_unchecked: Option<u64>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -472,13 +651,16 @@ fn down(path: &str, kind: &str, status_raw: Option<u16>) -> Result<Down, Scenari
     match kind {
         "refused" => Ok(Down::Refused),
         "hang" => Ok(Down::Hang),
+        "lose" => Ok(Down::Lost),
         "status" => Ok(Down::Status(status(
             &format!("{path}.status"),
             status_raw.unwrap_or(500),
         )?)),
         other => Err(ScenarioError::new(
             path,
-            format!("{other:?} is not a way to be down (\"refused\", \"hang\" or \"status\")"),
+            format!(
+                "{other:?} is not a way to be down (\"refused\", \"hang\", \"lose\" or \"status\")"
+            ),
         )),
     }
 }
@@ -487,7 +669,7 @@ fn fault(path: &str, f: &RawFault) -> Result<UpstreamFault, ScenarioError> {
     let (from, until) = window(path, &f.from, &f.until)?;
     let kp = format!("{path}.kind");
     let kind = match f.kind.as_str() {
-        "refused" | "hang" | "status" => FaultKind::Down(down(&kp, &f.kind, f.status)?),
+        "refused" | "hang" | "lose" | "status" => FaultKind::Down(down(&kp, &f.kind, f.status)?),
         "errors" => FaultKind::Errors {
             ppm: ppm(&format!("{path}.rate"), f.rate.unwrap_or(1.0))?,
             status: status(&format!("{path}.status"), f.status.unwrap_or(500))?,
@@ -533,7 +715,9 @@ fn fault(path: &str, f: &RawFault) -> Result<UpstreamFault, ScenarioError> {
         other => {
             return Err(ScenarioError::new(
                 kp,
-                format!("{other:?} is not a fault (refused, hang, status, errors, slow, flap)"),
+                format!(
+                    "{other:?} is not a fault (refused, hang, lose, status, errors, slow, flap)"
+                ),
             ));
         }
     };
@@ -721,6 +905,13 @@ fn load(i: usize, raw: &RawLoad) -> Result<LoadSpec, ScenarioError> {
         users: pool_users(&p("users"), raw.users.as_ref())?,
         sequential,
         tokens,
+        api_key: raw.api_key.unwrap_or(false),
+        forge_user_id: raw.forge_user_id.unwrap_or(false),
+        content_lengths: raw.content_lengths.clone().unwrap_or_default(),
+        extra_headers: raw.extra_headers.unwrap_or(0).min(64),
+        header_budget: raw.header_budget,
+        forwarded_for: raw.forwarded_for.unwrap_or(false),
+        cancel_ppm: ppm(&p("cancel"), raw.cancel.unwrap_or(0.0))?,
     })
 }
 
@@ -894,6 +1085,24 @@ fn validate(raw: RawScenario, name: &str, base: &Path) -> Result<Scenario, Scena
         store_faults.push(StoreFault { from, until, slow });
     }
 
+    let mut clock_jumps = Vec::new();
+    for (i, j) in raw.clock_jumps.iter().enumerate() {
+        let p = format!("clock_jumps[{i}]");
+        let at = dur(&format!("{p}.at"), &j.at)?;
+        let (neg, by) = match j.by.trim().strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, j.by.trim()),
+        };
+        let ms = dur(&format!("{p}.by"), by)? / NS_PER_MS;
+        let ms =
+            i64::try_from(ms).map_err(|_| ScenarioError::new(format!("{p}.by"), "is too large"))?;
+        clock_jumps.push(ClockJump {
+            at,
+            by_ms: if neg { -ms } else { ms },
+        });
+    }
+    clock_jumps.sort_by_key(|j| j.at);
+
     let last_arrival = loads
         .iter()
         .map(|l| l.until)
@@ -917,19 +1126,32 @@ fn validate(raw: RawScenario, name: &str, base: &Path) -> Result<Scenario, Scena
     let mut expect = Expect::default();
     if let Some(e) = raw.expect {
         expect.all_closed_at_end = e.all_closed_at_end.unwrap_or(false);
-        for (k, v) in e.status_counts.unwrap_or_default() {
-            let code = k
-                .parse::<u16>()
-                .ok()
-                .filter(|c| (100..=599).contains(c))
-                .ok_or_else(|| {
-                    ScenarioError::new(
-                        format!("expect.status_counts.{k}"),
-                        format!("{k:?} is not an HTTP status"),
-                    )
-                })?;
-            expect.status_counts.insert(code, v);
-        }
+        let codes = |name: &str, m: Option<BTreeMap<String, u64>>| {
+            let mut out = BTreeMap::new();
+            for (k, v) in m.unwrap_or_default() {
+                let code = k
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|c| (100..=599).contains(c))
+                    .ok_or_else(|| {
+                        ScenarioError::new(
+                            format!("expect.{name}.{k}"),
+                            format!("{k:?} is not an HTTP status"),
+                        )
+                    })?;
+                out.insert(code, v);
+            }
+            Ok::<_, ScenarioError>(out)
+        };
+        expect.status_counts = codes("status_counts", e.status_counts)?;
+        expect.status_at_least = codes("status_at_least", e.status_at_least)?;
+        expect.status_at_most = codes("status_at_most", e.status_at_most)?;
+        expect.requests = e.requests;
+        expect.transitions = e.transitions;
+        expect.transition_count = e.transition_count;
+        expect.limited_keys = e.limited_keys;
+        expect.store_errors = e.store_errors;
+        expect.admitted_unchecked = e.admitted_unchecked;
     }
 
     Ok(Scenario {
@@ -943,6 +1165,7 @@ fn validate(raw: RawScenario, name: &str, base: &Path) -> Result<Scenario, Scena
         loads,
         requests,
         store_faults,
+        clock_jumps,
         expect,
     })
 }

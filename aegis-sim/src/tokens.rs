@@ -4,6 +4,8 @@
 
 use aegis_policy::config::{AuthConfig, JwtAlgorithm};
 use aegis_policy::http::{HeaderMap, HeaderValue, header::AUTHORIZATION};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Map, Value};
 
@@ -14,6 +16,11 @@ const DAY_SECS: u64 = 86_400;
 /// Mints tokens of every [`TokenKind`] for any user.
 pub struct Minter {
     alg: Algorithm,
+    /// An HMAC algorithm the config does not allow, if there is one.
+    other_alg: Option<Algorithm>,
+    /// The forgery's algorithm and signature length: the first public-key algorithm the
+    /// config allows (EdDSA when it allows none).
+    forged: (&'static str, usize),
     key: EncodingKey,
     wrong_key: EncodingKey,
     user_claim: String,
@@ -24,6 +31,7 @@ pub struct Minter {
     exp: u64,
     /// `exp` of expired ones: past even with the leeway.
     expired_exp: u64,
+    leeway: u64,
 }
 
 impl std::fmt::Debug for Minter {
@@ -46,10 +54,35 @@ impl Minter {
             JwtAlgorithm::HS512 => Algorithm::HS512,
             _ => Algorithm::HS256,
         };
+        let allowed = |a: JwtAlgorithm| auth.algorithms.contains(&a);
+        let other_alg = [
+            (JwtAlgorithm::HS256, Algorithm::HS256),
+            (JwtAlgorithm::HS384, Algorithm::HS384),
+            (JwtAlgorithm::HS512, Algorithm::HS512),
+        ]
+        .into_iter()
+        .find(|(a, _)| !allowed(*a))
+        .map(|(_, alg)| alg);
         let wrong = format!("{}-not-the-secret", secret.0);
         let leeway = auth.leeway.as_secs();
+        let forged = auth
+            .algorithms
+            .iter()
+            .find_map(|a| match a {
+                JwtAlgorithm::EdDSA => Some(("EdDSA", 64)),
+                JwtAlgorithm::ES256 => Some(("ES256", 64)),
+                JwtAlgorithm::ES384 => Some(("ES384", 96)),
+                JwtAlgorithm::RS256 | JwtAlgorithm::RS384 | JwtAlgorithm::RS512 => {
+                    Some((a.name(), 256))
+                }
+                JwtAlgorithm::PS256 => Some(("PS256", 256)),
+                _ => None,
+            })
+            .unwrap_or(("EdDSA", 64));
         Some(Minter {
             alg,
+            other_alg,
+            forged,
             key: EncodingKey::from_secret(secret.0.as_bytes()).ok()?,
             wrong_key: EncodingKey::from_secret(wrong.as_bytes()).ok()?,
             user_claim: auth.user_claim.clone(),
@@ -58,39 +91,102 @@ impl Minter {
             iat: start_secs,
             exp: end_secs.saturating_add(DAY_SECS),
             expired_exp: start_secs.saturating_sub(leeway + DAY_SECS),
+            leeway,
         })
     }
 
-    /// The bare token, or `None` for [`TokenKind::Missing`].
-    pub fn token(&self, user: &str, kind: TokenKind) -> Option<String> {
-        let (exp, key) = match kind {
-            TokenKind::Missing => return None,
-            TokenKind::Valid => (self.exp, &self.key),
-            TokenKind::Expired => (self.expired_exp, &self.key),
-            TokenKind::BadSignature => (self.exp, &self.wrong_key),
-        };
-        let mut claims = Map::new();
-        claims.insert(self.user_claim.clone(), Value::from(user));
-        claims.insert(
-            "iat".into(),
-            Value::from(self.iat.min(exp.saturating_sub(1))),
-        );
-        claims.insert("exp".into(), Value::from(exp));
-        if let Some(i) = &self.issuer {
-            claims.insert("iss".into(), Value::from(i.as_str()));
+    /// The bare token, or `None` for [`TokenKind::Missing`] and [`TokenKind::NotBearer`].
+    /// `now_secs` is the request's wall time: the edge kinds are minted relative to it.
+    pub fn token(&self, user: &str, kind: TokenKind, now_secs: u64) -> Option<String> {
+        let mut exp = Some(self.exp);
+        let mut nbf = None;
+        let mut key = &self.key;
+        let mut iss = self.issuer.clone();
+        let mut aud = self.audience.clone().map(Value::from);
+        let mut user = Some(Value::from(user));
+        let mut alg = self.alg;
+        match kind {
+            TokenKind::Missing | TokenKind::NotBearer => return None,
+            TokenKind::Valid => {}
+            TokenKind::Expired => exp = Some(self.expired_exp),
+            TokenKind::BadSignature => key = &self.wrong_key,
+            // Refused when now >= exp + leeway: one second short of that, and exactly that.
+            TokenKind::ExpiredInLeeway => {
+                exp = Some((now_secs + 1).saturating_sub(self.leeway));
+            }
+            TokenKind::ExpiredPastLeeway => exp = Some(now_secs.saturating_sub(self.leeway)),
+            // Refused when now + leeway < nbf.
+            TokenKind::NbfInLeeway => nbf = Some(now_secs + self.leeway),
+            TokenKind::NbfPastLeeway => nbf = Some(now_secs + self.leeway + 1),
+            TokenKind::WrongIssuer => iss = Some(format!("not-{}", iss.unwrap_or_default())),
+            TokenKind::WrongAudience => {
+                let configured = self.audience.clone().unwrap_or_default();
+                aud = Some(Value::from(format!("not-{configured}")));
+            }
+            TokenKind::NoExp => exp = None,
+            TokenKind::OtherAlg => alg = self.other_alg.unwrap_or(self.alg),
+            TokenKind::AudienceList => {
+                let mut list = vec![Value::from("someone-else")];
+                list.extend(self.audience.clone().map(Value::from));
+                aud = Some(Value::Array(list));
+            }
+            TokenKind::EmptyUser => user = Some(Value::from("")),
+            TokenKind::NoUser => user = None,
+            TokenKind::WrongAudienceList => {
+                aud = Some(Value::Array(vec![Value::from("someone-else")]));
+            }
+            TokenKind::FractionalExp | TokenKind::NegativeExp | TokenKind::Forged => {}
         }
-        if let Some(a) = &self.audience {
-            claims.insert("aud".into(), Value::from(a.as_str()));
+        let mut claims = Map::new();
+        if let Some(u) = user {
+            claims.insert(self.user_claim.clone(), u);
+        }
+        let iat = exp.map_or(self.iat, |e| self.iat.min(e.saturating_sub(1)));
+        claims.insert("iat".into(), Value::from(iat));
+        match (kind, exp) {
+            (TokenKind::FractionalExp, Some(e)) => {
+                claims.insert("exp".into(), Value::from(e as f64 + 0.5));
+            }
+            (TokenKind::NegativeExp, _) => {
+                claims.insert("exp".into(), Value::from(-1.5));
+            }
+            (_, Some(e)) => {
+                claims.insert("exp".into(), Value::from(e));
+            }
+            (_, None) => {}
+        }
+        if let Some(n) = nbf {
+            claims.insert("nbf".into(), Value::from(n));
+        }
+        if let Some(i) = iss {
+            claims.insert("iss".into(), Value::from(i));
+        }
+        if let Some(a) = aud {
+            claims.insert("aud".into(), a);
+        }
+        if kind == TokenKind::Forged {
+            // A well-formed token whose signature (of the right length) nobody made.
+            let (alg, len) = self.forged;
+            let header = URL_SAFE_NO_PAD.encode(format!(r#"{{"typ":"JWT","alg":"{alg}"}}"#));
+            let body = URL_SAFE_NO_PAD.encode(Value::Object(claims).to_string());
+            let sig = URL_SAFE_NO_PAD.encode(vec![7u8; len]);
+            return Some(format!("{header}.{body}.{sig}"));
         }
         // Signing an in-memory JSON object with an HMAC key cannot fail.
-        jsonwebtoken::encode(&Header::new(self.alg), &claims, key).ok()
+        jsonwebtoken::encode(&Header::new(alg), &claims, key).ok()
     }
 
-    /// Request headers carrying `kind` for `user`.
-    pub fn headers(&self, user: &str, kind: TokenKind) -> HeaderMap {
+    /// Request headers carrying `kind` for `user` at wall second `now_secs`.
+    pub fn headers(&self, user: &str, kind: TokenKind, now_secs: u64) -> HeaderMap {
         let mut h = HeaderMap::new();
-        if let Some(t) = self.token(user, kind)
-            && let Ok(v) = HeaderValue::from_str(&format!("Bearer {t}"))
+        let value = match kind {
+            TokenKind::NotBearer => Some(format!("Basic {user}")),
+            _ => self
+                .token(user, kind, now_secs)
+                .map(|t| format!("Bearer {t}")),
+        };
+        if let Some(v) = value
+            && let Ok(v) = HeaderValue::from_str(&v)
         {
             h.insert(AUTHORIZATION, v);
         }
@@ -114,16 +210,70 @@ mod tests {
         let m = Minter::new(auth, 1_800_000_000, 1_800_000_100).unwrap();
         let v = Verifier::new(auth).unwrap();
         let now = UnixMillis(1_800_000_050_000);
-        let ok = v.verify_token(&m.token("alice", TokenKind::Valid).unwrap(), now);
+        let ok = v.verify_token(&m.token("alice", TokenKind::Valid, 0).unwrap(), now);
         assert_eq!(ok.unwrap(), "alice");
-        let exp = v.verify_token(&m.token("alice", TokenKind::Expired).unwrap(), now);
+        let exp = v.verify_token(&m.token("alice", TokenKind::Expired, 0).unwrap(), now);
         assert_eq!(exp.unwrap_err().reason(), "expired");
-        let bad = v.verify_token(&m.token("alice", TokenKind::BadSignature).unwrap(), now);
+        let bad = v.verify_token(&m.token("alice", TokenKind::BadSignature, 0).unwrap(), now);
         assert_eq!(bad.unwrap_err().reason(), "bad_signature");
-        assert!(m.token("alice", TokenKind::Missing).is_none());
+        assert!(m.token("alice", TokenKind::Missing, 0).is_none());
+        // The edges, at the request's own second, against the config's 30 s leeway.
+        let at = |k: TokenKind| v.verify_token(&m.token("alice", k, 1_800_000_050).unwrap(), now);
+        assert!(at(TokenKind::ExpiredInLeeway).is_ok());
         assert_eq!(
-            m.token("bob", TokenKind::Valid),
-            m.token("bob", TokenKind::Valid),
+            at(TokenKind::ExpiredPastLeeway).unwrap_err().reason(),
+            "expired"
+        );
+        assert!(at(TokenKind::NbfInLeeway).is_ok());
+        assert_eq!(
+            at(TokenKind::NbfPastLeeway).unwrap_err().reason(),
+            "not_yet_valid"
+        );
+        assert_eq!(
+            at(TokenKind::WrongIssuer).unwrap_err().reason(),
+            "wrong_issuer"
+        );
+        assert!(
+            at(TokenKind::WrongAudience).is_ok(),
+            "no audience configured"
+        );
+        assert_eq!(at(TokenKind::NoExp).unwrap_err().reason(), "missing_claim");
+        let reason = |k: TokenKind| at(k).map_err(|e| e.reason());
+        assert_eq!(reason(TokenKind::OtherAlg), Err("algorithm_not_allowed"));
+        assert!(reason(TokenKind::AudienceList).is_ok());
+        assert_eq!(reason(TokenKind::EmptyUser), Err("malformed"));
+        assert_eq!(reason(TokenKind::NoUser), Err("missing_claim"));
+        assert!(reason(TokenKind::FractionalExp).is_ok());
+        assert_eq!(reason(TokenKind::NegativeExp), Err("malformed"));
+        assert_eq!(reason(TokenKind::Forged), Err("algorithm_not_allowed"));
+        // Under allowed public-key algorithms, a forgery's signature does not verify.
+        let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/../aegis-policy/tests/keys/");
+        for (alg, file) in [
+            ("ES256", "ec_public.pem"),
+            ("RS256", "rsa_public.pem"),
+            ("EdDSA", "ed_public.pem"),
+        ] {
+            let text = format!(
+                "[auth]\nsecret = \"s3\"\nalgorithms = [\"HS256\", \"{alg}\"]\npublic_key_file = \"{file}\"\n[[routes]]\npath = \"/\"\ntargets = [\"http://a:1\"]\nauth = true\n"
+            );
+            let env = crate::scenario::ScenarioEnv {
+                vars: Default::default(),
+                base: keys.into(),
+            };
+            let c = Config::from_toml(&text, &env).unwrap();
+            let auth = c.auth.as_ref().unwrap();
+            let m = Minter::new(auth, 1_800_000_000, 1_800_000_100).unwrap();
+            let v = Verifier::new(auth).unwrap();
+            let forged = m.token("alice", TokenKind::Forged, 0).unwrap();
+            assert_eq!(
+                v.verify_token(&forged, now).unwrap_err().reason(),
+                "bad_signature",
+                "{alg}"
+            );
+        }
+        assert_eq!(
+            m.token("bob", TokenKind::Valid, 0),
+            m.token("bob", TokenKind::Valid, 0),
             "deterministic"
         );
     }

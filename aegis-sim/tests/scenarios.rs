@@ -326,6 +326,35 @@ fn every_shipped_scenario_is_asserted() {
     );
 }
 
+/// Every scenario file states what it expects (statuses, and its breakers' timeline or
+/// liveness) in its own `[expect]`, so that `aegis-sim run` fails, and not only this test,
+/// when the outcome moves: a scenario cannot pass by merely running.
+#[test]
+fn every_shipped_scenario_states_its_expectations() {
+    for entry in std::fs::read_dir(scenarios_dir()).expect("scenarios/ is readable") {
+        let path = entry.expect("readable entry").path();
+        if path.extension().is_none_or(|x| x != "toml") {
+            continue;
+        }
+        let s = Scenario::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(
+            s.expect.states_outcome(),
+            "{}: [expect] must state status counts or bounds and the breakers' timeline (transitions, transition_count or all_closed_at_end)",
+            path.display()
+        );
+        let r = run(path
+            .file_stem()
+            .and_then(|x| x.to_str())
+            .unwrap_or_default());
+        assert_eq!(
+            r.expectations_failed,
+            Vec::<String>::new(),
+            "{}",
+            path.display()
+        );
+    }
+}
+
 /// The walkthrough with open_for = 3 s, run by the simulator, gives the same status and the
 /// same upstream for each of its 35 requests as the real gateway did (`aegis demo
 /// --open-for 3s`, recorded by tests/fixtures/record-walkthrough.py): 401, 10 × 200 then
