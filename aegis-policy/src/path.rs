@@ -165,10 +165,15 @@ pub fn lenient_view(path: &str) -> Option<String> {
     for seg in path.split('/').skip(1) {
         let mut seg = seg.split(';').next().unwrap_or_default();
         loop {
+            // A trailing `.` goes unless only dots are left (`..` is a dot segment).
             let trimmed = seg
                 .strip_suffix("%20")
                 .or_else(|| seg.strip_suffix("%00"))
-                .or_else(|| (seg.len() > 2).then(|| seg.strip_suffix('.')).flatten());
+                .or_else(|| {
+                    (seg.bytes().any(|b| b != b'.'))
+                        .then(|| seg.strip_suffix('.'))
+                        .flatten()
+                });
             match trimmed {
                 Some(t) => seg = t,
                 None => break,

@@ -270,7 +270,7 @@ impl Oracle {
             None => (req.path_and_query, None),
         };
         let normal = match route::normal_path(raw) {
-            Some(p) if raw.starts_with('/') => p,
+            Some(p) if raw.starts_with('/') && !route::refused(raw) => p,
             _ => return Some((refuse(400, "bad_request", None, None), None)),
         };
         let id = match route::find(&self.config.routes, req.method, req.host, &normal) {
@@ -281,6 +281,19 @@ impl Oracle {
             }
         };
         let route = &self.config.routes[id];
+        // A path a lenient backend reads as a more protected route is refused.
+        let lenient = route::lenient(&normal);
+        if lenient != normal
+            && let Routed::Route(other) =
+                route::find(&self.config.routes, req.method, req.host, &lenient)
+        {
+            let o = &self.config.routes[other];
+            let stricter =
+                (o.auth && !route.auth) || (o.rate_limit.is_some() && route.rate_limit.is_none());
+            if other != id && stricter {
+                return Some((refuse(400, "bad_request", None, None), None));
+            }
+        }
         let user = if route.auth {
             let auth = self.auth.as_mut()?;
             match auth.check(req.headers, wall_ms) {

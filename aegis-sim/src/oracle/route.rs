@@ -4,6 +4,10 @@
 //!   characters (letters, digits, `-._~`) are decoded, other escapes upper-cased, a `%` without
 //!   two hex digits is a 400; empty and `.` segments vanish, `..` removes the segment before
 //!   it (never above the root); a path that ended in `/`, `.` or `..` keeps a trailing `/`;
+//! * refused (400), whatever it would normalise to: a raw `\`; an escape of `/`, `\`, a
+//!   control character (`%00`-`%1F`, `%7F`); `%25` followed by two hex digits; escapes that
+//!   together do not decode to UTF-8; a `.` or `..` segment followed by `;` (after escapes of
+//!   unreserved characters are decoded);
 //! * a route matches when its host pattern (if any) matches the request's host (port
 //!   dropped, case ignored; `*.x` needs at least one label before `.x`) and its path is the
 //!   whole request path or the request path continues it with a `/` (`/` matches anything);
@@ -79,6 +83,73 @@ pub fn normal_path(raw: &str) -> Option<String> {
         out.push('/');
     }
     Some(out)
+}
+
+/// Whether the policy refuses `raw` outright (see the module's rules).
+pub fn refused(raw: &str) -> bool {
+    if raw.contains('\\') {
+        return true;
+    }
+    let bytes = raw.as_bytes();
+    let mut decoded: Vec<u8> = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'%' {
+            decoded.push(bytes[i]);
+            i += 1;
+            continue;
+        }
+        let (Some(hi), Some(lo)) = (
+            bytes.get(i + 1).and_then(|&c| hex_value(c)),
+            bytes.get(i + 2).and_then(|&c| hex_value(c)),
+        ) else {
+            // A broken escape: normal_path refuses it.
+            return false;
+        };
+        let b = hi * 16 + lo;
+        if b == b'/' || b == b'\\' || b < 0x20 || b == 0x7f {
+            return true;
+        }
+        let next_two_hex = bytes.get(i + 3).and_then(|&c| hex_value(c)).is_some()
+            && bytes.get(i + 4).and_then(|&c| hex_value(c)).is_some();
+        if b == b'%' && next_two_hex {
+            return true;
+        }
+        decoded.push(b);
+        i += 3;
+    }
+    if std::str::from_utf8(&decoded).is_err() {
+        return true;
+    }
+    // Dot segments with parameters, once escapes of unreserved characters are decoded.
+    let text = String::from_utf8_lossy(&decoded);
+    text.split('/')
+        .any(|s| s.starts_with(".;") || s.starts_with("..;"))
+}
+
+/// How the most lenient common backends read a normal path: parameters after `;` dropped in
+/// each segment, letters in lower case, trailing `%20`, `%00` and `.` taken off each segment
+/// (but a segment of only dots stays), and dot segments resolved again.
+pub fn lenient(normal: &str) -> String {
+    let mut segments: Vec<String> = Vec::new();
+    for segment in normal.split('/').skip(1) {
+        let mut s = match segment.find(';') {
+            Some(i) => segment[..i].to_owned(),
+            None => segment.to_owned(),
+        };
+        loop {
+            if s.ends_with("%20") || s.ends_with("%00") {
+                s.truncate(s.len() - 3);
+            } else if s.ends_with('.') && s.chars().any(|c| c != '.') {
+                s.pop();
+            } else {
+                break;
+            }
+        }
+        segments.push(s.to_ascii_lowercase());
+    }
+    let joined = format!("/{}", segments.join("/"));
+    normal_path(&joined).unwrap_or(joined)
 }
 
 /// The host without its port (`[v6]` keeps its brackets).
