@@ -13,8 +13,9 @@ use http::{HeaderName, Method};
 use ipnet::IpNet;
 use serde::Deserialize;
 
-pub use crate::auth::{AuthConfig, JwtAlgorithm, Secret};
+pub use crate::auth::{AuthConfig, JwtAlgorithm, KeyMaterial, Secret, StaticKey};
 use crate::auth::{KeyError, KeyField};
+pub use crate::jwks::JwksConfig;
 use crate::path;
 use crate::time::parse_duration;
 
@@ -35,15 +36,22 @@ impl ConfigError {
     }
 }
 
-/// A key the verifier could not use, at the config key that holds it.
+/// A key the verifier could not use, at the config key that holds it (under `[auth]`).
 impl From<KeyError> for ConfigError {
     fn from(e: KeyError) -> ConfigError {
-        let path = match e.field {
-            KeyField::Secret => "auth.secret",
-            KeyField::PublicKey => "auth.public_key_pem",
-        };
-        ConfigError::new(path, e.reason)
+        key_error("auth", e)
     }
+}
+
+/// A key the verifier could not use, at its path under `section` (`auth`,
+/// `auth_providers.NAME`).
+fn key_error(section: &str, e: KeyError) -> ConfigError {
+    let path = match e.field {
+        KeyField::Secret => format!("{section}.secret"),
+        KeyField::PublicKey => format!("{section}.public_key_pem"),
+        KeyField::Key(i) => format!("{section}.keys[{i}]"),
+    };
+    ConfigError::new(path, e.reason)
 }
 
 /// Where `${VAR}` values and `public_key_file` contents come from.
@@ -82,7 +90,10 @@ impl ConfigEnv for MapEnv {
 pub struct Config {
     pub server: ServerConfig,
     pub upstream: UpstreamConfig,
+    /// The default auth provider: routes with `auth = true`.
     pub auth: Option<AuthConfig>,
+    /// Named auth providers: routes with `auth = "NAME"`.
+    pub auth_providers: BTreeMap<String, AuthConfig>,
     pub rate_limit: StoreConfig,
     pub breaker: BreakerConfig,
     pub routes: Vec<RouteConfig>,
@@ -279,7 +290,10 @@ pub struct RouteConfig {
     pub host: Option<HostPattern>,
     pub methods: Option<Vec<Method>>,
     pub targets: Vec<TargetConfig>,
+    /// Requires a valid token (of `auth_provider`).
     pub auth: bool,
+    /// The named provider of `auth = "NAME"`; `None`: `[auth]`.
+    pub auth_provider: Option<String>,
     pub rate_limit: Option<LimitConfig>,
     pub strip_prefix: bool,
     pub timeout: Duration,
@@ -297,6 +311,8 @@ struct RawConfig {
     #[serde(default)]
     upstream: RawUpstream,
     auth: Option<RawAuth>,
+    #[serde(default)]
+    auth_providers: BTreeMap<String, RawAuth>,
     #[serde(default)]
     rate_limit: RawStore,
     #[serde(default)]
@@ -355,6 +371,38 @@ struct RawAuth {
     audience: Option<String>,
     leeway: Option<String>,
     require_exp: Option<bool>,
+    keys: Option<Vec<RawKey>>,
+    jwks_url: Option<String>,
+    jwks_min_refresh: Option<String>,
+    jwks_max_refresh: Option<String>,
+    jwks_refetch_interval: Option<String>,
+    jwks_max_stale: Option<String>,
+    jwks_timeout: Option<String>,
+    jwks_ready_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKey {
+    kid: String,
+    alg: Option<String>,
+    secret: Option<String>,
+    public_key_pem: Option<String>,
+    public_key_file: Option<String>,
+}
+
+/// A route's `auth`: `true`/`false`, or the name of a provider.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawRouteAuth {
+    On(bool),
+    Provider(String),
+}
+
+impl Default for RawRouteAuth {
+    fn default() -> Self {
+        RawRouteAuth::On(false)
+    }
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -393,7 +441,7 @@ struct RawRoute {
     methods: Option<Vec<String>>,
     targets: Vec<String>,
     #[serde(default)]
-    auth: bool,
+    auth: RawRouteAuth,
     rate_limit: Option<RawLimit>,
     #[serde(default)]
     strip_prefix: bool,
@@ -467,6 +515,39 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Things that are allowed but worth a word to the operator (logged at start and reload,
+    /// printed by `aegis check`).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let providers = self.auth.iter().map(|a| ("auth".to_owned(), a)).chain(
+            self.auth_providers
+                .iter()
+                .map(|(n, a)| (format!("auth_providers.{n}"), a)),
+        );
+        for (section, a) in providers {
+            if let Some(j) = &a.jwks
+                && j.url.starts_with("http://")
+            {
+                out.push(format!(
+                    "{section}.jwks_url: {:?} is fetched without TLS: anyone on the path can \
+                     replace the keys; use https outside local testing",
+                    j.url
+                ));
+            }
+        }
+        out
+    }
+
+    /// Every auth provider: `[auth]` first (named `""`), then `[auth_providers.NAME]` by name.
+    /// Their positions are the policy's provider ids.
+    pub fn providers(&self) -> Vec<(&str, &AuthConfig)> {
+        self.auth
+            .iter()
+            .map(|a| ("", a))
+            .chain(self.auth_providers.iter().map(|(n, a)| (n.as_str(), a)))
+            .collect()
     }
 
     /// The route with this name, if any.
@@ -651,7 +732,26 @@ fn check_redis_url(url: &str) -> Result<(), String> {
 fn validate(raw: RawConfig, env: &dyn ConfigEnv) -> Result<Config, ConfigError> {
     let server = validate_server(raw.server)?;
     let upstream = validate_upstream(raw.upstream)?;
-    let auth = raw.auth.map(|a| validate_auth(a, env)).transpose()?;
+    let auth = raw
+        .auth
+        .map(|a| validate_auth("auth", a, env))
+        .transpose()?;
+    let mut auth_providers = BTreeMap::new();
+    for (name, a) in raw.auth_providers {
+        let section = format!("auth_providers.{name}");
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(ConfigError::new(
+                section,
+                "a provider name is letters, digits, '-' and '_'",
+            ));
+        }
+        let a = validate_auth(&section, a, env)?;
+        auth_providers.insert(name, a);
+    }
     let rate_limit = validate_store(raw.rate_limit)?;
     let mut routes = Vec::with_capacity(raw.routes.len());
     if raw.routes.is_empty() {
@@ -661,7 +761,13 @@ fn validate(raw: RawConfig, env: &dyn ConfigEnv) -> Result<Config, ConfigError> 
         ));
     }
     for (i, r) in raw.routes.into_iter().enumerate() {
-        routes.push(validate_route(i, r, &server, auth.is_some())?);
+        routes.push(validate_route(
+            i,
+            r,
+            &server,
+            auth.is_some(),
+            &auth_providers,
+        )?);
     }
     check_route_overlaps(&routes)?;
     let max_timeout = routes
@@ -674,6 +780,7 @@ fn validate(raw: RawConfig, env: &dyn ConfigEnv) -> Result<Config, ConfigError> 
         server,
         upstream,
         auth,
+        auth_providers,
         rate_limit,
         breaker,
         routes,
@@ -834,38 +941,31 @@ fn validate_server(s: RawServer) -> Result<ServerConfig, ConfigError> {
     })
 }
 
-fn validate_auth(a: RawAuth, env: &dyn ConfigEnv) -> Result<AuthConfig, ConfigError> {
+fn validate_auth(
+    section: &str,
+    a: RawAuth,
+    env: &dyn ConfigEnv,
+) -> Result<AuthConfig, ConfigError> {
+    let p = |key: &str| format!("{section}.{key}");
     let names = a.algorithms.unwrap_or_else(|| vec!["HS256".to_owned()]);
     if names.is_empty() {
         return Err(ConfigError::new(
-            "auth.algorithms",
+            p("algorithms"),
             "must allow at least one algorithm",
         ));
     }
     let mut algorithms = Vec::with_capacity(names.len());
     for (i, n) in names.iter().enumerate() {
-        let alg = JwtAlgorithm::ALL
-            .into_iter()
-            .find(|a| a.name() == n)
-            .ok_or_else(|| {
-                let known: Vec<_> = JwtAlgorithm::ALL.iter().map(|a| a.name()).collect();
-                let why = if n.eq_ignore_ascii_case("none") {
-                    "\"none\" is never allowed: unsigned tokens prove nothing".to_owned()
-                } else {
-                    format!(
-                        "{n:?} is not a supported algorithm (one of {})",
-                        known.join(", ")
-                    )
-                };
-                ConfigError::new(format!("auth.algorithms[{i}]"), why)
-            })?;
+        let alg = JwtAlgorithm::from_name(n).ok_or_else(|| {
+            ConfigError::new(format!("{section}.algorithms[{i}]"), bad_algorithm(n))
+        })?;
         if !algorithms.contains(&alg) {
             algorithms.push(alg);
         }
     }
     if a.public_key_pem.is_some() && a.public_key_file.is_some() {
         return Err(ConfigError::new(
-            "auth.public_key_file",
+            p("public_key_file"),
             "set either public_key_pem or public_key_file, not both",
         ));
     }
@@ -873,36 +973,167 @@ fn validate_auth(a: RawAuth, env: &dyn ConfigEnv) -> Result<AuthConfig, ConfigEr
         (Some(p), None) => Some(p),
         (None, Some(f)) => Some(
             env.read_file(&f)
-                .map_err(|e| ConfigError::new("auth.public_key_file", e))?,
+                .map_err(|e| ConfigError::new(p("public_key_file"), e))?,
         ),
         _ => None,
     };
+    let mut keys = Vec::new();
+    for (i, k) in a.keys.unwrap_or_default().into_iter().enumerate() {
+        let kp = |key: &str| format!("{section}.keys[{i}].{key}");
+        if k.kid.is_empty() {
+            return Err(ConfigError::new(kp("kid"), "must not be empty"));
+        }
+        if keys.iter().any(|x: &StaticKey| x.kid == k.kid) {
+            return Err(ConfigError::new(
+                kp("kid"),
+                format!("{:?} is the kid of another key", k.kid),
+            ));
+        }
+        let alg = match &k.alg {
+            None => None,
+            Some(n) => {
+                let alg = JwtAlgorithm::from_name(n)
+                    .ok_or_else(|| ConfigError::new(kp("alg"), bad_algorithm(n)))?;
+                if !algorithms.contains(&alg) {
+                    return Err(ConfigError::new(
+                        kp("alg"),
+                        format!("{n} is not in {section}.algorithms"),
+                    ));
+                }
+                Some(alg)
+            }
+        };
+        let material = match (
+            k.secret.filter(|s| !s.is_empty()),
+            k.public_key_pem,
+            k.public_key_file,
+        ) {
+            (Some(s), None, None) => KeyMaterial::Secret(Secret(s)),
+            (None, Some(pem), None) => KeyMaterial::Pem(pem),
+            (None, None, Some(f)) => KeyMaterial::Pem(
+                env.read_file(&f)
+                    .map_err(|e| ConfigError::new(kp("public_key_file"), e))?,
+            ),
+            _ => {
+                return Err(ConfigError::new(
+                    format!("{section}.keys[{i}]"),
+                    "set exactly one of secret, public_key_pem and public_key_file",
+                ));
+            }
+        };
+        keys.push(StaticKey {
+            kid: k.kid,
+            alg,
+            material,
+        });
+    }
+    let jwks = match a.jwks_url {
+        None => {
+            for (key, set) in [
+                ("jwks_min_refresh", a.jwks_min_refresh.is_some()),
+                ("jwks_max_refresh", a.jwks_max_refresh.is_some()),
+                ("jwks_refetch_interval", a.jwks_refetch_interval.is_some()),
+                ("jwks_max_stale", a.jwks_max_stale.is_some()),
+                ("jwks_timeout", a.jwks_timeout.is_some()),
+                ("jwks_ready_timeout", a.jwks_ready_timeout.is_some()),
+            ] {
+                if set {
+                    return Err(ConfigError::new(p(key), "is set but there is no jwks_url"));
+                }
+            }
+            None
+        }
+        Some(url) => {
+            let uri: http::Uri = url
+                .parse()
+                .map_err(|_| ConfigError::new(p("jwks_url"), format!("{url:?} is not a URL")))?;
+            if !matches!(uri.scheme_str(), Some("https" | "http"))
+                || uri.host().is_none_or(str::is_empty)
+            {
+                return Err(ConfigError::new(
+                    p("jwks_url"),
+                    format!("{url:?} is not an https:// URL"),
+                ));
+            }
+            if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+                return Err(ConfigError::new(
+                    p("jwks_url"),
+                    format!("{url:?}: credentials in URLs are refused"),
+                ));
+            }
+            let min_refresh = positive_duration(
+                &p("jwks_min_refresh"),
+                a.jwks_min_refresh.as_deref(),
+                crate::jwks::DEFAULT_MIN_REFRESH,
+            )?;
+            let max_refresh = positive_duration(
+                &p("jwks_max_refresh"),
+                a.jwks_max_refresh.as_deref(),
+                crate::jwks::DEFAULT_MAX_REFRESH,
+            )?;
+            if max_refresh < min_refresh {
+                return Err(ConfigError::new(
+                    p("jwks_max_refresh"),
+                    "must not be less than jwks_min_refresh",
+                ));
+            }
+            Some(JwksConfig {
+                url,
+                min_refresh,
+                max_refresh,
+                refetch_interval: duration(
+                    &p("jwks_refetch_interval"),
+                    a.jwks_refetch_interval.as_deref(),
+                    crate::jwks::DEFAULT_REFETCH_INTERVAL,
+                )?,
+                max_stale: duration(
+                    &p("jwks_max_stale"),
+                    a.jwks_max_stale.as_deref(),
+                    crate::jwks::DEFAULT_MAX_STALE,
+                )?,
+                timeout: positive_duration(
+                    &p("jwks_timeout"),
+                    a.jwks_timeout.as_deref(),
+                    crate::jwks::DEFAULT_TIMEOUT,
+                )?,
+                ready_timeout: duration(
+                    &p("jwks_ready_timeout"),
+                    a.jwks_ready_timeout.as_deref(),
+                    crate::jwks::DEFAULT_READY_TIMEOUT,
+                )?,
+            })
+        }
+    };
     let secret = a.secret.filter(|s| !s.is_empty()).map(Secret);
+    let keyed = |hmac: bool| {
+        keys.iter()
+            .any(|k| matches!(k.material, KeyMaterial::Secret(_)) == hmac)
+    };
     let wants_hmac = algorithms.iter().any(|a| a.is_hmac());
     let wants_public = algorithms.iter().any(|a| !a.is_hmac());
-    if wants_hmac && secret.is_none() {
+    if wants_hmac && secret.is_none() && !keyed(true) && jwks.is_none() {
         return Err(ConfigError::new(
-            "auth.secret",
+            p("secret"),
             "an HS* algorithm is allowed but no secret is set",
         ));
     }
-    if wants_public && public_key_pem.is_none() {
+    if wants_public && public_key_pem.is_none() && !keyed(false) && jwks.is_none() {
         return Err(ConfigError::new(
-            "auth.public_key_pem",
-            "an asymmetric algorithm is allowed but no public_key_pem or public_key_file is set",
+            p("public_key_pem"),
+            "an asymmetric algorithm is allowed but no public_key_pem, public_key_file, keys or jwks_url is set",
         ));
     }
-    if let (Some(s), Some(p)) = (&secret, &public_key_pem)
-        && s.0.trim() == p.trim()
+    if let (Some(s), Some(pk)) = (&secret, &public_key_pem)
+        && s.0.trim() == pk.trim()
     {
         return Err(ConfigError::new(
-            "auth.secret",
+            p("secret"),
             "must not be the public key: anyone could sign HS* tokens with it",
         ));
     }
     let user_claim = a.user_claim.unwrap_or_else(|| "userId".to_owned());
     if user_claim.is_empty() {
-        return Err(ConfigError::new("auth.user_claim", "must not be empty"));
+        return Err(ConfigError::new(p("user_claim"), "must not be empty"));
     }
     let auth = AuthConfig {
         algorithms,
@@ -911,12 +1142,26 @@ fn validate_auth(a: RawAuth, env: &dyn ConfigEnv) -> Result<AuthConfig, ConfigEr
         user_claim,
         issuer: a.issuer,
         audience: a.audience,
-        leeway: duration("auth.leeway", a.leeway.as_deref(), DEFAULT_LEEWAY)?,
+        leeway: duration(&p("leeway"), a.leeway.as_deref(), DEFAULT_LEEWAY)?,
         require_exp: a.require_exp.unwrap_or(true),
+        keys,
+        jwks,
     };
     // Build the keys once here so that a bad PEM is a config error, not a runtime 401.
-    crate::auth::Verifier::new(&auth)?;
+    crate::auth::Verifier::new(&auth).map_err(|e| key_error(section, e))?;
     Ok(auth)
+}
+
+fn bad_algorithm(n: &str) -> String {
+    let known: Vec<_> = JwtAlgorithm::ALL.iter().map(|a| a.name()).collect();
+    if n.eq_ignore_ascii_case("none") {
+        "\"none\" is never allowed: unsigned tokens prove nothing".to_owned()
+    } else {
+        format!(
+            "{n:?} is not a supported algorithm (one of {})",
+            known.join(", ")
+        )
+    }
 }
 
 fn validate_store(s: RawStore) -> Result<StoreConfig, ConfigError> {
@@ -1074,8 +1319,24 @@ fn validate_route(
     r: RawRoute,
     server: &ServerConfig,
     have_auth: bool,
+    providers: &BTreeMap<String, AuthConfig>,
 ) -> Result<RouteConfig, ConfigError> {
     let p = |key: &str| format!("routes[{i}].{key}");
+    let (auth, auth_provider) = match r.auth {
+        RawRouteAuth::On(on) => (on, None),
+        RawRouteAuth::Provider(name) => {
+            if !providers.contains_key(&name) {
+                let known: Vec<&str> = providers.keys().map(String::as_str).collect();
+                return Err(ConfigError::new(
+                    p("auth"),
+                    format!(
+                        "{name:?} is not an [auth_providers.NAME] section (there are: {known:?})"
+                    ),
+                ));
+            }
+            (true, Some(name))
+        }
+    };
     if !r.path.starts_with('/') {
         return Err(ConfigError::new(
             p("path"),
@@ -1162,7 +1423,7 @@ fn validate_route(
         }
         targets.push(target);
     }
-    if r.auth && !have_auth {
+    if auth && auth_provider.is_none() && !have_auth {
         return Err(ConfigError::new(
             p("auth"),
             "is true but there is no [auth] section",
@@ -1186,7 +1447,7 @@ fn validate_route(
             let key = match l.key.as_deref().unwrap_or("ip") {
                 "ip" => LimitKeyKind::Ip,
                 "user" => {
-                    if !r.auth {
+                    if !auth {
                         return Err(ConfigError::new(
                             lp("key"),
                             "\"user\" needs auth = true on the route (there is no user otherwise)",
@@ -1246,7 +1507,8 @@ fn validate_route(
         host,
         methods,
         targets,
-        auth: r.auth,
+        auth,
+        auth_provider,
         rate_limit,
         strip_prefix: r.strip_prefix,
         timeout,
@@ -1459,6 +1721,71 @@ mod tests {
                 .to_string(),
             "PORT: \"http\" is not a port number"
         );
+    }
+
+    #[test]
+    fn auth_providers_keys_and_jwks() {
+        let text = r#"
+            [auth]
+            secret = "internal"
+            [auth_providers.idp]
+            algorithms = ["RS256", "ES256"]
+            jwks_url = "https://idp.example.com/.well-known/jwks.json"
+            jwks_max_stale = "2h"
+            issuer = "https://idp.example.com/"
+            [auth_providers.rotating]
+            keys = [{ kid = "2026-01", secret = "a" }, { kid = "2026-02", secret = "b", alg = "HS256" }]
+            [[routes]]
+            path = "/internal"
+            targets = ["http://127.0.0.1:1"]
+            auth = true
+            [[routes]]
+            path = "/api"
+            targets = ["http://127.0.0.1:2"]
+            auth = "idp"
+            [[routes]]
+            path = "/partners"
+            targets = ["http://127.0.0.1:3"]
+            auth = "rotating"
+        "#;
+        let c = Config::from_toml(text, &env()).unwrap();
+        assert_eq!(c.routes[1].auth_provider.as_deref(), Some("idp"));
+        let j = c.auth_providers["idp"].jwks.as_ref().unwrap();
+        assert_eq!(j.max_stale, Duration::from_secs(7200));
+        assert_eq!(j.min_refresh, crate::jwks::DEFAULT_MIN_REFRESH);
+        assert!(c.warnings().is_empty());
+        let p = crate::Policy::new(c).unwrap();
+        assert_eq!(p.providers().len(), 3);
+        assert_eq!(
+            p.route_provider(crate::RouteId(2)),
+            Some(crate::ProviderId(2))
+        );
+
+        let unknown = text.replace("auth = \"rotating\"", "auth = \"nobody\"");
+        assert!(
+            err(&unknown).starts_with("routes[2].auth: \"nobody\" is not an [auth_providers.NAME]")
+        );
+        let http = text.replace("https://idp", "http://idp");
+        assert!(
+            Config::from_toml(&http, &env()).unwrap().warnings()[0]
+                .starts_with("auth_providers.idp.jwks_url: ")
+        );
+        let ftp = text.replace("https://idp", "ftp://idp");
+        assert!(err(&ftp).starts_with("auth_providers.idp.jwks_url: "));
+        let dup = text.replace("kid = \"2026-02\"", "kid = \"2026-01\"");
+        assert!(err(&dup).starts_with("auth_providers.rotating.keys[1].kid: "));
+        let bad_alg = text.replace("alg = \"HS256\"", "alg = \"RS256\"");
+        assert!(err(&bad_alg).starts_with("auth_providers.rotating.keys[1].alg: RS256 is not in"));
+        let stray = text.replace(
+            "secret = \"internal\"",
+            "secret = \"internal\"\njwks_timeout = \"1s\"",
+        );
+        assert_eq!(
+            err(&stray),
+            "auth.jwks_timeout: is set but there is no jwks_url"
+        );
+        let both = text.replace("secret = \"b\",", "secret = \"b\", public_key_pem = \"x\",");
+        assert!(err(&both).starts_with("auth_providers.rotating.keys[1]: set exactly one"));
     }
 
     #[test]
