@@ -139,9 +139,36 @@ pub struct AuthConfig {
     pub require_exp: bool,
     /// Keys with a `kid` (rotation without an IdP): a token naming a kid is checked with it.
     pub keys: Vec<StaticKey>,
-    /// Keys fetched from an IdP's JWKS URL (the driver fetches; see [`crate::jwks`]).
-    pub jwks: Option<crate::jwks::JwksConfig>,
+    /// Keys fetched from an IdP's JWKS URL (the driver fetches; `crate::jwks` decides when).
+    pub jwks: Option<JwksConfig>,
 }
+
+/// How a provider's JWKS is fetched and cached (`[auth] jwks_*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwksConfig {
+    pub url: String,
+    /// Floor on the refresh interval (a `max-age` below it is raised), and the longest pause
+    /// between retries of a failing fetch.
+    pub min_refresh: Duration,
+    /// Ceiling on the refresh interval; also the interval when the response has no `max-age`.
+    pub max_refresh: Duration,
+    /// An unknown `kid` refetches at once unless an unknown-kid fetch began within this long.
+    pub refetch_interval: Duration,
+    /// Stale-while-error: after refreshes start failing, the last good keys serve this long
+    /// past their refresh time.
+    pub max_stale: Duration,
+    /// One fetch's deadline.
+    pub timeout: Duration,
+    /// At start, how long the listener waits for the first fetch before serving anyway.
+    pub ready_timeout: Duration,
+}
+
+pub const DEFAULT_MIN_REFRESH: Duration = Duration::from_secs(60);
+pub const DEFAULT_MAX_REFRESH: Duration = Duration::from_secs(600);
+pub const DEFAULT_REFETCH_INTERVAL: Duration = Duration::from_secs(10);
+pub const DEFAULT_MAX_STALE: Duration = Duration::from_secs(3600);
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One entry of `keys`: a key id and its material.
 #[derive(Debug, Clone)]
@@ -1007,44 +1034,6 @@ mod tests {
         assert!(
             v.verify_token(&hs_kid(claims, "s3cret", Some("x"), Algorithm::HS256), NOW)
                 .is_ok()
-        );
-    }
-
-    #[test]
-    fn fetched_keys_verify_and_their_absence_is_not_the_clients_fault() {
-        let mut c = cfg();
-        c.secret = None;
-        c.jwks = Some(crate::jwks::JwksConfig {
-            url: "https://idp/jwks".into(),
-            min_refresh: Duration::from_secs(60),
-            max_refresh: Duration::from_secs(600),
-            refetch_interval: Duration::from_secs(10),
-            max_stale: Duration::from_secs(3600),
-            timeout: Duration::from_secs(5),
-            ready_timeout: Duration::from_secs(5),
-        });
-        let v = Verifier::new(&c).unwrap();
-        let claims = json!({"userId": "u", "exp": NOW_S + 60});
-        let t = hs_kid(claims, "secret", Some("k1"), Algorithm::HS256);
-        assert_eq!(
-            v.verify_token(&t, NOW).unwrap_err(),
-            AuthFailure::KeysUnavailable
-        );
-        let doc = br#"{"keys":[{"kty":"oct","kid":"k1","k":"c2VjcmV0","alg":"HS256"}]}"#;
-        let set = crate::jwks::parse_jwks(doc, None).unwrap().keys;
-        assert_eq!(v.verify_token_with(&t, Some(&set), NOW).unwrap(), "u");
-        let other = br#"{"keys":[{"kty":"oct","kid":"k2","k":"c2VjcmV0"}]}"#;
-        let set = crate::jwks::parse_jwks(other, None).unwrap().keys;
-        assert_eq!(
-            v.verify_token_with(&t, Some(&set), NOW).unwrap_err(),
-            AuthFailure::UnknownKey
-        );
-        // A JWK whose alg is not the token's is refused.
-        let rs = br#"{"keys":[{"kty":"oct","kid":"k1","k":"c2VjcmV0","alg":"HS384"}]}"#;
-        let set = crate::jwks::parse_jwks(rs, None).unwrap().keys;
-        assert_eq!(
-            v.verify_token_with(&t, Some(&set), NOW).unwrap_err(),
-            AuthFailure::KeyMismatch
         );
     }
 

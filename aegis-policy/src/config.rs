@@ -13,9 +13,9 @@ use http::{HeaderName, Method};
 use ipnet::IpNet;
 use serde::Deserialize;
 
+pub use crate::auth::JwksConfig;
 pub use crate::auth::{AuthConfig, JwtAlgorithm, KeyMaterial, Secret, StaticKey};
 use crate::auth::{KeyError, KeyField};
-pub use crate::jwks::JwksConfig;
 use crate::path;
 use crate::time::parse_duration;
 
@@ -1064,12 +1064,12 @@ fn validate_auth(
             let min_refresh = positive_duration(
                 &p("jwks_min_refresh"),
                 a.jwks_min_refresh.as_deref(),
-                crate::jwks::DEFAULT_MIN_REFRESH,
+                crate::auth::DEFAULT_MIN_REFRESH,
             )?;
             let max_refresh = positive_duration(
                 &p("jwks_max_refresh"),
                 a.jwks_max_refresh.as_deref(),
-                crate::jwks::DEFAULT_MAX_REFRESH,
+                crate::auth::DEFAULT_MAX_REFRESH,
             )?;
             if max_refresh < min_refresh {
                 return Err(ConfigError::new(
@@ -1084,22 +1084,22 @@ fn validate_auth(
                 refetch_interval: duration(
                     &p("jwks_refetch_interval"),
                     a.jwks_refetch_interval.as_deref(),
-                    crate::jwks::DEFAULT_REFETCH_INTERVAL,
+                    crate::auth::DEFAULT_REFETCH_INTERVAL,
                 )?,
                 max_stale: duration(
                     &p("jwks_max_stale"),
                     a.jwks_max_stale.as_deref(),
-                    crate::jwks::DEFAULT_MAX_STALE,
+                    crate::auth::DEFAULT_MAX_STALE,
                 )?,
                 timeout: positive_duration(
                     &p("jwks_timeout"),
                     a.jwks_timeout.as_deref(),
-                    crate::jwks::DEFAULT_TIMEOUT,
+                    crate::auth::DEFAULT_TIMEOUT,
                 )?,
                 ready_timeout: duration(
                     &p("jwks_ready_timeout"),
                     a.jwks_ready_timeout.as_deref(),
-                    crate::jwks::DEFAULT_READY_TIMEOUT,
+                    crate::auth::DEFAULT_READY_TIMEOUT,
                 )?,
             })
         }
@@ -1752,7 +1752,7 @@ mod tests {
         assert_eq!(c.routes[1].auth_provider.as_deref(), Some("idp"));
         let j = c.auth_providers["idp"].jwks.as_ref().unwrap();
         assert_eq!(j.max_stale, Duration::from_secs(7200));
-        assert_eq!(j.min_refresh, crate::jwks::DEFAULT_MIN_REFRESH);
+        assert_eq!(j.min_refresh, crate::auth::DEFAULT_MIN_REFRESH);
         assert!(c.warnings().is_empty());
         let p = crate::Policy::new(c).unwrap();
         assert_eq!(p.providers().len(), 3);

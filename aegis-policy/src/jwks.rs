@@ -25,35 +25,9 @@ use jsonwebtoken::DecodingKey;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
 use serde_json::Value;
 
+pub use crate::auth::JwksConfig;
 use crate::auth::{JwtAlgorithm, Key, KeyFamily, KeySet};
 use crate::time::Nanos;
-
-/// How a provider's JWKS is fetched and cached (`[auth] jwks_*`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JwksConfig {
-    pub url: String,
-    /// Floor on the refresh interval (a `max-age` below it is raised), and the longest pause
-    /// between retries of a failing fetch.
-    pub min_refresh: Duration,
-    /// Ceiling on the refresh interval; also the interval when the response has no `max-age`.
-    pub max_refresh: Duration,
-    /// An unknown `kid` refetches at once unless an unknown-kid fetch began within this long.
-    pub refetch_interval: Duration,
-    /// Stale-while-error: after refreshes start failing, the last good keys serve this long
-    /// past their refresh time.
-    pub max_stale: Duration,
-    /// One fetch's deadline.
-    pub timeout: Duration,
-    /// At start, how long the listener waits for the first fetch before serving anyway.
-    pub ready_timeout: Duration,
-}
-
-pub const DEFAULT_MIN_REFRESH: Duration = Duration::from_secs(60);
-pub const DEFAULT_MAX_REFRESH: Duration = Duration::from_secs(600);
-pub const DEFAULT_REFETCH_INTERVAL: Duration = Duration::from_secs(10);
-pub const DEFAULT_MAX_STALE: Duration = Duration::from_secs(3600);
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
-pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// First pause after a failed fetch; doubled per failure up to `min_refresh`.
 const FIRST_RETRY: Duration = Duration::from_secs(1);
@@ -602,5 +576,73 @@ mod tests {
             FetchOutcome::FirstFailure { .. }
         ));
         assert_eq!(j.keys(at(601)).unwrap().kids(), ["a"]);
+    }
+    fn auth_cfg() -> crate::auth::AuthConfig {
+        crate::auth::AuthConfig {
+            algorithms: vec![JwtAlgorithm::HS256],
+            secret: Some(crate::auth::Secret("s3cret".into())),
+            public_key_pem: None,
+            user_claim: "userId".into(),
+            issuer: None,
+            audience: None,
+            leeway: Duration::from_secs(30),
+            require_exp: true,
+            keys: Vec::new(),
+            jwks: None,
+        }
+    }
+
+    #[test]
+    fn fetched_keys_verify_and_their_absence_is_not_the_clients_fault() {
+        let mut c = auth_cfg();
+        c.secret = None;
+        c.jwks = Some(JwksConfig {
+            url: "https://idp/jwks".into(),
+            min_refresh: Duration::from_secs(60),
+            max_refresh: Duration::from_secs(600),
+            refetch_interval: Duration::from_secs(10),
+            max_stale: Duration::from_secs(3600),
+            timeout: Duration::from_secs(5),
+            ready_timeout: Duration::from_secs(5),
+        });
+        let v = crate::auth::Verifier::new(&c).unwrap();
+        let claims = serde_json::json!({"userId": "u", "exp": 1_800_000_000 + 60});
+        let t = {
+            let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+            h.kid = Some("k1".into());
+            jsonwebtoken::encode(
+                &h,
+                &claims,
+                &jsonwebtoken::EncodingKey::from_secret(b"secret").unwrap(),
+            )
+            .unwrap()
+        };
+        assert_eq!(
+            v.verify_token(&t, crate::time::UnixMillis(1_800_000_000_000))
+                .unwrap_err(),
+            crate::auth::AuthFailure::KeysUnavailable
+        );
+        let doc = br#"{"keys":[{"kty":"oct","kid":"k1","k":"c2VjcmV0","alg":"HS256"}]}"#;
+        let set = parse_jwks(doc, None).unwrap().keys;
+        assert_eq!(
+            v.verify_token_with(&t, Some(&set), crate::time::UnixMillis(1_800_000_000_000))
+                .unwrap(),
+            "u"
+        );
+        let other = br#"{"keys":[{"kty":"oct","kid":"k2","k":"c2VjcmV0"}]}"#;
+        let set = parse_jwks(other, None).unwrap().keys;
+        assert_eq!(
+            v.verify_token_with(&t, Some(&set), crate::time::UnixMillis(1_800_000_000_000))
+                .unwrap_err(),
+            crate::auth::AuthFailure::UnknownKey
+        );
+        // A JWK whose alg is not the token's is refused.
+        let rs = br#"{"keys":[{"kty":"oct","kid":"k1","k":"c2VjcmV0","alg":"HS384"}]}"#;
+        let set = parse_jwks(rs, None).unwrap().keys;
+        assert_eq!(
+            v.verify_token_with(&t, Some(&set), crate::time::UnixMillis(1_800_000_000_000))
+                .unwrap_err(),
+            crate::auth::AuthFailure::KeyMismatch
+        );
     }
 }

@@ -33,4 +33,5 @@ pub mod record;
 pub mod server;
 pub mod state;
 pub mod time;
+pub mod tls;
 pub mod upstream;

@@ -148,6 +148,9 @@ fn run(cmd: Cmd) -> Result<(), String> {
         }
         Cmd::Check { config } => {
             let c = ConfigSource::File(config).load()?;
+            for w in c.warnings() {
+                eprintln!("warning: {w}");
+            }
             let n = c.routes.len();
             aegis_tokio::say!("ok: {n} route{}", if n == 1 { "" } else { "s" });
             Ok(())

@@ -163,7 +163,22 @@ where
     // In a block: the ticket and the pick are dead before the upstream exchange's await, so
     // the request's future keeps no room for them (and does not copy them).
     let (fwd, max_body, _held) = {
-        let ticket = match rt.policy.on_request(&view, now) {
+        let mut step = rt
+            .policy
+            .on_request_with(&view, &rt.fetched_keys(now.mono), now);
+        if let Step::Respond(r) = &step
+            && let Some(p) = rt.policy.unknown_key_provider(r)
+            && let Some(h) = &rt.jwks[p.0]
+            // Boxed: rare, and its future would otherwise grow every request's.
+            && Box::pin(h.refetch_for_unknown_kid(now.mono)).await
+        {
+            // The keys were fetched again: the token is checked against them.
+            let now = shared.clock.now();
+            step = rt
+                .policy
+                .on_request_with(&view, &rt.fetched_keys(now.mono), now);
+        }
+        let ticket = match step {
             Step::Respond(r) => return reply(r, ex),
             Step::Admit(t) => t,
             Step::Count(p) => {

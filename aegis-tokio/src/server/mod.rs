@@ -48,6 +48,32 @@ pub async fn serve(
         .await
 }
 
+/// Fetches every JWKS before the listeners serve: waits for each provider's first keys up to
+/// its `jwks_ready_timeout`, then serves anyway (its routes answer 503 and
+/// `/gateway/health` says so until keys arrive).
+async fn jwks_first_fetch(shared: &Shared) {
+    let rt = shared.runtime.load_full();
+    rt.start_jwks(shared.clock);
+    let waits = rt.jwks.iter().flatten().map(|h| async move {
+        let within = h.config.ready_timeout;
+        if !h.wait_ready(&shared.clock, within).await {
+            let why = h
+                .status(shared.clock.now().mono)
+                .last_error
+                .unwrap_or_else(|| "no answer yet".into());
+            tracing::warn!(
+                "{}: no keys from {} within jwks_ready_timeout ({within:?}): {why}; serving \
+                 anyway, its routes answer 503 until keys arrive",
+                h.section,
+                h.config.url
+            );
+        }
+    });
+    for w in waits {
+        w.await;
+    }
+}
+
 async fn control(
     source: ConfigSource,
     log_format: LogFormat,
@@ -56,6 +82,10 @@ async fn control(
 ) -> Result<(), String> {
     let workers = workers.max(1);
     let shared = Arc::new(Shared::new(source, log_format)?);
+    for w in shared.runtime.load().policy.config().warnings() {
+        tracing::warn!("{w}");
+    }
+    jwks_first_fetch(&shared).await;
     let (server, routes, store) = {
         let rt = shared.runtime.load();
         (

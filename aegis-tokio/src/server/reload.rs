@@ -32,11 +32,15 @@ pub(super) fn reload(shared: &Shared) {
                  larger read buffer (until then heads past the old size get 431/414)"
             );
         }
-        Runtime::build(c, Some(&old), &shared.metrics)
+        for w in c.warnings() {
+            tracing::warn!("{w}");
+        }
+        Runtime::build(c, Some(&old), &shared.metrics, shared.clock.now().mono)
     });
     match result {
         Ok(rt) => {
             let n = rt.policy.config().routes.len();
+            rt.start_jwks(shared.clock);
             shared.runtime.store(Arc::new(rt));
             shared.metrics.reloads.fetch_add(1, Relaxed);
             tracing::info!("config reloaded: {n} routes");

@@ -84,9 +84,10 @@ impl Shared {
         let config = source.load()?;
         let admin_on_proxy = config.server.admin_listen.is_none();
         let metrics = Metrics::default();
-        let rt = Runtime::build(config, None, &metrics)?;
+        let clock = Clock::new();
+        let rt = Runtime::build(config, None, &metrics, clock.now().mono)?;
         Ok(Shared {
-            clock: Clock::new(),
+            clock,
             metrics,
             runtime: ArcSwap::from_pointee(rt),
             log_format,

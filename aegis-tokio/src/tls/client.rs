@@ -1,0 +1,35 @@
+//! The client side of TLS: whom an https upstream or a JWKS URL is trusted to be (the bundled
+//! Mozilla roots of webpki-roots, plus the CAs of `upstream_tls.ca`), and the optional client
+//! certificate for upstream mTLS.
+
+use std::sync::Arc;
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ClientConfig, RootCertStore};
+
+/// A client config trusting the bundled roots and `extra` CAs, presenting `identity` when a
+/// server asks for a client certificate. ALPN: http/1.1 (the upstream client speaks it).
+pub fn config(
+    extra: &[CertificateDer<'static>],
+    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+) -> Result<Arc<ClientConfig>, String> {
+    let mut roots = RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for (i, ca) in extra.iter().enumerate() {
+        roots
+            .add(ca.clone())
+            .map_err(|e| format!("CA certificate {} is not usable: {e}", i + 1))?;
+    }
+    let builder = ClientConfig::builder_with_provider(super::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    let mut cfg = match identity {
+        None => builder.with_no_client_auth(),
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| format!("client certificate: {e}"))?,
+    };
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
