@@ -168,6 +168,8 @@ fn example_config_shows_every_key_of_the_model() {
         ("routes", "RawRoute"),
         ("routes.rate_limit", "RawLimit"),
         ("auth.keys", "RawKey"),
+        ("server.tls", "RawTls"),
+        ("server.tls.certificates", "RawCert"),
     ] {
         // Sub-tables (routes.rate_limit, auth.keys) are shown inline or commented out.
         assert!(

@@ -122,6 +122,38 @@ pub struct ServerConfig {
     pub max_connections_per_ip: usize,
     /// Requests in flight at once from one client IP (past it: 429).
     pub max_requests_per_ip: usize,
+    /// TLS on the proxy listener (`[server.tls]`).
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[server.tls]`: the proxy listener speaks TLS. The files are read and checked by the shell
+/// (readable, the key matches, not expired); here they are paths.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// The default certificate (`cert`, `key`) first, then `certificates` in order; each is
+    /// served to clients whose SNI matches one of its names, the default to the rest.
+    pub certificates: Vec<CertConfig>,
+    /// TLS 1.3 only, instead of 1.2 and 1.3.
+    pub tls13_only: bool,
+    pub handshake_timeout: Duration,
+    /// A plaintext listener that redirects every request to https on `listen`'s port.
+    pub redirect_listen: Option<SocketAddr>,
+    /// mTLS: client certificates are verified against this CA bundle (PEM path).
+    pub client_ca: Option<String>,
+    /// With `client_ca`: a client without a certificate is let in (its requests carry no
+    /// subject header) instead of refused at the handshake.
+    pub client_cert_optional: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertConfig {
+    /// PEM chain, leaf first.
+    pub cert: String,
+    /// PEM private key (PKCS#8, RSA or EC).
+    pub key: String,
+    /// SNI names served this certificate (`api.example.com`, `*.example.com`); empty: the
+    /// certificate's own DNS names.
+    pub names: Vec<String>,
 }
 
 /// What a request header whose name contains `_` gets (Envoy's
@@ -340,6 +372,28 @@ struct RawServer {
     max_connections: Option<i64>,
     max_connections_per_ip: Option<i64>,
     max_requests_per_ip: Option<i64>,
+    tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: String,
+    key: String,
+    certificates: Option<Vec<RawCert>>,
+    min_version: Option<String>,
+    handshake_timeout: Option<String>,
+    redirect_listen: Option<String>,
+    client_ca: Option<String>,
+    client_auth: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCert {
+    cert: String,
+    key: String,
+    names: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -887,7 +941,12 @@ fn validate_server(s: RawServer) -> Result<ServerConfig, ConfigError> {
         .as_ref()
         .map(|r| size("server.max_body_size", r))
         .transpose()?;
+    let tls = s
+        .tls
+        .map(|t| validate_tls(t, listen, admin_listen))
+        .transpose()?;
     Ok(ServerConfig {
+        tls,
         listen,
         admin_listen,
         trusted_proxies,
@@ -938,6 +997,101 @@ fn validate_server(s: RawServer) -> Result<ServerConfig, ConfigError> {
             1,
         )?,
         max_requests_per_ip: count("server.max_requests_per_ip", s.max_requests_per_ip, 256, 1)?,
+    })
+}
+
+fn validate_tls(
+    t: RawTls,
+    listen: SocketAddr,
+    admin: Option<SocketAddr>,
+) -> Result<TlsConfig, ConfigError> {
+    let p = |k: &str| format!("server.tls.{k}");
+    let path_ok = |path: &str, v: &str| -> Result<String, ConfigError> {
+        if v.trim().is_empty() {
+            return Err(ConfigError::new(path, "must name a file"));
+        }
+        Ok(v.to_owned())
+    };
+    let mut certificates = vec![CertConfig {
+        cert: path_ok(&p("cert"), &t.cert)?,
+        key: path_ok(&p("key"), &t.key)?,
+        names: Vec::new(),
+    }];
+    for (i, c) in t.certificates.unwrap_or_default().into_iter().enumerate() {
+        let cp = |k: &str| format!("server.tls.certificates[{i}].{k}");
+        let mut names = Vec::new();
+        for (j, n) in c.names.unwrap_or_default().iter().enumerate() {
+            let n = n.trim().to_ascii_lowercase();
+            let bare = n.strip_prefix("*.").unwrap_or(&n);
+            let ok = !bare.is_empty()
+                && bare
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+            if !ok {
+                return Err(ConfigError::new(
+                    format!("server.tls.certificates[{i}].names[{j}]"),
+                    format!("{n:?} is not a host name (\"*.\" for a wildcard)"),
+                ));
+            }
+            names.push(n);
+        }
+        certificates.push(CertConfig {
+            cert: path_ok(&cp("cert"), &c.cert)?,
+            key: path_ok(&cp("key"), &c.key)?,
+            names,
+        });
+    }
+    let tls13_only = match t.min_version.as_deref().unwrap_or("1.2") {
+        "1.2" => false,
+        "1.3" => true,
+        other => {
+            return Err(ConfigError::new(
+                p("min_version"),
+                format!("{other:?} is not a TLS version (\"1.2\" or \"1.3\")"),
+            ));
+        }
+    };
+    let redirect_listen = t
+        .redirect_listen
+        .as_deref()
+        .map(|a| socket_addr(&p("redirect_listen"), a))
+        .transpose()?;
+    if let Some(r) = redirect_listen
+        && r.port() != 0
+        && (r == listen || Some(r) == admin)
+    {
+        return Err(ConfigError::new(
+            p("redirect_listen"),
+            "must differ from server.listen and server.admin_listen",
+        ));
+    }
+    let client_cert_optional = match t.client_auth.as_deref().unwrap_or("required") {
+        "required" => false,
+        "optional" => true,
+        other => {
+            return Err(ConfigError::new(
+                p("client_auth"),
+                format!("{other:?} is not \"required\" or \"optional\""),
+            ));
+        }
+    };
+    if t.client_auth.is_some() && t.client_ca.is_none() {
+        return Err(ConfigError::new(
+            p("client_auth"),
+            "is set but there is no client_ca",
+        ));
+    }
+    Ok(TlsConfig {
+        certificates,
+        tls13_only,
+        handshake_timeout: positive_duration(
+            &p("handshake_timeout"),
+            t.handshake_timeout.as_deref(),
+            Duration::from_secs(10),
+        )?,
+        redirect_listen,
+        client_ca: t.client_ca,
+        client_cert_optional,
     })
 }
 

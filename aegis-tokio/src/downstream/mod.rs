@@ -16,6 +16,7 @@ mod body;
 mod conn;
 mod h2;
 mod respond;
+mod tls;
 
 use std::future::{Future, poll_fn};
 use std::io;
@@ -34,6 +35,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 pub use body::ReqBody;
 use conn::{Conn, lock};
 use respond::{Out, close, respond_and_close, write_response};
+pub use tls::serve_tls;
 
 use crate::gateway::{self, Listener};
 use crate::h1::{self, BodyDecoder, Framing, HeadError};

@@ -55,7 +55,40 @@ pub fn handle(shared: &Shared, rt: &Runtime, parts: &Parts) -> Response<ProxyBod
     match path {
         "/gateway/stats" => {
             // Serialised from the struct, so the seed's keys come first, in its order.
-            let text = serde_json::to_string(&stats(shared, rt)).unwrap_or_default();
+            let mut text = serde_json::to_string(&stats(shared, rt)).unwrap_or_default();
+            // With TLS, one more entry per certificate after the targets' (whose keys these
+            // do not share): what is served and when it expires.
+            if let Some(tls) = &shared.tls {
+                let now = crate::time::wall().as_secs();
+                let certs: Vec<serde_json::Value> = tls
+                    .store
+                    .load()
+                    .certs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        json!({
+                            "certificate": c.cert_path,
+                            "subject": c.validity.subject,
+                            "names": c.names,
+                            "default": i == 0,
+                            "notAfter": httpdate::fmt_http_date(
+                                std::time::UNIX_EPOCH
+                                    + std::time::Duration::from_secs(c.validity.not_after)
+                            ),
+                            "expiresInSecs": c.validity.not_after as i64 - now as i64,
+                        })
+                    })
+                    .collect();
+                if !certs.is_empty() {
+                    let joined = serde_json::to_string(&certs).unwrap_or_default();
+                    text.pop();
+                    if text.len() > 1 {
+                        text.push(',');
+                    }
+                    text.push_str(&joined[1..]);
+                }
+            }
             let mut r = Response::new(ProxyBody::full(text));
             r.headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -114,6 +147,21 @@ pub fn handle(shared: &Shared, rt: &Runtime, parts: &Parts) -> Response<ProxyBod
                 .map(|h| (h.section.as_str(), h.config.url.as_str(), h.status(now)))
                 .collect();
             crate::observe::metrics::render_jwks(&mut text, &jwks);
+            if let Some(tls) = &shared.tls {
+                let store = tls.store.load();
+                let certs: Vec<(&str, &str, u64)> = store
+                    .certs
+                    .iter()
+                    .map(|c| {
+                        (
+                            c.cert_path.as_str(),
+                            c.validity.subject.as_str(),
+                            c.validity.not_after,
+                        )
+                    })
+                    .collect();
+                crate::observe::metrics::render_certs(&mut text, &certs);
+            }
             let mut r = Response::new(ProxyBody::full(text));
             r.headers_mut().insert(
                 CONTENT_TYPE,

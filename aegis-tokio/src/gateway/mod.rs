@@ -283,6 +283,7 @@ where
                 .as_ref()
                 .or_else(|| header(&parts.headers, &HOST)),
             request_id: &ex.request_id,
+            tls: peer.tls,
         },
     };
     let timing = upstream::Timing {

@@ -306,6 +306,22 @@ impl Metrics {
     }
 }
 
+/// The certificates the TLS listener serves: (file, subject, notAfter in Unix seconds).
+pub fn render_certs(out: &mut String, certs: &[(&str, &str, u64)]) {
+    out.push_str(
+        "# HELP aegis_tls_certificate_not_after_seconds When each served certificate expires (Unix time).\n\
+         # TYPE aegis_tls_certificate_not_after_seconds gauge\n",
+    );
+    for (file, subject, not_after) in certs {
+        let _ = writeln!(
+            out,
+            "aegis_tls_certificate_not_after_seconds{{file=\"{}\",subject=\"{}\"}} {not_after}",
+            esc(file),
+            esc(subject)
+        );
+    }
+}
+
 /// The JWKS of each provider with a `jwks_url`: (section, URL, status).
 pub fn render_jwks(out: &mut String, providers: &[(&str, &str, aegis_policy::JwksStatus)]) {
     if providers.is_empty() {

@@ -14,6 +14,7 @@
 //! admin-only mode, on the control thread.
 
 mod listen;
+mod redirect;
 mod reload;
 mod worker;
 
@@ -134,7 +135,21 @@ async fn control(
         }
     }
 
-    crate::say!("listening on http://{addr}");
+    let scheme = if shared.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    crate::say!("listening on {scheme}://{addr}");
+    if let Some(r) = server.tls.as_ref().and_then(|t| t.redirect_listen) {
+        let l = listen::bind(r, false)
+            .map_err(|e| format!("cannot listen on {r} (server.tls.redirect_listen): {e}"))?;
+        crate::say!(
+            "redirect listening on http://{}",
+            l.local_addr().map_err(|e| e.to_string())?
+        );
+        tokio::task::spawn_local(redirect::serve(l, addr.port(), stop.child_token()));
+    }
     let admin = match admin {
         Some(l) => {
             crate::say!(
@@ -151,7 +166,7 @@ async fn control(
         None => None,
     };
     tracing::info!(
-        "aegis serving {routes} routes on http://{addr} with {workers} worker thread{} ({store} rate-limit store)",
+        "aegis serving {routes} routes on {scheme}://{addr} with {workers} worker thread{} ({store} rate-limit store)",
         if workers == 1 { "" } else { "s" }
     );
     on_ready(addr);

@@ -4,10 +4,12 @@
 //! ```text
 //!   pem      PEM files: certificate chains, private keys, CA bundles; notAfter of a cert
 //!   client   ClientConfig: bundled roots (webpki-roots) + upstream_tls.ca, optional client cert
+//!   server   the certificates of [server.tls] by SNI (reloadable), the acceptor
 //! ```
 
 pub mod client;
 pub mod pem;
+pub mod server;
 
 use std::sync::Arc;
 

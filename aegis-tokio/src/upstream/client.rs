@@ -404,6 +404,8 @@ pub struct SetHeaders<'a> {
     pub forwarded_for: &'a HeaderValue,
     pub forwarded_host: Option<&'a HeaderValue>,
     pub request_id: &'a RequestId,
+    /// The client connection is TLS: `X-Forwarded-Proto: https`.
+    pub tls: bool,
 }
 
 /// `METHOD /path?query HTTP/1.1`, the headers, the set headers, and the framing header of the
@@ -428,7 +430,11 @@ fn put_request_head(out: &mut Vec<u8>, req: &Outgoing<'_>, framing: Option<Frami
     }
     put_header(out, "host", set.host);
     put_header(out, "x-forwarded-for", set.forwarded_for);
-    out.extend_from_slice(b"x-forwarded-proto: http\r\n");
+    out.extend_from_slice(if set.tls {
+        b"x-forwarded-proto: https\r\n"
+    } else {
+        b"x-forwarded-proto: http\r\n"
+    });
     if let Some(h) = set.forwarded_host {
         put_header(out, "x-forwarded-host", h);
     }
