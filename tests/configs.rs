@@ -170,6 +170,7 @@ fn example_config_shows_every_key_of_the_model() {
         ("auth.keys", "RawKey"),
         ("server.tls", "RawTls"),
         ("server.tls.certificates", "RawCert"),
+        ("upstream_tls", "RawUpstreamTls"),
     ] {
         // Sub-tables (routes.rate_limit, auth.keys) are shown inline or commented out.
         assert!(

@@ -90,6 +90,7 @@ impl ConfigEnv for MapEnv {
 pub struct Config {
     pub server: ServerConfig,
     pub upstream: UpstreamConfig,
+    pub upstream_tls: UpstreamTlsConfig,
     /// The default auth provider: routes with `auth = true`.
     pub auth: Option<AuthConfig>,
     /// Named auth providers: routes with `auth = "NAME"`.
@@ -311,6 +312,21 @@ pub struct TargetConfig {
     pub authority: http::uri::Authority,
     /// A path the forwarded path is appended to (`""` when the URL has none).
     pub base_path: String,
+    /// `https://`: the connection is TLS, the certificate verified (`[upstream_tls]`).
+    pub tls: bool,
+}
+
+/// `[upstream_tls]`: how https targets (and JWKS URLs) are verified, and the client
+/// certificate presented to them. Paths; the shell reads the files.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpstreamTlsConfig {
+    /// PEM CA bundle trusted besides the bundled roots.
+    pub ca: Option<String>,
+    /// Trust only `ca`, not the bundled roots.
+    pub ca_only: bool,
+    /// Upstream mTLS: a PEM chain and key presented when a target asks.
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -342,6 +358,8 @@ struct RawConfig {
     server: RawServer,
     #[serde(default)]
     upstream: RawUpstream,
+    #[serde(default)]
+    upstream_tls: RawUpstreamTls,
     auth: Option<RawAuth>,
     #[serde(default)]
     auth_providers: BTreeMap<String, RawAuth>,
@@ -351,6 +369,15 @@ struct RawConfig {
     breaker: RawBreaker,
     #[serde(default)]
     routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawUpstreamTls {
+    ca: Option<String>,
+    roots: Option<String>,
+    client_cert: Option<String>,
+    client_key: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -786,6 +813,7 @@ fn check_redis_url(url: &str) -> Result<(), String> {
 fn validate(raw: RawConfig, env: &dyn ConfigEnv) -> Result<Config, ConfigError> {
     let server = validate_server(raw.server)?;
     let upstream = validate_upstream(raw.upstream)?;
+    let upstream_tls = validate_upstream_tls(raw.upstream_tls)?;
     let auth = raw
         .auth
         .map(|a| validate_auth("auth", a, env))
@@ -833,6 +861,7 @@ fn validate(raw: RawConfig, env: &dyn ConfigEnv) -> Result<Config, ConfigError> 
     Ok(Config {
         server,
         upstream,
+        upstream_tls,
         auth,
         auth_providers,
         rate_limit,
@@ -997,6 +1026,37 @@ fn validate_server(s: RawServer) -> Result<ServerConfig, ConfigError> {
             1,
         )?,
         max_requests_per_ip: count("server.max_requests_per_ip", s.max_requests_per_ip, 256, 1)?,
+    })
+}
+
+fn validate_upstream_tls(t: RawUpstreamTls) -> Result<UpstreamTlsConfig, ConfigError> {
+    let ca_only = match t.roots.as_deref().unwrap_or("bundled") {
+        "bundled" => false,
+        "ca_only" => true,
+        other => {
+            return Err(ConfigError::new(
+                "upstream_tls.roots",
+                format!("{other:?} is not \"bundled\" or \"ca_only\""),
+            ));
+        }
+    };
+    if ca_only && t.ca.is_none() {
+        return Err(ConfigError::new(
+            "upstream_tls.roots",
+            "\"ca_only\" needs upstream_tls.ca",
+        ));
+    }
+    if t.client_cert.is_some() != t.client_key.is_some() {
+        return Err(ConfigError::new(
+            "upstream_tls.client_key",
+            "client_cert and client_key go together",
+        ));
+    }
+    Ok(UpstreamTlsConfig {
+        ca: t.ca,
+        ca_only,
+        client_cert: t.client_cert,
+        client_key: t.client_key,
     })
 }
 
@@ -1433,16 +1493,11 @@ fn validate_breaker(b: RawBreaker, max_timeout: Duration) -> Result<BreakerConfi
 fn validate_target(path: &str, raw: &str) -> Result<TargetConfig, ConfigError> {
     let bad = || ConfigError::new(path, format!("{raw:?} is not an http URL"));
     let uri: http::Uri = raw.parse().map_err(|_| bad())?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(ConfigError::new(
-                path,
-                format!("{raw:?}: https upstreams are not supported; use http"),
-            ));
-        }
+    let tls = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
         _ => return Err(bad()),
-    }
+    };
     let authority = uri.authority().cloned().ok_or_else(bad)?;
     if authority.host().is_empty() {
         return Err(bad());
@@ -1460,11 +1515,13 @@ fn validate_target(path: &str, raw: &str) -> Result<TargetConfig, ConfigError> {
         ));
     }
     let base_path = uri.path().trim_end_matches('/').to_owned();
-    let url = format!("http://{authority}{base_path}");
+    let scheme = if tls { "https" } else { "http" };
+    let url = format!("{scheme}://{authority}{base_path}");
     Ok(TargetConfig {
         url,
         authority,
         base_path,
+        tls,
     })
 }
 
@@ -1839,7 +1896,17 @@ mod tests {
         );
         assert!(err(&probe).starts_with("breaker.probe_timeout: must be at least"));
         let https = SEED.replace("http://127.0.0.1:3004", "https://x");
-        assert!(err(&https).contains("https upstreams are not supported"));
+        let c = Config::from_toml(&https, &env()).unwrap();
+        assert!(c.routes[1].targets[0].tls);
+        assert_eq!(c.routes[1].targets[0].url, "https://x");
+        let half = SEED.replace(
+            "[breaker]",
+            "[upstream_tls]\nclient_cert = \"c.pem\"\n[breaker]",
+        );
+        assert_eq!(
+            err(&half),
+            "upstream_tls.client_key: client_cert and client_key go together"
+        );
         let repeat = SEED.replace("http://127.0.0.1:3002", "http://127.0.0.1:3001/");
         assert!(
             err(&repeat).starts_with("routes[0].targets[1]: "),

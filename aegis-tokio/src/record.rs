@@ -97,4 +97,7 @@ pub struct Exchange {
     pub host: Option<HeaderValue>,
     /// The rate-limit client IP, worked out only for the JSON log.
     pub client_ip: Option<IpAddr>,
+    /// Why an upstream exchange failed, when the reason alone does not say (an https
+    /// target whose certificate did not verify).
+    pub error: Option<String>,
 }

@@ -120,6 +120,7 @@ where
             .and_then(|h| HeaderValue::from_str(h).ok()),
         client_ip: (shared.log_format == crate::observe::log::LogFormat::Json)
             .then(|| rt.policy.client_ip(peer.addr.ip(), h)),
+        error: None,
     };
     let resp = exchange(shared, rt, peer, parts, body, &mut ex).await;
     let status = resp.status().as_u16();
@@ -374,6 +375,9 @@ where
                     ex.reason = "upstream_busy";
                     return overloaded(format!("{}; retry shortly", detail(&e)));
                 }
+                // Counted against the target like a refused connection; the access line
+                // says why.
+                SendError::Tls(why) => ex.error = Some(why.clone()),
                 _ => {}
             }
             metrics.upstream_latency(sent.elapsed());

@@ -74,7 +74,14 @@ impl Runtime {
                 Some(kept.unwrap_or_else(|| JwksHandle::new(section, j.clone(), now)))
             })
             .collect();
-        let tls_client = crate::tls::client::config(&[], None)?;
+        // Kept across reloads that leave [upstream_tls] as it was (its session cache too).
+        let tls_client = match old {
+            Some(o) if o.policy.config().upstream_tls == config.upstream_tls => {
+                o.tls_client.clone()
+            }
+            _ => crate::tls::client::from_config(&config.upstream_tls)
+                .map_err(|e| format!("upstream_tls: {e}"))?,
+        };
         let balancers = config
             .routes
             .iter()
@@ -103,7 +110,10 @@ impl Runtime {
                 targets: r
                     .targets
                     .iter()
-                    .map(|t| Target::new(&t.authority, &config.upstream))
+                    .map(|t| {
+                        let tls = t.tls.then_some(&tls_client);
+                        Target::new(&t.authority, &config.upstream, tls)
+                    })
                     .collect(),
             })
             .collect();

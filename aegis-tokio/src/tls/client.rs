@@ -4,17 +4,38 @@
 
 use std::sync::Arc;
 
+use aegis_policy::config::UpstreamTlsConfig;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore};
 
-/// A client config trusting the bundled roots and `extra` CAs, presenting `identity` when a
-/// server asks for a client certificate. ALPN: http/1.1 (the upstream client speaks it).
+/// The client config of `[upstream_tls]`: the files read (errors name them).
+pub fn from_config(cfg: &UpstreamTlsConfig) -> Result<Arc<ClientConfig>, String> {
+    let extra = match &cfg.ca {
+        Some(path) => super::pem::certs(path)?,
+        None => Vec::new(),
+    };
+    let identity = match (&cfg.client_cert, &cfg.client_key) {
+        (Some(c), Some(k)) => Some((super::pem::certs(c)?, super::pem::key(k)?)),
+        _ => None,
+    };
+    config(&extra, !cfg.ca_only, identity).map_err(|e| match &cfg.ca {
+        Some(p) if e.starts_with("CA") => format!("{p}: {e}"),
+        _ => e,
+    })
+}
+
+/// A client config trusting the bundled roots (when `bundled`) and `extra` CAs, presenting
+/// `identity` when a server asks for a client certificate. ALPN: http/1.1 (the upstream
+/// client speaks it).
 pub fn config(
     extra: &[CertificateDer<'static>],
+    bundled: bool,
     identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
 ) -> Result<Arc<ClientConfig>, String> {
     let mut roots = RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if bundled {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    }
     for (i, ca) in extra.iter().enumerate() {
         roots
             .add(ca.clone())

@@ -11,6 +11,7 @@
 mod body;
 mod client;
 mod pool;
+mod stream;
 mod target;
 
 pub use body::UpBody;
