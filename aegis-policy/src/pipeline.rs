@@ -302,7 +302,7 @@ impl KeySource for NoKeys {
 }
 
 /// Fetched key sets indexed by provider.
-impl KeySource for [Option<Arc<KeySet>>] {
+impl KeySource for Vec<Option<Arc<KeySet>>> {
     fn key_set(&self, provider: ProviderId) -> Option<Arc<KeySet>> {
         self.get(provider.0).cloned().flatten()
     }

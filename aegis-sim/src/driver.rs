@@ -205,6 +205,8 @@ pub struct Driver {
     pub ticks: Vec<(u64, usize)>,
     open_for: Duration,
     probe_timeout: Duration,
+    /// Keys fetched from JWKS URLs, by provider (`[idp]` scenarios set them as time passes).
+    pub keys: Vec<Option<std::sync::Arc<aegis_policy::KeySet>>>,
 }
 
 fn violation(now: Nanos, invariant: &'static str, detail: String) -> Violation {
@@ -260,6 +262,7 @@ impl Driver {
             transitions: Vec::new(),
             violations: Vec::new(),
             ticks: Vec::new(),
+            keys: Vec::new(),
         }
     }
 
@@ -272,7 +275,7 @@ impl Driver {
         let request = self.answered.len() as u64;
         self.answered.push(false);
         self.counts.requests += 1;
-        let ticket = match self.policy.on_request(view, now) {
+        let ticket = match self.policy.on_request_with(view, &self.keys, now) {
             Step::Respond(reply) => return self.reply(request, &reply, now),
             Step::Admit(t) => t,
             Step::Count(pending) => {

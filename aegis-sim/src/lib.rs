@@ -16,6 +16,7 @@
 
 pub mod driver;
 pub mod fuzz;
+pub mod idp;
 pub mod replay;
 pub mod report;
 pub mod rng;

@@ -72,6 +72,9 @@ pub struct Report {
     pub invariant_violations: Vec<Violation>,
     /// Failed `[expect]` entries of the scenario.
     pub expectations_failed: Vec<String>,
+    /// `[idp]` scenarios: the JWKS fetches and unknown-kid decisions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<crate::idp::JwksReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reproduce: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -119,6 +122,23 @@ impl Report {
                 .map(|(k, v)| format!("{k} {v}"))
                 .collect();
             let _ = writeln!(o, "  401 by reason: {}", u.join(", "));
+        }
+        if let Some(j) = &self.jwks {
+            let _ = writeln!(
+                o,
+                "  jwks: {} fetches ok, {} failed; unknown kid: {} refetches, {} refused; {} requests held for a refetch",
+                j.fetches_ok,
+                j.fetches_failed,
+                j.unknown_kid_fetches,
+                j.unknown_kid_refused,
+                j.held
+            );
+            let log: Vec<String> = j
+                .fetch_log
+                .iter()
+                .map(|(t, why)| format!("{} {why}", secs(*t)))
+                .collect();
+            let _ = writeln!(o, "  jwks fetches: {}", log.join(", "));
         }
         if self.store_errors > 0 {
             let _ = writeln!(

@@ -10,6 +10,7 @@ use aegis_policy::http::{HeaderMap, Method};
 use aegis_policy::{BreakerState, Nanos, Now, Policy, RequestView, UpstreamOutcome};
 
 use crate::driver::{Driver, FaultyStore, Handled, OUTCOMES};
+use crate::idp::{self, SimIdp};
 use crate::report::{LimitedKey, Report, TargetReport, TraceLine};
 use crate::rng::Rng;
 use crate::scenario::{Down, FaultKind, Latency, Scenario, ScenarioError, TokenKind, UpstreamSpec};
@@ -33,6 +34,10 @@ enum Ev {
     Script(u32),
     Done(u32),
     Tick(u32),
+    /// `[idp]`: the JWKS cache's next scheduled fetch may be due.
+    IdpWake,
+    /// `[idp]`: the fetch in flight completes.
+    IdpFetched,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,7 +81,7 @@ impl Queue {
         };
         match ev {
             Ev::Load(_) | Ev::Script(_) => self.arrivals.push(e),
-            Ev::Done(_) | Ev::Tick(_) => self.others.push(e),
+            Ev::Done(_) | Ev::Tick(_) | Ev::IdpWake | Ev::IdpFetched => self.others.push(e),
         }
     }
 
@@ -184,7 +189,7 @@ struct LoadState {
     next: u64,
     cursor: u64,
     /// `[user][token kind]`, minted on first use.
-    headers: Vec<[Option<HeaderMap>; 4]>,
+    headers: Vec<[Option<HeaderMap>; 5]>,
 }
 
 fn kind_index(k: TokenKind) -> usize {
@@ -193,6 +198,7 @@ fn kind_index(k: TokenKind) -> usize {
         TokenKind::Missing => 1,
         TokenKind::Expired => 2,
         TokenKind::BadSignature => 3,
+        TokenKind::UnknownKid => 4,
     }
 }
 
@@ -212,7 +218,7 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
         .iter()
         .any(|l| l.tokens.iter().any(|(k, _)| *k != TokenKind::Missing))
         || s.requests.iter().any(|r| r.token != TokenKind::Missing);
-    if config.auth.is_some() && minter.is_none() && needs_tokens {
+    if config.auth.is_some() && minter.is_none() && needs_tokens && s.idp.is_none() {
         return Err(ScenarioError::new(
             "gateway.auth.algorithms",
             "allows no HS algorithm: the simulator mints HS tokens with the config's secret and \
@@ -233,6 +239,33 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
         config.rate_limit.command_timeout,
     );
     let mut driver = Driver::new(policy, store);
+    let mut idp = match &s.idp {
+        Some(spec) => Some(SimIdp::new(spec.clone(), &driver.policy)?),
+        None => None,
+    };
+    // [idp]: tokens are signed by the IdP's current key (a minter per signing kid).
+    let idp_minters: BTreeMap<String, Minter> = match (&s.idp, &idp) {
+        (Some(spec), Some(sim)) => {
+            let auth = driver.policy.config().providers()[sim.provider.0].1.clone();
+            spec.signing
+                .iter()
+                .filter_map(|(kid, _)| {
+                    Minter::with_key(
+                        &auth,
+                        kid,
+                        &idp::secret(kid),
+                        s.wall_start.as_secs(),
+                        end_secs,
+                    )
+                    .map(|m| (kid.clone(), m))
+                })
+                .collect()
+        }
+        _ => BTreeMap::new(),
+    };
+    let mut unknown_kids = 0u64;
+    let mut held: Vec<HeldReq> = Vec::new();
+    let mut idp_wake = 0u64;
 
     // Upstreams by URL, and each (route, target)'s index into them.
     let urls: Vec<&String> = s.upstreams.keys().collect();
@@ -256,6 +289,9 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
         .collect();
 
     let mut q = Queue::default();
+    if idp.is_some() {
+        q.push(0, Ev::IdpWake);
+    }
     let mut loads: Vec<LoadState> = s
         .loads
         .iter()
@@ -266,7 +302,7 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
             next: l.from,
             cursor: 0,
             headers: (0..l.users.len())
-                .map(|_| [None, None, None, None])
+                .map(|_| [None, None, None, None, None])
                 .collect(),
         })
         .collect();
@@ -287,7 +323,53 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
     while let Some(Event { t, ev, .. }) = q.pop() {
         last_t = t;
         let now = Now::virtual_at(Nanos(t), s.wall_start);
+        if let Some(sim) = idp.as_mut() {
+            driver.keys = sim.keys(t);
+        }
         match ev {
+            Ev::IdpWake | Ev::IdpFetched => {
+                let Some(sim) = idp.as_mut() else { continue };
+                if ev == Ev::IdpFetched {
+                    sim.complete(t);
+                    driver.keys = sim.keys(t);
+                    // Requests held for this fetch are checked again.
+                    for h in std::mem::take(&mut held) {
+                        sim.report.held += 1;
+                        let req = Req {
+                            method: &h.method,
+                            host: h.host.as_deref(),
+                            path: &h.path,
+                            headers: &h.headers,
+                            peer: h.peer,
+                        };
+                        send(
+                            &mut driver,
+                            &mut upstreams,
+                            &target_up,
+                            &mut q,
+                            &mut outcomes,
+                            opts.trace.then_some(&mut trace),
+                            &req,
+                            now,
+                        );
+                    }
+                } else if t != idp_wake {
+                    continue;
+                }
+                if sim.in_flight_until.is_none()
+                    && let Some(done) = sim.poll(t, &mut driver.violations)
+                {
+                    q.push(done, Ev::IdpFetched);
+                }
+                if let Some(w) = sim.next_wake()
+                    && w > t
+                    && w < s.duration
+                    && (idp_wake <= t || w < idp_wake)
+                {
+                    idp_wake = w;
+                    q.push(w, Ev::IdpWake);
+                }
+            }
             Ev::Tick(route) => driver.tick(route as usize, Nanos(t)),
             Ev::Done(slot) => {
                 let outcome = outcomes[slot as usize];
@@ -336,15 +418,27 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
                     .iter()
                     .find(|(_, c)| roll < *c)
                     .map_or(TokenKind::Valid, |x| x.0);
-                let headers: &HeaderMap = if kind == TokenKind::Missing || minter.is_none() {
-                    &empty
-                } else {
-                    let slot = &mut st.headers[user_i as usize][kind_index(kind)];
-                    if slot.is_none() {
-                        *slot = Some(mint(&spec.users[user_i as usize], kind));
-                    }
-                    slot.as_ref().unwrap_or(&empty)
-                };
+                let idp_headers;
+                let headers: &HeaderMap =
+                    if let Some(sim) = idp.as_ref().filter(|_| kind != TokenKind::Missing) {
+                        let m = &idp_minters[sim.signing_kid(t)];
+                        idp_headers = if kind == TokenKind::UnknownKid {
+                            unknown_kids += 1;
+                            m.naming(format!("rnd-{unknown_kids}"))
+                                .headers(&spec.users[user_i as usize], kind)
+                        } else {
+                            m.headers(&spec.users[user_i as usize], kind)
+                        };
+                        &idp_headers
+                    } else if kind == TokenKind::Missing || minter.is_none() {
+                        &empty
+                    } else {
+                        let slot = &mut st.headers[user_i as usize][kind_index(kind)];
+                        if slot.is_none() {
+                            *slot = Some(mint(&spec.users[user_i as usize], kind));
+                        }
+                        slot.as_ref().unwrap_or(&empty)
+                    };
                 let peer = spec.ips[ip_i as usize];
                 let req = Req {
                     method: &spec.method,
@@ -353,6 +447,17 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
                     headers,
                     peer,
                 };
+                if let Some(sim) = idp.as_mut()
+                    && hold_for_refetch(&driver, sim, &req, now)
+                {
+                    held.push(HeldReq::of(&req));
+                    if sim.in_flight_until.is_none()
+                        && let Some(done) = sim.poll(t, &mut driver.violations)
+                    {
+                        q.push(done, Ev::IdpFetched);
+                    }
+                    continue;
+                }
                 send(
                     &mut driver,
                     &mut upstreams,
@@ -426,6 +531,7 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
         }
     }
     let mut report = build_report(s, seed, &driver, end, &finals);
+    report.jwks = idp.map(|sim| sim.report);
     for (code, want) in &s.expect.status_counts {
         let got = report.status_counts.get(code).copied().unwrap_or(0);
         if got != *want {
@@ -448,6 +554,47 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
         report.trace = Some(trace);
     }
     Ok(report)
+}
+
+/// A request held while the JWKS refetch its unknown kid asked for runs.
+struct HeldReq {
+    method: Method,
+    host: Option<String>,
+    path: String,
+    headers: HeaderMap,
+    peer: IpAddr,
+}
+
+impl HeldReq {
+    fn of(r: &Req<'_>) -> HeldReq {
+        HeldReq {
+            method: r.method.clone(),
+            host: r.host.map(str::to_owned),
+            path: r.path.to_owned(),
+            headers: r.headers.clone(),
+            peer: r.peer,
+        }
+    }
+}
+
+/// Whether the pipeline would refuse `req` for an unknown key of the IdP's provider and the
+/// cache starts (or has) a refetch for it: the request then waits for it, as in the gateway.
+/// `on_request_with` is pure, so looking first changes nothing.
+fn hold_for_refetch(driver: &Driver, sim: &mut SimIdp, req: &Req<'_>, now: Now) -> bool {
+    let view = RequestView {
+        method: req.method,
+        host: req.host,
+        path_and_query: req.path,
+        headers: req.headers,
+        peer: req.peer,
+    };
+    match driver.policy.on_request_with(&view, &driver.keys, now) {
+        aegis_policy::Step::Respond(r) => {
+            driver.policy.unknown_key_provider(&r) == Some(sim.provider)
+                && sim.on_unknown_kid(now.mono.0)
+        }
+        _ => false,
+    }
 }
 
 struct Req<'a> {
@@ -585,6 +732,7 @@ fn build_report(
         invariant_checks: c.checks,
         invariant_violations: driver.violations.clone(),
         expectations_failed: Vec::new(),
+        jwks: None,
         reproduce: None,
         trace: None,
     }

@@ -124,14 +124,18 @@ pub enum TokenKind {
     Missing,
     Expired,
     BadSignature,
+    /// `[idp]` scenarios: signed by a key the IdP never published, naming a fresh `kid` each
+    /// time (a flood of random kids).
+    UnknownKid,
 }
 
 impl TokenKind {
-    pub const ALL: [TokenKind; 4] = [
+    pub const ALL: [TokenKind; 5] = [
         TokenKind::Valid,
         TokenKind::Missing,
         TokenKind::Expired,
         TokenKind::BadSignature,
+        TokenKind::UnknownKid,
     ];
 
     pub fn name(self) -> &'static str {
@@ -140,6 +144,7 @@ impl TokenKind {
             TokenKind::Missing => "missing",
             TokenKind::Expired => "expired",
             TokenKind::BadSignature => "bad_signature",
+            TokenKind::UnknownKid => "unknown_kid",
         }
     }
 
@@ -150,7 +155,9 @@ impl TokenKind {
             .ok_or_else(|| {
                 ScenarioError::new(
                     path,
-                    format!("{s:?} is not a token kind (valid, missing, expired, bad_signature)"),
+                    format!(
+                        "{s:?} is not a token kind (valid, missing, expired, bad_signature, unknown_kid)"
+                    ),
                 )
             })
     }
@@ -222,6 +229,8 @@ pub struct Scenario {
     pub requests: Vec<ScriptSpec>,
     pub store_faults: Vec<StoreFault>,
     pub expect: Expect,
+    /// A simulated identity provider serving the gateway's JWKS (`[idp]`).
+    pub idp: Option<crate::idp::IdpSpec>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -249,6 +258,96 @@ struct RawScenario {
     #[serde(default)]
     store_faults: Vec<RawStoreFault>,
     expect: Option<RawExpect>,
+    idp: Option<RawIdp>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdp {
+    provider: Option<String>,
+    fetch_latency: Option<String>,
+    max_age: Option<String>,
+    keys: Vec<RawIdpKey>,
+    signing: Vec<RawIdpKey>,
+    #[serde(default)]
+    outages: Vec<RawWindow>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdpKey {
+    kid: String,
+    from: Option<String>,
+    until: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWindow {
+    from: String,
+    until: String,
+}
+
+fn idp(raw: RawIdp) -> Result<crate::idp::IdpSpec, ScenarioError> {
+    let mut keys = Vec::new();
+    for (i, k) in raw.keys.iter().enumerate() {
+        let p = format!("idp.keys[{i}]");
+        let from = opt_dur(&format!("{p}.from"), k.from.as_deref(), 0)?;
+        let until = opt_dur(&format!("{p}.until"), k.until.as_deref(), u64::MAX)?;
+        if until <= from {
+            return Err(ScenarioError::new(
+                format!("{p}.until"),
+                "must be later than from",
+            ));
+        }
+        keys.push((k.kid.clone(), from, until));
+    }
+    let mut signing = Vec::new();
+    for (i, k) in raw.signing.iter().enumerate() {
+        let p = format!("idp.signing[{i}]");
+        if k.until.is_some() {
+            return Err(ScenarioError::new(
+                format!("{p}.until"),
+                "a signing key signs until the next one's from",
+            ));
+        }
+        let from = opt_dur(&format!("{p}.from"), k.from.as_deref(), 0)?;
+        if signing.last().is_some_and(|(_, f)| *f > from) {
+            return Err(ScenarioError::new(
+                format!("{p}.from"),
+                "signing keys go in time order",
+            ));
+        }
+        signing.push((k.kid.clone(), from));
+    }
+    if signing.is_empty() {
+        return Err(ScenarioError::new(
+            "idp.signing",
+            "name at least one signing key",
+        ));
+    }
+    let outages = raw
+        .outages
+        .iter()
+        .enumerate()
+        .map(|(i, w)| window(&format!("idp.outages[{i}]"), &w.from, &w.until))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(crate::idp::IdpSpec {
+        provider: raw.provider.unwrap_or_else(|| "auth".to_owned()),
+        fetch_latency: opt_dur(
+            "idp.fetch_latency",
+            raw.fetch_latency.as_deref(),
+            50 * NS_PER_MS,
+        )?,
+        max_age: raw
+            .max_age
+            .as_deref()
+            .map(|m| dur("idp.max_age", m).map(std::time::Duration::from_nanos))
+            .transpose()?,
+        keys,
+        signing,
+        outages,
+    })
 }
 
 #[derive(Debug, Deserialize, Default, Clone)]
@@ -944,6 +1043,7 @@ fn validate(raw: RawScenario, name: &str, base: &Path) -> Result<Scenario, Scena
         requests,
         store_faults,
         expect,
+        idp: raw.idp.map(idp).transpose()?,
     })
 }
 

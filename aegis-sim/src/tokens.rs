@@ -24,6 +24,8 @@ pub struct Minter {
     exp: u64,
     /// `exp` of expired ones: past even with the leeway.
     expired_exp: u64,
+    /// The `kid` in the header (`[idp]` scenarios).
+    kid: Option<String>,
 }
 
 impl std::fmt::Debug for Minter {
@@ -58,7 +60,24 @@ impl Minter {
             iat: start_secs,
             exp: end_secs.saturating_add(DAY_SECS),
             expired_exp: start_secs.saturating_sub(leeway + DAY_SECS),
+            kid: None,
         })
+    }
+
+    /// A minter signing HS256 with `secret` and naming `kid` (a simulated IdP's key).
+    pub fn with_key(
+        auth: &AuthConfig,
+        kid: &str,
+        secret: &str,
+        start_secs: u64,
+        end_secs: u64,
+    ) -> Option<Minter> {
+        let mut a = auth.clone();
+        a.algorithms = vec![JwtAlgorithm::HS256];
+        a.secret = Some(aegis_policy::config::Secret(secret.to_owned()));
+        let mut m = Minter::new(&a, start_secs, end_secs)?;
+        m.kid = Some(kid.to_owned());
+        Some(m)
     }
 
     /// The bare token, or `None` for [`TokenKind::Missing`].
@@ -67,7 +86,7 @@ impl Minter {
             TokenKind::Missing => return None,
             TokenKind::Valid => (self.exp, &self.key),
             TokenKind::Expired => (self.expired_exp, &self.key),
-            TokenKind::BadSignature => (self.exp, &self.wrong_key),
+            TokenKind::BadSignature | TokenKind::UnknownKid => (self.exp, &self.wrong_key),
         };
         let mut claims = Map::new();
         claims.insert(self.user_claim.clone(), Value::from(user));
@@ -83,7 +102,25 @@ impl Minter {
             claims.insert("aud".into(), Value::from(a.as_str()));
         }
         // Signing an in-memory JSON object with an HMAC key cannot fail.
-        jsonwebtoken::encode(&Header::new(self.alg), &claims, key).ok()
+        let mut header = Header::new(self.alg);
+        header.kid.clone_from(&self.kid);
+        jsonwebtoken::encode(&header, &claims, key).ok()
+    }
+
+    /// This minter naming another `kid` (an unknown one, for [`TokenKind::UnknownKid`]).
+    pub fn naming(&self, kid: String) -> Minter {
+        Minter {
+            alg: self.alg,
+            key: self.key.clone(),
+            wrong_key: self.wrong_key.clone(),
+            user_claim: self.user_claim.clone(),
+            issuer: self.issuer.clone(),
+            audience: self.audience.clone(),
+            iat: self.iat,
+            exp: self.exp,
+            expired_exp: self.expired_exp,
+            kid: Some(kid),
+        }
     }
 
     /// Request headers carrying `kind` for `user`.

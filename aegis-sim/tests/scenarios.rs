@@ -307,7 +307,10 @@ fn every_shipped_scenario_is_asserted() {
     let tested = [
         "all-down",
         "flapping",
+        // idp-outage and jwks-rotation: tests/jwks_scenarios.rs.
+        "idp-outage",
         "instance-dies",
+        "jwks-rotation",
         "redis-outage-closed",
         "redis-outage-open",
         "seed-walkthrough",
