@@ -348,6 +348,33 @@ fn mtls_verifies_client_certificates_and_forwards_the_subject() {
 }
 
 #[test]
+fn a_handshake_counts_in_the_connection_caps() {
+    let up = Upstream::start("svc");
+    let dir = temp_dir("tls-caps");
+    let c = write_certs(dir.path());
+    let cfg = tls_config(&up, dir.path(), "").replace(
+        "listen = \"127.0.0.1:0\"\n",
+        "listen = \"127.0.0.1:0\"\nmax_connections_per_ip = 1\n",
+    );
+    let gw = Gateway::start(&cfg, &[]);
+    // One connection that has not finished its handshake holds the client's only slot.
+    let _first = connect_raw(gw.addr, Duration::from_secs(5));
+    wait_until(
+        "the first connection counted",
+        Duration::from_secs(5),
+        || {
+            let client = c.ca.client_config(&[b"http/1.1"]);
+            https_get(gw.addr, "localhost", client, "/", &[]).is_err()
+        },
+    );
+    drop(_first);
+    wait_until("the slot back", Duration::from_secs(5), || {
+        let client = c.ca.client_config(&[b"http/1.1"]);
+        https_get(gw.addr, "localhost", client, "/", &[]).is_ok_and(|(r, _)| r.status == 200)
+    });
+}
+
+#[test]
 fn aegis_check_validates_the_certificate_files() {
     let up = Upstream::start("svc");
     let dir = temp_dir("tls-check");

@@ -1,6 +1,7 @@
 //! A TLS client connection: the handshake (bounded by `server.tls.handshake_timeout`, counted
 //! among the open connections), then the same connection loop as plaintext over the TLS
-//! stream (ALPN h2 clients send the HTTP/2 preface, which the loop hands to hyper). A client
+//! stream (ALPN h2 clients send the HTTP/2 preface, which the loop hands to hyper). The
+//! handshake is counted in `server.max_connections`/`max_connections_per_ip`. A client
 //! that speaks plaintext HTTP to the TLS port gets a 400 saying so, then the close.
 
 use std::sync::Arc;
@@ -29,6 +30,18 @@ pub async fn serve_tls(
     limits: Limits,
     stop: CancellationToken,
 ) {
+    // The handshake counts in the connection caps: past one, the connection is closed
+    // before any TLS work (the 503 of a plaintext listener would need the handshake first).
+    let counted = super::Counted::enter(&shared.connections);
+    let (max_total, max_per_ip) = {
+        let rt = shared.runtime.load();
+        let server = &rt.policy.config().server;
+        (server.max_connections, server.max_connections_per_ip)
+    };
+    let held = shared.connections_per_ip.enter(peer.addr.ip(), max_per_ip);
+    if counted.0 > max_total || held.is_none() {
+        return;
+    }
     let handshake = async {
         let _open = crate::observe::metrics::GaugeGuard::enter(shared.metrics.connections.mine());
         let mut first = [0u8; 1];
@@ -56,6 +69,8 @@ pub async fn serve_tls(
         },
         () = stop.cancelled() => return,
     };
+    // The connection loop counts it from here.
+    drop((held, counted));
     peer.tls = true;
     peer.client_subject = stream
         .get_ref()
