@@ -645,4 +645,85 @@ mod tests {
             crate::auth::AuthFailure::KeyMismatch
         );
     }
+
+    /// One step of the property test: time passes, a token names an unknown kid, or the
+    /// fetch in flight ends.
+    #[derive(Debug, Clone)]
+    enum Op {
+        Tick { millis: u64 },
+        UnknownKid,
+        FetchOk { max_age_s: Option<u64> },
+        FetchErr,
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => (1u64..120_000).prop_map(|millis| Op::Tick { millis }),
+            3 => Just(Op::UnknownKid),
+            2 => proptest::option::of(0u64..2_000).prop_map(|max_age_s| Op::FetchOk { max_age_s }),
+            2 => Just(Op::FetchErr),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(500))]
+        /// Against a reference model: one fetch at a time; unknown-kid fetches at least
+        /// `refetch_interval` apart; keys usable exactly until the last success's refresh
+        /// time (max-age within the floor and ceiling) plus `max_stale`; time never goes back
+        /// in a decision.
+        #[test]
+        fn the_cache_matches_its_reference_model(ops in proptest::collection::vec(op(), 1..200)) {
+            let c = cfg();
+            let mut j = Jwks::new(c.clone(), Nanos::ZERO);
+            let mut now = Nanos::ZERO;
+            let mut in_flight = false;
+            let mut last_unknown: Option<Nanos> = None;
+            let mut usable_until: Option<Nanos> = None;
+            for op in ops {
+                match op {
+                    Op::Tick { millis } => now = now.saturating_add(Duration::from_millis(millis)),
+                    Op::UnknownKid => {
+                        let r = j.on_unknown_kid(now);
+                        if in_flight {
+                            proptest::prop_assert_eq!(r, Refetch::InFlight);
+                        }
+                    }
+                    Op::FetchOk { max_age_s } if in_flight => {
+                        let mut f = doc(&["a"]);
+                        f.max_age = max_age_s.map(Duration::from_secs);
+                        let _ = j.on_fetched(now, Ok(f));
+                        let refresh = max_age_s
+                            .map_or(c.max_refresh, Duration::from_secs)
+                            .clamp(c.min_refresh, c.max_refresh);
+                        usable_until = Some(now.saturating_add(refresh).saturating_add(c.max_stale));
+                        in_flight = false;
+                    }
+                    Op::FetchErr if in_flight => {
+                        let _ = j.on_fetched(now, Err("down".into()));
+                        in_flight = false;
+                    }
+                    Op::FetchOk { .. } | Op::FetchErr => {}
+                }
+                if let Some(reason) = j.poll_fetch(now) {
+                    proptest::prop_assert!(!in_flight, "a second fetch while one is in flight");
+                    in_flight = true;
+                    if reason == FetchReason::UnknownKid {
+                        if let Some(last) = last_unknown {
+                            proptest::prop_assert!(now.since(last) >= c.refetch_interval);
+                        }
+                        last_unknown = Some(now);
+                    }
+                } else if !in_flight {
+                    // Nothing due: the next fetch is in the future.
+                    let next = j.poll_timeout().unwrap();
+                    proptest::prop_assert!(next > now, "due at {next} but not started at {now}");
+                }
+                proptest::prop_assert_eq!(
+                    j.keys(now).is_some(),
+                    usable_until.is_some_and(|u| now < u)
+                );
+            }
+        }
+    }
 }
