@@ -27,6 +27,11 @@ struct HttpsUpstream {
 
 impl HttpsUpstream {
     fn start(leaf: &Leaf) -> HttpsUpstream {
+        HttpsUpstream::serving(leaf, None)
+    }
+
+    /// With `body`, every request is answered with it (a JWKS document).
+    fn serving(leaf: &Leaf, fixed: Option<String>) -> HttpsUpstream {
         let chain = vec![CertificateDer::from(leaf.der.clone())];
         let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
@@ -54,7 +59,8 @@ impl HttpsUpstream {
                     let Ok((tcp, _)) = listener.accept().await else {
                         return;
                     };
-                    let (acceptor, conns, names) = (acceptor.clone(), conns.clone(), names.clone());
+                    let (acceptor, conns, names, fixed) =
+                        (acceptor.clone(), conns.clone(), names.clone(), fixed.clone());
                     tokio::spawn(async move {
                         let Ok(tls) = acceptor.accept(tcp).await else {
                             return;
@@ -63,13 +69,13 @@ impl HttpsUpstream {
                         let name = tls.get_ref().1.server_name().map(str::to_owned);
                         names.lock().unwrap().push(name.clone());
                         let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                            let body = serde_json::json!({
+                            let body = fixed.clone().unwrap_or_else(|| serde_json::json!({
                                 "path": req.uri().path(),
                                 "sni": name,
                                 "connection": n,
                                 "proto": req.headers().get("x-forwarded-proto").and_then(|v| v.to_str().ok()),
                             })
-                            .to_string();
+                            .to_string());
                             async move {
                                 Ok::<_, Infallible>(http::Response::new(http_body_util::Full::new(
                                     bytes::Bytes::from(body),
@@ -192,4 +198,49 @@ fn a_certificate_that_does_not_verify_is_a_502_that_says_why_and_opens_the_circu
         "{}",
         r.text()
     );
+}
+
+#[test]
+fn a_jwks_url_over_https_is_trusted_through_upstream_tls() {
+    let ca = TestCa::new("idp CA");
+    let dir = temp_dir("https-jwks");
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, ca.cert_pem()).unwrap();
+    let jwks = r#"{"keys":[{"kty":"oct","kid":"k1","alg":"HS256","k":"aWRwLXNlY3JldA"}]}"#;
+    let idp = HttpsUpstream::serving(&ca.leaf(&["localhost"]), Some(jwks.to_owned()));
+    let app = aegis_testkit::Upstream::start("app");
+    let cfg = format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+
+[upstream_tls]
+ca = "{ca}"
+
+[auth]
+jwks_url = "https://localhost:{port}/.well-known/jwks.json"
+
+[[routes]]
+path = "/"
+targets = ["{app}"]
+auth = true
+"#,
+        ca = ca_path.display(),
+        port = idp.addr.port(),
+        app = app.url()
+    );
+    let gw = Gateway::start(&cfg, &[]);
+    assert_eq!(gw.health().status, 200, "{}", gw.health().text());
+    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    h.kid = Some("k1".into());
+    let claims =
+        serde_json::json!({"userId": "u1", "exp": aegis_testkit::unix_millis() / 1000 + 60});
+    let token = jsonwebtoken::encode(
+        &h,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(b"idp-secret").unwrap(),
+    )
+    .unwrap();
+    let r = gw.get("/", &[("authorization", &format!("Bearer {token}"))]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(idp.sni.lock().unwrap()[0].as_deref(), Some("localhost"));
 }
