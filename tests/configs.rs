@@ -162,6 +162,8 @@ fn example_config_shows_every_key_of_the_model() {
     for (section, raw) in [
         ("server", "RawServer"),
         ("upstream", "RawUpstream"),
+        ("retry_budget", "RawRetryBudget"),
+        ("health_check", "RawHealthCheck"),
         ("auth", "RawAuth"),
         ("rate_limit", "RawStore"),
         ("breaker", "RawBreaker"),

@@ -135,8 +135,9 @@ fn an_http10_response_with_transfer_encoding_is_a_502() {
     assert!(lossy(&r.body).contains("HTTP/1.0"), "{}", lossy(&r.body));
 }
 
-/// No Upgrade is ever forwarded, so a 101 is the upstream's confusion (or a smuggling
-/// attempt): 502, and the connection is closed, not left to carry raw bytes.
+/// An upgrade the gateway does not tunnel (only `server.upgrades`, WebSocket by default) is
+/// never forwarded, so a 101 is the upstream's confusion (or a smuggling attempt): 502, and
+/// the connection is closed, not left to carry raw bytes.
 #[test]
 fn an_unsolicited_101_is_a_502_and_its_connection_is_closed() {
     let up = ScriptedUpstream::start(|_| {
@@ -149,7 +150,7 @@ fn an_unsolicited_101_is_a_502_and_its_connection_is_closed() {
     let r = aegis_testkit::get(
         gw.addr,
         "/ws",
-        &[("Connection", "Upgrade"), ("Upgrade", "websocket")],
+        &[("Connection", "Upgrade"), ("Upgrade", "h2c")],
     );
     assert_eq!(r.status, 502, "{r:?}");
     assert!(lossy(&r.body).contains("101"), "{}", lossy(&r.body));

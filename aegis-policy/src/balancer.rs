@@ -1,10 +1,17 @@
-//! Round-robin load balancing over a route's targets, skipping any target whose breaker will
-//! not admit a request now, and the per-target stats snapshot.
+//! Load balancing over a route's targets: round robin (smooth weighted when weights differ)
+//! or power of two choices on requests in flight, always skipping a target whose breaker
+//! will not admit a request now (passive health) or whose health checks failed (active
+//! health); the retry budget of the route; and the per-target stats snapshot.
+//!
+//! The one rule for the two health signals: a target takes requests when its circuit admits
+//! one AND its last health checks say healthy (a route without health checks: the circuit
+//! alone). Either signal alone takes it out of rotation.
 
 use std::time::Duration;
 
 use crate::breaker::{Breaker, BreakerState, Permit, Transition, Verdict};
-use crate::config::{BreakerConfig, RouteConfig, StatusSet};
+use crate::config::{Balance, BreakerConfig, RetryBudgetConfig, RouteConfig, StatusSet};
+use crate::health::{HealthChecks, HealthTransition};
 use crate::time::Nanos;
 
 /// How one upstream attempt ended, as the shell (or the simulator) saw it.
@@ -44,6 +51,19 @@ pub struct TargetTransition {
 pub struct Unavailable {
     /// Time until the soonest target could take one (its probe).
     pub retry_after: Duration,
+    /// Why: every circuit is open, or every target failed its health checks.
+    pub why: NoTarget,
+}
+
+/// Why a route has no target for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoTarget {
+    /// Every target's circuit is open (or probing).
+    CircuitsOpen,
+    /// Every target whose circuit admits failed its health checks.
+    Unhealthy,
+    /// Every target was tried already (a retry has nowhere left to go).
+    AllTried,
 }
 
 /// One target's line in `/gateway/stats`. The first four fields are the seed's, unchanged.
@@ -63,6 +83,14 @@ pub struct TargetStats {
     /// Milliseconds since the last state change (absent if it never changed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub since_transition_ms: Option<u64>,
+    /// Requests sent to it and not answered yet.
+    pub in_flight: u32,
+    /// Its weight, when the route's weights differ.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+    /// What its health checks say, when the route has them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub healthy: Option<bool>,
 }
 
 #[derive(Debug, Clone)]
@@ -73,10 +101,28 @@ pub struct Balancer {
     failure_statuses: StatusSet,
     transitions: Vec<TargetTransition>,
     scratch: Vec<Transition>,
+    balance: Balance,
+    /// Weights, when they differ (smooth weighted round robin), with each target's current
+    /// credit.
+    weights: Option<Vec<u32>>,
+    credit: Vec<i64>,
+    in_flight: Vec<u32>,
+    health: Option<HealthChecks>,
+    budget: RetryBudget,
+    /// SplitMix64 state: the draws of power of two choices (seeded, never global).
+    rng: u64,
 }
 
 impl Balancer {
     pub fn new(route: &RouteConfig, breaker: &BreakerConfig) -> Balancer {
+        let n = route.targets.len();
+        let weights: Vec<u32> = route.targets.iter().map(|t| t.weight).collect();
+        let differ = weights.iter().any(|w| *w != weights[0]);
+        // A seed of the route's own (the shell may reseed): draws differ between routes and
+        // are the same on every run of a simulation.
+        let seed = route.name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
         Balancer {
             urls: route.targets.iter().map(|t| t.url.clone()).collect(),
             breakers: route
@@ -88,7 +134,45 @@ impl Balancer {
             failure_statuses: breaker.failure_statuses,
             transitions: Vec::new(),
             scratch: Vec::new(),
+            balance: route.balance,
+            weights: differ.then_some(weights),
+            credit: vec![0; n],
+            in_flight: vec![0; n],
+            health: route
+                .health_check
+                .as_ref()
+                .map(|h| HealthChecks::new(h, n, seed)),
+            budget: RetryBudget::new(&RetryBudgetConfig {
+                ratio: 0.2,
+                min_per_second: 10,
+                window: Duration::from_secs(10),
+            }),
+            rng: seed,
         }
+    }
+
+    /// Sets the retry budget (from `[retry_budget]`).
+    pub fn with_budget(mut self, budget: &RetryBudgetConfig) -> Balancer {
+        self.budget = RetryBudget::new(budget);
+        self
+    }
+
+    /// Reseeds the draws of power of two choices (the gateway seeds each process from the
+    /// system's randomness, so that instances do not draw alike; the simulator from its seed).
+    pub fn reseed(&mut self, seed: u64) {
+        self.rng = seed;
+        if let Some(h) = &mut self.health {
+            h.reseed(seed ^ 0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn next_random(&mut self) -> u64 {
+        // SplitMix64.
+        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
     }
 
     /// Carries breaker state over a reload: each target whose URL `old` also has keeps its
@@ -100,6 +184,9 @@ impl Balancer {
             }
         }
         self.cursor = old.cursor % self.breakers.len().max(1);
+        if let (Some(h), Some(old_h)) = (&mut self.health, &old.health) {
+            h.inherit(old_h, &self.urls, &old.urls);
+        }
     }
 
     fn flush(&mut self, target: usize) {
@@ -111,28 +198,113 @@ impl Balancer {
         }
     }
 
-    /// Picks the next target in round-robin order whose breaker admits a request now.
+    /// Picks a target for a request: the next in round-robin order (or by weight, or the
+    /// better of two random ones) among those whose breaker admits a request now and whose
+    /// health checks pass.
     pub fn pick(&mut self, now: Nanos) -> Result<Attempt, Unavailable> {
+        self.pick_excluding(now, &[])
+    }
+
+    /// [`Balancer::pick`] among the targets not in `tried` (a retry goes elsewhere).
+    pub fn pick_excluding(&mut self, now: Nanos, tried: &[usize]) -> Result<Attempt, Unavailable> {
         let n = self.breakers.len();
+        let healthy =
+            |h: &Option<HealthChecks>, i: usize| h.as_ref().is_none_or(|h| h.is_healthy(i));
+        if self.balance == Balance::RoundRobin && self.weights.is_none() {
+            for i in 0..n {
+                let idx = (self.cursor + i) % n;
+                if tried.contains(&idx) || !healthy(&self.health, idx) {
+                    continue;
+                }
+                let permit = self.breakers[idx].try_acquire(now, &mut self.scratch);
+                self.flush(idx);
+                if let Some(permit) = permit {
+                    self.cursor = (idx + 1) % n;
+                    return Ok(self.taken(idx, permit));
+                }
+            }
+            return Err(self.unavailable(now, tried));
+        }
+        // The targets that would take a request now.
+        let mut open: Vec<usize> = Vec::with_capacity(n);
         for i in 0..n {
-            let idx = (self.cursor + i) % n;
-            let permit = self.breakers[idx].try_acquire(now, &mut self.scratch);
-            self.flush(idx);
-            if let Some(permit) = permit {
-                self.cursor = (idx + 1) % n;
-                return Ok(Attempt {
-                    target: idx,
-                    permit,
-                });
+            self.breakers[i].advance(now, &mut self.scratch);
+            self.flush(i);
+            if !tried.contains(&i) && healthy(&self.health, i) && self.breakers[i].admits() {
+                open.push(i);
             }
         }
-        let retry_after = self
-            .breakers
+        let chosen = match (self.balance, open.len()) {
+            (_, 0) => return Err(self.unavailable(now, tried)),
+            (_, 1) => open[0],
+            (Balance::P2c, k) => {
+                let a = open[(self.next_random() % k as u64) as usize];
+                let mut b = open[(self.next_random() % (k as u64 - 1)) as usize];
+                if b == a {
+                    b = open[k - 1];
+                }
+                if self.load(b) < self.load(a) { b } else { a }
+            }
+            (Balance::RoundRobin, _) => {
+                // Smooth weighted round robin (nginx): every candidate gains its weight, the
+                // richest is chosen and pays the candidates' total.
+                let weights = self.weights.as_deref().unwrap_or_default();
+                let total: i64 = open.iter().map(|&i| i64::from(weights[i])).sum();
+                let mut best = open[0];
+                for &i in &open {
+                    self.credit[i] += i64::from(weights[i]);
+                    if self.credit[i] > self.credit[best] {
+                        best = i;
+                    }
+                }
+                self.credit[best] -= total;
+                best
+            }
+        };
+        let permit = self.breakers[chosen].try_acquire(now, &mut self.scratch);
+        self.flush(chosen);
+        match permit {
+            Some(p) => Ok(self.taken(chosen, p)),
+            None => Err(self.unavailable(now, tried)),
+        }
+    }
+
+    /// Power of two choices' measure of a target: requests in flight, made heavier by recent
+    /// failures, so that a target that fails fast (and so has few in flight) does not draw
+    /// the traffic (Traefik #12306).
+    fn load(&self, i: usize) -> u64 {
+        (u64::from(self.in_flight[i]) + 1) * (1 + u64::from(self.breakers[i].failures()))
+    }
+
+    fn taken(&mut self, target: usize, permit: Permit) -> Attempt {
+        self.in_flight[target] += 1;
+        Attempt { target, permit }
+    }
+
+    fn unavailable(&self, now: Nanos, tried: &[usize]) -> Unavailable {
+        let n = self.breakers.len();
+        let left: Vec<usize> = (0..n).filter(|i| !tried.contains(i)).collect();
+        if left.is_empty() {
+            return Unavailable {
+                retry_after: Duration::from_secs(1),
+                why: NoTarget::AllTried,
+            };
+        }
+        let circuits: Vec<Duration> = left
             .iter()
-            .map(|b| b.ready_in(now))
-            .min()
-            .unwrap_or(Duration::ZERO);
-        Err(Unavailable { retry_after })
+            .map(|&i| self.breakers[i].ready_in(now))
+            .collect();
+        let some_circuit_admits = circuits.iter().any(|d| d.is_zero());
+        match &self.health {
+            Some(h) if some_circuit_admits => Unavailable {
+                retry_after: h.interval(),
+                why: NoTarget::Unhealthy,
+            },
+            _ => Unavailable {
+                retry_after: circuits.into_iter().min().unwrap_or(Duration::ZERO),
+                why: NoTarget::CircuitsOpen,
+            },
+        }
     }
 
     /// The breaker's reading of an outcome: connect errors, timeouts and the configured
@@ -148,6 +320,9 @@ impl Balancer {
 
     pub fn on_result(&mut self, attempt: Attempt, outcome: UpstreamOutcome, now: Nanos) {
         let verdict = self.verdict(outcome);
+        if let Some(n) = self.in_flight.get_mut(attempt.target) {
+            *n = n.saturating_sub(1);
+        }
         if let Some(b) = self.breakers.get_mut(attempt.target) {
             b.on_result(attempt.permit, verdict, now, &mut self.scratch);
             self.flush(attempt.target);
@@ -166,6 +341,31 @@ impl Balancer {
     /// State changes since the last call, oldest first.
     pub fn drain_transitions(&mut self) -> std::vec::Drain<'_, TargetTransition> {
         self.transitions.drain(..)
+    }
+
+    /// The route's health checks, if it has them (the prober asks which are due and reports
+    /// what they found).
+    pub fn health(&mut self) -> Option<&mut HealthChecks> {
+        self.health.as_mut()
+    }
+
+    /// Health changes since the last call, oldest first.
+    pub fn drain_health_transitions(&mut self) -> Vec<HealthTransition> {
+        self.health
+            .as_mut()
+            .map(HealthChecks::drain_transitions)
+            .unwrap_or_default()
+    }
+
+    /// Counts a request in the retry budget (its first try).
+    pub fn on_request(&mut self, now: Nanos) {
+        self.budget.on_request(now);
+    }
+
+    /// Takes one retry from the budget, if it has one left.
+    #[must_use]
+    pub fn take_retry(&mut self, now: Nanos) -> bool {
+        self.budget.take_retry(now)
     }
 
     pub fn len(&self) -> usize {
@@ -204,9 +404,75 @@ impl Balancer {
                     since_transition_ms: (b.last_transition() != Nanos::ZERO
                         || state != BreakerState::Closed)
                         .then(|| now.since(b.last_transition()).as_millis() as u64),
+                    in_flight: 0,
+                    weight: None,
+                    healthy: None,
                 }
             })
+            .enumerate()
+            .map(|(i, mut s)| {
+                s.in_flight = self.in_flight[i];
+                s.weight = self.weights.as_ref().map(|w| w[i]);
+                s.healthy = self.health.as_ref().map(|h| h.is_healthy(i));
+                s
+            })
             .collect()
+    }
+}
+
+/// Retries a route may add over its requests (Finagle's and Envoy's retry budget): over a
+/// sliding window, at most `ratio` retries per request, plus `min_per_second` whatever the
+/// traffic. The window is ten slots; the oldest slot is dropped as time moves on.
+#[derive(Debug, Clone)]
+struct RetryBudget {
+    ratio: f64,
+    min: f64,
+    slot: Duration,
+    /// (slot number, requests, retries), the current slot last.
+    slots: std::collections::VecDeque<(u64, u32, u32)>,
+}
+
+const BUDGET_SLOTS: u64 = 10;
+
+impl RetryBudget {
+    fn new(c: &RetryBudgetConfig) -> RetryBudget {
+        RetryBudget {
+            ratio: c.ratio,
+            min: f64::from(c.min_per_second) * c.window.as_secs_f64(),
+            slot: (c.window / BUDGET_SLOTS as u32).max(Duration::from_millis(1)),
+            slots: std::collections::VecDeque::with_capacity(BUDGET_SLOTS as usize + 1),
+        }
+    }
+
+    fn current(&mut self, now: Nanos) -> &mut (u64, u32, u32) {
+        let n = now.0 / self.slot.as_nanos().max(1) as u64;
+        while self.slots.front().is_some_and(|s| s.0 + BUDGET_SLOTS <= n) {
+            self.slots.pop_front();
+        }
+        if self.slots.back().is_none_or(|s| s.0 != n) {
+            self.slots.push_back((n, 0, 0));
+        }
+        self.slots.back_mut().expect("pushed")
+    }
+
+    fn on_request(&mut self, now: Nanos) {
+        let s = self.current(now);
+        s.1 = s.1.saturating_add(1);
+    }
+
+    fn take_retry(&mut self, now: Nanos) -> bool {
+        self.current(now);
+        let (requests, retries) = self.slots.iter().fold((0u64, 0u64), |(q, r), s| {
+            (q + u64::from(s.1), r + u64::from(s.2))
+        });
+        let allowed = (self.ratio * requests as f64).max(self.min);
+        if (retries as f64) < allowed {
+            let s = self.current(now);
+            s.2 = s.2.saturating_add(1);
+            true
+        } else {
+            false
+        }
     }
 }
 
@@ -338,5 +604,141 @@ mod tests {
                 }
             }
         }
+    }
+
+    fn route(text: &str) -> (Config, Balancer) {
+        let c = Config::from_toml(text, &MapEnv::default()).unwrap();
+        let b = Balancer::new(&c.routes[0], &c.breaker);
+        (c, b)
+    }
+
+    #[test]
+    fn weights_are_honoured_exactly_and_smoothly() {
+        let (_, mut b) = route(
+            "[[routes]]\npath = \"/\"\ntargets = [{ url = \"http://a:1\", weight = 3 }, \"http://b:1\", { url = \"http://c:1\", weight = 2 }]\n",
+        );
+        let t = Nanos::from_millis(1);
+        let picks: Vec<usize> = (0..6000)
+            .map(|_| {
+                let a = b.pick(t).unwrap();
+                b.on_result(a, UpstreamOutcome::Status(200), t);
+                a.target
+            })
+            .collect();
+        let count = |i| picks.iter().filter(|&&p| p == i).count();
+        assert_eq!((count(0), count(1), count(2)), (3000, 1000, 2000));
+        // Smooth: the heavy target is never picked more than twice in a row.
+        assert!(
+            picks
+                .windows(3)
+                .all(|w| !(w[0] == 0 && w[1] == 0 && w[2] == 0)),
+            "{:?}",
+            &picks[..12]
+        );
+    }
+
+    #[test]
+    fn p2c_prefers_fewer_in_flight_and_skips_open_circuits() {
+        let (_, mut b) = route(
+            "[breaker]\nfailure_threshold = 1\n[[routes]]\npath = \"/\"\nbalance = \"p2c\"\ntargets = [\"http://a:1\", \"http://b:1\", \"http://c:1\"]\n",
+        );
+        let t = Nanos::from_millis(1);
+        // Hold 5 requests on whatever is picked: the picks spread, none gets 3 more than another.
+        let held: Vec<Attempt> = (0..30).map(|_| b.pick(t).unwrap()).collect();
+        let counts: Vec<u32> = (0..3)
+            .map(|i| held.iter().filter(|a| a.target == i).count() as u32)
+            .collect();
+        assert!(
+            counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 3,
+            "{counts:?}"
+        );
+        for a in held {
+            b.on_result(a, UpstreamOutcome::Status(200), t);
+        }
+        // Open target 1's circuit: it gets nothing.
+        loop {
+            let a = b.pick(t).unwrap();
+            let t1 = a.target == 1;
+            b.on_result(a, UpstreamOutcome::Status(if t1 { 500 } else { 200 }), t);
+            if t1 {
+                break;
+            }
+        }
+        for _ in 0..300 {
+            let a = b.pick(t).unwrap();
+            assert_ne!(a.target, 1);
+            b.on_result(a, UpstreamOutcome::Status(200), t);
+        }
+    }
+
+    /// A target that fails fast has few requests in flight; its failures weigh on it so that
+    /// it does not draw the traffic (Traefik #12306).
+    #[test]
+    fn p2c_does_not_starve_the_healthy_for_one_that_fails_fast() {
+        let (_, mut b) = route(
+            "[breaker]\nfailure_threshold = 1000\n[[routes]]\npath = \"/\"\nbalance = \"p2c\"\ntargets = [\"http://a:1\", \"http://b:1\", \"http://c:1\"]\n",
+        );
+        let t = Nanos::from_millis(1);
+        // Targets 0 and 1 answer slowly (each holds 4 in flight), target 2 fails at once.
+        let mut slow: Vec<Attempt> = Vec::new();
+        let mut to_bad = 0;
+        for _ in 0..3000 {
+            let a = b.pick(t).unwrap();
+            if a.target == 2 {
+                to_bad += 1;
+                b.on_result(a, UpstreamOutcome::Status(502), t);
+            } else {
+                slow.push(a);
+                if slow.len() > 8 {
+                    let done = slow.remove(0);
+                    b.on_result(done, UpstreamOutcome::Status(200), t);
+                }
+            }
+        }
+        assert!(to_bad < 600, "{to_bad} of 3000 went to the failing target");
+    }
+
+    #[test]
+    fn unhealthy_targets_are_skipped_and_all_unhealthy_is_its_own_answer() {
+        let (_, mut b) = route(
+            "[[routes]]\npath = \"/\"\ntargets = [\"http://a:1\", \"http://b:1\"]\nhealth_check = { interval = \"5s\", unhealthy_after = 1, healthy_after = 1 }\n",
+        );
+        let t = Nanos::from_millis(10);
+        let h = b.health().unwrap();
+        h.on_probe(0, false, t);
+        for _ in 0..10 {
+            let a = b.pick(t).unwrap();
+            assert_eq!(a.target, 1);
+            b.on_result(a, UpstreamOutcome::Status(200), t);
+        }
+        b.health().unwrap().on_probe(1, false, t);
+        let u = b.pick(t).unwrap_err();
+        assert_eq!(u.why, NoTarget::Unhealthy);
+        assert_eq!(u.retry_after, Duration::from_secs(5));
+        b.health().unwrap().on_probe(0, true, t);
+        assert_eq!(b.pick(t).unwrap().target, 0);
+    }
+
+    #[test]
+    fn the_retry_budget_bounds_retries_by_requests_with_a_floor() {
+        let (_, b) = route("[[routes]]\npath = \"/\"\ntargets = [\"http://a:1\"]\n");
+        let mut b = b.with_budget(&RetryBudgetConfig {
+            ratio: 0.2,
+            min_per_second: 1,
+            window: Duration::from_secs(10),
+        });
+        let t = Nanos::from_millis(5_000);
+        // The floor: 10 retries per 10 s with no traffic at all.
+        let floor = (0..50).filter(|_| b.take_retry(t)).count();
+        assert_eq!(floor, 10);
+        // 1,000 requests buy 200 retries over the window (the 10 already taken count).
+        for _ in 0..1000 {
+            b.on_request(t);
+        }
+        let more = (0..1000).filter(|_| b.take_retry(t)).count();
+        assert_eq!(more, 190);
+        // The window slides: 11 s later the old slots are gone, the floor is back.
+        let later = Nanos::from_millis(16_000);
+        assert_eq!((0..50).filter(|_| b.take_retry(later)).count(), 10);
     }
 }

@@ -268,6 +268,12 @@ impl Breaker {
         }
     }
 
+    /// Whether [`Breaker::try_acquire`] would admit a request, as of the last transition
+    /// applied (call [`Breaker::advance`] first).
+    pub fn admits(&self) -> bool {
+        matches!(self.inner, Inner::Closed | Inner::HalfOpen { probe: None })
+    }
+
     pub fn failures(&self) -> u32 {
         self.failures
     }

@@ -90,6 +90,7 @@ impl ConfigEnv for MapEnv {
 pub struct Config {
     pub server: ServerConfig,
     pub upstream: UpstreamConfig,
+    pub retry_budget: RetryBudgetConfig,
     pub upstream_tls: UpstreamTlsConfig,
     /// The default auth provider: routes with `auth = true`.
     pub auth: Option<AuthConfig>,
@@ -123,6 +124,12 @@ pub struct ServerConfig {
     pub max_connections_per_ip: usize,
     /// Requests in flight at once from one client IP (past it: 429).
     pub max_requests_per_ip: usize,
+    /// `Upgrade` protocols tunnelled to upstreams (lower case); any other is never forwarded.
+    pub upgrades: Vec<String>,
+    /// A tunnel (WebSocket) with no bytes either way this long is closed.
+    pub websocket_idle_timeout: Duration,
+    /// Limits of an HTTP/2 (h2c) client connection.
+    pub h2: H2Limits,
     /// TLS on the proxy listener (`[server.tls]`).
     pub tls: Option<TlsConfig>,
 }
@@ -155,6 +162,25 @@ pub struct CertConfig {
     /// SNI names served this certificate (`api.example.com`, `*.example.com`); empty: the
     /// certificate's own DNS names.
     pub names: Vec<String>,
+}
+
+/// Limits of one HTTP/2 client connection (the `h2_*` keys of `[server]`). The timeouts of
+/// HTTP/2 streams and connections are the HTTP/1.1 ones (`idle_timeout`, a route's `timeout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct H2Limits {
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS`: more open streams are refused (`REFUSED_STREAM`).
+    pub max_concurrent_streams: u32,
+    /// `SETTINGS_MAX_HEADER_LIST_SIZE` (decoded, 32 bytes per field counted as RFC 9113 says):
+    /// a larger header list gets 431; four times it ends the connection.
+    pub max_header_list_bytes: u32,
+    /// Streams the client opened and reset before the gateway took them up (rapid reset,
+    /// CVE-2023-44487): one more ends the connection (`ENHANCE_YOUR_CALM`).
+    pub max_pending_resets: usize,
+    /// Streams the gateway resets for the client's protocol errors, over a connection's life
+    /// (CVE-2025-8671): one more ends the connection (`ENHANCE_YOUR_CALM`).
+    pub max_error_resets: usize,
+    /// Response bytes buffered per stream for a client that does not take them.
+    pub max_send_buffer_bytes: usize,
 }
 
 /// What a request header whose name contains `_` gets (Envoy's
@@ -312,6 +338,8 @@ pub struct TargetConfig {
     pub authority: http::uri::Authority,
     /// A path the forwarded path is appended to (`""` when the URL has none).
     pub base_path: String,
+    /// Its share of the route's requests relative to the others' (1 unless set).
+    pub weight: u32,
     /// `https://`: the connection is TLS, the certificate verified (`[upstream_tls]`).
     pub tls: bool,
 }
@@ -346,6 +374,61 @@ pub struct RouteConfig {
     pub strip_prefix: bool,
     pub timeout: Duration,
     pub max_body_bytes: Option<u64>,
+    pub balance: Balance,
+    pub retry: RetryConfig,
+    pub health_check: Option<HealthCheckConfig>,
+}
+
+/// How a route spreads requests over its targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    /// Round robin; smooth weighted round robin when the targets' weights differ.
+    RoundRobin,
+    /// Power of two choices: of two targets drawn at random, the one with fewer requests in
+    /// flight (weighted by its recent failures, so a target that fails fast does not attract
+    /// the traffic).
+    P2c,
+}
+
+/// When a failed try of a request goes to another target.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryConfig {
+    /// Tries after the first for an idempotent request that failed after it was sent (a
+    /// request that could not be sent at all may always go to another target, once each).
+    pub retries: u32,
+    /// Statuses that count as a failed try (`retry_on`).
+    pub on: StatusSet,
+    /// A request with an `Idempotency-Key` header counts as idempotent.
+    pub idempotency_key: bool,
+    /// A request body up to this size is kept so that it can be sent again; a larger one
+    /// is streamed and its request is never retried after it was sent.
+    pub max_body: u64,
+    /// Each try's own deadline for a response head (the route's `timeout` bounds them all).
+    pub try_timeout: Duration,
+}
+
+/// `[retry_budget]`: retries a route may add over its requests, so that retries cannot turn a
+/// degraded upstream into an overloaded one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryBudgetConfig {
+    /// At most this many retries per request, over the window (0.2: 20 % more).
+    pub ratio: f64,
+    /// Retries allowed per second whatever the ratio (so a quiet route can still retry).
+    pub min_per_second: u32,
+    pub window: Duration,
+}
+
+/// Active health checks of a route's targets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheckConfig {
+    /// `GET` this path on each target; a 2xx answer within `timeout` is a pass.
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive failed checks that take a healthy target out of rotation.
+    pub unhealthy_after: u32,
+    /// Consecutive passed checks that bring an unhealthy target back.
+    pub healthy_after: u32,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -359,6 +442,8 @@ struct RawConfig {
     #[serde(default)]
     upstream: RawUpstream,
     #[serde(default)]
+    retry_budget: RawRetryBudget,
+    health_check: Option<RawHealthCheck>,
     upstream_tls: RawUpstreamTls,
     auth: Option<RawAuth>,
     #[serde(default)]
@@ -400,6 +485,54 @@ struct RawServer {
     max_connections_per_ip: Option<i64>,
     max_requests_per_ip: Option<i64>,
     tls: Option<RawTls>,
+    upgrades: Option<Vec<String>>,
+    websocket_idle_timeout: Option<String>,
+    h2_max_concurrent_streams: Option<i64>,
+    h2_max_header_list_size: Option<RawSize>,
+    h2_max_pending_resets: Option<i64>,
+    h2_max_error_resets: Option<i64>,
+    h2_max_send_buffer_size: Option<RawSize>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRetryBudget {
+    ratio: Option<f64>,
+    min_per_second: Option<i64>,
+    window: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawHealthCheck {
+    path: Option<String>,
+    interval: Option<String>,
+    timeout: Option<String>,
+    unhealthy_after: Option<i64>,
+    healthy_after: Option<i64>,
+}
+
+/// A route's `health_check`: `true` (the top-level `[health_check]`), or a table.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawRouteHealth {
+    On(bool),
+    Table(RawHealthCheck),
+}
+
+/// A target: a URL, or `{ url = "...", weight = 3 }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawTarget {
+    Url(String),
+    Weighted(RawWeighted),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWeighted {
+    url: String,
+    weight: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -520,7 +653,7 @@ struct RawRoute {
     path: String,
     host: Option<String>,
     methods: Option<Vec<String>>,
-    targets: Vec<String>,
+    targets: Vec<RawTarget>,
     #[serde(default)]
     auth: RawRouteAuth,
     rate_limit: Option<RawLimit>,
@@ -528,6 +661,13 @@ struct RawRoute {
     strip_prefix: bool,
     timeout: Option<String>,
     max_body_size: Option<RawSize>,
+    balance: Option<String>,
+    retries: Option<i64>,
+    retry_on: Option<Vec<RawStatus>>,
+    retry_idempotency_key: Option<bool>,
+    retry_max_body: Option<RawSize>,
+    try_timeout: Option<String>,
+    health_check: Option<RawRouteHealth>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -813,6 +953,7 @@ fn check_redis_url(url: &str) -> Result<(), String> {
 fn validate(raw: RawConfig, env: &dyn ConfigEnv) -> Result<Config, ConfigError> {
     let server = validate_server(raw.server)?;
     let upstream = validate_upstream(raw.upstream)?;
+    let retry_budget = validate_retry_budget(raw.retry_budget)?;
     let upstream_tls = validate_upstream_tls(raw.upstream_tls)?;
     let auth = raw
         .auth
@@ -849,6 +990,7 @@ fn validate(raw: RawConfig, env: &dyn ConfigEnv) -> Result<Config, ConfigError> 
             &server,
             auth.is_some(),
             &auth_providers,
+            raw.health_check.as_ref(),
         )?);
     }
     check_route_overlaps(&routes)?;
@@ -861,6 +1003,7 @@ fn validate(raw: RawConfig, env: &dyn ConfigEnv) -> Result<Config, ConfigError> 
     Ok(Config {
         server,
         upstream,
+        retry_budget,
         upstream_tls,
         auth,
         auth_providers,
@@ -868,6 +1011,108 @@ fn validate(raw: RawConfig, env: &dyn ConfigEnv) -> Result<Config, ConfigError> 
         breaker,
         routes,
     })
+}
+
+fn validate_retry_budget(b: RawRetryBudget) -> Result<RetryBudgetConfig, ConfigError> {
+    let ratio = b.ratio.unwrap_or(0.2);
+    if !(0.0..=10.0).contains(&ratio) {
+        return Err(ConfigError::new(
+            "retry_budget.ratio",
+            "must be between 0 and 10 (0.2: at most 20 % more requests)",
+        ));
+    }
+    let min_per_second = count("retry_budget.min_per_second", b.min_per_second, 10, 0)?;
+    Ok(RetryBudgetConfig {
+        ratio,
+        min_per_second: u32::try_from(min_per_second).unwrap_or(u32::MAX),
+        window: positive_duration(
+            "retry_budget.window",
+            b.window.as_deref(),
+            Duration::from_secs(10),
+        )?,
+    })
+}
+
+/// A route's health checks: its own table over the top-level `[health_check]` defaults.
+fn validate_health_check(
+    path: &str,
+    own: Option<&RawHealthCheck>,
+    shared: Option<&RawHealthCheck>,
+) -> Result<HealthCheckConfig, ConfigError> {
+    let d = RawHealthCheck::default();
+    let (own, shared) = (own.unwrap_or(&d), shared.unwrap_or(&d));
+    let key = |k: &str| format!("{path}.{k}");
+    let probe_path = own
+        .path
+        .clone()
+        .or_else(|| shared.path.clone())
+        .unwrap_or_else(|| "/health".to_owned());
+    if !probe_path.starts_with('/') || probe_path.contains(char::is_whitespace) {
+        return Err(ConfigError::new(
+            key("path"),
+            format!("{probe_path:?} must be a path starting with \"/\""),
+        ));
+    }
+    let interval = positive_duration(
+        &key("interval"),
+        own.interval.as_deref().or(shared.interval.as_deref()),
+        Duration::from_secs(5),
+    )?;
+    let timeout = positive_duration(
+        &key("timeout"),
+        own.timeout.as_deref().or(shared.timeout.as_deref()),
+        Duration::from_secs(1),
+    )?;
+    if timeout > interval {
+        return Err(ConfigError::new(
+            key("timeout"),
+            "must not be longer than the interval",
+        ));
+    }
+    let threshold = |k: &str, v: Option<i64>| -> Result<u32, ConfigError> {
+        let n = count(&key(k), v, 2, 1)?;
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    };
+    Ok(HealthCheckConfig {
+        path: probe_path,
+        interval,
+        timeout,
+        unhealthy_after: threshold(
+            "unhealthy_after",
+            own.unhealthy_after.or(shared.unhealthy_after),
+        )?,
+        healthy_after: threshold("healthy_after", own.healthy_after.or(shared.healthy_after))?,
+    })
+}
+
+/// Statuses as `[502, "5xx"]`.
+fn statuses(path: &str, list: &[RawStatus]) -> Result<StatusSet, ConfigError> {
+    let mut set = StatusSet::EMPTY;
+    for (i, s) in list.iter().enumerate() {
+        let path = format!("{path}[{i}]");
+        match s {
+            RawStatus::Code(c) if (100..=599).contains(c) => set.insert(*c as u16),
+            RawStatus::Code(c) => {
+                return Err(ConfigError::new(path, format!("{c} is not an HTTP status")));
+            }
+            RawStatus::Class(c) => {
+                let class = match c.as_str() {
+                    "4xx" => 400,
+                    "5xx" => 500,
+                    _ => {
+                        return Err(ConfigError::new(
+                            path,
+                            format!("{c:?} is not a status or class (\"4xx\", \"5xx\")"),
+                        ));
+                    }
+                };
+                for code in class..class + 100 {
+                    set.insert(code);
+                }
+            }
+        }
+    }
+    Ok(set)
 }
 
 /// A count from config: at least `min`, `default` when unset.
@@ -970,6 +1215,7 @@ fn validate_server(s: RawServer) -> Result<ServerConfig, ConfigError> {
         .as_ref()
         .map(|r| size("server.max_body_size", r))
         .transpose()?;
+    let h2 = validate_h2(&s, max_header)?;
     let tls = s
         .tls
         .map(|t| validate_tls(t, listen, admin_listen))
@@ -1026,7 +1272,109 @@ fn validate_server(s: RawServer) -> Result<ServerConfig, ConfigError> {
             1,
         )?,
         max_requests_per_ip: count("server.max_requests_per_ip", s.max_requests_per_ip, 256, 1)?,
+        upgrades: match s.upgrades {
+            None => vec!["websocket".to_owned()],
+            Some(list) => {
+                let mut out = Vec::with_capacity(list.len());
+                for (i, u) in list.iter().enumerate() {
+                    let lower = u.trim().to_ascii_lowercase();
+                    if lower == "h2c" {
+                        return Err(ConfigError::new(
+                            format!("server.upgrades[{i}]"),
+                            "\"h2c\" is never forwarded (h2c smuggling)",
+                        ));
+                    }
+                    if lower.is_empty()
+                        || !lower
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"-._/".contains(&b))
+                    {
+                        return Err(ConfigError::new(
+                            format!("server.upgrades[{i}]"),
+                            format!("{u:?} is not a protocol name"),
+                        ));
+                    }
+                    out.push(lower);
+                }
+                out
+            }
+        },
+        websocket_idle_timeout: positive_duration(
+            "server.websocket_idle_timeout",
+            s.websocket_idle_timeout.as_deref(),
+            Duration::from_secs(3600),
+        )?,
+        h2,
     })
+}
+
+/// The `h2_*` keys of `[server]`. The header list defaults to `max_header_size`, so that a
+/// request head has the same room over HTTP/2 as over HTTP/1.1.
+fn validate_h2(s: &RawServer, max_header: u64) -> Result<H2Limits, ConfigError> {
+    let count = |path: &str, raw: Option<i64>, default: i64, max: i64| {
+        let n = raw.unwrap_or(default);
+        if (1..=max).contains(&n) {
+            Ok(n)
+        } else {
+            Err(ConfigError::new(
+                path,
+                format!("must be between 1 and {max}, not {n}"),
+            ))
+        }
+    };
+    let bytes = |path: &str, raw: &Option<RawSize>, default: u64, (lo, hi): (u64, u64)| {
+        let n = raw.as_ref().map(|r| size(path, r)).transpose()?;
+        let n = n.unwrap_or(default);
+        if (lo..=hi).contains(&n) {
+            Ok(n)
+        } else {
+            Err(ConfigError::new(
+                path,
+                format!("must be between {} and {}", fmt_size(lo), fmt_size(hi)),
+            ))
+        }
+    };
+    Ok(H2Limits {
+        max_concurrent_streams: count(
+            "server.h2_max_concurrent_streams",
+            s.h2_max_concurrent_streams,
+            100,
+            10_000,
+        )? as u32,
+        max_header_list_bytes: bytes(
+            "server.h2_max_header_list_size",
+            &s.h2_max_header_list_size,
+            max_header,
+            (1 << 10, 1 << 20),
+        )? as u32,
+        max_pending_resets: count(
+            "server.h2_max_pending_resets",
+            s.h2_max_pending_resets,
+            20,
+            10_000,
+        )? as usize,
+        max_error_resets: count(
+            "server.h2_max_error_resets",
+            s.h2_max_error_resets,
+            1024,
+            1_000_000,
+        )? as usize,
+        max_send_buffer_bytes: bytes(
+            "server.h2_max_send_buffer_size",
+            &s.h2_max_send_buffer_size,
+            64 << 10,
+            (16 << 10, 16 << 20),
+        )? as usize,
+    })
+}
+
+/// A size as the config writes it: `16KiB`, `1MiB`, or bytes.
+fn fmt_size(n: u64) -> String {
+    match n {
+        n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{}MiB", n >> 20),
+        n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{}KiB", n >> 10),
+        n => n.to_string(),
+    }
 }
 
 fn validate_upstream_tls(t: RawUpstreamTls) -> Result<UpstreamTlsConfig, ConfigError> {
@@ -1453,34 +1801,7 @@ fn validate_breaker(b: RawBreaker, max_timeout: Duration) -> Result<BreakerConfi
     }
     let failure_statuses = match b.failure_statuses {
         None => StatusSet::server_errors(),
-        Some(list) => {
-            let mut set = StatusSet::EMPTY;
-            for (i, s) in list.iter().enumerate() {
-                let path = format!("breaker.failure_statuses[{i}]");
-                match s {
-                    RawStatus::Code(c) if (100..=599).contains(c) => set.insert(*c as u16),
-                    RawStatus::Code(c) => {
-                        return Err(ConfigError::new(path, format!("{c} is not an HTTP status")));
-                    }
-                    RawStatus::Class(c) => {
-                        let class = match c.as_str() {
-                            "4xx" => 400,
-                            "5xx" => 500,
-                            _ => {
-                                return Err(ConfigError::new(
-                                    path,
-                                    format!("{c:?} is not a status or class (\"4xx\", \"5xx\")"),
-                                ));
-                            }
-                        };
-                        for code in class..class + 100 {
-                            set.insert(code);
-                        }
-                    }
-                }
-            }
-            set
-        }
+        Some(list) => statuses("breaker.failure_statuses", &list)?,
     };
     Ok(BreakerConfig {
         failure_threshold,
@@ -1490,7 +1811,26 @@ fn validate_breaker(b: RawBreaker, max_timeout: Duration) -> Result<BreakerConfi
     })
 }
 
-fn validate_target(path: &str, raw: &str) -> Result<TargetConfig, ConfigError> {
+fn validate_target(path: &str, raw: &RawTarget) -> Result<TargetConfig, ConfigError> {
+    let (url, weight) = match raw {
+        RawTarget::Url(u) => (u.as_str(), 1),
+        RawTarget::Weighted(w) => {
+            let weight = w.weight.unwrap_or(1);
+            let weight = u32::try_from(weight)
+                .ok()
+                .filter(|w| (1..=1000).contains(w))
+                .ok_or_else(|| {
+                    ConfigError::new(format!("{path}.weight"), "must be between 1 and 1000")
+                })?;
+            (w.url.as_str(), weight)
+        }
+    };
+    let mut target = validate_target_url(path, url)?;
+    target.weight = weight;
+    Ok(target)
+}
+
+fn validate_target_url(path: &str, raw: &str) -> Result<TargetConfig, ConfigError> {
     let bad = || ConfigError::new(path, format!("{raw:?} is not an http URL"));
     let uri: http::Uri = raw.parse().map_err(|_| bad())?;
     let tls = match uri.scheme_str() {
@@ -1522,6 +1862,7 @@ fn validate_target(path: &str, raw: &str) -> Result<TargetConfig, ConfigError> {
         authority,
         base_path,
         tls,
+        weight: 1,
     })
 }
 
@@ -1531,6 +1872,7 @@ fn validate_route(
     server: &ServerConfig,
     have_auth: bool,
     providers: &BTreeMap<String, AuthConfig>,
+    shared_health: Option<&RawHealthCheck>,
 ) -> Result<RouteConfig, ConfigError> {
     let p = |key: &str| format!("routes[{i}].{key}");
     let (auth, auth_provider) = match r.auth {
@@ -1630,7 +1972,10 @@ fn validate_route(
         let tp = format!("routes[{i}].targets[{j}]");
         let target = validate_target(&tp, t)?;
         if let Some(k) = targets.iter().position(|x| x.url == target.url) {
-            return Err(ConfigError::new(tp, format!("{t:?} repeats targets[{k}]")));
+            return Err(ConfigError::new(
+                tp,
+                format!("{:?} repeats targets[{k}]", target.url),
+            ));
         }
         targets.push(target);
     }
@@ -1712,6 +2057,60 @@ fn validate_route(
         Some(n) => n,
         None => norm.clone(),
     };
+    let balance = match r.balance.as_deref().unwrap_or("round_robin") {
+        "round_robin" => Balance::RoundRobin,
+        "p2c" => Balance::P2c,
+        other => {
+            return Err(ConfigError::new(
+                p("balance"),
+                format!("{other:?} is not \"round_robin\" or \"p2c\""),
+            ));
+        }
+    };
+    let retries = count(&p("retries"), r.retries, 0, 0)?;
+    if retries > 10 {
+        return Err(ConfigError::new(p("retries"), "must be at most 10"));
+    }
+    let retry_on = match &r.retry_on {
+        None => {
+            let mut s = StatusSet::EMPTY;
+            for c in [502, 503, 504] {
+                s.insert(c);
+            }
+            s
+        }
+        Some(list) => statuses(&p("retry_on"), list)?,
+    };
+    let try_timeout = positive_duration(&p("try_timeout"), r.try_timeout.as_deref(), timeout)?;
+    if try_timeout > timeout {
+        return Err(ConfigError::new(
+            p("try_timeout"),
+            "must not be longer than the route's timeout (the deadline of all tries)",
+        ));
+    }
+    let retry = RetryConfig {
+        retries: retries as u32,
+        on: retry_on,
+        idempotency_key: r.retry_idempotency_key.unwrap_or(false),
+        max_body: match &r.retry_max_body {
+            Some(s) => size(&p("retry_max_body"), s)?,
+            None => 64 << 10,
+        },
+        try_timeout,
+    };
+    let health_check = match &r.health_check {
+        None | Some(RawRouteHealth::On(false)) => None,
+        Some(RawRouteHealth::On(true)) => Some(validate_health_check(
+            &p("health_check"),
+            None,
+            shared_health,
+        )?),
+        Some(RawRouteHealth::Table(own)) => Some(validate_health_check(
+            &p("health_check"),
+            Some(own),
+            shared_health,
+        )?),
+    };
     Ok(RouteConfig {
         name,
         path: norm,
@@ -1724,6 +2123,9 @@ fn validate_route(
         strip_prefix: r.strip_prefix,
         timeout,
         max_body_bytes,
+        balance,
+        retry,
+        health_check,
     })
 }
 
@@ -1808,6 +2210,77 @@ mod tests {
             !format!("{c:?}").contains("s3cret"),
             "secrets never show in Debug"
         );
+    }
+
+    #[test]
+    fn h2_limits_have_defaults_and_bounds_that_name_the_key() {
+        let c = Config::from_toml(SEED, &env()).unwrap();
+        assert_eq!(
+            c.server.h2,
+            H2Limits {
+                max_concurrent_streams: 100,
+                max_header_list_bytes: 32 << 10,
+                max_pending_resets: 20,
+                max_error_resets: 1024,
+                max_send_buffer_bytes: 64 << 10,
+            }
+        );
+        // The header list follows max_header_size unless set.
+        let head = SEED.replace(
+            "listen = \"0.0.0.0:8000\"",
+            "listen = \"0.0.0.0:8000\"\nmax_header_size = \"8KiB\"",
+        );
+        let c = Config::from_toml(&head, &env()).unwrap();
+        assert_eq!(c.server.h2.max_header_list_bytes, 8 << 10);
+        let set = |line: &str| {
+            SEED.replace(
+                "listen = \"0.0.0.0:8000\"",
+                &format!("listen = \"0.0.0.0:8000\"\n{line}"),
+            )
+        };
+        let c = Config::from_toml(
+            &set("h2_max_concurrent_streams = 7\nh2_max_header_list_size = \"4KiB\"\nh2_max_pending_resets = 3\nh2_max_error_resets = 9\nh2_max_send_buffer_size = \"1MiB\""),
+            &env(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.server.h2,
+            H2Limits {
+                max_concurrent_streams: 7,
+                max_header_list_bytes: 4 << 10,
+                max_pending_resets: 3,
+                max_error_resets: 9,
+                max_send_buffer_bytes: 1 << 20,
+            }
+        );
+        for (line, msg) in [
+            (
+                "h2_max_concurrent_streams = 0",
+                "server.h2_max_concurrent_streams: must be between 1 and 10000, not 0",
+            ),
+            (
+                "h2_max_pending_resets = -1",
+                "server.h2_max_pending_resets: must be between 1 and 10000, not -1",
+            ),
+            (
+                "h2_max_error_resets = 2000000",
+                "server.h2_max_error_resets: must be between 1 and 1000000, not 2000000",
+            ),
+            (
+                "h2_max_header_list_size = 100",
+                "server.h2_max_header_list_size: must be between 1KiB and 1MiB",
+            ),
+            (
+                "h2_max_send_buffer_size = \"1GiB\"",
+                "server.h2_max_send_buffer_size: must be between 16KiB and 16MiB",
+            ),
+            (
+                "h2_max_header_list_size = \"4 parsecs\"",
+                "server.h2_max_header_list_size: \"4 parsecs\": unknown unit \"parsecs\" (use B, KiB, MiB, GiB, KB, MB, GB)",
+            ),
+        ] {
+            assert_eq!(err(&set(line)), msg, "{line}");
+        }
     }
 
     #[test]

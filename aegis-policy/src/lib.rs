@@ -44,6 +44,7 @@ pub mod auth;
 pub mod balancer;
 pub mod breaker;
 pub mod config;
+pub mod health;
 pub mod jwks;
 pub mod path;
 pub mod pipeline;
@@ -54,14 +55,15 @@ pub mod time;
 
 pub use auth::{AuthFailure, Key, KeyFamily, KeySet, Verifier};
 pub use balancer::{
-    Attempt, Balancer, TargetStats, TargetTransition, Unavailable, UpstreamOutcome,
+    Attempt, Balancer, NoTarget, TargetStats, TargetTransition, Unavailable, UpstreamOutcome,
 };
 pub use breaker::{Breaker, BreakerState, Permit, Transition, Verdict};
 pub use config::{Config, ConfigEnv, ConfigError, MapEnv};
+pub use health::{HealthChecks, HealthTransition};
 pub use jwks::{FetchOutcome, FetchReason, Fetched, Jwks, JwksConfig, JwksStatus, Refetch};
 pub use pipeline::{
-    Decision, Engine, Forward, KeySource, NoKeys, Pending, Policy, ProviderId, Reason, Reply,
-    RequestView, Step, Ticket, header,
+    Decision, Engine, FailedTry, Forward, KeySource, NoKeys, Pending, Policy, ProviderId, Reason,
+    Reply, RequestView, Step, Ticket, header,
 };
 pub use ratelimit::{
     ClientKey, CounterKey, CounterReply, CounterRequest, CounterState, CounterStore, FixedHasher,

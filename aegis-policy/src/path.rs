@@ -150,11 +150,14 @@ fn check_escapes(p: &[u8]) -> Result<(), PathError> {
 /// case (case-insensitive file systems), trailing `%20`, `.` and `%00` trimmed from segments
 /// (Windows), dot segments resolved again.
 pub fn lenient_view(path: &str) -> Option<String> {
+    // One pass: letters to fold, parameters, escapes, or a segment ending in `.`.
     let b = path.as_bytes();
-    let may_differ = b
-        .iter()
-        .any(|&c| c.is_ascii_uppercase() || c == b';' || c == b'%')
-        || path.split('/').any(|s| s.len() > 1 && s.ends_with('.'));
+    let may_differ = b.iter().enumerate().any(|(i, &c)| {
+        c.is_ascii_uppercase()
+            || c == b';'
+            || c == b'%'
+            || (c == b'.' && i > 1 && b[i - 1] != b'/' && b.get(i + 1).is_none_or(|&n| n == b'/'))
+    });
     if !may_differ {
         return None;
     }

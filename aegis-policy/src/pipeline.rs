@@ -28,7 +28,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use serde_json::json;
 
 use crate::auth::{AuthFailure, KeySet, Verifier};
-use crate::balancer::{Attempt, Balancer, TargetStats, UpstreamOutcome};
+use crate::balancer::{Attempt, Balancer, NoTarget, TargetStats, Unavailable, UpstreamOutcome};
 use crate::config::{
     Config, ConfigError, LimitKeyKind, OnStoreError, RouteConfig, UnderscoreHeaders,
 };
@@ -207,14 +207,32 @@ pub enum Step {
     Admit(Ticket),
 }
 
+/// What the shell knows of a try that failed, for [`Policy::retry`].
+#[derive(Debug, Clone, Copy)]
+pub struct FailedTry<'a> {
+    pub outcome: UpstreamOutcome,
+    /// Whether any byte of the request was written to the target.
+    pub sent: bool,
+    pub method: &'a Method,
+    /// The request carries an `Idempotency-Key` header.
+    pub idempotency_key: bool,
+    /// The request has no body, or all of it was kept to be sent again.
+    pub body_replayable: bool,
+}
+
 /// Send the request to a target. Report the outcome once with [`Policy::on_upstream_result`].
 #[must_use = "report the outcome with on_upstream_result"]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Forward {
     pub route: RouteId,
     pub attempt: Attempt,
-    /// The upstream response timeout of the route.
+    /// This try's deadline for a response head (the route's `try_timeout`, its `timeout`
+    /// unless set).
     pub timeout: Duration,
+    /// The deadline of all tries together (the route's `timeout`), from the first.
+    pub deadline: Duration,
+    /// The targets tried before this one (a retry goes elsewhere).
+    tried: Vec<usize>,
     user: Option<HeaderValue>,
     rewrite: Option<String>,
     base_path: Option<String>,
@@ -226,6 +244,11 @@ pub struct Forward {
 impl Forward {
     pub fn target(&self) -> usize {
         self.attempt.target
+    }
+
+    /// Which try this is: 1 for the first.
+    pub fn try_number(&self) -> usize {
+        self.tried.len() + 1
     }
 
     /// The path and query to send upstream: the original unless normalisation, `strip_prefix`
@@ -406,11 +429,15 @@ impl Policy {
 
     /// One fresh balancer per route, indexed by [`RouteId`].
     pub fn balancers(&self) -> Vec<Balancer> {
-        self.config
-            .routes
-            .iter()
-            .map(|r| Balancer::new(r, &self.config.breaker))
+        (0..self.config.routes.len())
+            .map(|i| self.balancer(RouteId(i)))
             .collect()
+    }
+
+    /// A fresh balancer for `route`: its targets' breakers, health checks and retry budget.
+    pub fn balancer(&self, route: RouteId) -> Balancer {
+        Balancer::new(&self.config.routes[route.0], &self.config.breaker)
+            .with_budget(&self.config.retry_budget)
     }
 
     /// The client address used for rate limiting: the socket peer, unless the peer is a trusted
@@ -454,6 +481,31 @@ impl Policy {
         let (a, b) = (&self.config.routes[matched.0], &self.config.routes[other.0]);
         let stricter = (b.auth && !a.auth) || (b.rate_limit.is_some() && a.rate_limit.is_none());
         (other != matched && stricter).then_some(other)
+    }
+
+    /// The protocol an HTTP/1.1 request asks to switch to (`Connection: upgrade` with
+    /// `Upgrade: websocket`), when `server.upgrades` tunnels it: the `Upgrade` value to send
+    /// upstream. Any other upgrade is never forwarded (`h2c` never can be).
+    pub fn upgrade<'h>(&self, headers: &'h HeaderMap) -> Option<&'h HeaderValue> {
+        // Most requests have no Upgrade: one small-map lookup and out.
+        let value = header(headers, &http::header::UPGRADE)?;
+        let wanted = headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+        if !wanted {
+            return None;
+        }
+        let proto = value.to_str().ok()?.split(',').next()?.trim();
+        let name = proto.split('/').next().unwrap_or(proto);
+        self.config
+            .server
+            .upgrades
+            .iter()
+            .any(|u| u.eq_ignore_ascii_case(name))
+            .then_some(value)
     }
 
     /// Step one: size limits, route, authenticate, refuse a declared body over the route's
@@ -683,11 +735,14 @@ impl Policy {
         now: Now,
     ) -> Result<Forward, Reply> {
         let route = &self.config.routes[ticket.route.0];
+        balancer.on_request(now.mono);
         match balancer.pick(now.mono) {
             Ok(attempt) => Ok(Forward {
                 route: ticket.route,
                 attempt,
-                timeout: route.timeout,
+                timeout: route.retry.try_timeout,
+                deadline: route.timeout,
+                tried: Vec::new(),
                 base_path: Some(&route.targets[attempt.target].base_path)
                     .filter(|b| !b.is_empty())
                     .cloned(),
@@ -697,22 +752,95 @@ impl Policy {
                 drop_underscores: self.config.server.headers_with_underscores
                     == UnderscoreHeaders::Drop,
             }),
-            Err(u) => {
-                let retry = ceil_secs_min1(u.retry_after);
-                Err(Reply::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    Reason::NoHealthyTarget,
-                    Some(ticket.route),
-                    json!({
-                        "error": "no_healthy_target",
-                        "route": route.path,
-                        "message": format!("every target of {} has an open circuit", route.path),
-                        "retryAfter": retry,
-                    }),
-                )
-                .header(RETRY_AFTER, HeaderValue::from(retry)))
-            }
+            Err(u) => Err(self.no_target(ticket.route, u)),
         }
+    }
+
+    /// The 503 for a route with no target to send to, with `Retry-After`.
+    fn no_target(&self, id: RouteId, u: Unavailable) -> Reply {
+        let route = &self.config.routes[id.0];
+        let retry = ceil_secs_min1(u.retry_after);
+        let message = match u.why {
+            NoTarget::CircuitsOpen => format!("every target of {} has an open circuit", route.path),
+            NoTarget::Unhealthy => {
+                format!(
+                    "every target of {} is failing its health checks",
+                    route.path
+                )
+            }
+            NoTarget::AllTried => format!("every target of {} failed this request", route.path),
+        };
+        Reply::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Reason::NoHealthyTarget,
+            Some(id),
+            json!({
+                "error": "no_healthy_target",
+                "route": route.path,
+                "message": message,
+                "retryAfter": retry,
+            }),
+        )
+        .header(RETRY_AFTER, HeaderValue::from(retry))
+    }
+
+    /// After a failed try (its outcome already reported): another target for the request,
+    /// when the route's retry rule, its budget and its targets allow one.
+    ///
+    /// The rule: a request that could not be sent at all (no byte of it written: the
+    /// connection was refused or timed out) may go to every other target once, whatever its
+    /// method. One that was sent goes again only if it is idempotent (GET, HEAD, OPTIONS,
+    /// TRACE, PUT, DELETE; or any with an `Idempotency-Key` when `retry_idempotency_key` is
+    /// set), its body can be sent again (none, or kept because it was small), the try failed
+    /// with a status in `retry_on`, a reset or a timeout, and fewer than `retries` retries
+    /// were made. Every retry takes one from the route's budget.
+    pub fn retry(
+        &self,
+        fwd: &Forward,
+        failed: FailedTry,
+        balancer: &mut Balancer,
+        now: Now,
+    ) -> Option<Forward> {
+        let route = &self.config.routes[fwd.route.0];
+        let tries = fwd.tried.len() + 1;
+        let allowed = if !failed.sent {
+            matches!(
+                failed.outcome,
+                UpstreamOutcome::ConnectError | UpstreamOutcome::Timeout
+            ) && tries < route.targets.len()
+        } else {
+            let idempotent = crate::retry::is_idempotent(failed.method)
+                || (route.retry.idempotency_key && failed.idempotency_key);
+            let retryable = match failed.outcome {
+                UpstreamOutcome::Status(s) => route.retry.on.contains(s),
+                UpstreamOutcome::ConnectError | UpstreamOutcome::Timeout => true,
+                UpstreamOutcome::Cancelled => false,
+            };
+            idempotent
+                && failed.body_replayable
+                && retryable
+                && tries <= route.retry.retries as usize
+        };
+        if !allowed || !balancer.take_retry(now.mono) {
+            return None;
+        }
+        let mut tried = fwd.tried.clone();
+        tried.push(fwd.target());
+        let attempt = balancer.pick_excluding(now.mono, &tried).ok()?;
+        Some(Forward {
+            route: fwd.route,
+            attempt,
+            timeout: fwd.timeout,
+            deadline: fwd.deadline,
+            tried,
+            base_path: Some(&route.targets[attempt.target].base_path)
+                .filter(|b| !b.is_empty())
+                .cloned(),
+            rewrite: fwd.rewrite.clone(),
+            user: fwd.user.clone(),
+            rate: fwd.rate.clone(),
+            drop_underscores: fwd.drop_underscores,
+        })
     }
 
     /// Step four: how the forwarded request ended. Call exactly once per [`Forward`].

@@ -710,3 +710,132 @@ fn header_names_with_underscores_are_dropped_by_default_or_refused() {
     f.apply_request_headers(&mut sent);
     assert_eq!(sent.get("x_user_id").unwrap(), "admin");
 }
+
+/// The retry rule (issue "Upstream traffic management"): what could not be sent goes to
+/// another target whatever its method; what was sent goes again only if idempotent, its body
+/// replayable, the failure in `retry_on` (or a reset or timeout) and `retries` not spent;
+/// every retry takes from the budget.
+#[test]
+fn retries_follow_the_rule_and_the_budget() {
+    use aegis_policy::{FailedTry, Forward};
+    let route = r#"
+        [[routes]]
+        path = "/"
+        targets = ["http://a:1", "http://b:1", "http://c:1"]
+        retries = 1
+        retry_idempotency_key = true
+    "#;
+    let none = HeaderMap::new();
+    let failed = |outcome, sent, method: &'static Method, key, replay| FailedTry {
+        outcome,
+        sent,
+        method,
+        idempotency_key: key,
+        body_replayable: replay,
+    };
+    let first = |e: &mut Engine<_>| {
+        let Decision::Forward(f) = e.handle(&get("/x", &none, "10.0.0.1"), at(0)) else {
+            panic!()
+        };
+        f
+    };
+
+    // The rule, with a budget that never runs out.
+    let mut e = engine(&format!("[retry_budget]\nratio = 10.0\n{route}"));
+    let f = first(&mut e);
+    let (p, b) = (&e.policy, &mut e.balancers[0]);
+    // Not sent at all: any method goes elsewhere, once to each other target.
+    let unsent = failed(
+        UpstreamOutcome::ConnectError,
+        false,
+        &Method::POST,
+        false,
+        false,
+    );
+    let g = p
+        .retry(&f, unsent, b, at(1))
+        .expect("an unsent POST goes to another target");
+    assert_ne!(g.target(), f.target());
+    assert_eq!(g.try_number(), 2);
+    let h = p.retry(&g, unsent, b, at(1)).expect("and to the third");
+    assert!(![f.target(), g.target()].contains(&h.target()));
+    assert!(
+        p.retry(&h, unsent, b, at(1)).is_none(),
+        "every target tried"
+    );
+    // Sent: a POST is never retried, unless it has an Idempotency-Key (configured); a GET is,
+    // on a status in retry_on, a reset after sending or a try timeout, once (retries = 1).
+    let post = failed(
+        UpstreamOutcome::Status(503),
+        true,
+        &Method::POST,
+        false,
+        true,
+    );
+    assert!(p.retry(&f, post, b, at(1)).is_none());
+    let keyed = failed(
+        UpstreamOutcome::Status(503),
+        true,
+        &Method::POST,
+        true,
+        true,
+    );
+    let k = p
+        .retry(&f, keyed, b, at(1))
+        .expect("a POST with an Idempotency-Key is");
+    let get503 = failed(
+        UpstreamOutcome::Status(503),
+        true,
+        &Method::GET,
+        false,
+        true,
+    );
+    assert!(
+        p.retry(&k, get503, b, at(1)).is_none(),
+        "retries = 1: spent"
+    );
+    for outcome in [
+        UpstreamOutcome::Status(502),
+        UpstreamOutcome::ConnectError,
+        UpstreamOutcome::Timeout,
+    ] {
+        assert!(
+            p.retry(
+                &f,
+                failed(outcome, true, &Method::GET, false, true),
+                b,
+                at(1)
+            )
+            .is_some(),
+            "{outcome:?}"
+        );
+    }
+    // Not in retry_on, a body that cannot be sent again, or cancelled: no.
+    for (outcome, replay) in [
+        (UpstreamOutcome::Status(500), true),
+        (UpstreamOutcome::Status(503), false),
+        (UpstreamOutcome::Cancelled, true),
+    ] {
+        assert!(
+            p.retry(
+                &f,
+                failed(outcome, true, &Method::GET, false, replay),
+                b,
+                at(1)
+            )
+            .is_none()
+        );
+    }
+
+    // The budget: 20 % of the requests, no floor.
+    let mut e = engine(&format!(
+        "[retry_budget]\nratio = 0.2\nmin_per_second = 0\n{route}"
+    ));
+    let fs: Vec<Forward> = (0..10).map(|_| first(&mut e)).collect();
+    let (p, b) = (&e.policy, &mut e.balancers[0]);
+    let granted = fs
+        .iter()
+        .filter(|f| p.retry(f, get503, b, at(1)).is_some())
+        .count();
+    assert_eq!(granted, 2, "10 requests buy 2 retries");
+}

@@ -100,4 +100,8 @@ pub struct Exchange {
     /// Why an upstream exchange failed, when the reason alone does not say (an https
     /// target whose certificate did not verify).
     pub error: Option<String>,
+    /// Tries made upstream (retries included; 0: none).
+    pub attempts: u32,
+    /// The protocol the request asks to switch to, when it is one the gateway tunnels.
+    pub upgrade: Option<HeaderValue>,
 }

@@ -1,5 +1,6 @@
 //! aegis-testkit: the end-to-end test harness (real `aegis` processes, real `redis-server`, raw
-//! HTTP/1.1 over loopback) shared by the end-to-end tests in the workspace root's `tests/`.
+//! HTTP/1.1 and HTTP/2 over loopback) shared by the end-to-end tests in the workspace root's
+//! `tests/`.
 //!
 //! Every process a test starts is owned by a value here and killed by PID on `Drop`; every wait
 //! polls a condition until a deadline (no fixed sleeps); all traffic goes to 127.0.0.1.
@@ -7,6 +8,7 @@
 // End-to-end tests live in real time: deadlines and rate-limit windows read the real clocks.
 #![allow(clippy::disallowed_methods)]
 
+pub mod h2raw;
 pub mod tls;
 
 use std::fs::{self, File};
@@ -796,6 +798,173 @@ pub fn tcp_states_to(port: u16) -> Vec<u8> {
 pub const TCP_ESTABLISHED: u8 = 0x01;
 /// `CLOSE_WAIT` in [`tcp_states_to`]: the peer closed, this end has not.
 pub const TCP_CLOSE_WAIT: u8 = 0x08;
+
+/// What a [`Backend`] received in one request.
+#[derive(Debug, Clone)]
+pub struct BackendRequest {
+    /// The request head, as sent by the gateway.
+    pub head: String,
+    /// The body bytes read.
+    pub body: Vec<u8>,
+    /// Whether the body arrived whole (by its `Content-Length` or chunked framing); false if
+    /// the gateway closed the connection first.
+    pub complete: bool,
+}
+
+/// A threaded HTTP/1.1 upstream inside the test process that sees everything the gateway
+/// sends: each connection on its own thread, keep-alive, bodies read by their framing. Every
+/// head is recorded when it arrives, every request again when its body ended (whole or not),
+/// and `respond(head, body)` gives the raw response bytes (it may block, e.g. on a [`Gate`]).
+#[derive(Debug)]
+pub struct Backend {
+    pub addr: SocketAddr,
+    heads: Arc<Mutex<Vec<String>>>,
+    received: Arc<Mutex<Vec<BackendRequest>>>,
+    /// Responses whose write failed (the gateway went away mid-response).
+    write_errors: Arc<std::sync::atomic::AtomicUsize>,
+    /// Connections accepted.
+    conns: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Backend {
+    pub fn start(respond: impl Fn(&str, &[u8]) -> Vec<u8> + Send + Sync + 'static) -> Backend {
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the backend");
+        let addr = listener.local_addr().unwrap();
+        let respond = Arc::new(respond);
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let write_errors = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let conns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let b = Backend {
+            addr,
+            heads: heads.clone(),
+            received: received.clone(),
+            write_errors: write_errors.clone(),
+            conns: conns.clone(),
+        };
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut s) = conn else { break };
+                conns.fetch_add(1, Ordering::SeqCst);
+                let (respond, heads, received, write_errors) = (
+                    respond.clone(),
+                    heads.clone(),
+                    received.clone(),
+                    write_errors.clone(),
+                );
+                thread::spawn(move || {
+                    let _ = s.set_read_timeout(Some(IO_TIMEOUT));
+                    let _ = s.set_write_timeout(Some(IO_TIMEOUT));
+                    loop {
+                        let Ok(head) = read_head(&mut s) else { return };
+                        let head = String::from_utf8_lossy(&head).into_owned();
+                        heads.lock().unwrap().push(head.clone());
+                        let (body, complete) = read_request_body(&mut s, &head);
+                        received.lock().unwrap().push(BackendRequest {
+                            head: head.clone(),
+                            body: body.clone(),
+                            complete,
+                        });
+                        if !complete {
+                            return;
+                        }
+                        let out = respond(&head, &body);
+                        if s.write_all(&out).and_then(|()| s.flush()).is_err() {
+                            write_errors.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        b
+    }
+
+    /// Answers every request `200` with `body`.
+    pub fn ok(body: &'static str) -> Backend {
+        Backend::start(move |_, _| {
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes()
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every request head so far, in arrival order.
+    pub fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
+    }
+
+    /// Every request whose body ended so far (whole or cut off).
+    pub fn received(&self) -> Vec<BackendRequest> {
+        self.received.lock().unwrap().clone()
+    }
+
+    pub fn write_errors(&self) -> usize {
+        self.write_errors.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn connections(&self) -> usize {
+        self.conns.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A request body after `head`, by its framing: the bytes and whether all of them came.
+fn read_request_body(s: &mut TcpStream, head: &str) -> (Vec<u8>, bool) {
+    let field = |name: &str| {
+        head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_owned())
+        })
+    };
+    if field("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
+        return match read_chunked(s) {
+            Ok(b) => (b, true),
+            Err(_) => (Vec::new(), false),
+        };
+    }
+    let len: usize = field("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    let mut got = 0;
+    while got < len {
+        match s.read(&mut body[got..]) {
+            Ok(0) | Err(_) => {
+                body.truncate(got);
+                return (body, false);
+            }
+            Ok(n) => got += n,
+        }
+    }
+    (body, true)
+}
+
+/// A gate that [`Backend`] handlers can wait at until the test opens it (a held response),
+/// for at most [`IO_TIMEOUT`].
+#[derive(Debug, Clone, Default)]
+pub struct Gate(Arc<(Mutex<bool>, std::sync::Condvar)>);
+
+impl Gate {
+    pub fn open(&self) {
+        *self.0.0.lock().unwrap() = true;
+        self.0.1.notify_all();
+    }
+
+    pub fn wait(&self) {
+        let (lock, cv) = &*self.0;
+        let guard = lock.lock().unwrap();
+        let _ = cv.wait_timeout_while(guard, IO_TIMEOUT, |open| !*open);
+    }
+}
 
 // ---------------------------------------------------------------------------------------------
 // A small HTTP/1.1 client over raw sockets (so malformed and oversized requests can be sent).

@@ -17,6 +17,7 @@ mod conn;
 mod h2;
 mod respond;
 mod tls;
+mod tunnel;
 
 use std::future::{Future, poll_fn};
 use std::io;
@@ -34,7 +35,8 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 pub use body::ReqBody;
 use conn::{Conn, lock};
-use respond::{Out, close, respond_and_close, write_response};
+pub use h2::CLOSE_GRACE;
+use respond::{Out, close, respond_and_close, write_response, write_upgrade};
 pub use tls::serve_tls;
 
 use crate::gateway::{self, Listener};
@@ -50,7 +52,8 @@ pub struct Limits {
     pub idle_timeout: Duration,
     pub max_uri: usize,
     pub max_head: usize,
-    pub max_header_list: u32,
+    /// HTTP/2 connections' limits (`h2_*` in `[server]`).
+    pub h2: aegis_policy::config::H2Limits,
 }
 
 impl Limits {
@@ -62,7 +65,7 @@ impl Limits {
             // The policy refuses heads past its limits with 414/431; the buffer holds a bit
             // more so that it is the one to answer.
             max_head: server.max_header_bytes + server.max_uri_bytes + 1024,
-            max_header_list: u32::try_from(server.max_header_bytes).unwrap_or(u32::MAX),
+            h2: server.h2,
         }
     }
 }
@@ -108,21 +111,19 @@ pub async fn serve<S>(
 {
     let _open = crate::observe::metrics::GaugeGuard::enter(shared.metrics.connections.mine());
     let conn = conn::new(stream);
-    let mut wbuf = Vec::new();
-    let mut timer = Timer::default();
     // The connection caps: past one, a 503 and the close, before a byte is read.
-    let _counted = Counted::enter(&shared.connections);
+    let counted = Counted::enter(&shared.connections);
     let (max_total, max_per_ip) = {
         let rt = shared.runtime.load();
         let server = &rt.policy.config().server;
         (server.max_connections, server.max_connections_per_ip)
     };
-    let _held = shared.connections_per_ip.enter(peer.addr.ip(), max_per_ip);
-    if _counted.0 > max_total || _held.is_none() {
+    let held = shared.connections_per_ip.enter(peer.addr.ip(), max_per_ip);
+    if counted.0 > max_total || held.is_none() {
         let mut body = gateway::error(
             StatusCode::SERVICE_UNAVAILABLE,
             "overloaded",
-            if _held.is_none() {
+            if held.is_none() {
                 "too many connections from this client"
             } else {
                 "too many connections"
@@ -138,7 +139,9 @@ pub async fn serve<S>(
             head_request: false,
             keep: false,
             stall: limits.idle_timeout,
+            upgrade: None,
         };
+        let (mut wbuf, mut timer) = (Vec::new(), Timer::default());
         if write_response(&conn, &mut wbuf, body, out, &mut timer)
             .await
             .is_ok()
@@ -147,6 +150,55 @@ pub async fn serve<S>(
         }
         return;
     }
+    // The HTTP/1.1 loop's state (buffers, timer, head) is gone before an HTTP/2 connection
+    // or a tunnel begins: they keep only what they need.
+    match serve_h1(&conn, &peer, &shared, listener, &limits, &stop).await {
+        Served::Closed => {}
+        Served::H2Preface => h2::serve(conn, peer, shared.clone(), listener, limits, &stop).await,
+        Served::Upgraded(up) => {
+            if let Ok(io) = std::rc::Rc::try_unwrap(conn).map(std::cell::RefCell::into_inner) {
+                tunnel(&shared, io, *up).await;
+            }
+        }
+    }
+}
+
+/// How the HTTP/1.1 loop ended.
+#[derive(Debug)]
+enum Served {
+    Closed,
+    /// The connection opened with the HTTP/2 preface: hand it to `h2`.
+    H2Preface,
+    /// A `101` went out to an upgrade: the connection becomes a tunnel.
+    Upgraded(Box<Upgraded>),
+}
+
+/// An upgraded connection's other end and what its access line names.
+#[derive(Debug)]
+struct Upgraded {
+    upstream: crate::upstream::Stream,
+    /// What the upstream sent past its `101`.
+    early: Vec<u8>,
+    method: Method,
+    path_and_query: String,
+    request_id: crate::record::RequestId,
+}
+
+/// The HTTP/1.1 loop: requests until the connection closes, the HTTP/2 preface, or an
+/// upgrade.
+async fn serve_h1<S>(
+    conn: &Conn<S>,
+    peer: &Peer,
+    shared: &Arc<Shared>,
+    listener: Listener,
+    limits: &Limits,
+    stop: &CancellationToken,
+) -> Served
+where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    let mut timer = Timer::default();
+    let mut wbuf = Vec::new();
     let mut stopped = pin!(stop.cancelled());
     // The config a request runs on: checked per request with one atomic load, the Arc
     // cloned only when a reload swapped it.
@@ -164,8 +216,8 @@ pub async fn serve<S>(
         };
         let deadline = Instant::now() + idle;
         let read = read_head(
-            &conn,
-            &limits,
+            conn,
+            limits,
             deadline,
             &mut timer,
             stopped.as_mut(),
@@ -175,13 +227,13 @@ pub async fn serve<S>(
         let head = match read {
             HeadRead::Head(h) => h,
             HeadRead::Failed(HeadError::H2Preface) if first && !stop.is_cancelled() => {
-                return h2::serve(conn, peer, shared.clone(), listener, limits, &stop).await;
+                return Served::H2Preface;
             }
             HeadRead::Failed(e) => {
                 let body = gateway::error(e.status(), "bad_request", e.message());
-                let _ = respond_and_close(&conn, &mut wbuf, body, &mut timer, limits.idle_timeout)
-                    .await;
-                return;
+                let _ =
+                    respond_and_close(conn, &mut wbuf, body, &mut timer, limits.idle_timeout).await;
+                return Served::Closed;
             }
             HeadRead::TimedOut(true) => {
                 let body = gateway::error(
@@ -189,11 +241,11 @@ pub async fn serve<S>(
                     "request_timeout",
                     "the request head did not arrive within server.header_read_timeout",
                 );
-                let _ = respond_and_close(&conn, &mut wbuf, body, &mut timer, limits.idle_timeout)
-                    .await;
-                return;
+                let _ =
+                    respond_and_close(conn, &mut wbuf, body, &mut timer, limits.idle_timeout).await;
+                return Served::Closed;
             }
-            HeadRead::TimedOut(false) | HeadRead::Closed | HeadRead::Io => return,
+            HeadRead::TimedOut(false) | HeadRead::Closed | HeadRead::Io => return Served::Closed,
         };
         first = false;
         let h1::RequestHead {
@@ -206,18 +258,42 @@ pub async fn serve<S>(
         let body = if framing == Framing::Length(0) {
             ReqBody::empty()
         } else {
-            ReqBody::new(&conn, BodyDecoder::new(framing), expect_continue)
+            ReqBody::new(conn, BodyDecoder::new(framing), expect_continue)
         };
         let rt = runtime.load();
-        let watched = handle_watching(
-            &conn, &limits, &shared, rt, listener, &peer, &mut parts, body,
-        );
+        let watched = handle_watching(conn, limits, shared, rt, listener, peer, &mut parts, body);
         let Some(answer) = watched.await else {
             // The client left; the exchange was dropped (its outcome reported as cancelled).
-            return;
+            return Served::Closed;
         };
+        if let Some(proto) = answer.upgrade.clone() {
+            // A 101 to an upgrade: the connection becomes a tunnel to the upstream's.
+            let out = Out {
+                request_id: Some(&answer.request_id),
+                version,
+                head_request,
+                keep: true,
+                stall: limits.idle_timeout,
+                upgrade: Some(&proto),
+            };
+            let upgraded = write_upgrade(conn, &mut wbuf, answer.response, out, &mut timer).await;
+            return match upgraded {
+                Ok(Some((upstream, early))) => Served::Upgraded(Box::new(Upgraded {
+                    upstream,
+                    early,
+                    method: parts.method.clone(),
+                    path_and_query: parts
+                        .uri
+                        .path_and_query()
+                        .map_or("/", |p| p.as_str())
+                        .to_owned(),
+                    request_id: answer.request_id,
+                })),
+                _ => Served::Closed,
+            };
+        }
         let unread = {
-            let mut io = lock(&conn);
+            let mut io = lock(conn);
             io.continue_left = b"";
             io.body.is_some()
         };
@@ -229,19 +305,69 @@ pub async fn serve<S>(
             head_request,
             keep,
             stall: limits.idle_timeout,
+            upgrade: None,
         };
-        let written = write_response(&conn, &mut wbuf, answer.response, out, &mut timer).await;
+        let written = write_response(conn, &mut wbuf, answer.response, out, &mut timer).await;
         match written {
             Ok(true) if keep => {}
             Ok(_) => {
-                close(&conn, unread).await;
-                return;
+                close(conn, unread).await;
+                return Served::Closed;
             }
-            Err(_) => return,
+            Err(_) => return Served::Closed,
         }
         // A stop that came during the write is seen by the next read_head (between requests
         // it closes at once): one cancellation check per request, not two.
     }
+}
+
+/// Runs the tunnel of an upgraded connection (what the client and the upstream sent past
+/// their heads goes first), counted in the metrics and logged when it ends.
+async fn tunnel<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared, io: conn::Io<S>, up: Upgraded) {
+    let Upgraded {
+        upstream,
+        early,
+        method,
+        path_and_query: pq,
+        request_id,
+    } = up;
+    let conn::Io {
+        stream, mut rbuf, ..
+    } = io;
+    let client = conn::Prefixed {
+        prefix: rbuf.take_filled(),
+        pos: 0,
+        io: stream,
+    };
+    let upstream = conn::Prefixed {
+        prefix: early,
+        pos: 0,
+        io: upstream,
+    };
+    let idle = shared
+        .runtime
+        .load()
+        .policy
+        .config()
+        .server
+        .websocket_idle_timeout;
+    let metrics = &shared.metrics;
+    let started = Instant::now();
+    let done = {
+        let _open = crate::observe::metrics::GaugeGuard::enter(metrics.tunnels.mine());
+        tunnel::run(client, upstream, idle).await
+    };
+    metrics.tunnel_bytes(done.up, done.down);
+    tracing::info!(
+        target: "aegis::access",
+        "[{}] {pq} tunnel closed after {}ms{}: {} bytes up, {} bytes down [{}]",
+        method,
+        started.elapsed().as_millis(),
+        if done.idle_out { " (idle)" } else { "" },
+        done.up,
+        done.down,
+        request_id.as_str()
+    );
 }
 
 /// Reads the next request head: from what is buffered, else from the stream, until
@@ -280,6 +406,10 @@ async fn read_head<S: AsyncRead + Unpin>(
             }
         }
         let partial = !io.rbuf.is_empty();
+        if !partial {
+            // Waiting for the next request: no buffer held meanwhile.
+            io.rbuf.park();
+        }
         drop(guard);
         if !partial && stopped.as_mut().poll(cx).is_ready() {
             return Poll::Ready(HeadRead::Closed);

@@ -9,7 +9,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use http::header::{CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
-use http::{HeaderMap, Response, StatusCode, Version};
+use http::{HeaderMap, HeaderValue, Response, StatusCode, Version};
 use hyper::body::Body;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -34,6 +34,8 @@ pub(super) struct Out<'a> {
     pub(super) keep: bool,
     /// A client that takes no bytes for this long is disconnected (`server.idle_timeout`).
     pub(super) stall: Duration,
+    /// A `101` to an upgrade: the protocol switched to (the head says so, then a tunnel).
+    pub(super) upgrade: Option<&'a HeaderValue>,
 }
 
 /// Writes a response: the head, then the body, in as few writes as it allows. `Ok(false)`:
@@ -45,14 +47,54 @@ pub(super) async fn write_response<S: AsyncRead + AsyncWrite + Unpin>(
     out: Out<'_>,
     timer: &mut Timer,
 ) -> io::Result<bool> {
-    let Out {
-        request_id,
-        version,
-        head_request,
-        keep,
-        stall,
-    } = out;
     let (parts, mut body) = resp.into_parts();
+    let (framing, keep) = put_head(wbuf, &parts, &body, &out);
+    if let (ProxyBody::Upstream(up), Some(Framing::Length(_))) = (&mut body, framing) {
+        up.read_buffered_into(wbuf);
+    }
+    let written = pump(conn, wbuf, &mut body, framing, timer, out.stall).await;
+    // The buffer goes back to the worker's spares between responses.
+    h1::give_write_buf(std::mem::take(wbuf));
+    written?;
+    Ok(keep)
+}
+
+/// Writes the `101 Switching Protocols` head of an upgrade and hands back the upstream's
+/// connection (its socket and what it sent past the head) for the tunnel.
+pub(super) async fn write_upgrade<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &Conn<S>,
+    wbuf: &mut Vec<u8>,
+    resp: Response<ProxyBody>,
+    out: Out<'_>,
+    timer: &mut Timer,
+) -> io::Result<Option<(crate::upstream::Stream, Vec<u8>)>> {
+    let (parts, body) = resp.into_parts();
+    let _ = put_head(wbuf, &parts, &body, &out);
+    pump(
+        conn,
+        wbuf,
+        &mut ProxyBody::Full(None),
+        None,
+        timer,
+        out.stall,
+    )
+    .await?;
+    Ok(match body {
+        ProxyBody::Upstream(up) => up.into_upgraded(),
+        ProxyBody::Full(_) => None,
+    })
+}
+
+/// A response head into `wbuf`: the status line, the upstream's raw header lines and the
+/// gateway's own, this hop's framing and connection headers. Returns the body's framing on
+/// the wire (`None`: no body) and whether the connection may stay open after it.
+fn put_head(
+    wbuf: &mut Vec<u8>,
+    parts: &http::response::Parts,
+    body: &ProxyBody,
+    out: &Out<'_>,
+) -> (Option<Framing>, bool) {
+    let (version, head_request) = (out.version, out.head_request);
     let status = parts.status;
     let bodiless = head_request
         || status.is_informational()
@@ -67,11 +109,14 @@ pub(super) async fn write_response<S: AsyncRead + AsyncWrite + Unpin>(
             None => Framing::Close,
         })
     };
-    let keep = keep && framing != Some(Framing::Close);
+    let keep = out.keep && framing != Some(Framing::Close);
 
+    if wbuf.capacity() == 0 {
+        *wbuf = h1::take_write_buf();
+    }
     wbuf.clear();
     h1::put_status_line(wbuf, status);
-    let raw = match &body {
+    let raw = match body {
         ProxyBody::Upstream(up) => up.headers(),
         ProxyBody::Full(_) => None,
     };
@@ -86,7 +131,7 @@ pub(super) async fn write_response<S: AsyncRead + AsyncWrite + Unpin>(
         }
         h1::put_header(wbuf, name.as_str().as_bytes(), value.as_bytes());
     }
-    if let Some(id) = request_id {
+    if let Some(id) = out.request_id {
         h1::put_header(wbuf, b"x-request-id", id.as_bytes());
     }
     if !has_date && !parts.headers.contains_key(DATE) {
@@ -94,7 +139,7 @@ pub(super) async fn write_response<S: AsyncRead + AsyncWrite + Unpin>(
     }
     // The length of the body sent, or (the gateway's own answer to HEAD) of the body a GET
     // would have had (RFC 9110 §9.3.2; an upstream's answer carries its own).
-    let length = match (&framing, &body) {
+    let length = match (&framing, body) {
         (Some(Framing::Length(n)), _) => Some(*n),
         (None, ProxyBody::Full(Some(b))) if head_request => Some(b.len() as u64),
         _ => None,
@@ -114,21 +159,33 @@ pub(super) async fn write_response<S: AsyncRead + AsyncWrite + Unpin>(
             _ => wbuf.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         }
     }
-    if !keep {
+    if let Some(proto) = out.upgrade {
+        wbuf.extend_from_slice(b"connection: upgrade\r\n");
+        h1::put_header(wbuf, b"upgrade", proto.as_bytes());
+    } else if !keep {
         wbuf.extend_from_slice(b"connection: close\r\n");
     } else if version == Version::HTTP_10 {
         wbuf.extend_from_slice(b"connection: keep-alive\r\n");
     }
     wbuf.extend_from_slice(b"\r\n");
-    if let (ProxyBody::Upstream(up), Some(Framing::Length(_))) = (&mut body, framing) {
-        up.read_buffered_into(wbuf);
-    }
+    (framing, keep)
+}
 
+/// Writes what `wbuf` holds, then `body` in `framing`; a client that takes no bytes for
+/// `stall` fails it.
+async fn pump<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &Conn<S>,
+    wbuf: &mut Vec<u8>,
+    body: &mut ProxyBody,
+    framing: Option<Framing>,
+    timer: &mut Timer,
+    stall: Duration,
+) -> io::Result<()> {
     let mut pump = h1::Pump::new(framing);
     let mut stalled = Stall::default();
     poll_fn(|cx| {
         let mut io = lock(conn);
-        match pump.poll(cx, wbuf, Pin::new(&mut body), &mut io.stream) {
+        match pump.poll(cx, wbuf, Pin::new(&mut *body), &mut io.stream) {
             Pumped::Done => Poll::Ready(Ok(())),
             Pumped::WritePending => {
                 if timer.timed_out(stalled.deadline(pump.written(), stall), cx) {
@@ -145,8 +202,7 @@ pub(super) async fn write_response<S: AsyncRead + AsyncWrite + Unpin>(
             Pumped::BodyFailed(e) => Poll::Ready(Err(io::Error::other(e))),
         }
     })
-    .await?;
-    Ok(keep)
+    .await
 }
 
 /// Writes the upstream's response headers (already without hop-by-hop ones and
@@ -187,6 +243,7 @@ pub(super) async fn respond_and_close<S: AsyncRead + AsyncWrite + Unpin>(
         head_request: false,
         keep: false,
         stall,
+        upgrade: None,
     };
     write_response(conn, wbuf, resp, out, timer).await?;
     close(conn, true).await;

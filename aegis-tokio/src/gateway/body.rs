@@ -124,3 +124,81 @@ where
             .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }
+
+/// The request body as the upstream exchange reads it: streamed from the client, or kept
+/// whole (small, of known length) so that a retry can send it again.
+#[derive(Debug)]
+pub enum RequestBody<B> {
+    Stream(LimitedBody<B>),
+    Kept { data: Bytes, sent: bool },
+}
+
+impl<B> RequestBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    /// Reads all of `body` (at most its size limit, else `TooLarge`) to keep it.
+    pub async fn keep(mut body: LimitedBody<B>) -> Result<RequestBody<B>, BodyError> {
+        let mut data = bytes::BytesMut::new();
+        while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+        {
+            if let Ok(d) = frame?.into_data() {
+                data.extend_from_slice(&d);
+            }
+        }
+        Ok(RequestBody::Kept {
+            data: data.freeze(),
+            sent: false,
+        })
+    }
+
+    /// Makes a kept body readable again from its start.
+    pub fn rewind(&mut self) {
+        if let RequestBody::Kept { sent, .. } = self {
+            *sent = false;
+        }
+    }
+}
+
+impl<B> Body for RequestBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            RequestBody::Stream(b) => Pin::new(b).poll_frame(cx),
+            RequestBody::Kept { data, sent } => {
+                if *sent || data.is_empty() {
+                    *sent = true;
+                    return Poll::Ready(None);
+                }
+                *sent = true;
+                Poll::Ready(Some(Ok(Frame::data(data.clone()))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Stream(b) => b.is_end_stream(),
+            RequestBody::Kept { data, sent } => *sent || data.is_empty(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Stream(b) => b.size_hint(),
+            RequestBody::Kept { data, sent } => {
+                SizeHint::with_exact(if *sent { 0 } else { data.len() as u64 })
+            }
+        }
+    }
+}

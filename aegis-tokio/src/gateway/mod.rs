@@ -21,14 +21,14 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use aegis_policy::{Forward, Reason, RequestView, Step, UpstreamOutcome, header};
+use aegis_policy::{FailedTry, Forward, Reason, RequestView, Step, UpstreamOutcome, header};
 use bytes::Bytes;
 use http::header::HOST;
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Response, StatusCode};
 use hyper::body::Body;
 
-pub use body::{LimitedBody, ProxyBody};
+pub use body::{LimitedBody, ProxyBody, RequestBody};
 use forward::{forwarding, request_host};
 use outcome::OutcomeGuard;
 use reply::reply;
@@ -41,12 +41,18 @@ use crate::state::store::Store;
 use crate::state::{Runtime, Shared, lock};
 use crate::upstream::{self, SendError};
 
+/// A client's promise that its request may be repeated (the IETF draft's header).
+const IDEMPOTENCY_KEY: http::HeaderName = http::HeaderName::from_static("idempotency-key");
+
 /// A request's answer and its request id (`X-Request-ID`, which the caller sets on the
 /// response: HTTP/1.1 writes it straight out, hyper gets it in the header map).
 #[derive(Debug)]
 pub struct Answer {
     pub response: Response<ProxyBody>,
     pub request_id: RequestId,
+    /// The protocol switched to, when the response is a `101` to an upgrade request: the
+    /// connection becomes a tunnel to the upstream's.
+    pub upgrade: Option<HeaderValue>,
 }
 
 impl Answer {
@@ -83,6 +89,7 @@ fn admin_only(shared: &Shared, rt: &Runtime, parts: &http::request::Parts) -> An
     Answer {
         response,
         request_id: RequestId::of(&parts.headers),
+        upgrade: None,
     }
 }
 
@@ -121,6 +128,8 @@ where
         client_ip: (shared.log_format == crate::observe::log::LogFormat::Json)
             .then(|| rt.policy.client_ip(peer.addr.ip(), h)),
         error: None,
+        attempts: 0,
+        upgrade: None,
     };
     let resp = exchange(shared, rt, peer, parts, body, &mut ex).await;
     let status = resp.status().as_u16();
@@ -131,6 +140,7 @@ where
     access::log(shared.log_format, &rt.policy, parts, &ex, status);
     Answer {
         response: resp,
+        upgrade: ex.upgrade.take().filter(|_| status == 101),
         request_id: ex.request_id,
     }
 }
@@ -240,25 +250,50 @@ where
         }
     };
     let route = fwd.route.0;
-    ex.target = Some(fwd.target());
     ex.user = fwd.user().cloned();
-    let mut guard = OutcomeGuard {
-        shared,
-        rt,
-        route,
-        attempt: Some(fwd.attempt),
-        request_id: ex.request_id.clone(),
-    };
+    let route_cfg = rt.policy.route(fwd.route);
 
     let body_done = (!body.is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
-    let body = LimitedBody::new(body, max_body, body_done.clone());
+    let limited = LimitedBody::new(body, max_body, body_done.clone());
+    // What a retry may send again: no body, or one kept whole (small, of known length) for
+    // a route that retries requests once sent.
+    let bodiless = limited.is_end_stream();
+    let keep = route_cfg.retry.retries > 0
+        && !bodiless
+        && limited
+            .size_hint()
+            .exact()
+            .is_some_and(|n| n <= route_cfg.retry.max_body);
+    let mut body = if keep {
+        let kept = tokio::time::timeout(fwd.timeout, Box::pin(RequestBody::keep(limited))).await;
+        match kept {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                let mut guard = guard_for(shared, rt, &fwd, ex);
+                return body_failed(rt, &fwd, &mut guard, &SendError::Body(e), ex);
+            }
+            Err(_) => {
+                let mut guard = guard_for(shared, rt, &fwd, ex);
+                return client_too_slow(&mut guard, &fwd, ex);
+            }
+        }
+    } else {
+        RequestBody::Stream(limited)
+    };
+    let replayable = bodiless || keep;
+
+    // An upgrade the route's server tunnels (WebSocket), read before hop-by-hop headers go.
+    if parts.version == http::Version::HTTP_11 {
+        ex.upgrade = rt.policy.upgrade(&parts.headers).cloned();
+    }
     let original = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
-    let pq = fwd.path_and_query(original);
+    let first_pq = fwd.path_and_query(original);
     // Not the client's own target (the policy normalised or rewrote it): check it.
-    let rewritten = (pq.as_ptr() != original.as_ptr()).then_some(&*pq);
+    let rewritten = (first_pq.as_ptr() != original.as_ptr()).then_some(&*first_pq);
     let forwarding = match forwarding(&mut parts.headers, &parts.uri, peer, &fwd, rewritten) {
         Ok(f) => f,
         Err(e) => {
+            let mut guard = guard_for(shared, rt, &fwd, ex);
             guard.report(UpstreamOutcome::Cancelled);
             ex.reason = "bad_request";
             return error(
@@ -268,127 +303,236 @@ where
             );
         }
     };
-    // The request's arrival stands for its send time (the policy's microsecond between them
-    // is not worth a clock read): the deadline and upstream latency count from it.
-    let sent = ex.started;
-    let target = &rt.routes[route].targets[fwd.target()];
-    let outgoing = upstream::Outgoing {
-        method: &parts.method,
-        path_and_query: &pq,
-        headers: &parts.headers,
-        set: upstream::SetHeaders {
-            host: &target.host,
-            forwarded_for: forwarding.chain.as_ref().unwrap_or(&peer.ip_header),
-            forwarded_host: forwarding
-                .host
-                .as_ref()
-                .or_else(|| header(&parts.headers, &HOST)),
-            request_id: &ex.request_id,
-            tls: peer.tls,
-        },
-    };
-    let timing = upstream::Timing {
-        connect_timeout: rt.policy.config().server.connect_timeout,
-        now: sent,
-        deadline: sent + fwd.timeout,
-        body_stall: fwd.timeout,
-    };
-    let result = upstream::send(target, &outgoing, body, timing).await;
+    drop(first_pq);
+    let idempotency_key =
+        route_cfg.retry.idempotency_key && header(&parts.headers, &IDEMPOTENCY_KEY).is_some();
+    // The request's arrival stands for its first send time (the policy's microsecond between
+    // them is not worth a clock read): the deadlines and upstream latency count from it.
+    let started = ex.started;
+    let all_tries_by = started + fwd.deadline;
     let metrics = &rt.routes[route].metrics;
-    match result {
-        Ok(resp) => {
-            let answered = Instant::now();
-            metrics.upstream_latency(answered.saturating_duration_since(sent));
-            guard.report_at(UpstreamOutcome::Status(resp.status().as_u16()), answered);
-            let (mut head, body) = resp.into_parts();
-            // A transfer coding besides chunked (gzip) stays on the body; only an HTTP/1.1
-            // client can be told so (HTTP/1.0 and HTTP/2 have no transfer codings).
-            let coded = body.headers().is_some_and(|h| !h.codings.is_empty());
-            if coded && parts.version != http::Version::HTTP_11 {
-                ex.reason = "upstream_error";
-                return error(
-                    StatusCode::BAD_GATEWAY,
-                    "bad_gateway",
-                    "the upstream's response has a transfer coding this client cannot receive",
-                );
+    let mut fwd = fwd;
+    loop {
+        ex.target = Some(fwd.target());
+        ex.attempts = fwd.try_number() as u32;
+        let mut guard = guard_for(shared, rt, &fwd, ex);
+        let sent = if fwd.try_number() == 1 {
+            started
+        } else {
+            Instant::now()
+        };
+        let pq = fwd.path_and_query(original);
+        let target = &rt.routes[route].targets[fwd.target()];
+        let outgoing = upstream::Outgoing {
+            method: &parts.method,
+            path_and_query: &pq,
+            headers: &parts.headers,
+            set: upstream::SetHeaders {
+                host: &target.host,
+                forwarded_for: Some(forwarding.chain.as_ref().unwrap_or(&peer.ip_header)),
+                forwarded_host: forwarding
+                    .host
+                    .as_ref()
+                    .or_else(|| header(&parts.headers, &HOST)),
+                request_id: &ex.request_id,
+                upgrade: ex.upgrade.as_ref(),
+                tls: peer.tls,
+            },
+        };
+        let timing = upstream::Timing {
+            connect_timeout: rt.policy.config().server.connect_timeout,
+            now: sent,
+            deadline: (sent + fwd.timeout).min(all_tries_by),
+            body_stall: fwd.timeout,
+        };
+        let result = upstream::send(target, &outgoing, &mut body, timing).await;
+        drop(pq);
+        // How the try failed, if it did: for the breaker, and for the retry rule.
+        let failed = match &result {
+            Ok(resp) => {
+                let answered = Instant::now();
+                metrics.upstream_latency(answered.saturating_duration_since(sent));
+                let status = resp.status().as_u16();
+                guard.report_at(UpstreamOutcome::Status(status), answered);
+                // Only a status the route retries on asks the policy (and takes its lock).
+                (route_cfg.retry.retries > 0 && route_cfg.retry.on.contains(status))
+                    .then_some((UpstreamOutcome::Status(status), true))
             }
-            // The upstream's headers stay raw for an HTTP/1.x client (downstream writes them,
-            // leaving out the hop-by-hop ones); hyper needs them in the map.
-            // (The raw lines are already without hop-by-hop and Connection-named headers.)
-            if parts.version == http::Version::HTTP_2
-                && let Some(raw) = body.headers()
+            Err(SendError::Timeout)
+                if body_done
+                    .as_ref()
+                    .is_some_and(|d| !d.load(Ordering::Relaxed)) =>
             {
-                raw.to_map(&mut head.headers);
+                return client_too_slow(&mut guard, &fwd, ex);
             }
-            fwd.apply_response_headers(&mut head.headers);
-            Response::from_parts(head, ProxyBody::Upstream(body))
+            Err(SendError::Timeout) => {
+                metrics.upstream_latency(sent.elapsed());
+                guard.report(UpstreamOutcome::Timeout);
+                Some((UpstreamOutcome::Timeout, true))
+            }
+            // No connection: nothing was sent.
+            Err(SendError::Connect(_)) => {
+                metrics.upstream_latency(sent.elapsed());
+                guard.report(UpstreamOutcome::ConnectError);
+                Some((UpstreamOutcome::ConnectError, false))
+            }
+            // An https target's handshake failed (its certificate did not verify, most often):
+            // counted like a refused connection, nothing was sent; the access line says why.
+            Err(SendError::Tls(why)) => {
+                metrics.upstream_latency(sent.elapsed());
+                guard.report(UpstreamOutcome::ConnectError);
+                ex.error = Some(why.clone());
+                Some((UpstreamOutcome::ConnectError, false))
+            }
+            // The connection broke, or the upstream broke HTTP, after the request went out.
+            Err(SendError::Exchange(_)) => {
+                metrics.upstream_latency(sent.elapsed());
+                guard.report(UpstreamOutcome::ConnectError);
+                Some((UpstreamOutcome::ConnectError, true))
+            }
+            Err(e) => return body_failed(rt, &fwd, &mut guard, e, ex),
+        };
+        if let Some((outcome, sent_any)) = failed {
+            let now = shared.clock.now();
+            let again = {
+                let mut balancer = lock(&rt.balancers[route]);
+                rt.policy.retry(
+                    &fwd,
+                    FailedTry {
+                        outcome,
+                        sent: sent_any,
+                        method: &parts.method,
+                        idempotency_key,
+                        body_replayable: replayable,
+                    },
+                    &mut balancer,
+                    now,
+                )
+            };
+            if let Some(next) = again
+                && Instant::now() < all_tries_by
+            {
+                metrics.retried();
+                body.rewind();
+                fwd = next;
+                continue;
+            }
         }
-        Err(SendError::Timeout) if body_done.is_some_and(|d| !d.load(Ordering::Relaxed)) => {
-            // The client was still sending its body: its slowness, not the upstream's. A slow
-            // uploader must not be able to open a circuit.
-            guard.report(UpstreamOutcome::Cancelled);
-            ex.reason = "client_timeout";
+        return match result {
+            Ok(resp) => respond(resp, &fwd, parts, ex),
+            Err(e) => {
+                let outcome = failed.map_or(UpstreamOutcome::ConnectError, |f| f.0);
+                let why = match outcome {
+                    UpstreamOutcome::Timeout => String::new(),
+                    _ => detail(&e),
+                };
+                upstream_failed(rt, &fwd, outcome, &why, ex)
+            }
+        };
+    }
+}
+
+/// The guard that reports `fwd`'s outcome once (as cancelled if the request is dropped).
+fn guard_for<'a>(
+    shared: &'a Shared,
+    rt: &'a Runtime,
+    fwd: &Forward,
+    ex: &Exchange,
+) -> OutcomeGuard<'a> {
+    OutcomeGuard {
+        shared,
+        rt,
+        route: fwd.route.0,
+        attempt: Some(fwd.attempt),
+        request_id: ex.request_id.clone(),
+    }
+}
+
+/// The upstream's response, readied for the client.
+fn respond(
+    resp: Response<upstream::UpBody>,
+    fwd: &Forward,
+    parts: &http::request::Parts,
+    ex: &mut Exchange,
+) -> Response<ProxyBody> {
+    let (mut head, body) = resp.into_parts();
+    // A transfer coding besides chunked (gzip) stays on the body; only an HTTP/1.1 client
+    // can be told so (HTTP/1.0 and HTTP/2 have no transfer codings).
+    let coded = body.headers().is_some_and(|h| !h.codings.is_empty());
+    if coded && parts.version != http::Version::HTTP_11 {
+        ex.reason = "upstream_error";
+        return error(
+            StatusCode::BAD_GATEWAY,
+            "bad_gateway",
+            "the upstream's response has a transfer coding this client cannot receive",
+        );
+    }
+    // The upstream's headers stay raw for an HTTP/1.x client (downstream writes them,
+    // leaving out the hop-by-hop ones); hyper needs them in the map.
+    // (The raw lines are already without hop-by-hop and Connection-named headers.)
+    if parts.version == http::Version::HTTP_2
+        && let Some(raw) = body.headers()
+    {
+        raw.to_map(&mut head.headers);
+    }
+    fwd.apply_response_headers(&mut head.headers);
+    Response::from_parts(head, ProxyBody::Upstream(body))
+}
+
+/// The client was still sending its body when the try's deadline came: its slowness, not
+/// the upstream's. A slow uploader must not be able to open a circuit.
+fn client_too_slow(
+    guard: &mut OutcomeGuard<'_>,
+    fwd: &Forward,
+    ex: &mut Exchange,
+) -> Response<ProxyBody> {
+    guard.report(UpstreamOutcome::Cancelled);
+    ex.reason = "client_timeout";
+    error(
+        StatusCode::REQUEST_TIMEOUT,
+        "request_timeout",
+        format!(
+            "the request body did not arrive within {}",
+            fmt_duration(fwd.timeout)
+        ),
+    )
+}
+
+/// A try that failed for a reason that is not the target's: the request body (too large,
+/// or the client's connection broke), a stale pooled connection, the gateway's own
+/// resources, or no slot for the target. The breaker does not count these.
+fn body_failed(
+    rt: &Runtime,
+    fwd: &Forward,
+    guard: &mut OutcomeGuard<'_>,
+    e: &SendError,
+    ex: &mut Exchange,
+) -> Response<ProxyBody> {
+    guard.report(UpstreamOutcome::Cancelled);
+    match e {
+        SendError::Body(BodyError::TooLarge(_)) => {
+            reply(rt.policy.body_too_large(fwd.route, None), ex)
+        }
+        SendError::Body(BodyError::Client(_)) => {
+            ex.reason = "client_aborted";
             error(
-                StatusCode::REQUEST_TIMEOUT,
-                "request_timeout",
-                format!(
-                    "the request body did not arrive within {}",
-                    fmt_duration(fwd.timeout)
-                ),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "the request body could not be read",
             )
         }
-        Err(SendError::Timeout) => {
-            metrics.upstream_latency(sent.elapsed());
-            upstream_failed(rt, &fwd, &mut guard, UpstreamOutcome::Timeout, "", ex)
+        SendError::Local(why) => {
+            tracing::error!("the gateway cannot reach an upstream: {why}");
+            ex.reason = "gateway_overloaded";
+            overloaded("the gateway is out of local resources; retry shortly".into())
         }
-        Err(e) => {
-            if body_too_large(&e) {
-                guard.report(UpstreamOutcome::Cancelled);
-                return reply(rt.policy.body_too_large(fwd.route, None), ex);
-            }
-            if client_body_failed(&e) {
-                guard.report(UpstreamOutcome::Cancelled);
-                ex.reason = "client_aborted";
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    "the request body could not be read",
-                );
-            }
-            // Not the target's fault: the breaker does not count these.
-            match &e {
-                SendError::Stale(_) => {
-                    guard.report(UpstreamOutcome::Cancelled);
-                    ex.reason = "upstream_error";
-                    return error(StatusCode::BAD_GATEWAY, "bad_gateway", detail(&e));
-                }
-                SendError::Local(why) => {
-                    guard.report(UpstreamOutcome::Cancelled);
-                    tracing::error!("the gateway cannot reach an upstream: {why}");
-                    ex.reason = "gateway_overloaded";
-                    return overloaded(
-                        "the gateway is out of local resources; retry shortly".into(),
-                    );
-                }
-                SendError::Busy(_) => {
-                    guard.report(UpstreamOutcome::Cancelled);
-                    ex.reason = "upstream_busy";
-                    return overloaded(format!("{}; retry shortly", detail(&e)));
-                }
-                // Counted against the target like a refused connection; the access line
-                // says why.
-                SendError::Tls(why) => ex.error = Some(why.clone()),
-                _ => {}
-            }
-            metrics.upstream_latency(sent.elapsed());
-            upstream_failed(
-                rt,
-                &fwd,
-                &mut guard,
-                UpstreamOutcome::ConnectError,
-                &detail(&e),
-                ex,
-            )
+        SendError::Busy(_) => {
+            ex.reason = "upstream_busy";
+            overloaded(format!("{}; retry shortly", detail(e)))
+        }
+        _ => {
+            ex.reason = "upstream_error";
+            error(StatusCode::BAD_GATEWAY, "bad_gateway", detail(e))
         }
     }
 }
@@ -401,16 +545,14 @@ fn overloaded(message: String) -> Response<ProxyBody> {
     r
 }
 
-/// Reports a failed exchange to the breaker and answers with the policy's 502 or 504.
+/// The policy's 502 or 504 for a failed exchange (its outcome already reported).
 fn upstream_failed(
     rt: &Runtime,
     fwd: &Forward,
-    guard: &mut OutcomeGuard<'_>,
     outcome: UpstreamOutcome,
     detail: &str,
     ex: &mut Exchange,
 ) -> Response<ProxyBody> {
-    guard.report(outcome);
     match rt
         .policy
         .upstream_failure(fwd.route, fwd.target(), outcome, detail)
@@ -418,14 +560,6 @@ fn upstream_failed(
         Some(r) => reply(r, ex),
         None => error(StatusCode::BAD_GATEWAY, "bad_gateway", detail.to_owned()),
     }
-}
-
-fn body_too_large(e: &SendError) -> bool {
-    matches!(e, SendError::Body(BodyError::TooLarge(_)))
-}
-
-fn client_body_failed(e: &SendError) -> bool {
-    matches!(e, SendError::Body(BodyError::Client(_)))
 }
 
 /// What went wrong, for the 502's message.

@@ -64,6 +64,8 @@ fn classify(name: &[u8]) -> Kind {
         10 if is(b"keep-alive") => Kind::HopByHop,
         11 if is(b"retry-after") => Kind::MayCollide,
         14 if is(b"content-length") => Kind::ContentLength,
+        // RFC 9113 §3.1 (RFC 7540 §3.2.1): connection-specific, sent with `Upgrade: h2c`.
+        14 if is(b"http2-settings") => Kind::HopByHop,
         16 if is(b"proxy-connection") => Kind::HopByHop,
         17 if is(b"transfer-encoding") => Kind::TransferEncoding,
         19 if is(b"proxy-authorization") => Kind::HopByHop,

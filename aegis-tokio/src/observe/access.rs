@@ -30,6 +30,13 @@ pub fn log(format: LogFormat, policy: &Policy, parts: &Parts, ex: &Exchange, sta
                     ex.reason,
                     ex.error.as_deref().unwrap_or_default()
                 ),
+                // Retries show; a request sent once keeps the seed's line.
+                Some(t) if ex.attempts > 1 => tracing::info!(
+                    target: "aegis::access",
+                    "[{}] {t}{pq} → {status} ({ms}ms) [{id}] attempts={}",
+                    parts.method,
+                    ex.attempts
+                ),
                 Some(t) => tracing::info!(
                     target: "aegis::access",
                     "[{}] {t}{pq} → {status} ({ms}ms) [{id}]",
@@ -71,6 +78,7 @@ pub fn log(format: LogFormat, policy: &Policy, parts: &Parts, ex: &Exchange, sta
                 auth,
                 reason = ex.reason,
                 error = ex.error.as_deref(),
+                attempts = ex.attempts,
                 "request"
             );
         }

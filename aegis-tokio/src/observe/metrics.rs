@@ -46,6 +46,7 @@ struct Padded<T>(T);
 struct Counters {
     status: Box<[AtomicU64]>,
     rate_limited: AtomicU64,
+    retries: AtomicU64,
     buckets: [AtomicU64; BUCKETS.len()],
     upstream_count: AtomicU64,
     upstream_sum_us: AtomicU64,
@@ -65,6 +66,7 @@ impl RouteMetrics {
                     Padded(Counters {
                         status: (0..STATUS_SLOTS).map(|_| AtomicU64::new(0)).collect(),
                         rate_limited: AtomicU64::new(0),
+                        retries: AtomicU64::new(0),
                         buckets: std::array::from_fn(|_| AtomicU64::new(0)),
                         upstream_count: AtomicU64::new(0),
                         upstream_sum_us: AtomicU64::new(0),
@@ -95,6 +97,11 @@ impl RouteMetrics {
 
     pub fn rate_limited(&self) {
         self.mine().rate_limited.fetch_add(1, Relaxed);
+    }
+
+    /// A failed try sent to another target.
+    pub fn retried(&self) {
+        self.mine().retries.fetch_add(1, Relaxed);
     }
 
     /// Time from sending a request upstream to its response head (or its failure).
@@ -140,6 +147,10 @@ pub struct Metrics {
     pub in_flight: ShardedGauge,
     /// Client connections open now.
     pub connections: ShardedGauge,
+    /// Tunnels (WebSocket) open now, and the bytes they carried each way.
+    pub tunnels: ShardedGauge,
+    tunnel_up: AtomicU64,
+    tunnel_down: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -152,6 +163,9 @@ impl Default for Metrics {
             reload_failures: AtomicU64::new(0),
             in_flight: ShardedGauge::default(),
             connections: ShardedGauge::default(),
+            tunnels: ShardedGauge::default(),
+            tunnel_up: AtomicU64::new(0),
+            tunnel_down: AtomicU64::new(0),
         }
     }
 }
@@ -165,6 +179,12 @@ impl Metrics {
             .entry(name.to_owned())
             .or_insert_with(|| Arc::new(RouteMetrics::new()))
             .clone()
+    }
+
+    /// A tunnel ended having carried `up` bytes from the client and `down` to it.
+    pub fn tunnel_bytes(&self, up: u64, down: u64) {
+        self.tunnel_up.fetch_add(up, Relaxed);
+        self.tunnel_down.fetch_add(down, Relaxed);
     }
 
     /// The Prometheus text exposition (version 0.0.4).
@@ -215,6 +235,18 @@ impl Metrics {
             );
         }
         out.push_str(
+            "# HELP aegis_retries_total Failed tries sent again to another target, by route.\n\
+             # TYPE aegis_retries_total counter\n",
+        );
+        for (name, m) in &routes {
+            let _ = writeln!(
+                out,
+                "aegis_retries_total{{route=\"{}\"}} {}",
+                esc(name),
+                m.sum(|c| &c.retries)
+            );
+        }
+        out.push_str(
             "# HELP aegis_upstream_duration_seconds Time to the upstream's response head.\n\
              # TYPE aegis_upstream_duration_seconds histogram\n",
         );
@@ -261,6 +293,21 @@ impl Metrics {
             );
         }
         out.push_str(
+            "# HELP aegis_target_healthy Health checks per target: 1 passing, 0 failing (routes with checks).\n\
+             # TYPE aegis_target_healthy gauge\n",
+        );
+        for s in stats {
+            if let Some(h) = s.healthy {
+                let _ = writeln!(
+                    out,
+                    "aegis_target_healthy{{route=\"{}\",target=\"{}\"}} {}",
+                    esc(&s.route),
+                    esc(&s.target_url),
+                    u8::from(h)
+                );
+            }
+        }
+        out.push_str(
             "# HELP aegis_breaker_failures Consecutive failures per target.\n\
              # TYPE aegis_breaker_failures gauge\n",
         );
@@ -291,6 +338,13 @@ impl Metrics {
              # HELP aegis_connections_open Client connections open now.\n\
              # TYPE aegis_connections_open gauge\n\
              aegis_connections_open {}\n\
+             # HELP aegis_tunnels_open Upgraded connections (WebSocket) open now.\n\
+             # TYPE aegis_tunnels_open gauge\n\
+             aegis_tunnels_open {}\n\
+             # HELP aegis_tunnel_bytes_total Bytes carried by tunnels that ended, by direction.\n\
+             # TYPE aegis_tunnel_bytes_total counter\n\
+             aegis_tunnel_bytes_total{{direction=\"up\"}} {}\n\
+             aegis_tunnel_bytes_total{{direction=\"down\"}} {}\n\
              # HELP aegis_log_lines_dropped_total Log lines dropped because stderr fell behind.\n\
              # TYPE aegis_log_lines_dropped_total counter\n\
              aegis_log_lines_dropped_total {}\n",
@@ -300,6 +354,9 @@ impl Metrics {
             self.reload_failures.load(Relaxed),
             self.in_flight.get(),
             self.connections.get(),
+            self.tunnels.get(),
+            self.tunnel_up.load(Relaxed),
+            self.tunnel_down.load(Relaxed),
             super::log::dropped_lines(),
         );
         out

@@ -13,6 +13,7 @@
 //! over the workers' listeners. The admin listener is served by the same connection loop, in
 //! admin-only mode, on the control thread.
 
+mod health;
 mod listen;
 mod redirect;
 mod reload;
@@ -165,6 +166,8 @@ async fn control(
         }
         None => None,
     };
+    // Health checks: one prober per process, on this thread.
+    tokio::task::spawn_local(health::run(shared.clone(), stop.child_token()));
     tracing::info!(
         "aegis serving {routes} routes on {scheme}://{addr} with {workers} worker thread{} ({store} rate-limit store)",
         if workers == 1 { "" } else { "s" }

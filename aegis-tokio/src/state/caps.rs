@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
 use std::sync::Mutex;
 
@@ -13,18 +13,52 @@ use super::runtime::lock;
 /// Independent locks, so that concurrent clients rarely contend.
 const SHARDS: usize = 16;
 
+/// A keyed multiply-xorshift hash of an address: a few instructions where SipHash takes a
+/// few hundred (this runs twice per request), and with a random key per process, so that a
+/// client cannot choose addresses that collide.
+#[derive(Debug, Clone, Copy)]
+struct Keyed(u64);
+
+impl BuildHasher for Keyed {
+    type Hasher = KeyedHasher;
+    fn build_hasher(&self) -> KeyedHasher {
+        KeyedHasher(self.0)
+    }
+}
+
+#[derive(Debug)]
+struct KeyedHasher(u64);
+
+impl Hasher for KeyedHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0 ^ u64::from_le_bytes(word)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            self.0 ^= self.0 >> 29;
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// How many of something each client IP holds now.
 #[derive(Debug)]
 pub struct PerIp {
-    shards: Box<[Mutex<HashMap<IpAddr, u32>>]>,
-    pick: RandomState,
+    shards: Box<[Mutex<HashMap<IpAddr, u32, Keyed>>]>,
+    pick: Keyed,
 }
 
 impl Default for PerIp {
     fn default() -> Self {
+        let key = RandomState::new().hash_one(0u8);
         PerIp {
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-            pick: RandomState::new(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(HashMap::with_hasher(Keyed(key))))
+                .collect(),
+            pick: Keyed(key.rotate_left(17)),
         }
     }
 }
@@ -53,7 +87,7 @@ impl PerIp {
 /// One unit a client IP holds; given back on drop (also when its future is dropped midway).
 #[derive(Debug)]
 pub struct Held<'a> {
-    shard: &'a Mutex<HashMap<IpAddr, u32>>,
+    shard: &'a Mutex<HashMap<IpAddr, u32, Keyed>>,
     ip: IpAddr,
 }
 

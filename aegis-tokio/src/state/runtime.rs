@@ -85,8 +85,11 @@ impl Runtime {
         let balancers = config
             .routes
             .iter()
-            .map(|r| {
-                let fresh = Balancer::new(r, &config.breaker);
+            .enumerate()
+            .map(|(i, r)| {
+                let mut fresh = policy.balancer(aegis_policy::RouteId(i));
+                // Power of two choices draws differently in every gateway process.
+                fresh.reseed(uuid::Uuid::new_v4().as_u64_pair().0);
                 let Some(o) = old else {
                     return Arc::new(Mutex::new(fresh));
                 };
@@ -94,10 +97,17 @@ impl Runtime {
                 let Some(j) = oc.routes.iter().position(|x| x.name == r.name) else {
                     return Arc::new(Mutex::new(fresh));
                 };
-                if oc.routes[j].targets == r.targets && oc.breaker == config.breaker {
+                let same = |a: &RouteConfig| {
+                    a.targets == r.targets
+                        && a.balance == r.balance
+                        && a.health_check == r.health_check
+                };
+                if same(&oc.routes[j])
+                    && oc.breaker == config.breaker
+                    && oc.retry_budget == config.retry_budget
+                {
                     return o.balancers[j].clone();
                 }
-                let mut fresh = fresh;
                 fresh.inherit(&lock(&o.balancers[j]));
                 Arc::new(Mutex::new(fresh))
             })

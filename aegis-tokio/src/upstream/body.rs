@@ -50,6 +50,14 @@ impl UpBody {
         }
     }
 
+    /// The connection of a `101 Switching Protocols`, for a tunnel: the socket and the bytes
+    /// the upstream already sent past the head.
+    pub fn into_upgraded(mut self) -> Option<(super::Stream, Vec<u8>)> {
+        let mut conn = self.conn.take()?;
+        let early = conn.rbuf.take_filled();
+        Some((conn.io, early))
+    }
+
     /// Pools the connection if its body is over and it can be reused; else it closes.
     fn finish(&mut self) {
         if let Some(conn) = self.conn.take()

@@ -92,10 +92,12 @@ fn is_local(e: &io::Error) -> bool {
 
 /// Sends `req` (origin-form URI, `Host` set) to `authority` on a pooled connection, or a new
 /// one, and returns the response head with its body still to be read from the connection.
+/// The body is borrowed: when no connection could be made it is untouched, and the caller
+/// may send it elsewhere.
 pub async fn send<B>(
     target: &Target,
     out: &Outgoing<'_>,
-    mut body: B,
+    body: &mut B,
     timing: Timing,
 ) -> Result<Response<UpBody>, SendError>
 where
@@ -155,8 +157,7 @@ where
                 }
             }
         };
-        let mut wbuf = std::mem::take(&mut conn.wbuf);
-        wbuf.clear();
+        let mut wbuf = h1::take_write_buf();
         put_request_head(&mut wbuf, out, framing);
         // Request bytes written on this connection (for the resend rule).
         let mut sent = 0;
@@ -166,9 +167,10 @@ where
                 let mut ex = pin!(exchange(
                     &mut conn,
                     &mut wbuf,
-                    &mut body,
+                    &mut *body,
                     framing,
                     head_request,
+                    out.set.upgrade.is_some(),
                     &mut sent,
                 ));
                 poll_fn(|cx| {
@@ -189,15 +191,13 @@ where
             // The connection is mid-exchange: it goes.
             return Err(SendError::Timeout);
         };
-        if wbuf.capacity() <= 2 * h1::FLUSH_AT {
-            wbuf.clear();
-            conn.wbuf = wbuf;
-        }
+        h1::give_write_buf(wbuf);
         match result {
             Ok((head, complete)) => {
                 conn.body = BodyState {
                     decoder: BodyDecoder::new(head.framing),
-                    reusable: head.keep_alive && complete,
+                    // A connection that was asked to switch protocols is not used again.
+                    reusable: head.keep_alive && complete && out.set.upgrade.is_none(),
                     stall: body_stall,
                     stalled: Stall::default(),
                 };
@@ -250,12 +250,14 @@ enum Failure {
 
 /// Writes the request and reads the response head: the head, and whether the whole request
 /// was written (an upstream may answer before reading all of the body).
+#[allow(clippy::too_many_arguments)]
 async fn exchange<B>(
     conn: &mut Conn,
     wbuf: &mut Vec<u8>,
     body: &mut B,
     framing: Option<Framing>,
     head_request: bool,
+    upgrade: bool,
     sent: &mut u64,
 ) -> Result<(h1::ResponseHead, bool), Failure>
 where
@@ -300,8 +302,11 @@ where
                     Ok(Some((n, head))) => {
                         conn.rbuf.consume(n);
                         let status = head.status;
+                        if status == http::StatusCode::SWITCHING_PROTOCOLS && upgrade {
+                            return Poll::Ready(Ok((head, complete)));
+                        }
                         if status == http::StatusCode::SWITCHING_PROTOCOLS {
-                            // No Upgrade is ever forwarded: a 101 cannot be an answer.
+                            // No upgrade was asked for: a 101 cannot be an answer.
                             return Poll::Ready(Err(Failure::Send(SendError::Exchange(
                                 "the upstream switched protocols (101) though no upgrade was \
                                  asked for"
@@ -406,11 +411,14 @@ pub struct Timing {
 #[derive(Debug)]
 pub struct SetHeaders<'a> {
     pub host: &'a HeaderValue,
-    pub forwarded_for: &'a HeaderValue,
+    /// `None`: a request of the gateway's own (a health check), on no client's behalf.
+    pub forwarded_for: Option<&'a HeaderValue>,
     pub forwarded_host: Option<&'a HeaderValue>,
     pub request_id: &'a RequestId,
     /// The client connection is TLS: `X-Forwarded-Proto: https`.
     pub tls: bool,
+    /// The protocol to switch to (`Upgrade: websocket`), when the request asks for a tunnel.
+    pub upgrade: Option<&'a HeaderValue>,
 }
 
 /// `METHOD /path?query HTTP/1.1`, the headers, the set headers, and the framing header of the
@@ -434,16 +442,22 @@ fn put_request_head(out: &mut Vec<u8>, req: &Outgoing<'_>, framing: Option<Frami
         put_header(out, name.as_str(), value);
     }
     put_header(out, "host", set.host);
-    put_header(out, "x-forwarded-for", set.forwarded_for);
-    out.extend_from_slice(if set.tls {
-        b"x-forwarded-proto: https\r\n"
-    } else {
-        b"x-forwarded-proto: http\r\n"
-    });
+    if let Some(f) = set.forwarded_for {
+        put_header(out, "x-forwarded-for", f);
+        out.extend_from_slice(if set.tls {
+            b"x-forwarded-proto: https\r\n"
+        } else {
+            b"x-forwarded-proto: http\r\n"
+        });
+    }
     if let Some(h) = set.forwarded_host {
         put_header(out, "x-forwarded-host", h);
     }
     h1::put_header(out, b"x-request-id", set.request_id.as_bytes());
+    if let Some(u) = set.upgrade {
+        out.extend_from_slice(b"connection: upgrade\r\n");
+        put_header(out, "upgrade", u);
+    }
     match framing {
         Some(Framing::Length(n)) => {
             out.extend_from_slice(b"content-length: ");

@@ -17,4 +17,5 @@ mod target;
 pub use body::UpBody;
 pub use client::{Outgoing, SendError, SetHeaders, Timing, send};
 pub use pool::sweep;
+pub use stream::Stream;
 pub use target::{Key, NoSlot, Target};

@@ -14,7 +14,6 @@ use std::collections::VecDeque;
 use std::task::Context;
 use std::time::Duration;
 
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use super::stream::Stream;
@@ -38,10 +37,8 @@ pub(super) struct Conn {
     pub(super) idle_timeout: Duration,
     pub(super) max_idle: usize,
     /// The target's in-flight slot, held from the request until its response is read.
-    pub(super) permit: Option<OwnedSemaphorePermit>,
+    pub(super) permit: Option<super::target::Slot>,
     pub(super) timer: Timer,
-    /// The request being written (kept for the connection's next request).
-    pub(super) wbuf: Vec<u8>,
     /// The current response's headers (their buffer kept for the next response).
     pub(super) headers: h1::RawHeaders,
     pub(super) body: BodyState,
@@ -71,7 +68,6 @@ impl Conn {
             max_idle,
             permit: None,
             timer: Timer::default(),
-            wbuf: Vec::with_capacity(1024),
             headers: h1::RawHeaders::default(),
             body: BodyState {
                 decoder: BodyDecoder::Length(0),
@@ -120,6 +116,7 @@ pub(super) fn checkout(key: Key, now: Instant, cx: &mut Context<'_>) -> Option<B
 /// that took long does not make its connection look old), its in-flight slot given back.
 pub(super) fn release(key: Key, mut conn: Box<Conn>) {
     conn.permit = None;
+    conn.rbuf.park();
     let now = Instant::now();
     conn.idle_until = now + conn.idle_timeout;
     // `try_with`: a body dropped while its thread shuts down (the pool already gone) just

@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 #[derive(Debug)]
-pub(super) enum Stream {
+pub enum Stream {
     Plain(TcpStream),
     /// Boxed: rustls' connection state is large, and plain connections are the many.
     Tls(Box<TlsStream<TcpStream>>),

@@ -10,7 +10,7 @@ use aegis_policy::config::UpstreamConfig;
 use http::HeaderValue;
 use http::uri::Authority;
 use rustls::pki_types::ServerName;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 
 /// Where a target's requests go.
 #[derive(Debug)]
@@ -24,7 +24,7 @@ pub struct Target {
     pub idle_timeout: Duration,
     pub max_idle: usize,
     /// Requests in flight to it, bounded.
-    pub slots: Slots,
+    pub slots: Arc<Slots>,
     /// `https://`: the TLS client config and the name its certificate must have (SNI for a
     /// host name; an IP address is checked against the certificate's IP addresses).
     pub tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
@@ -53,26 +53,31 @@ impl Target {
             authority: authority.clone(),
             idle_timeout: upstream.idle_timeout,
             max_idle: upstream.max_idle_per_target,
-            slots: Slots {
-                free: Arc::new(Semaphore::new(upstream.max_requests_per_target)),
+            slots: Arc::new(Slots {
+                in_use: AtomicUsize::new(0),
+                max: upstream.max_requests_per_target,
                 waiting: AtomicUsize::new(0),
                 max_waiting: upstream.max_pending_per_target,
                 wait: upstream.pending_timeout,
-            },
+                freed: Notify::new(),
+            }),
         }
     }
 }
 
 /// The requests in flight to one target, bounded across the process's workers (Envoy's
 /// cluster `max_requests` and `max_pending_requests`): a request takes a slot before it is
-/// sent and gives it back when its response has been read; past the bound it waits, in
-/// order, up to `pending_timeout`, unless `max_pending_per_target` already wait.
+/// sent and gives it back when its response has been read; past the bound it waits up to
+/// `pending_timeout`, unless `max_pending_per_target` already wait. Taking and giving back a
+/// slot are two atomic operations (no lock) unless someone waits.
 #[derive(Debug)]
 pub struct Slots {
-    free: Arc<Semaphore>,
+    in_use: AtomicUsize,
+    max: usize,
     waiting: AtomicUsize,
     max_waiting: usize,
     wait: Duration,
+    freed: Notify,
 }
 
 /// Why no slot was had.
@@ -84,30 +89,52 @@ pub enum NoSlot {
     TimedOut,
 }
 
+/// A slot held; given back when dropped.
+#[derive(Debug)]
+pub struct Slot(Arc<Slots>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.in_use.fetch_sub(1, Ordering::AcqRel);
+        if self.0.waiting.load(Ordering::Acquire) > 0 {
+            self.0.freed.notify_one();
+        }
+    }
+}
+
 impl Slots {
     /// A free slot, if there is one.
-    pub(super) fn try_take(&self) -> Option<OwnedSemaphorePermit> {
-        self.free.clone().try_acquire_owned().ok()
+    pub(super) fn try_take(self: &Arc<Self>) -> Option<Slot> {
+        if self.in_use.fetch_add(1, Ordering::AcqRel) < self.max {
+            return Some(Slot(self.clone()));
+        }
+        self.in_use.fetch_sub(1, Ordering::AcqRel);
+        None
     }
 
-    /// A slot after waiting in line (when [`Slots::try_take`] found none).
-    pub(super) async fn wait(&self) -> Result<OwnedSemaphorePermit, NoSlot> {
-        if self.waiting.fetch_add(1, Ordering::Relaxed) >= self.max_waiting {
-            self.waiting.fetch_sub(1, Ordering::Relaxed);
+    /// A slot after waiting (when [`Slots::try_take`] found none).
+    pub(super) async fn wait(self: &Arc<Self>) -> Result<Slot, NoSlot> {
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_waiting {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
             return Err(NoSlot::QueueFull);
         }
-        let got = tokio::time::timeout(self.wait, self.free.clone().acquire_owned()).await;
-        self.waiting.fetch_sub(1, Ordering::Relaxed);
-        match got {
-            Ok(Ok(p)) => Ok(p),
-            // The semaphore is never closed; a timeout is the only way to miss.
-            _ => Err(NoSlot::TimedOut),
-        }
+        let deadline = tokio::time::Instant::now() + self.wait;
+        let got = loop {
+            let freed = self.freed.notified();
+            if let Some(s) = self.try_take() {
+                break Ok(s);
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                break self.try_take().ok_or(NoSlot::TimedOut);
+            }
+        };
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        got
     }
 
     /// Slots in use now.
-    pub fn in_use(&self, max: usize) -> usize {
-        max.saturating_sub(self.free.available_permits())
+    pub fn in_use(&self) -> usize {
+        self.in_use.load(Ordering::Relaxed).min(self.max)
     }
 }
 
