@@ -9,47 +9,17 @@
 //! the document goes through the same `parse_jwks` as a fetched one.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use aegis_policy::jwks::{self, FetchReason, Jwks, Refetch};
 use aegis_policy::{KeySet, Nanos, Policy, ProviderId};
-use serde::Serialize;
 
 use crate::driver::Violation;
-use crate::scenario::ScenarioError;
-
-/// `[idp]`, validated. Times in virtual nanoseconds.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IdpSpec {
-    /// `"auth"` or the name of an `[auth_providers.NAME]`.
-    pub provider: String,
-    pub fetch_latency: u64,
-    /// The `Cache-Control: max-age` the endpoint sends.
-    pub max_age: Option<Duration>,
-    /// Published keys: (kid, from, until).
-    pub keys: Vec<(String, u64, u64)>,
-    /// The key that signs tokens from a time on: (kid, from), in time order.
-    pub signing: Vec<(String, u64)>,
-    /// The endpoint fails between these times.
-    pub outages: Vec<(u64, u64)>,
-}
+use crate::report::JwksReport;
+use crate::scenario::{IdpSpec, ScenarioError};
 
 /// The secret of a simulated key.
 pub fn secret(kid: &str) -> String {
     format!("sim-key-{kid}")
-}
-
-/// What the IdP and the JWKS cache did, for the report.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct JwksReport {
-    pub fetches_ok: u64,
-    pub fetches_failed: u64,
-    pub unknown_kid_fetches: u64,
-    pub unknown_kid_refused: u64,
-    /// Requests held while a refetch ran, then checked again.
-    pub held: u64,
-    /// Virtual ms of every fetch start and its reason.
-    pub fetch_log: Vec<(u64, &'static str)>,
 }
 
 #[derive(Debug)]

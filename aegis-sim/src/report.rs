@@ -48,6 +48,19 @@ pub struct TraceLine {
     pub target: Option<String>,
 }
 
+/// What the IdP and the JWKS cache did, for the report.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct JwksReport {
+    pub fetches_ok: u64,
+    pub fetches_failed: u64,
+    pub unknown_kid_fetches: u64,
+    pub unknown_kid_refused: u64,
+    /// Requests held while a refetch ran, then checked again.
+    pub held: u64,
+    /// Virtual ms of every fetch start and its reason.
+    pub fetch_log: Vec<(u64, &'static str)>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Report {
     pub scenario: String,
@@ -74,7 +87,7 @@ pub struct Report {
     pub expectations_failed: Vec<String>,
     /// `[idp]` scenarios: the JWKS fetches and unknown-kid decisions.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub jwks: Option<crate::idp::JwksReport>,
+    pub jwks: Option<JwksReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reproduce: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]

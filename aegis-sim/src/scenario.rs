@@ -205,6 +205,22 @@ pub struct StoreFault {
     pub slow: Option<u64>,
 }
 
+/// `[idp]`, validated. Times in virtual nanoseconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdpSpec {
+    /// `"auth"` or the name of an `[auth_providers.NAME]`.
+    pub provider: String,
+    pub fetch_latency: u64,
+    /// The `Cache-Control: max-age` the endpoint sends.
+    pub max_age: Option<std::time::Duration>,
+    /// Published keys: (kid, from, until).
+    pub keys: Vec<(String, u64, u64)>,
+    /// The key that signs tokens from a time on: (kid, from), in time order.
+    pub signing: Vec<(String, u64)>,
+    /// The endpoint fails between these times.
+    pub outages: Vec<(u64, u64)>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Expect {
     /// Liveness: once the load has ended and every outcome is in, every breaker is CLOSED.
@@ -230,7 +246,7 @@ pub struct Scenario {
     pub store_faults: Vec<StoreFault>,
     pub expect: Expect,
     /// A simulated identity provider serving the gateway's JWKS (`[idp]`).
-    pub idp: Option<crate::idp::IdpSpec>,
+    pub idp: Option<IdpSpec>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -288,7 +304,7 @@ struct RawWindow {
     until: String,
 }
 
-fn idp(raw: RawIdp) -> Result<crate::idp::IdpSpec, ScenarioError> {
+fn idp(raw: RawIdp) -> Result<IdpSpec, ScenarioError> {
     let mut keys = Vec::new();
     for (i, k) in raw.keys.iter().enumerate() {
         let p = format!("idp.keys[{i}]");
@@ -332,7 +348,7 @@ fn idp(raw: RawIdp) -> Result<crate::idp::IdpSpec, ScenarioError> {
         .enumerate()
         .map(|(i, w)| window(&format!("idp.outages[{i}]"), &w.from, &w.until))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(crate::idp::IdpSpec {
+    Ok(IdpSpec {
         provider: raw.provider.unwrap_or_else(|| "auth".to_owned()),
         fetch_latency: opt_dur(
             "idp.fetch_latency",
