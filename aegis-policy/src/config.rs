@@ -444,6 +444,7 @@ struct RawConfig {
     #[serde(default)]
     retry_budget: RawRetryBudget,
     health_check: Option<RawHealthCheck>,
+    #[serde(default)]
     upstream_tls: RawUpstreamTls,
     auth: Option<RawAuth>,
     #[serde(default)]
