@@ -346,3 +346,38 @@ fn idp_outage_serves_stale_keys_until_max_stale_then_503_and_recovers() {
     });
     assert!(gw.stderr().contains("recovered"));
 }
+
+#[test]
+fn a_reload_that_drops_a_jwks_url_stops_fetching_it() {
+    let up = Upstream::start("api");
+    let a = es256("a");
+    let (old, new) = (
+        Idp::start(vec![a.jwk.clone()]),
+        Idp::start(vec![a.jwk.clone()]),
+    );
+    let every_second = "jwks_min_refresh = \"1s\"\njwks_max_refresh = \"1s\"";
+    let gw = Gateway::start(&config(&up, &old, every_second), &[]);
+    wait_until(
+        "refreshes of the first URL",
+        Duration::from_secs(10),
+        || old.fetches() >= 2,
+    );
+    gw.write_config(&config(&up, &new, every_second));
+    gw.signal("HUP");
+    wait_until("the new URL fetched", Duration::from_secs(10), || {
+        new.fetches() >= 1
+    });
+    let after_reload = old.fetches();
+    // Three refreshes of the new URL (three seconds) later, the old one saw at most the fetch
+    // that was already under way.
+    wait_until("refreshes of the new URL", Duration::from_secs(15), || {
+        new.fetches() >= 4
+    });
+    assert!(
+        old.fetches() <= after_reload + 1,
+        "the old URL is still fetched: {} then {}",
+        after_reload,
+        old.fetches()
+    );
+    assert_eq!(status(&gw, "/api", &sign(&a, "a", "alice")), 200);
+}

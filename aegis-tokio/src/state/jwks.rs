@@ -46,7 +46,9 @@ pub struct JwksHandle {
     usable_until: AtomicU64,
     /// Bumped after every fetch, good or bad: what waiting requests watch.
     fetched: watch::Sender<u64>,
-    wake: Notify,
+    /// Shared with the task, which sleeps on it without holding the handle (dropping the
+    /// handle is what stops the task).
+    wake: Arc<Notify>,
     started: AtomicBool,
     stop: CancellationToken,
 }
@@ -70,7 +72,7 @@ impl JwksHandle {
             keys: ArcSwapOption::empty(),
             usable_until: AtomicU64::new(0),
             fetched: watch::channel(0).0,
-            wake: Notify::new(),
+            wake: Arc::new(Notify::new()),
             started: AtomicBool::new(false),
             stop: CancellationToken::new(),
         })
@@ -161,12 +163,13 @@ async fn run(weak: std::sync::Weak<JwksHandle>, clock: Clock, tls: Arc<ClientCon
         }
         let next = lock(&h.state).poll_timeout();
         let sleep = next.map_or(Duration::from_secs(3600), |t| t.since(now));
-        let stop = h.stop.clone();
-        let h2 = h.clone();
+        let (stop, wake) = (h.stop.clone(), h.wake.clone());
+        // Only a weak reference while asleep: a runtime that no longer uses this provider
+        // drops the handle, which cancels `stop`.
         drop(h);
         tokio::select! {
             () = tokio::time::sleep(sleep) => {}
-            () = h2.wake.notified() => {}
+            () = wake.notified() => {}
             () = stop.cancelled() => return,
         }
     }
