@@ -36,13 +36,15 @@ pub enum JwtAlgorithm {
     RS384,
     RS512,
     PS256,
+    PS384,
+    PS512,
     ES256,
     ES384,
     EdDSA,
 }
 
 impl JwtAlgorithm {
-    pub const ALL: [JwtAlgorithm; 10] = [
+    pub const ALL: [JwtAlgorithm; 12] = [
         JwtAlgorithm::HS256,
         JwtAlgorithm::HS384,
         JwtAlgorithm::HS512,
@@ -50,6 +52,8 @@ impl JwtAlgorithm {
         JwtAlgorithm::RS384,
         JwtAlgorithm::RS512,
         JwtAlgorithm::PS256,
+        JwtAlgorithm::PS384,
+        JwtAlgorithm::PS512,
         JwtAlgorithm::ES256,
         JwtAlgorithm::ES384,
         JwtAlgorithm::EdDSA,
@@ -64,6 +68,8 @@ impl JwtAlgorithm {
             JwtAlgorithm::RS384 => "RS384",
             JwtAlgorithm::RS512 => "RS512",
             JwtAlgorithm::PS256 => "PS256",
+            JwtAlgorithm::PS384 => "PS384",
+            JwtAlgorithm::PS512 => "PS512",
             JwtAlgorithm::ES256 => "ES256",
             JwtAlgorithm::ES384 => "ES384",
             JwtAlgorithm::EdDSA => "EdDSA",
@@ -71,10 +77,50 @@ impl JwtAlgorithm {
     }
 
     pub fn is_hmac(self) -> bool {
-        matches!(
-            self,
-            JwtAlgorithm::HS256 | JwtAlgorithm::HS384 | JwtAlgorithm::HS512
-        )
+        self.family() == KeyFamily::Hmac
+    }
+
+    /// The kind of key that verifies this algorithm.
+    pub fn family(self) -> KeyFamily {
+        match self {
+            JwtAlgorithm::HS256 | JwtAlgorithm::HS384 | JwtAlgorithm::HS512 => KeyFamily::Hmac,
+            JwtAlgorithm::RS256
+            | JwtAlgorithm::RS384
+            | JwtAlgorithm::RS512
+            | JwtAlgorithm::PS256
+            | JwtAlgorithm::PS384
+            | JwtAlgorithm::PS512 => KeyFamily::Rsa,
+            JwtAlgorithm::ES256 => KeyFamily::EcP256,
+            JwtAlgorithm::ES384 => KeyFamily::EcP384,
+            JwtAlgorithm::EdDSA => KeyFamily::Ed25519,
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<JwtAlgorithm> {
+        JwtAlgorithm::ALL.into_iter().find(|a| a.name() == name)
+    }
+}
+
+/// The kind of a verification key: an algorithm is only ever checked with a key of its family
+/// (a JWK's `kty` and `crv`, a PEM's key type).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyFamily {
+    Hmac,
+    Rsa,
+    EcP256,
+    EcP384,
+    Ed25519,
+}
+
+impl KeyFamily {
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyFamily::Hmac => "HMAC secret",
+            KeyFamily::Rsa => "RSA key",
+            KeyFamily::EcP256 => "P-256 key",
+            KeyFamily::EcP384 => "P-384 key",
+            KeyFamily::Ed25519 => "Ed25519 key",
+        }
     }
 }
 
@@ -91,6 +137,53 @@ pub struct AuthConfig {
     pub audience: Option<String>,
     pub leeway: Duration,
     pub require_exp: bool,
+    /// Keys with a `kid` (rotation without an IdP): a token naming a kid is checked with it.
+    pub keys: Vec<StaticKey>,
+    /// Keys fetched from an IdP's JWKS URL (the driver fetches; `crate::jwks` decides when).
+    pub jwks: Option<JwksConfig>,
+}
+
+/// How a provider's JWKS is fetched and cached (`[auth] jwks_*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwksConfig {
+    pub url: String,
+    /// Floor on the refresh interval (a `max-age` below it is raised), and the longest pause
+    /// between retries of a failing fetch.
+    pub min_refresh: Duration,
+    /// Ceiling on the refresh interval; also the interval when the response has no `max-age`.
+    pub max_refresh: Duration,
+    /// An unknown `kid` refetches at once unless an unknown-kid fetch began within this long.
+    pub refetch_interval: Duration,
+    /// Stale-while-error: after refreshes start failing, the last good keys serve this long
+    /// past their refresh time.
+    pub max_stale: Duration,
+    /// One fetch's deadline.
+    pub timeout: Duration,
+    /// At start, how long the listener waits for the first fetch before serving anyway.
+    pub ready_timeout: Duration,
+}
+
+pub const DEFAULT_MIN_REFRESH: Duration = Duration::from_secs(60);
+pub const DEFAULT_MAX_REFRESH: Duration = Duration::from_secs(600);
+pub const DEFAULT_REFETCH_INTERVAL: Duration = Duration::from_secs(10);
+pub const DEFAULT_MAX_STALE: Duration = Duration::from_secs(3600);
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One entry of `keys`: a key id and its material.
+#[derive(Debug, Clone)]
+pub struct StaticKey {
+    pub kid: String,
+    /// When set, the only algorithm this key verifies.
+    pub alg: Option<JwtAlgorithm>,
+    pub material: KeyMaterial,
+}
+
+/// A key as configured: an HMAC secret or a public key in PEM.
+#[derive(Debug, Clone)]
+pub enum KeyMaterial {
+    Secret(Secret),
+    Pem(String),
 }
 
 /// A key from [`AuthConfig`] the verifier cannot use: which one, and why (the config maps it
@@ -106,6 +199,8 @@ pub struct KeyError {
 pub enum KeyField {
     Secret,
     PublicKey,
+    /// `keys[i]`.
+    Key(usize),
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -127,6 +222,14 @@ pub enum AuthFailure {
     WrongAudience,
     /// A claim the config requires is absent (`exp`, or the identity claim).
     MissingClaim(&'static str),
+    /// No key fits the token: its `kid` is unknown (a JWKS provider may refetch), or it names
+    /// none and no single key of its type is there.
+    UnknownKey,
+    /// The key the token names is for another algorithm or key type than the token's `alg`.
+    KeyMismatch,
+    /// The provider's keys come from a JWKS URL and none are usable now (never fetched, or
+    /// stale past `jwks_max_stale`): the gateway cannot judge the token (503, not 401).
+    KeysUnavailable,
 }
 
 impl AuthFailure {
@@ -142,6 +245,9 @@ impl AuthFailure {
             AuthFailure::WrongIssuer => "wrong_issuer",
             AuthFailure::WrongAudience => "wrong_audience",
             AuthFailure::MissingClaim(_) => "missing_claim",
+            AuthFailure::UnknownKey => "unknown_key",
+            AuthFailure::KeyMismatch => "key_mismatch",
+            AuthFailure::KeysUnavailable => "keys_unavailable",
         }
     }
 }
@@ -158,17 +264,208 @@ impl fmt::Display for AuthFailure {
             AuthFailure::WrongIssuer => f.write_str("token issuer (iss) is not accepted"),
             AuthFailure::WrongAudience => f.write_str("token audience (aud) is not accepted"),
             AuthFailure::MissingClaim(c) => write!(f, "token lacks the required claim {c:?}"),
+            AuthFailure::UnknownKey => f.write_str("no key matches the token's key id (kid)"),
+            AuthFailure::KeyMismatch => {
+                f.write_str("the token's key is not for the token's algorithm")
+            }
+            AuthFailure::KeysUnavailable => {
+                f.write_str("the signing keys of the identity provider are not available")
+            }
         }
+    }
+}
+
+/// A verification key: its id (if any), the one algorithm it is restricted to (if any), its
+/// family, and the decoded key.
+#[derive(Clone)]
+pub struct Key {
+    pub kid: Option<String>,
+    pub alg: Option<JwtAlgorithm>,
+    pub family: KeyFamily,
+    key: DecodingKey,
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Key")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .field("family", &self.family)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Key {
+    pub fn new(
+        kid: Option<String>,
+        alg: Option<JwtAlgorithm>,
+        family: KeyFamily,
+        key: DecodingKey,
+    ) -> Key {
+        Key {
+            kid,
+            alg,
+            family,
+            key,
+        }
+    }
+
+    /// A key from configured material, of the family its PEM (or secret) has.
+    fn from_material(
+        kid: Option<String>,
+        alg: Option<JwtAlgorithm>,
+        m: &KeyMaterial,
+    ) -> Result<Key, String> {
+        let (family, key) = match m {
+            KeyMaterial::Secret(s) => (
+                KeyFamily::Hmac,
+                DecodingKey::from_secret(s.0.as_bytes())
+                    .map_err(|e| format!("unusable secret: {e}"))?,
+            ),
+            KeyMaterial::Pem(pem) => pem_key(pem, alg.map(JwtAlgorithm::family))?,
+        };
+        if let Some(a) = alg
+            && a.family() != family
+        {
+            return Err(format!(
+                "alg {} needs a {}, not a {}",
+                a.name(),
+                a.family().name(),
+                family.name()
+            ));
+        }
+        Ok(Key {
+            kid,
+            alg,
+            family,
+            key,
+        })
+    }
+
+    /// Whether this key may check a token signed with `alg`.
+    fn fits(&self, alg: JwtAlgorithm) -> bool {
+        self.family == alg.family() && self.alg.is_none_or(|a| a == alg)
+    }
+}
+
+type PemDecoder = fn(&[u8]) -> jsonwebtoken::errors::Result<DecodingKey>;
+
+/// A public key in PEM: RSA, EC (P-256 or P-384) or Ed25519, tried in turn (`want`: the family
+/// an `alg` asks for, tried alone).
+fn pem_key(pem: &str, want: Option<KeyFamily>) -> Result<(KeyFamily, DecodingKey), String> {
+    let b = pem.as_bytes();
+    let tries: [(KeyFamily, PemDecoder); 3] = [
+        (KeyFamily::Rsa, DecodingKey::from_rsa_pem),
+        (KeyFamily::EcP256, DecodingKey::from_ec_pem),
+        (KeyFamily::Ed25519, DecodingKey::from_ed_pem),
+    ];
+    let mut last = String::new();
+    for (family, f) in tries {
+        if want.is_some_and(|w| {
+            w != family && !(family == KeyFamily::EcP256 && w == KeyFamily::EcP384)
+        }) {
+            continue;
+        }
+        match f(b) {
+            Ok(k) => {
+                let family = if family == KeyFamily::EcP256 {
+                    ec_curve(pem).unwrap_or(KeyFamily::EcP256)
+                } else {
+                    family
+                };
+                return Ok((family, k));
+            }
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(format!(
+        "not an RSA, EC or Ed25519 public key in PEM: {last}"
+    ))
+}
+
+/// P-256 or P-384, from the length of an EC public key's SubjectPublicKeyInfo (91 and 120 bytes
+/// for uncompressed points).
+fn ec_curve(pem: &str) -> Option<KeyFamily> {
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body.trim())
+        .ok()?;
+    match der.len() {
+        91 => Some(KeyFamily::EcP256),
+        120 => Some(KeyFamily::EcP384),
+        _ => None,
+    }
+}
+
+/// A set of keys: the configured ones, or those of a JWKS document.
+#[derive(Debug, Clone, Default)]
+pub struct KeySet {
+    pub keys: Vec<Key>,
+}
+
+impl KeySet {
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    pub fn by_kid(&self, kid: &str) -> Option<&Key> {
+        self.keys.iter().find(|k| k.kid.as_deref() == Some(kid))
+    }
+
+    /// The key ids, in order (for status pages and logs).
+    pub fn kids(&self) -> Vec<&str> {
+        self.keys.iter().filter_map(|k| k.kid.as_deref()).collect()
+    }
+}
+
+/// Picks the key for a token signed with `alg` naming `kid`: the key with that id, among the
+/// configured keys and then the fetched ones; it must fit the algorithm (family, and its own
+/// `alg` when it has one), or the token is refused. A kid nobody knows falls back to the
+/// unnamed configured key of the family (`secret`/`public_key_pem`, which predate key ids),
+/// else it is unknown. A token without a kid gets the unnamed key, else the one fitting key.
+pub fn select_key<'a>(
+    alg: JwtAlgorithm,
+    kid: Option<&str>,
+    configured: &'a KeySet,
+    fetched: Option<&'a KeySet>,
+) -> Result<&'a Key, AuthFailure> {
+    let sets = || std::iter::once(configured).chain(fetched);
+    let unnamed = || {
+        configured
+            .keys
+            .iter()
+            .find(|k| k.kid.is_none() && k.fits(alg))
+    };
+    if let Some(kid) = kid {
+        if let Some(k) = sets().find_map(|s| s.by_kid(kid)) {
+            return if k.fits(alg) {
+                Ok(k)
+            } else {
+                Err(AuthFailure::KeyMismatch)
+            };
+        }
+        return unnamed().ok_or(AuthFailure::UnknownKey);
+    }
+    if let Some(k) = unnamed() {
+        return Ok(k);
+    }
+    let mut fitting = sets().flat_map(|s| s.keys.iter()).filter(|k| k.fits(alg));
+    match (fitting.next(), fitting.next()) {
+        (Some(k), None) => Ok(k),
+        _ => Err(AuthFailure::UnknownKey),
     }
 }
 
 /// Keys and checks built once from [`AuthConfig`].
 pub struct Verifier {
-    allowed: Vec<(Algorithm, Validation)>,
-    hmac: Option<DecodingKey>,
-    rsa: Option<DecodingKey>,
-    ec: Option<DecodingKey>,
-    ed: Option<DecodingKey>,
+    allowed: Vec<(JwtAlgorithm, Validation)>,
+    keys: KeySet,
+    /// Keys also come from a JWKS URL: without a usable fetched set, tokens cannot be judged.
+    jwks: bool,
     user_claim: String,
     issuer: Option<String>,
     audience: Option<String>,
@@ -197,130 +494,163 @@ fn to_jwt(a: JwtAlgorithm) -> Algorithm {
         JwtAlgorithm::RS384 => Algorithm::RS384,
         JwtAlgorithm::RS512 => Algorithm::RS512,
         JwtAlgorithm::PS256 => Algorithm::PS256,
+        JwtAlgorithm::PS384 => Algorithm::PS384,
+        JwtAlgorithm::PS512 => Algorithm::PS512,
         JwtAlgorithm::ES256 => Algorithm::ES256,
         JwtAlgorithm::ES384 => Algorithm::ES384,
         JwtAlgorithm::EdDSA => Algorithm::EdDSA,
     }
 }
 
+fn from_jwt(a: Algorithm) -> Option<JwtAlgorithm> {
+    JwtAlgorithm::ALL.into_iter().find(|x| to_jwt(*x) == a)
+}
+
 impl Verifier {
     pub fn new(cfg: &AuthConfig) -> Result<Verifier, KeyError> {
-        let pem = cfg.public_key_pem.as_deref().map(str::as_bytes);
-        let key_err = |kind: &str, e: jsonwebtoken::errors::Error| KeyError {
-            field: KeyField::PublicKey,
-            reason: format!("not a {kind} public key in PEM: {e}"),
-        };
-        let mut v = Verifier {
-            allowed: Vec::new(),
-            hmac: None,
-            rsa: None,
-            ec: None,
-            ed: None,
+        let mut keys = KeySet::default();
+        let families: Vec<KeyFamily> = cfg.algorithms.iter().map(|a| a.family()).collect();
+        if families.contains(&KeyFamily::Hmac)
+            && let Some(secret) = &cfg.secret
+        {
+            keys.keys.push(
+                Key::from_material(None, None, &KeyMaterial::Secret(secret.clone())).map_err(
+                    |reason| KeyError {
+                        field: KeyField::Secret,
+                        reason,
+                    },
+                )?,
+            );
+        }
+        if let Some(pem) = &cfg.public_key_pem {
+            let key = Key::from_material(None, None, &KeyMaterial::Pem(pem.clone())).map_err(
+                |reason| KeyError {
+                    field: KeyField::PublicKey,
+                    reason,
+                },
+            )?;
+            if !cfg.algorithms.iter().any(|a| key.fits(*a)) {
+                return Err(KeyError {
+                    field: KeyField::PublicKey,
+                    reason: format!(
+                        "is a {}, which none of the allowed algorithms uses",
+                        key.family.name()
+                    ),
+                });
+            }
+            keys.keys.push(key);
+        }
+        for (i, k) in cfg.keys.iter().enumerate() {
+            let key =
+                Key::from_material(Some(k.kid.clone()), k.alg, &k.material).map_err(|reason| {
+                    KeyError {
+                        field: KeyField::Key(i),
+                        reason,
+                    }
+                })?;
+            keys.keys.push(key);
+        }
+        let allowed = cfg
+            .algorithms
+            .iter()
+            .map(|&a| {
+                // Time, issuer and audience are checked here against the injected clock, so the
+                // library's own checks (which read the system clock) are all off.
+                let mut val = Validation::new(to_jwt(a));
+                val.validate_exp = false;
+                val.validate_nbf = false;
+                val.validate_aud = false;
+                val.required_spec_claims.clear();
+                val.leeway = 0;
+                (a, val)
+            })
+            .collect();
+        Ok(Verifier {
+            allowed,
+            keys,
+            jwks: cfg.jwks.is_some(),
             user_claim: cfg.user_claim.clone(),
             issuer: cfg.issuer.clone(),
             audience: cfg.audience.clone(),
             leeway_secs: cfg.leeway.as_secs(),
             require_exp: cfg.require_exp,
-        };
-        for &a in &cfg.algorithms {
-            let alg = to_jwt(a);
-            match a {
-                JwtAlgorithm::HS256 | JwtAlgorithm::HS384 | JwtAlgorithm::HS512 => {
-                    if v.hmac.is_none() {
-                        let secret = cfg
-                            .secret
-                            .as_ref()
-                            .map(|s| s.0.as_bytes())
-                            .unwrap_or_default();
-                        v.hmac = Some(DecodingKey::from_secret(secret).map_err(|e| KeyError {
-                            field: KeyField::Secret,
-                            reason: format!("unusable secret: {e}"),
-                        })?);
-                    }
-                }
-                JwtAlgorithm::RS256
-                | JwtAlgorithm::RS384
-                | JwtAlgorithm::RS512
-                | JwtAlgorithm::PS256 => {
-                    if v.rsa.is_none() {
-                        let pem = pem.unwrap_or_default();
-                        v.rsa =
-                            Some(DecodingKey::from_rsa_pem(pem).map_err(|e| key_err("RSA", e))?);
-                    }
-                }
-                JwtAlgorithm::ES256 | JwtAlgorithm::ES384 => {
-                    if v.ec.is_none() {
-                        let pem = pem.unwrap_or_default();
-                        v.ec = Some(DecodingKey::from_ec_pem(pem).map_err(|e| key_err("EC", e))?);
-                    }
-                }
-                JwtAlgorithm::EdDSA => {
-                    if v.ed.is_none() {
-                        let pem = pem.unwrap_or_default();
-                        v.ed =
-                            Some(DecodingKey::from_ed_pem(pem).map_err(|e| key_err("Ed25519", e))?);
-                    }
-                }
-            }
-            // Time, issuer and audience are checked here against the injected clock, so the
-            // library's own checks (which read the system clock) are all off.
-            let mut val = Validation::new(alg);
-            val.validate_exp = false;
-            val.validate_nbf = false;
-            val.validate_aud = false;
-            val.required_spec_claims.clear();
-            val.leeway = 0;
-            v.allowed.push((alg, val));
-        }
-        Ok(v)
+        })
     }
 
-    fn key_for(&self, alg: Algorithm) -> Option<&DecodingKey> {
-        match alg {
-            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => self.hmac.as_ref(),
-            Algorithm::RS256
-            | Algorithm::RS384
-            | Algorithm::RS512
-            | Algorithm::PS256
-            | Algorithm::PS384
-            | Algorithm::PS512 => self.rsa.as_ref(),
-            Algorithm::ES256 | Algorithm::ES384 => self.ec.as_ref(),
-            Algorithm::EdDSA => self.ed.as_ref(),
-            _ => None,
-        }
+    /// The configured keys (unnamed and named).
+    pub fn configured_keys(&self) -> &KeySet {
+        &self.keys
+    }
+
+    /// Whether this provider's keys come from a JWKS URL too.
+    pub fn uses_jwks(&self) -> bool {
+        self.jwks
     }
 
     /// Authenticates a request from its headers at wall time `now`. On success returns the
     /// identity to forward as `x-user-id`.
     pub fn verify(&self, headers: &HeaderMap, now: UnixMillis) -> Result<HeaderValue, AuthFailure> {
+        self.verify_with(headers, None, now)
+    }
+
+    /// [`Verifier::verify`] with the provider's fetched key set (JWKS), if it has one.
+    pub fn verify_with(
+        &self,
+        headers: &HeaderMap,
+        fetched: Option<&KeySet>,
+        now: UnixMillis,
+    ) -> Result<HeaderValue, AuthFailure> {
         let mut values = headers.get_all(AUTHORIZATION).iter();
         let value = values.next().ok_or(AuthFailure::Missing)?;
         if values.next().is_some() {
             return Err(AuthFailure::Malformed("more than one Authorization header"));
         }
         let token = bearer_token(value)?;
-        self.verify_token(token, now)
+        self.verify_token_with(token, fetched, now)
     }
 
     /// Verifies a bare token (no `Bearer ` prefix).
     pub fn verify_token(&self, token: &str, now: UnixMillis) -> Result<HeaderValue, AuthFailure> {
+        self.verify_token_with(token, None, now)
+    }
+
+    /// Verifies a bare token with the configured keys and `fetched` (a JWKS's keys). A JWKS
+    /// provider with no usable fetched set answers [`AuthFailure::KeysUnavailable`] for a
+    /// token it could not check with its configured keys.
+    pub fn verify_token_with(
+        &self,
+        token: &str,
+        fetched: Option<&KeySet>,
+        now: UnixMillis,
+    ) -> Result<HeaderValue, AuthFailure> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| classify_bad_header(token))?;
-        let Some((alg, validation)) = self.allowed.iter().find(|(a, _)| *a == header.alg) else {
+        let Some((alg, validation)) =
+            from_jwt(header.alg).and_then(|a| self.allowed.iter().find(|(x, _)| *x == a))
+        else {
             return Err(AuthFailure::AlgorithmNotAllowed);
         };
-        let key = self.key_for(*alg).ok_or(AuthFailure::AlgorithmNotAllowed)?;
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, validation).map_err(
-            |e| match e.kind() {
+        let key = match select_key(*alg, header.kid.as_deref(), &self.keys, fetched) {
+            Ok(k) => k,
+            Err(AuthFailure::UnknownKey) if self.jwks && fetched.is_none() => {
+                return Err(AuthFailure::KeysUnavailable);
+            }
+            Err(e) => return Err(e),
+        };
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation)
+            .map_err(|e| match e.kind() {
                 ErrorKind::InvalidSignature => AuthFailure::BadSignature,
                 ErrorKind::InvalidAlgorithm | ErrorKind::UnsupportedAlgorithm => {
                     AuthFailure::AlgorithmNotAllowed
                 }
+                // A key of the right family but the wrong curve or shape.
+                ErrorKind::InvalidKeyFormat
+                | ErrorKind::InvalidEcdsaKey
+                | ErrorKind::InvalidRsaKey(_) => AuthFailure::KeyMismatch,
                 ErrorKind::Base64(_) => AuthFailure::Malformed("bad base64"),
                 ErrorKind::Json(_) => AuthFailure::Malformed("claims are not a JSON object"),
                 ErrorKind::Utf8(_) => AuthFailure::Malformed("claims are not UTF-8"),
                 _ => AuthFailure::Malformed("not a JWT"),
-            },
-        )?;
+            })?;
         self.check_claims(&data.claims, now)
     }
 
@@ -455,6 +785,8 @@ mod tests {
             audience: None,
             leeway: Duration::from_secs(30),
             require_exp: true,
+            keys: Vec::new(),
+            jwks: None,
         }
     }
 
@@ -608,6 +940,100 @@ mod tests {
         assert_eq!(
             v.verify_token(&no_aud, NOW).unwrap_err(),
             AuthFailure::WrongAudience
+        );
+    }
+
+    fn hs_kid(claims: Value, secret: &str, kid: Option<&str>, alg: Algorithm) -> String {
+        let mut h = Header::new(alg);
+        h.kid = kid.map(str::to_owned);
+        encode(
+            &h,
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()).unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn keyed(kid: &str, secret: &str, alg: Option<JwtAlgorithm>) -> StaticKey {
+        StaticKey {
+            kid: kid.into(),
+            alg,
+            material: KeyMaterial::Secret(Secret(secret.into())),
+        }
+    }
+
+    #[test]
+    fn keys_are_chosen_by_kid_and_must_fit_the_algorithm() {
+        let mut c = cfg();
+        c.algorithms = vec![JwtAlgorithm::HS256, JwtAlgorithm::HS384];
+        c.secret = None;
+        c.keys = vec![
+            keyed("old", "s-old", None),
+            keyed("new", "s-new", Some(JwtAlgorithm::HS256)),
+        ];
+        let v = Verifier::new(&c).unwrap();
+        let claims = json!({"userId": "u", "exp": NOW_S + 60});
+        let ok = |t: &str| v.verify_token(t, NOW);
+        assert!(
+            ok(&hs_kid(
+                claims.clone(),
+                "s-old",
+                Some("old"),
+                Algorithm::HS256
+            ))
+            .is_ok()
+        );
+        assert!(
+            ok(&hs_kid(
+                claims.clone(),
+                "s-new",
+                Some("new"),
+                Algorithm::HS256
+            ))
+            .is_ok()
+        );
+        // The kid picks the key: signed by "new" but naming "old" does not verify.
+        assert_eq!(
+            ok(&hs_kid(
+                claims.clone(),
+                "s-new",
+                Some("old"),
+                Algorithm::HS256
+            ))
+            .unwrap_err(),
+            AuthFailure::BadSignature
+        );
+        // "new" is for HS256 only: an HS384 token naming it is refused before any check.
+        assert_eq!(
+            ok(&hs_kid(
+                claims.clone(),
+                "s-new",
+                Some("new"),
+                Algorithm::HS384
+            ))
+            .unwrap_err(),
+            AuthFailure::KeyMismatch
+        );
+        assert_eq!(
+            ok(&hs_kid(
+                claims.clone(),
+                "s-new",
+                Some("gone"),
+                Algorithm::HS256
+            ))
+            .unwrap_err(),
+            AuthFailure::UnknownKey
+        );
+        // No kid and two keys: no guessing.
+        assert_eq!(
+            ok(&hs_kid(claims.clone(), "s-new", None, Algorithm::HS256)).unwrap_err(),
+            AuthFailure::UnknownKey
+        );
+        // The unnamed secret still takes tokens with a kid nobody knows (as before kids).
+        let v = Verifier::new(&cfg()).unwrap();
+        assert!(
+            v.verify_token(&hs_kid(claims, "s3cret", Some("x"), Algorithm::HS256), NOW)
+                .is_ok()
         );
     }
 

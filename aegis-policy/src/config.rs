@@ -13,7 +13,8 @@ use http::{HeaderName, Method};
 use ipnet::IpNet;
 use serde::Deserialize;
 
-pub use crate::auth::{AuthConfig, JwtAlgorithm, Secret};
+pub use crate::auth::JwksConfig;
+pub use crate::auth::{AuthConfig, JwtAlgorithm, KeyMaterial, Secret, StaticKey};
 use crate::auth::{KeyError, KeyField};
 use crate::path;
 use crate::time::parse_duration;
@@ -35,15 +36,22 @@ impl ConfigError {
     }
 }
 
-/// A key the verifier could not use, at the config key that holds it.
+/// A key the verifier could not use, at the config key that holds it (under `[auth]`).
 impl From<KeyError> for ConfigError {
     fn from(e: KeyError) -> ConfigError {
-        let path = match e.field {
-            KeyField::Secret => "auth.secret",
-            KeyField::PublicKey => "auth.public_key_pem",
-        };
-        ConfigError::new(path, e.reason)
+        key_error("auth", e)
     }
+}
+
+/// A key the verifier could not use, at its path under `section` (`auth`,
+/// `auth_providers.NAME`).
+fn key_error(section: &str, e: KeyError) -> ConfigError {
+    let path = match e.field {
+        KeyField::Secret => format!("{section}.secret"),
+        KeyField::PublicKey => format!("{section}.public_key_pem"),
+        KeyField::Key(i) => format!("{section}.keys[{i}]"),
+    };
+    ConfigError::new(path, e.reason)
 }
 
 /// Where `${VAR}` values and `public_key_file` contents come from.
@@ -83,7 +91,11 @@ pub struct Config {
     pub server: ServerConfig,
     pub upstream: UpstreamConfig,
     pub retry_budget: RetryBudgetConfig,
+    pub upstream_tls: UpstreamTlsConfig,
+    /// The default auth provider: routes with `auth = true`.
     pub auth: Option<AuthConfig>,
+    /// Named auth providers: routes with `auth = "NAME"`.
+    pub auth_providers: BTreeMap<String, AuthConfig>,
     pub rate_limit: StoreConfig,
     pub breaker: BreakerConfig,
     pub routes: Vec<RouteConfig>,
@@ -118,6 +130,38 @@ pub struct ServerConfig {
     pub websocket_idle_timeout: Duration,
     /// Limits of an HTTP/2 (h2c) client connection.
     pub h2: H2Limits,
+    /// TLS on the proxy listener (`[server.tls]`).
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[server.tls]`: the proxy listener speaks TLS. The files are read and checked by the shell
+/// (readable, the key matches, not expired); here they are paths.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// The default certificate (`cert`, `key`) first, then `certificates` in order; each is
+    /// served to clients whose SNI matches one of its names, the default to the rest.
+    pub certificates: Vec<CertConfig>,
+    /// TLS 1.3 only, instead of 1.2 and 1.3.
+    pub tls13_only: bool,
+    pub handshake_timeout: Duration,
+    /// A plaintext listener that redirects every request to https on `listen`'s port.
+    pub redirect_listen: Option<SocketAddr>,
+    /// mTLS: client certificates are verified against this CA bundle (PEM path).
+    pub client_ca: Option<String>,
+    /// With `client_ca`: a client without a certificate is let in (its requests carry no
+    /// subject header) instead of refused at the handshake.
+    pub client_cert_optional: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertConfig {
+    /// PEM chain, leaf first.
+    pub cert: String,
+    /// PEM private key (PKCS#8, RSA or EC).
+    pub key: String,
+    /// SNI names served this certificate (`api.example.com`, `*.example.com`); empty: the
+    /// certificate's own DNS names.
+    pub names: Vec<String>,
 }
 
 /// Limits of one HTTP/2 client connection (the `h2_*` keys of `[server]`). The timeouts of
@@ -296,6 +340,21 @@ pub struct TargetConfig {
     pub base_path: String,
     /// Its share of the route's requests relative to the others' (1 unless set).
     pub weight: u32,
+    /// `https://`: the connection is TLS, the certificate verified (`[upstream_tls]`).
+    pub tls: bool,
+}
+
+/// `[upstream_tls]`: how https targets (and JWKS URLs) are verified, and the client
+/// certificate presented to them. Paths; the shell reads the files.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpstreamTlsConfig {
+    /// PEM CA bundle trusted besides the bundled roots.
+    pub ca: Option<String>,
+    /// Trust only `ca`, not the bundled roots.
+    pub ca_only: bool,
+    /// Upstream mTLS: a PEM chain and key presented when a target asks.
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -307,7 +366,10 @@ pub struct RouteConfig {
     pub host: Option<HostPattern>,
     pub methods: Option<Vec<Method>>,
     pub targets: Vec<TargetConfig>,
+    /// Requires a valid token (of `auth_provider`).
     pub auth: bool,
+    /// The named provider of `auth = "NAME"`; `None`: `[auth]`.
+    pub auth_provider: Option<String>,
     pub rate_limit: Option<LimitConfig>,
     pub strip_prefix: bool,
     pub timeout: Duration,
@@ -382,13 +444,26 @@ struct RawConfig {
     #[serde(default)]
     retry_budget: RawRetryBudget,
     health_check: Option<RawHealthCheck>,
+    #[serde(default)]
+    upstream_tls: RawUpstreamTls,
     auth: Option<RawAuth>,
+    #[serde(default)]
+    auth_providers: BTreeMap<String, RawAuth>,
     #[serde(default)]
     rate_limit: RawStore,
     #[serde(default)]
     breaker: RawBreaker,
     #[serde(default)]
     routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawUpstreamTls {
+    ca: Option<String>,
+    roots: Option<String>,
+    client_cert: Option<String>,
+    client_key: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -410,6 +485,7 @@ struct RawServer {
     max_connections: Option<i64>,
     max_connections_per_ip: Option<i64>,
     max_requests_per_ip: Option<i64>,
+    tls: Option<RawTls>,
     upgrades: Option<Vec<String>>,
     websocket_idle_timeout: Option<String>,
     h2_max_concurrent_streams: Option<i64>,
@@ -460,6 +536,27 @@ struct RawWeighted {
     weight: Option<i64>,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: String,
+    key: String,
+    certificates: Option<Vec<RawCert>>,
+    min_version: Option<String>,
+    handshake_timeout: Option<String>,
+    redirect_listen: Option<String>,
+    client_ca: Option<String>,
+    client_auth: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCert {
+    cert: String,
+    key: String,
+    names: Option<Vec<String>>,
+}
+
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawUpstream {
@@ -489,6 +586,38 @@ struct RawAuth {
     audience: Option<String>,
     leeway: Option<String>,
     require_exp: Option<bool>,
+    keys: Option<Vec<RawKey>>,
+    jwks_url: Option<String>,
+    jwks_min_refresh: Option<String>,
+    jwks_max_refresh: Option<String>,
+    jwks_refetch_interval: Option<String>,
+    jwks_max_stale: Option<String>,
+    jwks_timeout: Option<String>,
+    jwks_ready_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKey {
+    kid: String,
+    alg: Option<String>,
+    secret: Option<String>,
+    public_key_pem: Option<String>,
+    public_key_file: Option<String>,
+}
+
+/// A route's `auth`: `true`/`false`, or the name of a provider.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawRouteAuth {
+    On(bool),
+    Provider(String),
+}
+
+impl Default for RawRouteAuth {
+    fn default() -> Self {
+        RawRouteAuth::On(false)
+    }
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -527,7 +656,7 @@ struct RawRoute {
     methods: Option<Vec<String>>,
     targets: Vec<RawTarget>,
     #[serde(default)]
-    auth: bool,
+    auth: RawRouteAuth,
     rate_limit: Option<RawLimit>,
     #[serde(default)]
     strip_prefix: bool,
@@ -608,6 +737,39 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Things that are allowed but worth a word to the operator (logged at start and reload,
+    /// printed by `aegis check`).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let providers = self.auth.iter().map(|a| ("auth".to_owned(), a)).chain(
+            self.auth_providers
+                .iter()
+                .map(|(n, a)| (format!("auth_providers.{n}"), a)),
+        );
+        for (section, a) in providers {
+            if let Some(j) = &a.jwks
+                && j.url.starts_with("http://")
+            {
+                out.push(format!(
+                    "{section}.jwks_url: {:?} is fetched without TLS: anyone on the path can \
+                     replace the keys; use https outside local testing",
+                    j.url
+                ));
+            }
+        }
+        out
+    }
+
+    /// Every auth provider: `[auth]` first (named `""`), then `[auth_providers.NAME]` by name.
+    /// Their positions are the policy's provider ids.
+    pub fn providers(&self) -> Vec<(&str, &AuthConfig)> {
+        self.auth
+            .iter()
+            .map(|a| ("", a))
+            .chain(self.auth_providers.iter().map(|(n, a)| (n.as_str(), a)))
+            .collect()
     }
 
     /// The route with this name, if any.
@@ -793,7 +955,27 @@ fn validate(raw: RawConfig, env: &dyn ConfigEnv) -> Result<Config, ConfigError> 
     let server = validate_server(raw.server)?;
     let upstream = validate_upstream(raw.upstream)?;
     let retry_budget = validate_retry_budget(raw.retry_budget)?;
-    let auth = raw.auth.map(|a| validate_auth(a, env)).transpose()?;
+    let upstream_tls = validate_upstream_tls(raw.upstream_tls)?;
+    let auth = raw
+        .auth
+        .map(|a| validate_auth("auth", a, env))
+        .transpose()?;
+    let mut auth_providers = BTreeMap::new();
+    for (name, a) in raw.auth_providers {
+        let section = format!("auth_providers.{name}");
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(ConfigError::new(
+                section,
+                "a provider name is letters, digits, '-' and '_'",
+            ));
+        }
+        let a = validate_auth(&section, a, env)?;
+        auth_providers.insert(name, a);
+    }
     let rate_limit = validate_store(raw.rate_limit)?;
     let mut routes = Vec::with_capacity(raw.routes.len());
     if raw.routes.is_empty() {
@@ -808,6 +990,7 @@ fn validate(raw: RawConfig, env: &dyn ConfigEnv) -> Result<Config, ConfigError> 
             r,
             &server,
             auth.is_some(),
+            &auth_providers,
             raw.health_check.as_ref(),
         )?);
     }
@@ -822,7 +1005,9 @@ fn validate(raw: RawConfig, env: &dyn ConfigEnv) -> Result<Config, ConfigError> 
         server,
         upstream,
         retry_budget,
+        upstream_tls,
         auth,
+        auth_providers,
         rate_limit,
         breaker,
         routes,
@@ -1032,7 +1217,12 @@ fn validate_server(s: RawServer) -> Result<ServerConfig, ConfigError> {
         .map(|r| size("server.max_body_size", r))
         .transpose()?;
     let h2 = validate_h2(&s, max_header)?;
+    let tls = s
+        .tls
+        .map(|t| validate_tls(t, listen, admin_listen))
+        .transpose()?;
     Ok(ServerConfig {
+        tls,
         listen,
         admin_listen,
         trusted_proxies,
@@ -1188,38 +1378,157 @@ fn fmt_size(n: u64) -> String {
     }
 }
 
-fn validate_auth(a: RawAuth, env: &dyn ConfigEnv) -> Result<AuthConfig, ConfigError> {
+fn validate_upstream_tls(t: RawUpstreamTls) -> Result<UpstreamTlsConfig, ConfigError> {
+    let ca_only = match t.roots.as_deref().unwrap_or("bundled") {
+        "bundled" => false,
+        "ca_only" => true,
+        other => {
+            return Err(ConfigError::new(
+                "upstream_tls.roots",
+                format!("{other:?} is not \"bundled\" or \"ca_only\""),
+            ));
+        }
+    };
+    if ca_only && t.ca.is_none() {
+        return Err(ConfigError::new(
+            "upstream_tls.roots",
+            "\"ca_only\" needs upstream_tls.ca",
+        ));
+    }
+    if t.client_cert.is_some() != t.client_key.is_some() {
+        return Err(ConfigError::new(
+            "upstream_tls.client_key",
+            "client_cert and client_key go together",
+        ));
+    }
+    Ok(UpstreamTlsConfig {
+        ca: t.ca,
+        ca_only,
+        client_cert: t.client_cert,
+        client_key: t.client_key,
+    })
+}
+
+fn validate_tls(
+    t: RawTls,
+    listen: SocketAddr,
+    admin: Option<SocketAddr>,
+) -> Result<TlsConfig, ConfigError> {
+    let p = |k: &str| format!("server.tls.{k}");
+    let path_ok = |path: &str, v: &str| -> Result<String, ConfigError> {
+        if v.trim().is_empty() {
+            return Err(ConfigError::new(path, "must name a file"));
+        }
+        Ok(v.to_owned())
+    };
+    let mut certificates = vec![CertConfig {
+        cert: path_ok(&p("cert"), &t.cert)?,
+        key: path_ok(&p("key"), &t.key)?,
+        names: Vec::new(),
+    }];
+    for (i, c) in t.certificates.unwrap_or_default().into_iter().enumerate() {
+        let cp = |k: &str| format!("server.tls.certificates[{i}].{k}");
+        let mut names = Vec::new();
+        for (j, n) in c.names.unwrap_or_default().iter().enumerate() {
+            let n = n.trim().to_ascii_lowercase();
+            let bare = n.strip_prefix("*.").unwrap_or(&n);
+            let ok = !bare.is_empty()
+                && bare
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+            if !ok {
+                return Err(ConfigError::new(
+                    format!("server.tls.certificates[{i}].names[{j}]"),
+                    format!("{n:?} is not a host name (\"*.\" for a wildcard)"),
+                ));
+            }
+            names.push(n);
+        }
+        certificates.push(CertConfig {
+            cert: path_ok(&cp("cert"), &c.cert)?,
+            key: path_ok(&cp("key"), &c.key)?,
+            names,
+        });
+    }
+    let tls13_only = match t.min_version.as_deref().unwrap_or("1.2") {
+        "1.2" => false,
+        "1.3" => true,
+        other => {
+            return Err(ConfigError::new(
+                p("min_version"),
+                format!("{other:?} is not a TLS version (\"1.2\" or \"1.3\")"),
+            ));
+        }
+    };
+    let redirect_listen = t
+        .redirect_listen
+        .as_deref()
+        .map(|a| socket_addr(&p("redirect_listen"), a))
+        .transpose()?;
+    if let Some(r) = redirect_listen
+        && r.port() != 0
+        && (r == listen || Some(r) == admin)
+    {
+        return Err(ConfigError::new(
+            p("redirect_listen"),
+            "must differ from server.listen and server.admin_listen",
+        ));
+    }
+    let client_cert_optional = match t.client_auth.as_deref().unwrap_or("required") {
+        "required" => false,
+        "optional" => true,
+        other => {
+            return Err(ConfigError::new(
+                p("client_auth"),
+                format!("{other:?} is not \"required\" or \"optional\""),
+            ));
+        }
+    };
+    if t.client_auth.is_some() && t.client_ca.is_none() {
+        return Err(ConfigError::new(
+            p("client_auth"),
+            "is set but there is no client_ca",
+        ));
+    }
+    Ok(TlsConfig {
+        certificates,
+        tls13_only,
+        handshake_timeout: positive_duration(
+            &p("handshake_timeout"),
+            t.handshake_timeout.as_deref(),
+            Duration::from_secs(10),
+        )?,
+        redirect_listen,
+        client_ca: t.client_ca,
+        client_cert_optional,
+    })
+}
+
+fn validate_auth(
+    section: &str,
+    a: RawAuth,
+    env: &dyn ConfigEnv,
+) -> Result<AuthConfig, ConfigError> {
+    let p = |key: &str| format!("{section}.{key}");
     let names = a.algorithms.unwrap_or_else(|| vec!["HS256".to_owned()]);
     if names.is_empty() {
         return Err(ConfigError::new(
-            "auth.algorithms",
+            p("algorithms"),
             "must allow at least one algorithm",
         ));
     }
     let mut algorithms = Vec::with_capacity(names.len());
     for (i, n) in names.iter().enumerate() {
-        let alg = JwtAlgorithm::ALL
-            .into_iter()
-            .find(|a| a.name() == n)
-            .ok_or_else(|| {
-                let known: Vec<_> = JwtAlgorithm::ALL.iter().map(|a| a.name()).collect();
-                let why = if n.eq_ignore_ascii_case("none") {
-                    "\"none\" is never allowed: unsigned tokens prove nothing".to_owned()
-                } else {
-                    format!(
-                        "{n:?} is not a supported algorithm (one of {})",
-                        known.join(", ")
-                    )
-                };
-                ConfigError::new(format!("auth.algorithms[{i}]"), why)
-            })?;
+        let alg = JwtAlgorithm::from_name(n).ok_or_else(|| {
+            ConfigError::new(format!("{section}.algorithms[{i}]"), bad_algorithm(n))
+        })?;
         if !algorithms.contains(&alg) {
             algorithms.push(alg);
         }
     }
     if a.public_key_pem.is_some() && a.public_key_file.is_some() {
         return Err(ConfigError::new(
-            "auth.public_key_file",
+            p("public_key_file"),
             "set either public_key_pem or public_key_file, not both",
         ));
     }
@@ -1227,36 +1536,167 @@ fn validate_auth(a: RawAuth, env: &dyn ConfigEnv) -> Result<AuthConfig, ConfigEr
         (Some(p), None) => Some(p),
         (None, Some(f)) => Some(
             env.read_file(&f)
-                .map_err(|e| ConfigError::new("auth.public_key_file", e))?,
+                .map_err(|e| ConfigError::new(p("public_key_file"), e))?,
         ),
         _ => None,
     };
+    let mut keys = Vec::new();
+    for (i, k) in a.keys.unwrap_or_default().into_iter().enumerate() {
+        let kp = |key: &str| format!("{section}.keys[{i}].{key}");
+        if k.kid.is_empty() {
+            return Err(ConfigError::new(kp("kid"), "must not be empty"));
+        }
+        if keys.iter().any(|x: &StaticKey| x.kid == k.kid) {
+            return Err(ConfigError::new(
+                kp("kid"),
+                format!("{:?} is the kid of another key", k.kid),
+            ));
+        }
+        let alg = match &k.alg {
+            None => None,
+            Some(n) => {
+                let alg = JwtAlgorithm::from_name(n)
+                    .ok_or_else(|| ConfigError::new(kp("alg"), bad_algorithm(n)))?;
+                if !algorithms.contains(&alg) {
+                    return Err(ConfigError::new(
+                        kp("alg"),
+                        format!("{n} is not in {section}.algorithms"),
+                    ));
+                }
+                Some(alg)
+            }
+        };
+        let material = match (
+            k.secret.filter(|s| !s.is_empty()),
+            k.public_key_pem,
+            k.public_key_file,
+        ) {
+            (Some(s), None, None) => KeyMaterial::Secret(Secret(s)),
+            (None, Some(pem), None) => KeyMaterial::Pem(pem),
+            (None, None, Some(f)) => KeyMaterial::Pem(
+                env.read_file(&f)
+                    .map_err(|e| ConfigError::new(kp("public_key_file"), e))?,
+            ),
+            _ => {
+                return Err(ConfigError::new(
+                    format!("{section}.keys[{i}]"),
+                    "set exactly one of secret, public_key_pem and public_key_file",
+                ));
+            }
+        };
+        keys.push(StaticKey {
+            kid: k.kid,
+            alg,
+            material,
+        });
+    }
+    let jwks = match a.jwks_url {
+        None => {
+            for (key, set) in [
+                ("jwks_min_refresh", a.jwks_min_refresh.is_some()),
+                ("jwks_max_refresh", a.jwks_max_refresh.is_some()),
+                ("jwks_refetch_interval", a.jwks_refetch_interval.is_some()),
+                ("jwks_max_stale", a.jwks_max_stale.is_some()),
+                ("jwks_timeout", a.jwks_timeout.is_some()),
+                ("jwks_ready_timeout", a.jwks_ready_timeout.is_some()),
+            ] {
+                if set {
+                    return Err(ConfigError::new(p(key), "is set but there is no jwks_url"));
+                }
+            }
+            None
+        }
+        Some(url) => {
+            let uri: http::Uri = url
+                .parse()
+                .map_err(|_| ConfigError::new(p("jwks_url"), format!("{url:?} is not a URL")))?;
+            if !matches!(uri.scheme_str(), Some("https" | "http"))
+                || uri.host().is_none_or(str::is_empty)
+            {
+                return Err(ConfigError::new(
+                    p("jwks_url"),
+                    format!("{url:?} is not an https:// URL"),
+                ));
+            }
+            if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+                return Err(ConfigError::new(
+                    p("jwks_url"),
+                    format!("{url:?}: credentials in URLs are refused"),
+                ));
+            }
+            let min_refresh = positive_duration(
+                &p("jwks_min_refresh"),
+                a.jwks_min_refresh.as_deref(),
+                crate::auth::DEFAULT_MIN_REFRESH,
+            )?;
+            let max_refresh = positive_duration(
+                &p("jwks_max_refresh"),
+                a.jwks_max_refresh.as_deref(),
+                crate::auth::DEFAULT_MAX_REFRESH,
+            )?;
+            if max_refresh < min_refresh {
+                return Err(ConfigError::new(
+                    p("jwks_max_refresh"),
+                    "must not be less than jwks_min_refresh",
+                ));
+            }
+            Some(JwksConfig {
+                url,
+                min_refresh,
+                max_refresh,
+                refetch_interval: duration(
+                    &p("jwks_refetch_interval"),
+                    a.jwks_refetch_interval.as_deref(),
+                    crate::auth::DEFAULT_REFETCH_INTERVAL,
+                )?,
+                max_stale: duration(
+                    &p("jwks_max_stale"),
+                    a.jwks_max_stale.as_deref(),
+                    crate::auth::DEFAULT_MAX_STALE,
+                )?,
+                timeout: positive_duration(
+                    &p("jwks_timeout"),
+                    a.jwks_timeout.as_deref(),
+                    crate::auth::DEFAULT_TIMEOUT,
+                )?,
+                ready_timeout: duration(
+                    &p("jwks_ready_timeout"),
+                    a.jwks_ready_timeout.as_deref(),
+                    crate::auth::DEFAULT_READY_TIMEOUT,
+                )?,
+            })
+        }
+    };
     let secret = a.secret.filter(|s| !s.is_empty()).map(Secret);
+    let keyed = |hmac: bool| {
+        keys.iter()
+            .any(|k| matches!(k.material, KeyMaterial::Secret(_)) == hmac)
+    };
     let wants_hmac = algorithms.iter().any(|a| a.is_hmac());
     let wants_public = algorithms.iter().any(|a| !a.is_hmac());
-    if wants_hmac && secret.is_none() {
+    if wants_hmac && secret.is_none() && !keyed(true) && jwks.is_none() {
         return Err(ConfigError::new(
-            "auth.secret",
+            p("secret"),
             "an HS* algorithm is allowed but no secret is set",
         ));
     }
-    if wants_public && public_key_pem.is_none() {
+    if wants_public && public_key_pem.is_none() && !keyed(false) && jwks.is_none() {
         return Err(ConfigError::new(
-            "auth.public_key_pem",
-            "an asymmetric algorithm is allowed but no public_key_pem or public_key_file is set",
+            p("public_key_pem"),
+            "an asymmetric algorithm is allowed but no public_key_pem, public_key_file, keys or jwks_url is set",
         ));
     }
-    if let (Some(s), Some(p)) = (&secret, &public_key_pem)
-        && s.0.trim() == p.trim()
+    if let (Some(s), Some(pk)) = (&secret, &public_key_pem)
+        && s.0.trim() == pk.trim()
     {
         return Err(ConfigError::new(
-            "auth.secret",
+            p("secret"),
             "must not be the public key: anyone could sign HS* tokens with it",
         ));
     }
     let user_claim = a.user_claim.unwrap_or_else(|| "userId".to_owned());
     if user_claim.is_empty() {
-        return Err(ConfigError::new("auth.user_claim", "must not be empty"));
+        return Err(ConfigError::new(p("user_claim"), "must not be empty"));
     }
     let auth = AuthConfig {
         algorithms,
@@ -1265,12 +1705,26 @@ fn validate_auth(a: RawAuth, env: &dyn ConfigEnv) -> Result<AuthConfig, ConfigEr
         user_claim,
         issuer: a.issuer,
         audience: a.audience,
-        leeway: duration("auth.leeway", a.leeway.as_deref(), DEFAULT_LEEWAY)?,
+        leeway: duration(&p("leeway"), a.leeway.as_deref(), DEFAULT_LEEWAY)?,
         require_exp: a.require_exp.unwrap_or(true),
+        keys,
+        jwks,
     };
     // Build the keys once here so that a bad PEM is a config error, not a runtime 401.
-    crate::auth::Verifier::new(&auth)?;
+    crate::auth::Verifier::new(&auth).map_err(|e| key_error(section, e))?;
     Ok(auth)
+}
+
+fn bad_algorithm(n: &str) -> String {
+    let known: Vec<_> = JwtAlgorithm::ALL.iter().map(|a| a.name()).collect();
+    if n.eq_ignore_ascii_case("none") {
+        "\"none\" is never allowed: unsigned tokens prove nothing".to_owned()
+    } else {
+        format!(
+            "{n:?} is not a supported algorithm (one of {})",
+            known.join(", ")
+        )
+    }
 }
 
 fn validate_store(s: RawStore) -> Result<StoreConfig, ConfigError> {
@@ -1380,16 +1834,11 @@ fn validate_target(path: &str, raw: &RawTarget) -> Result<TargetConfig, ConfigEr
 fn validate_target_url(path: &str, raw: &str) -> Result<TargetConfig, ConfigError> {
     let bad = || ConfigError::new(path, format!("{raw:?} is not an http URL"));
     let uri: http::Uri = raw.parse().map_err(|_| bad())?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(ConfigError::new(
-                path,
-                format!("{raw:?}: https upstreams are not supported; use http"),
-            ));
-        }
+    let tls = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
         _ => return Err(bad()),
-    }
+    };
     let authority = uri.authority().cloned().ok_or_else(bad)?;
     if authority.host().is_empty() {
         return Err(bad());
@@ -1407,11 +1856,13 @@ fn validate_target_url(path: &str, raw: &str) -> Result<TargetConfig, ConfigErro
         ));
     }
     let base_path = uri.path().trim_end_matches('/').to_owned();
-    let url = format!("http://{authority}{base_path}");
+    let scheme = if tls { "https" } else { "http" };
+    let url = format!("{scheme}://{authority}{base_path}");
     Ok(TargetConfig {
         url,
         authority,
         base_path,
+        tls,
         weight: 1,
     })
 }
@@ -1421,9 +1872,25 @@ fn validate_route(
     r: RawRoute,
     server: &ServerConfig,
     have_auth: bool,
+    providers: &BTreeMap<String, AuthConfig>,
     shared_health: Option<&RawHealthCheck>,
 ) -> Result<RouteConfig, ConfigError> {
     let p = |key: &str| format!("routes[{i}].{key}");
+    let (auth, auth_provider) = match r.auth {
+        RawRouteAuth::On(on) => (on, None),
+        RawRouteAuth::Provider(name) => {
+            if !providers.contains_key(&name) {
+                let known: Vec<&str> = providers.keys().map(String::as_str).collect();
+                return Err(ConfigError::new(
+                    p("auth"),
+                    format!(
+                        "{name:?} is not an [auth_providers.NAME] section (there are: {known:?})"
+                    ),
+                ));
+            }
+            (true, Some(name))
+        }
+    };
     if !r.path.starts_with('/') {
         return Err(ConfigError::new(
             p("path"),
@@ -1513,7 +1980,7 @@ fn validate_route(
         }
         targets.push(target);
     }
-    if r.auth && !have_auth {
+    if auth && auth_provider.is_none() && !have_auth {
         return Err(ConfigError::new(
             p("auth"),
             "is true but there is no [auth] section",
@@ -1537,7 +2004,7 @@ fn validate_route(
             let key = match l.key.as_deref().unwrap_or("ip") {
                 "ip" => LimitKeyKind::Ip,
                 "user" => {
-                    if !r.auth {
+                    if !auth {
                         return Err(ConfigError::new(
                             lp("key"),
                             "\"user\" needs auth = true on the route (there is no user otherwise)",
@@ -1651,7 +2118,8 @@ fn validate_route(
         host,
         methods,
         targets,
-        auth: r.auth,
+        auth,
+        auth_provider,
         rate_limit,
         strip_prefix: r.strip_prefix,
         timeout,
@@ -1902,7 +2370,17 @@ mod tests {
         );
         assert!(err(&probe).starts_with("breaker.probe_timeout: must be at least"));
         let https = SEED.replace("http://127.0.0.1:3004", "https://x");
-        assert!(err(&https).contains("https upstreams are not supported"));
+        let c = Config::from_toml(&https, &env()).unwrap();
+        assert!(c.routes[1].targets[0].tls);
+        assert_eq!(c.routes[1].targets[0].url, "https://x");
+        let half = SEED.replace(
+            "[breaker]",
+            "[upstream_tls]\nclient_cert = \"c.pem\"\n[breaker]",
+        );
+        assert_eq!(
+            err(&half),
+            "upstream_tls.client_key: client_cert and client_key go together"
+        );
         let repeat = SEED.replace("http://127.0.0.1:3002", "http://127.0.0.1:3001/");
         assert!(
             err(&repeat).starts_with("routes[0].targets[1]: "),
@@ -1938,6 +2416,71 @@ mod tests {
                 .to_string(),
             "PORT: \"http\" is not a port number"
         );
+    }
+
+    #[test]
+    fn auth_providers_keys_and_jwks() {
+        let text = r#"
+            [auth]
+            secret = "internal"
+            [auth_providers.idp]
+            algorithms = ["RS256", "ES256"]
+            jwks_url = "https://idp.example.com/.well-known/jwks.json"
+            jwks_max_stale = "2h"
+            issuer = "https://idp.example.com/"
+            [auth_providers.rotating]
+            keys = [{ kid = "2026-01", secret = "a" }, { kid = "2026-02", secret = "b", alg = "HS256" }]
+            [[routes]]
+            path = "/internal"
+            targets = ["http://127.0.0.1:1"]
+            auth = true
+            [[routes]]
+            path = "/api"
+            targets = ["http://127.0.0.1:2"]
+            auth = "idp"
+            [[routes]]
+            path = "/partners"
+            targets = ["http://127.0.0.1:3"]
+            auth = "rotating"
+        "#;
+        let c = Config::from_toml(text, &env()).unwrap();
+        assert_eq!(c.routes[1].auth_provider.as_deref(), Some("idp"));
+        let j = c.auth_providers["idp"].jwks.as_ref().unwrap();
+        assert_eq!(j.max_stale, Duration::from_secs(7200));
+        assert_eq!(j.min_refresh, crate::auth::DEFAULT_MIN_REFRESH);
+        assert!(c.warnings().is_empty());
+        let p = crate::Policy::new(c).unwrap();
+        assert_eq!(p.providers().len(), 3);
+        assert_eq!(
+            p.route_provider(crate::RouteId(2)),
+            Some(crate::ProviderId(2))
+        );
+
+        let unknown = text.replace("auth = \"rotating\"", "auth = \"nobody\"");
+        assert!(
+            err(&unknown).starts_with("routes[2].auth: \"nobody\" is not an [auth_providers.NAME]")
+        );
+        let http = text.replace("https://idp", "http://idp");
+        assert!(
+            Config::from_toml(&http, &env()).unwrap().warnings()[0]
+                .starts_with("auth_providers.idp.jwks_url: ")
+        );
+        let ftp = text.replace("https://idp", "ftp://idp");
+        assert!(err(&ftp).starts_with("auth_providers.idp.jwks_url: "));
+        let dup = text.replace("kid = \"2026-02\"", "kid = \"2026-01\"");
+        assert!(err(&dup).starts_with("auth_providers.rotating.keys[1].kid: "));
+        let bad_alg = text.replace("alg = \"HS256\"", "alg = \"RS256\"");
+        assert!(err(&bad_alg).starts_with("auth_providers.rotating.keys[1].alg: RS256 is not in"));
+        let stray = text.replace(
+            "secret = \"internal\"",
+            "secret = \"internal\"\njwks_timeout = \"1s\"",
+        );
+        assert_eq!(
+            err(&stray),
+            "auth.jwks_timeout: is set but there is no jwks_url"
+        );
+        let both = text.replace("secret = \"b\",", "secret = \"b\", public_key_pem = \"x\",");
+        assert!(err(&both).starts_with("auth_providers.rotating.keys[1]: set exactly one"));
     }
 
     #[test]

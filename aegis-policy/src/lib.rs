@@ -45,6 +45,7 @@ pub mod balancer;
 pub mod breaker;
 pub mod config;
 pub mod health;
+pub mod jwks;
 pub mod path;
 pub mod pipeline;
 pub mod ratelimit;
@@ -52,16 +53,17 @@ pub mod retry;
 pub mod router;
 pub mod time;
 
-pub use auth::{AuthFailure, Verifier};
+pub use auth::{AuthFailure, Key, KeyFamily, KeySet, Verifier};
 pub use balancer::{
     Attempt, Balancer, NoTarget, TargetStats, TargetTransition, Unavailable, UpstreamOutcome,
 };
 pub use breaker::{Breaker, BreakerState, Permit, Transition, Verdict};
 pub use config::{Config, ConfigEnv, ConfigError, MapEnv};
 pub use health::{HealthChecks, HealthTransition};
+pub use jwks::{FetchOutcome, FetchReason, Fetched, Jwks, JwksConfig, JwksStatus, Refetch};
 pub use pipeline::{
-    Decision, Engine, FailedTry, Forward, Pending, Policy, Reason, Reply, RequestView, Step,
-    Ticket, header,
+    Decision, Engine, FailedTry, Forward, KeySource, NoKeys, Pending, Policy, ProviderId, Reason,
+    Reply, RequestView, Step, Ticket, header,
 };
 pub use ratelimit::{
     ClientKey, CounterKey, CounterReply, CounterRequest, CounterState, CounterStore, FixedHasher,

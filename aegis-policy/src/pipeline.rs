@@ -27,7 +27,7 @@ use http::header::{ALLOW, CONTENT_LENGTH, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use serde_json::json;
 
-use crate::auth::{AuthFailure, Verifier};
+use crate::auth::{AuthFailure, KeySet, Verifier};
 use crate::balancer::{Attempt, Balancer, NoTarget, TargetStats, Unavailable, UpstreamOutcome};
 use crate::config::{
     Config, ConfigError, LimitKeyKind, OnStoreError, RouteConfig, UnderscoreHeaders,
@@ -299,24 +299,88 @@ impl Forward {
 struct RouteRt {
     name: Arc<str>,
     limit: Option<(Limit, LimitKeyKind, HeaderValue)>,
+    /// The provider that authenticates this route's requests.
+    provider: Option<ProviderId>,
 }
 
-/// The immutable half of the gateway's policy: config, router, verifier.
+/// An auth provider: its index in [`Config::providers`] (`[auth]` first, then
+/// `[auth_providers.NAME]` by name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ProviderId(pub usize);
+
+/// Where the pipeline finds the keys a provider fetched from its JWKS URL (the driver holds
+/// them; the policy never fetches). `None`: no usable keys now.
+pub trait KeySource {
+    fn key_set(&self, provider: ProviderId) -> Option<Arc<KeySet>>;
+}
+
+/// No fetched keys at all (providers without a JWKS URL need none).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoKeys;
+
+impl KeySource for NoKeys {
+    fn key_set(&self, _: ProviderId) -> Option<Arc<KeySet>> {
+        None
+    }
+}
+
+/// Fetched key sets indexed by provider.
+impl KeySource for Vec<Option<Arc<KeySet>>> {
+    fn key_set(&self, provider: ProviderId) -> Option<Arc<KeySet>> {
+        self.get(provider.0).cloned().flatten()
+    }
+}
+
+/// The immutable half of the gateway's policy: config, router, verifiers.
 #[derive(Debug)]
 pub struct Policy {
     config: Config,
     router: Router,
-    verifier: Option<Verifier>,
+    /// One per provider, indexed by [`ProviderId`].
+    verifiers: Vec<(String, Verifier)>,
     routes: Vec<RouteRt>,
 }
 
 impl Policy {
     pub fn new(config: Config) -> Result<Policy, ConfigError> {
-        let verifier = config.auth.as_ref().map(Verifier::new).transpose()?;
+        let mut verifiers = Vec::new();
+        for (name, a) in config.providers() {
+            let v = Verifier::new(a).map_err(|e| {
+                let mut err = ConfigError::from(e);
+                if !name.is_empty() {
+                    err.path = err
+                        .path
+                        .replacen("auth", &format!("auth_providers.{name}"), 1);
+                }
+                err
+            })?;
+            verifiers.push((name.to_owned(), v));
+        }
+        let has_default = config.auth.is_some();
+        let provider_of = |r: &RouteConfig| -> Option<ProviderId> {
+            if !r.auth {
+                return None;
+            }
+            match &r.auth_provider {
+                None => Some(ProviderId(0)),
+                Some(n) => verifiers
+                    .iter()
+                    .position(|(name, _)| name == n)
+                    .map(ProviderId),
+            }
+        };
+        debug_assert!(
+            has_default
+                || config
+                    .routes
+                    .iter()
+                    .all(|r| !r.auth || r.auth_provider.is_some())
+        );
         let routes = config
             .routes
             .iter()
             .map(|r| RouteRt {
+                provider: provider_of(r),
                 name: Arc::from(r.name.as_str()),
                 limit: r.rate_limit.as_ref().map(|l| {
                     let policy = format!("{};w={}", l.max, l.window.as_secs().max(1));
@@ -327,10 +391,32 @@ impl Policy {
             .collect();
         Ok(Policy {
             router: Router::new(&config.routes),
-            verifier,
+            verifiers,
             routes,
             config,
         })
+    }
+
+    /// The auth providers, indexed by [`ProviderId`]: name (`""` for `[auth]`) and verifier.
+    pub fn providers(&self) -> &[(String, Verifier)] {
+        &self.verifiers
+    }
+
+    /// The provider that authenticates `route`, if it requires auth.
+    pub fn route_provider(&self, route: RouteId) -> Option<ProviderId> {
+        self.routes[route.0].provider
+    }
+
+    /// The provider whose JWKS may hold the key a refused token named: when `reply` is a 401
+    /// for an unknown key on a route whose provider fetches a JWKS. The driver then asks that
+    /// provider's [`crate::Jwks::on_unknown_kid`] whether to refetch, and if it fetched, runs
+    /// the request again.
+    pub fn unknown_key_provider(&self, reply: &Reply) -> Option<ProviderId> {
+        if reply.reason != Reason::Unauthorized(AuthFailure::UnknownKey) {
+            return None;
+        }
+        let p = self.route_provider(reply.route?)?;
+        self.verifiers[p.0].1.uses_jwks().then_some(p)
     }
 
     pub fn config(&self) -> &Config {
@@ -423,8 +509,14 @@ impl Policy {
     }
 
     /// Step one: size limits, route, authenticate, refuse a declared body over the route's
-    /// limit, and ask for a rate-limit counter if the route has one.
+    /// limit, and ask for a rate-limit counter if the route has one. Providers with a JWKS URL
+    /// find no fetched keys this way: see [`Policy::on_request_with`].
     pub fn on_request(&self, req: &RequestView<'_>, now: Now) -> Step {
+        self.on_request_with(req, &NoKeys, now)
+    }
+
+    /// [`Policy::on_request`] with the key sets the driver fetched from JWKS URLs.
+    pub fn on_request_with(&self, req: &RequestView<'_>, keys: &dyn KeySource, now: Now) -> Step {
         let server = &self.config.server;
         if req.path_and_query.len() > server.max_uri_bytes {
             return Step::Respond(Reply::new(
@@ -507,17 +599,23 @@ impl Policy {
             ));
         }
 
-        let user = if route.auth {
-            let verifier = self
-                .verifier
-                .as_ref()
-                .expect("validated: auth routes have [auth]");
-            match verifier.verify(req.headers, now.wall) {
-                Ok(u) => Some(u),
-                Err(f) => return Step::Respond(unauthorized(id, f)),
+        let user = match rt.provider {
+            Some(p) => {
+                let verifier = &self.verifiers[p.0].1;
+                let fetched = if verifier.uses_jwks() {
+                    keys.key_set(p)
+                } else {
+                    None
+                };
+                match verifier.verify_with(req.headers, fetched.as_deref(), now.wall) {
+                    Ok(u) => Some(u),
+                    Err(AuthFailure::KeysUnavailable) => {
+                        return Step::Respond(keys_unavailable(id));
+                    }
+                    Err(f) => return Step::Respond(unauthorized(id, f)),
+                }
             }
-        } else {
-            None
+            None => None,
         };
 
         let declared = header(req.headers, &CONTENT_LENGTH)
@@ -845,6 +943,19 @@ fn unauthorized(id: RouteId, f: AuthFailure) -> Reply {
         WWW_AUTHENTICATE,
         HeaderValue::from_str(&challenge).expect("reasons are header-safe"),
     )
+}
+
+/// 503: the route's provider has no usable keys (its JWKS was never fetched, or is stale past
+/// `jwks_max_stale`). The token may be fine; the gateway cannot tell.
+fn keys_unavailable(id: RouteId) -> Reply {
+    let f = AuthFailure::KeysUnavailable;
+    Reply::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        Reason::Unauthorized(f.clone()),
+        Some(id),
+        json!({"error": "auth_unavailable", "reason": f.reason(), "message": f.to_string(), "retryAfter": 5}),
+    )
+    .header(RETRY_AFTER, HeaderValue::from_static("5"))
 }
 
 /// The upstream path, if it differs from what the client sent.

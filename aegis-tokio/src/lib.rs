@@ -6,10 +6,13 @@
 //!
 //! ```text
 //!   server      listeners, worker threads, signals, reload
-//!   downstream  the HTTP/1.1 connection loop (proxy and admin listeners), request body, h2c
+//!   downstream  the HTTP/1.1 connection loop (proxy and admin listeners), request body, h2c,
+//!               TLS termination
 //!   gateway     decide (policy) → pick (balancer) → forward (upstream) → respond; /gateway/*
-//!   state       the current Runtime (config, balancers, store), Shared, counter stores
+//!   state       the current Runtime (config, balancers, store), Shared, counter stores, the
+//!               JWKS fetch tasks
 //!   upstream    the HTTP/1.1 client, per-worker keep-alive pools, upstream body, targets
+//!   tls         rustls (ring): the listener's certificates by SNI, the upstream client config
 //!   observe     access log, metrics, logging setup
 //!   h1          the HTTP/1.1 codec: read buffer, heads, body decoder and reader, writer
 //!   time        the real clocks, deadline timers
@@ -33,4 +36,5 @@ pub mod record;
 pub mod server;
 pub mod state;
 pub mod time;
+pub mod tls;
 pub mod upstream;

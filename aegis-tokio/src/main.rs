@@ -148,6 +148,18 @@ fn run(cmd: Cmd) -> Result<(), String> {
         }
         Cmd::Check { config } => {
             let c = ConfigSource::File(config).load()?;
+            for w in c.warnings() {
+                eprintln!("warning: {w}");
+            }
+            if let Some(t) = &c.server.tls {
+                let certs = aegis_tokio::tls::server::CertStore::load(
+                    t,
+                    aegis_tokio::time::wall().as_secs(),
+                )
+                .map_err(|e| format!("server.tls: {e}"))?;
+                aegis_tokio::tls::server::TlsServer::new(t, certs)
+                    .map_err(|e| format!("server.tls: {e}"))?;
+            }
             let n = c.routes.len();
             aegis_tokio::say!("ok: {n} route{}", if n == 1 { "" } else { "s" });
             Ok(())

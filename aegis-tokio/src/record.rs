@@ -18,13 +18,22 @@ const MAX_REQUEST_ID: usize = 128;
 pub struct Peer {
     pub addr: SocketAddr,
     pub ip_header: HeaderValue,
+    /// The connection is TLS (`X-Forwarded-Proto: https`).
+    pub tls: bool,
+    /// mTLS: the verified client certificate's subject, sent upstream.
+    pub client_subject: Option<HeaderValue>,
 }
 
 impl Peer {
     pub fn new(addr: SocketAddr) -> Peer {
         let ip_header =
             HeaderValue::from_str(&addr.ip().to_string()).expect("an IP address is a header value");
-        Peer { addr, ip_header }
+        Peer {
+            addr,
+            ip_header,
+            tls: false,
+            client_subject: None,
+        }
     }
 }
 
@@ -88,6 +97,9 @@ pub struct Exchange {
     pub host: Option<HeaderValue>,
     /// The rate-limit client IP, worked out only for the JSON log.
     pub client_ip: Option<IpAddr>,
+    /// Why an upstream exchange failed, when the reason alone does not say (an https
+    /// target whose certificate did not verify).
+    pub error: Option<String>,
     /// Tries made upstream (retries included; 0: none).
     pub attempts: u32,
     /// The protocol the request asks to switch to, when it is one the gateway tunnels.

@@ -9,6 +9,7 @@
 #![allow(clippy::disallowed_methods)]
 
 pub mod h2raw;
+pub mod tls;
 
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -178,6 +179,11 @@ fn wait_listen_line(
         match rx.recv_timeout(left.min(Duration::from_millis(100))) {
             Ok(line) => {
                 if let Some(rest) = line.trim().strip_prefix(prefix) {
+                    // The proxy listener says `https://` when it speaks TLS.
+                    let rest = rest
+                        .strip_prefix("s://")
+                        .or(rest.strip_prefix("://"))
+                        .unwrap_or(rest);
                     return rest
                         .trim()
                         .parse()
@@ -364,7 +370,7 @@ impl Drop for RedisServer {
 #[derive(Debug)]
 pub struct Gateway {
     child: Child,
-    /// The proxy listener, from the `listening on http://...` line.
+    /// The proxy listener, from the `listening on http://...` (or `https://`) line.
     pub addr: SocketAddr,
     /// The admin listener, when the config sets `server.admin_listen`.
     pub admin: Option<SocketAddr>,
@@ -426,7 +432,7 @@ impl Gateway {
         let (rx, stdout) = pump_lines(child.stdout.take().expect("piped stdout"));
         let addr = match wait_listen_line(
             &rx,
-            "listening on http://",
+            "listening on http",
             &mut child,
             "aegis run",
             &stderr_path,

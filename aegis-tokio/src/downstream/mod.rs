@@ -16,6 +16,7 @@ mod body;
 mod conn;
 mod h2;
 mod respond;
+mod tls;
 mod tunnel;
 
 use std::future::{Future, poll_fn};
@@ -36,6 +37,7 @@ pub use body::ReqBody;
 use conn::{Conn, lock};
 pub use h2::CLOSE_GRACE;
 use respond::{Out, close, respond_and_close, write_response, write_upgrade};
+pub use tls::serve_tls;
 
 use crate::gateway::{self, Listener};
 use crate::h1::{self, BodyDecoder, Framing, HeadError};
@@ -174,7 +176,7 @@ enum Served {
 /// An upgraded connection's other end and what its access line names.
 #[derive(Debug)]
 struct Upgraded {
-    upstream: tokio::net::TcpStream,
+    upstream: crate::upstream::Stream,
     /// What the upstream sent past its `101`.
     early: Vec<u8>,
     method: Method,

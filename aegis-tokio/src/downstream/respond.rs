@@ -67,7 +67,7 @@ pub(super) async fn write_upgrade<S: AsyncRead + AsyncWrite + Unpin>(
     resp: Response<ProxyBody>,
     out: Out<'_>,
     timer: &mut Timer,
-) -> io::Result<Option<(tokio::net::TcpStream, Vec<u8>)>> {
+) -> io::Result<Option<(crate::upstream::Stream, Vec<u8>)>> {
     let (parts, body) = resp.into_parts();
     let _ = put_head(wbuf, &parts, &body, &out);
     pump(

@@ -6,7 +6,7 @@ use http::header::{CONNECTION, HOST};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 
-use crate::headers::X_FORWARDED_FOR;
+use crate::headers::{X_CLIENT_CERT_SUBJECT, X_FORWARDED_FOR};
 use crate::record::Peer;
 
 /// Values of the headers the gateway sets upstream, taken from the client's request.
@@ -34,6 +34,14 @@ pub(super) fn forwarding(
     }
     strip_hop_by_hop(headers);
     fwd.apply_request_headers(headers);
+    // The verified client certificate's subject (mTLS) is the gateway's to say, never the
+    // client's.
+    if header(headers, &X_CLIENT_CERT_SUBJECT).is_some() {
+        headers.remove(&X_CLIENT_CERT_SUBJECT);
+    }
+    if let Some(s) = &peer.client_subject {
+        headers.insert(X_CLIENT_CERT_SUBJECT, s.clone());
+    }
     Ok(Forwarding {
         host: uri
             .authority()

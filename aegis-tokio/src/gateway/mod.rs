@@ -127,6 +127,7 @@ where
             .and_then(|h| HeaderValue::from_str(h).ok()),
         client_ip: (shared.log_format == crate::observe::log::LogFormat::Json)
             .then(|| rt.policy.client_ip(peer.addr.ip(), h)),
+        error: None,
         attempts: 0,
         upgrade: None,
     };
@@ -173,7 +174,22 @@ where
     // In a block: the ticket and the pick are dead before the upstream exchange's await, so
     // the request's future keeps no room for them (and does not copy them).
     let (fwd, max_body, _held) = {
-        let ticket = match rt.policy.on_request(&view, now) {
+        let mut step = rt
+            .policy
+            .on_request_with(&view, &rt.fetched_keys(now.mono), now);
+        if let Step::Respond(r) = &step
+            && let Some(p) = rt.policy.unknown_key_provider(r)
+            && let Some(h) = &rt.jwks[p.0]
+            // Boxed: rare, and its future would otherwise grow every request's.
+            && Box::pin(h.refetch_for_unknown_kid(now.mono)).await
+        {
+            // The keys were fetched again: the token is checked against them.
+            let now = shared.clock.now();
+            step = rt
+                .policy
+                .on_request_with(&view, &rt.fetched_keys(now.mono), now);
+        }
+        let ticket = match step {
             Step::Respond(r) => return reply(r, ex),
             Step::Admit(t) => t,
             Step::Count(p) => {
@@ -320,6 +336,7 @@ where
                     .or_else(|| header(&parts.headers, &HOST)),
                 request_id: &ex.request_id,
                 upgrade: ex.upgrade.as_ref(),
+                tls: peer.tls,
             },
         };
         let timing = upstream::Timing {
@@ -357,6 +374,14 @@ where
             Err(SendError::Connect(_)) => {
                 metrics.upstream_latency(sent.elapsed());
                 guard.report(UpstreamOutcome::ConnectError);
+                Some((UpstreamOutcome::ConnectError, false))
+            }
+            // An https target's handshake failed (its certificate did not verify, most often):
+            // counted like a refused connection, nothing was sent; the access line says why.
+            Err(SendError::Tls(why)) => {
+                metrics.upstream_latency(sent.elapsed());
+                guard.report(UpstreamOutcome::ConnectError);
+                ex.error = Some(why.clone());
                 Some((UpstreamOutcome::ConnectError, false))
             }
             // The connection broke, or the upstream broke HTTP, after the request went out.

@@ -23,6 +23,13 @@ pub fn log(format: LogFormat, policy: &Policy, parts: &Parts, ex: &Exchange, sta
         LogFormat::Text => {
             let ms = elapsed.as_millis();
             match target {
+                Some(t) if ex.error.is_some() => tracing::info!(
+                    target: "aegis::access",
+                    "[{}] {t}{pq} → {status} ({ms}ms) [{id}] {}: {}",
+                    parts.method,
+                    ex.reason,
+                    ex.error.as_deref().unwrap_or_default()
+                ),
                 // Retries show; a request sent once keeps the seed's line.
                 Some(t) if ex.attempts > 1 => tracing::info!(
                     target: "aegis::access",
@@ -70,6 +77,7 @@ pub fn log(format: LogFormat, policy: &Policy, parts: &Parts, ex: &Exchange, sta
                 user = ex.user.as_ref().and_then(|u| u.to_str().ok()),
                 auth,
                 reason = ex.reason,
+                error = ex.error.as_deref(),
                 attempts = ex.attempts,
                 "request"
             );

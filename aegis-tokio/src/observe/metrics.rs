@@ -363,6 +363,126 @@ impl Metrics {
     }
 }
 
+/// The certificates the TLS listener serves: (file, subject, notAfter in Unix seconds).
+pub fn render_certs(out: &mut String, certs: &[(&str, &str, u64)]) {
+    out.push_str(
+        "# HELP aegis_tls_certificate_not_after_seconds When each served certificate expires (Unix time).\n\
+         # TYPE aegis_tls_certificate_not_after_seconds gauge\n",
+    );
+    for (file, subject, not_after) in certs {
+        let _ = writeln!(
+            out,
+            "aegis_tls_certificate_not_after_seconds{{file=\"{}\",subject=\"{}\"}} {not_after}",
+            esc(file),
+            esc(subject)
+        );
+    }
+}
+
+/// The JWKS of each provider with a `jwks_url`: (section, URL, status).
+pub fn render_jwks(out: &mut String, providers: &[(&str, &str, aegis_policy::JwksStatus)]) {
+    if providers.is_empty() {
+        return;
+    }
+    out.push_str(
+        "# HELP aegis_jwks_up Whether the provider has usable keys (1) or not (0).\n\
+         # TYPE aegis_jwks_up gauge\n",
+    );
+    for (p, url, st) in providers {
+        let _ = writeln!(
+            out,
+            "aegis_jwks_up{{provider=\"{}\",url=\"{}\"}} {}",
+            esc(p),
+            esc(url),
+            u8::from(st.ready)
+        );
+    }
+    out.push_str(
+        "# HELP aegis_jwks_keys Usable keys fetched from the provider's JWKS.\n\
+         # TYPE aegis_jwks_keys gauge\n",
+    );
+    for (p, _, st) in providers {
+        let _ = writeln!(
+            out,
+            "aegis_jwks_keys{{provider=\"{}\"}} {}",
+            esc(p),
+            st.keys
+        );
+    }
+    out.push_str(
+        "# HELP aegis_jwks_stale Whether the keys are past their refresh time because refreshes fail (1).\n\
+         # TYPE aegis_jwks_stale gauge\n",
+    );
+    for (p, _, st) in providers {
+        let _ = writeln!(
+            out,
+            "aegis_jwks_stale{{provider=\"{}\"}} {}",
+            esc(p),
+            u8::from(st.stale)
+        );
+    }
+    out.push_str(
+        "# HELP aegis_jwks_consecutive_failures JWKS fetches that failed since the last success.\n\
+         # TYPE aegis_jwks_consecutive_failures gauge\n",
+    );
+    for (p, _, st) in providers {
+        let _ = writeln!(
+            out,
+            "aegis_jwks_consecutive_failures{{provider=\"{}\"}} {}",
+            esc(p),
+            st.consecutive_failures
+        );
+    }
+    out.push_str(
+        "# HELP aegis_jwks_age_seconds Time since the last successful JWKS fetch.\n\
+         # TYPE aegis_jwks_age_seconds gauge\n",
+    );
+    for (p, _, st) in providers {
+        if let Some(a) = st.age {
+            let _ = writeln!(
+                out,
+                "aegis_jwks_age_seconds{{provider=\"{}\"}} {:.3}",
+                esc(p),
+                a.as_secs_f64()
+            );
+        }
+    }
+    out.push_str(
+        "# HELP aegis_jwks_fetches_total JWKS fetches, by result.\n\
+         # TYPE aegis_jwks_fetches_total counter\n",
+    );
+    for (p, _, st) in providers {
+        let p = esc(p);
+        let _ = writeln!(
+            out,
+            "aegis_jwks_fetches_total{{provider=\"{p}\",result=\"ok\"}} {}",
+            st.counters.fetch_ok
+        );
+        let _ = writeln!(
+            out,
+            "aegis_jwks_fetches_total{{provider=\"{p}\",result=\"error\"}} {}",
+            st.counters.fetch_failed
+        );
+    }
+    out.push_str(
+        "# HELP aegis_jwks_unknown_kid_total Tokens naming an unknown kid: refetched, or refused within jwks_refetch_interval.\n\
+         # TYPE aegis_jwks_unknown_kid_total counter\n",
+    );
+    for (p, _, st) in providers {
+        let p = esc(p);
+        let _ = writeln!(
+            out,
+            "aegis_jwks_unknown_kid_total{{provider=\"{p}\",action=\"refetch\"}} {}",
+            st.counters.unknown_kid_fetches
+        );
+        let _ = writeln!(
+            out,
+            "aegis_jwks_unknown_kid_total{{provider=\"{p}\",action=\"refused\"}} {}",
+            st.counters.unknown_kid_refused
+        );
+    }
+}
+
 /// A Prometheus label value: backslash, quote and newline escaped.
 fn esc(s: &str) -> std::borrow::Cow<'_, str> {
     if !s.contains(['\\', '"', '\n']) {

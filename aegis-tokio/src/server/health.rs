@@ -80,6 +80,7 @@ async fn probe(
             forwarded_host: None,
             request_id: &request_id,
             upgrade: None,
+            tls: false,
         },
     };
     let start = Instant::now();

@@ -49,14 +49,26 @@ async fn accept_loop(
             r = listener.accept() => match r {
                 Ok((stream, addr)) => {
                     let _ = stream.set_nodelay(true);
-                    conns.spawn_local(downstream::serve(
-                        stream,
-                        Peer::new(addr),
-                        shared.clone(),
-                        role,
-                        limits,
-                        stop.clone(),
-                    ));
+                    // The one hook for TLS: a TLS listener's connections handshake first.
+                    match shared.tls.as_ref().filter(|_| role == Listener::Proxy) {
+                        None => conns.spawn_local(downstream::serve(
+                            stream,
+                            Peer::new(addr),
+                            shared.clone(),
+                            role,
+                            limits,
+                            stop.clone(),
+                        )),
+                        Some(tls) => conns.spawn_local(downstream::serve_tls(
+                            stream,
+                            Peer::new(addr),
+                            shared.clone(),
+                            tls.clone(),
+                            role,
+                            limits,
+                            stop.clone(),
+                        )),
+                    };
                 }
                 Err(e) => accept_error(e).await,
             },

@@ -15,6 +15,7 @@
 
 mod health;
 mod listen;
+mod redirect;
 mod reload;
 mod worker;
 
@@ -49,6 +50,32 @@ pub async fn serve(
         .await
 }
 
+/// Fetches every JWKS before the listeners serve: waits for each provider's first keys up to
+/// its `jwks_ready_timeout`, then serves anyway (its routes answer 503 and
+/// `/gateway/health` says so until keys arrive).
+async fn jwks_first_fetch(shared: &Shared) {
+    let rt = shared.runtime.load_full();
+    rt.start_jwks(shared.clock);
+    let waits = rt.jwks.iter().flatten().map(|h| async move {
+        let within = h.config.ready_timeout;
+        if !h.wait_ready(&shared.clock, within).await {
+            let why = h
+                .status(shared.clock.now().mono)
+                .last_error
+                .unwrap_or_else(|| "no answer yet".into());
+            tracing::warn!(
+                "{}: no keys from {} within jwks_ready_timeout ({within:?}): {why}; serving \
+                 anyway, its routes answer 503 until keys arrive",
+                h.section,
+                h.config.url
+            );
+        }
+    });
+    for w in waits {
+        w.await;
+    }
+}
+
 async fn control(
     source: ConfigSource,
     log_format: LogFormat,
@@ -57,6 +84,10 @@ async fn control(
 ) -> Result<(), String> {
     let workers = workers.max(1);
     let shared = Arc::new(Shared::new(source, log_format)?);
+    for w in shared.runtime.load().policy.config().warnings() {
+        tracing::warn!("{w}");
+    }
+    jwks_first_fetch(&shared).await;
     let (server, routes, store) = {
         let rt = shared.runtime.load();
         (
@@ -105,7 +136,21 @@ async fn control(
         }
     }
 
-    crate::say!("listening on http://{addr}");
+    let scheme = if shared.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    crate::say!("listening on {scheme}://{addr}");
+    if let Some(r) = server.tls.as_ref().and_then(|t| t.redirect_listen) {
+        let l = listen::bind(r, false)
+            .map_err(|e| format!("cannot listen on {r} (server.tls.redirect_listen): {e}"))?;
+        crate::say!(
+            "redirect listening on http://{}",
+            l.local_addr().map_err(|e| e.to_string())?
+        );
+        tokio::task::spawn_local(redirect::serve(l, addr.port(), stop.child_token()));
+    }
     let admin = match admin {
         Some(l) => {
             crate::say!(
@@ -124,7 +169,7 @@ async fn control(
     // Health checks: one prober per process, on this thread.
     tokio::task::spawn_local(health::run(shared.clone(), stop.child_token()));
     tracing::info!(
-        "aegis serving {routes} routes on http://{addr} with {workers} worker thread{} ({store} rate-limit store)",
+        "aegis serving {routes} routes on {scheme}://{addr} with {workers} worker thread{} ({store} rate-limit store)",
         if workers == 1 { "" } else { "s" }
     );
     on_ready(addr);

@@ -3,6 +3,7 @@
 //! (in memory, or Redis shared by every gateway instance).
 
 pub mod caps;
+pub mod jwks;
 pub mod redis;
 mod runtime;
 mod shared;

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use aegis_policy::config::RouteConfig;
 use aegis_policy::{Balancer, Config, Policy};
 
+use super::jwks::{FetchedKeys, JwksHandle};
 use super::store::Store;
 use crate::observe::metrics::{Metrics, RouteMetrics};
 use crate::upstream::Target;
@@ -19,6 +20,10 @@ pub struct Runtime {
     pub balancers: Vec<Arc<Mutex<Balancer>>>,
     pub store: Arc<Store>,
     pub routes: Vec<RouteRt>,
+    /// Per auth provider (indexed by `ProviderId`): its JWKS, when it has a `jwks_url`.
+    pub jwks: Vec<Option<Arc<JwksHandle>>>,
+    /// Whom https upstreams and JWKS URLs are trusted to be.
+    pub tls_client: Arc<rustls::ClientConfig>,
 }
 
 /// Per-route data the shell needs on the hot path.
@@ -38,6 +43,7 @@ impl Runtime {
         config: Config,
         old: Option<&Runtime>,
         metrics: &Metrics,
+        now: aegis_policy::Nanos,
     ) -> Result<Runtime, String> {
         let store = match old {
             Some(o) if Store::reusable(&o.policy.config().rate_limit, &config.rate_limit) => {
@@ -47,6 +53,35 @@ impl Runtime {
         };
         let policy = Policy::new(config).map_err(|e| e.to_string())?;
         let config = policy.config();
+        // A provider whose JWKS settings are unchanged keeps its keys (and its fetch task).
+        let jwks = config
+            .providers()
+            .into_iter()
+            .map(|(name, a)| {
+                let j = a.jwks.as_ref()?;
+                let section = if name.is_empty() {
+                    "auth".to_owned()
+                } else {
+                    format!("auth_providers.{name}")
+                };
+                let kept = old.and_then(|o| {
+                    o.jwks
+                        .iter()
+                        .flatten()
+                        .find(|h| h.config == *j && h.section == section)
+                        .cloned()
+                });
+                Some(kept.unwrap_or_else(|| JwksHandle::new(section, j.clone(), now)))
+            })
+            .collect();
+        // Kept across reloads that leave [upstream_tls] as it was (its session cache too).
+        let tls_client = match old {
+            Some(o) if o.policy.config().upstream_tls == config.upstream_tls => {
+                o.tls_client.clone()
+            }
+            _ => crate::tls::client::from_config(&config.upstream_tls)
+                .map_err(|e| format!("upstream_tls: {e}"))?,
+        };
         let balancers = config
             .routes
             .iter()
@@ -85,7 +120,10 @@ impl Runtime {
                 targets: r
                     .targets
                     .iter()
-                    .map(|t| Target::new(&t.authority, &config.upstream))
+                    .map(|t| {
+                        let tls = t.tls.then_some(&tls_client);
+                        Target::new(&t.authority, &config.upstream, tls)
+                    })
                     .collect(),
             })
             .collect();
@@ -94,7 +132,25 @@ impl Runtime {
             store,
             routes,
             policy,
+            jwks,
+            tls_client,
         })
+    }
+
+    /// The fetched keys at `now`, for the policy.
+    pub fn fetched_keys(&self, now: aegis_policy::Nanos) -> FetchedKeys<'_> {
+        FetchedKeys {
+            handles: &self.jwks,
+            now,
+        }
+    }
+
+    /// Starts the fetch tasks of JWKS providers that have none yet (at start and after a
+    /// reload; on the control thread's runtime).
+    pub fn start_jwks(&self, clock: crate::time::Clock) {
+        for h in self.jwks.iter().flatten() {
+            h.start(clock, self.tls_client.clone());
+        }
     }
 }
 

@@ -13,6 +13,7 @@ use super::runtime::Runtime;
 use crate::observe::log::LogFormat;
 use crate::observe::metrics::Metrics;
 use crate::time::Clock;
+use crate::tls::server::{CertStore, TlsServer};
 
 /// The process environment: `${VAR}` values and `public_key_file` contents.
 #[derive(Debug, Clone, Copy, Default)]
@@ -76,6 +77,9 @@ pub struct Shared {
     pub connections_per_ip: PerIp,
     /// Requests in flight per client IP (`server.max_requests_per_ip`).
     pub requests_per_ip: PerIp,
+    /// `[server.tls]`: the proxy listener's TLS (its certificates reload on SIGHUP; turning
+    /// TLS on or off needs a restart).
+    pub tls: Option<TlsServer>,
 }
 
 impl Shared {
@@ -83,10 +87,19 @@ impl Shared {
     pub fn new(source: ConfigSource, log_format: LogFormat) -> Result<Shared, String> {
         let config = source.load()?;
         let admin_on_proxy = config.server.admin_listen.is_none();
+        let tls = match &config.server.tls {
+            None => None,
+            Some(t) => {
+                let store = CertStore::load(t, crate::time::wall().as_secs())
+                    .map_err(|e| format!("server.tls: {e}"))?;
+                Some(TlsServer::new(t, store).map_err(|e| format!("server.tls: {e}"))?)
+            }
+        };
         let metrics = Metrics::default();
-        let rt = Runtime::build(config, None, &metrics)?;
+        let clock = Clock::new();
+        let rt = Runtime::build(config, None, &metrics, clock.now().mono)?;
         Ok(Shared {
-            clock: Clock::new(),
+            clock,
             metrics,
             runtime: ArcSwap::from_pointee(rt),
             log_format,
@@ -95,6 +108,7 @@ impl Shared {
             connections: AtomicUsize::new(0),
             connections_per_ip: PerIp::default(),
             requests_per_ip: PerIp::default(),
+            tls,
         })
     }
 }

@@ -6,7 +6,6 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
-use tokio::net::TcpStream;
 
 use super::pool::{self, Conn, MAX_RESPONSE_HEAD};
 use super::target::Key;
@@ -53,7 +52,7 @@ impl UpBody {
 
     /// The connection of a `101 Switching Protocols`, for a tunnel: the socket and the bytes
     /// the upstream already sent past the head.
-    pub fn into_upgraded(mut self) -> Option<(TcpStream, Vec<u8>)> {
+    pub fn into_upgraded(mut self) -> Option<(super::Stream, Vec<u8>)> {
         let mut conn = self.conn.take()?;
         let early = conn.rbuf.take_filled();
         Some((conn.io, early))

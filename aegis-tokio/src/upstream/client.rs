@@ -25,6 +25,7 @@ use tokio::net::TcpStream;
 
 use super::body::UpBody;
 use super::pool::{self, BodyState, Conn, MAX_RESPONSE_HEAD};
+use super::stream::Stream;
 use super::target::{NoSlot, Target};
 use aegis_policy::retry::resend_on_stale;
 
@@ -42,6 +43,9 @@ const STALE_RETRIES: usize = 4;
 pub enum SendError {
     /// No connection: DNS, refused, or the connect timeout.
     Connect(String),
+    /// An https target's TLS handshake failed (its certificate did not verify, most often):
+    /// the target's fault, like a refused connection.
+    Tls(String),
     /// The connection failed, or the upstream broke HTTP, before a whole response head.
     Exchange(String),
     /// A pooled connection the upstream closed just as the request went out, and the request
@@ -63,6 +67,7 @@ impl fmt::Display for SendError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SendError::Connect(e) => write!(f, "could not connect: {e}"),
+            SendError::Tls(e) => f.write_str(e),
             SendError::Exchange(e) | SendError::Stale(e) => f.write_str(e),
             SendError::Local(e) => write!(f, "the gateway is out of local resources: {e}"),
             SendError::Busy(NoSlot::QueueFull) => {
@@ -410,6 +415,8 @@ pub struct SetHeaders<'a> {
     pub forwarded_for: Option<&'a HeaderValue>,
     pub forwarded_host: Option<&'a HeaderValue>,
     pub request_id: &'a RequestId,
+    /// The client connection is TLS: `X-Forwarded-Proto: https`.
+    pub tls: bool,
     /// The protocol to switch to (`Upgrade: websocket`), when the request asks for a tunnel.
     pub upgrade: Option<&'a HeaderValue>,
 }
@@ -437,7 +444,11 @@ fn put_request_head(out: &mut Vec<u8>, req: &Outgoing<'_>, framing: Option<Frami
     put_header(out, "host", set.host);
     if let Some(f) = set.forwarded_for {
         put_header(out, "x-forwarded-for", f);
-        out.extend_from_slice(b"x-forwarded-proto: http\r\n");
+        out.extend_from_slice(if set.tls {
+            b"x-forwarded-proto: https\r\n"
+        } else {
+            b"x-forwarded-proto: http\r\n"
+        });
     }
     if let Some(h) = set.forwarded_host {
         put_header(out, "x-forwarded-host", h);
@@ -473,8 +484,10 @@ async fn connect(target: &Target, timeout: Duration) -> Result<Box<Conn>, SendEr
         .host()
         .trim_start_matches('[')
         .trim_end_matches(']');
-    let port = authority.port_u16().unwrap_or(80);
-    let io = tokio::time::timeout(timeout, TcpStream::connect((host, port)))
+    let default_port = if target.tls.is_some() { 443 } else { 80 };
+    let port = authority.port_u16().unwrap_or(default_port);
+    let started = Instant::now();
+    let tcp = tokio::time::timeout(timeout, TcpStream::connect((host, port)))
         .await
         .map_err(|_| SendError::Connect(format!("connect timed out after {timeout:?}")))?
         .map_err(|e| {
@@ -484,6 +497,20 @@ async fn connect(target: &Target, timeout: Duration) -> Result<Box<Conn>, SendEr
                 SendError::Connect(e.to_string())
             }
         })?;
-    let _ = io.set_nodelay(true);
+    let _ = tcp.set_nodelay(true);
+    let io = match &target.tls {
+        None => Stream::Plain(tcp),
+        // The handshake shares the connect timeout. Boxed: rare next to pooled reuse.
+        Some((config, name)) => {
+            let left = timeout.saturating_sub(started.elapsed());
+            let handshake =
+                tokio_rustls::TlsConnector::from(config.clone()).connect(name.clone(), tcp);
+            let tls = tokio::time::timeout(left, Box::pin(handshake))
+                .await
+                .map_err(|_| SendError::Tls(format!("TLS handshake timed out after {timeout:?}")))?
+                .map_err(|e| SendError::Tls(format!("TLS handshake failed: {e}")))?;
+            Stream::Tls(Box::new(tls))
+        }
+    };
     Ok(Conn::new(io, target.idle_timeout, target.max_idle))
 }

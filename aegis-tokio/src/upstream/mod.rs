@@ -11,9 +11,11 @@
 mod body;
 mod client;
 mod pool;
+mod stream;
 mod target;
 
 pub use body::UpBody;
 pub use client::{Outgoing, SendError, SetHeaders, Timing, send};
 pub use pool::sweep;
+pub use stream::Stream;
 pub use target::{Key, NoSlot, Target};

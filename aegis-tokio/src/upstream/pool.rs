@@ -14,9 +14,9 @@ use std::collections::VecDeque;
 use std::task::Context;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::stream::Stream;
 use super::target::Key;
 use crate::h1::{self, BodyDecoder, ReadBuf};
 use crate::time::{Stall, Timer};
@@ -29,7 +29,7 @@ pub(super) const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// pointer is cheaper to move (and the response's state rides along without being copied).
 #[derive(Debug)]
 pub(super) struct Conn {
-    pub(super) io: TcpStream,
+    pub(super) io: Stream,
     pub(super) rbuf: ReadBuf,
     /// Pooled and unused until then: closed (set when pooled).
     pub(super) idle_until: Instant,
@@ -58,7 +58,7 @@ pub(super) struct BodyState {
 
 impl Conn {
     /// A fresh connection over `io`, with no response read yet.
-    pub(super) fn new(io: TcpStream, idle_timeout: Duration, max_idle: usize) -> Box<Conn> {
+    pub(super) fn new(io: Stream, idle_timeout: Duration, max_idle: usize) -> Box<Conn> {
         let now = Instant::now();
         Box::new(Conn {
             io,

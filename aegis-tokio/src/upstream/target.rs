@@ -9,6 +9,7 @@ use std::time::Duration;
 use aegis_policy::config::UpstreamConfig;
 use http::HeaderValue;
 use http::uri::Authority;
+use rustls::pki_types::ServerName;
 use tokio::sync::Notify;
 
 /// Where a target's requests go.
@@ -24,14 +25,31 @@ pub struct Target {
     pub max_idle: usize,
     /// Requests in flight to it, bounded.
     pub slots: Arc<Slots>,
+    /// `https://`: the TLS client config and the name its certificate must have (SNI for a
+    /// host name; an IP address is checked against the certificate's IP addresses).
+    pub tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
 }
 
 impl Target {
-    pub fn new(authority: &Authority, upstream: &UpstreamConfig) -> Target {
+    pub fn new(
+        authority: &Authority,
+        upstream: &UpstreamConfig,
+        tls: Option<&Arc<rustls::ClientConfig>>,
+    ) -> Target {
+        let tls = tls.map(|c| {
+            let host = authority
+                .host()
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            let name = ServerName::try_from(host.to_owned())
+                .expect("a validated authority's host is a DNS name or an IP address");
+            (c.clone(), name)
+        });
         Target {
+            pool: key(authority, tls.is_some()),
+            tls,
             host: HeaderValue::from_str(authority.as_str())
                 .expect("a validated authority is a header value"),
-            pool: key(authority),
             authority: authority.clone(),
             idle_timeout: upstream.idle_timeout,
             max_idle: upstream.max_idle_per_target,
@@ -125,11 +143,12 @@ impl Slots {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Key(pub(super) usize);
 
-/// The slot of `authority`, assigned the first time it is seen.
-fn key(authority: &Authority) -> Key {
-    static KEYS: Mutex<Option<HashMap<Authority, usize>>> = Mutex::new(None);
+/// The slot of `authority` over plain TCP or TLS, assigned the first time it is seen (an
+/// `http://` and an `https://` target on one authority never share connections).
+fn key(authority: &Authority, tls: bool) -> Key {
+    static KEYS: Mutex<Option<HashMap<(Authority, bool), usize>>> = Mutex::new(None);
     let mut keys = KEYS.lock().unwrap_or_else(PoisonError::into_inner);
     let keys = keys.get_or_insert_with(HashMap::default);
     let next = keys.len();
-    Key(*keys.entry(authority.clone()).or_insert(next))
+    Key(*keys.entry((authority.clone(), tls)).or_insert(next))
 }
