@@ -381,3 +381,32 @@ fn a_reload_that_drops_a_jwks_url_stops_fetching_it() {
     );
     assert_eq!(status(&gw, "/api", &sign(&a, "a", "alice")), 200);
 }
+
+#[test]
+fn a_rotation_that_drops_a_key_refuses_its_cached_tokens() {
+    let up = Upstream::start("api");
+    let (a, c) = (es256("a"), es256("c"));
+    let idp = Idp::start(vec![a.jwk.clone()]);
+    let gw = Gateway::start(&config(&up, &idp, "jwks_refetch_interval = \"1s\""), &[]);
+    let old = sign(&a, "a", "alice");
+    for _ in 0..6 {
+        assert_eq!(status(&gw, "/api", &old), 200);
+    }
+    let m = gw.get("/gateway/metrics", &[]).text();
+    assert!(
+        !m.contains("aegis_token_cache_hits_total{provider=\"auth_providers.idp\"} 0"),
+        "the token was served from the cache:\n{m}"
+    );
+    // The IdP retires "a" for "c". The gateway learns it from the first token naming "c".
+    idp.set_keys(vec![c.jwk.clone()]);
+    assert_eq!(status(&gw, "/api", &sign(&c, "c", "carol")), 200);
+    assert_eq!(idp.fetches(), 2);
+    // Tokens signed by the retired key are refused, cached or not.
+    for _ in 0..6 {
+        let r = gw.get("/api", &[("authorization", &bearer(&old))]);
+        assert_eq!(
+            (r.status, r.json()["reason"].clone()),
+            (401, json!("unknown_key"))
+        );
+    }
+}

@@ -4,6 +4,7 @@
 //! failed without echoing the token or any key.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -13,6 +14,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
 use serde_json::{Map, Value};
 
 use crate::time::UnixMillis;
+use crate::token_cache::{TokenCache, Window};
 
 // ---------------------------------------------------------------------------------------------
 // The auth section of the config model (validated in config.rs, used here).
@@ -124,7 +126,7 @@ impl KeyFamily {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthConfig {
     /// The allow-list. A token whose header names another algorithm is refused; the header
     /// never chooses the key type.
@@ -137,6 +139,8 @@ pub struct AuthConfig {
     pub audience: Option<String>,
     pub leeway: Duration,
     pub require_exp: bool,
+    /// Accepted tokens remembered per worker thread (0: none); see [`crate::token_cache`].
+    pub token_cache: usize,
     /// Keys with a `kid` (rotation without an IdP): a token naming a kid is checked with it.
     pub keys: Vec<StaticKey>,
     /// Keys fetched from an IdP's JWKS URL (the driver fetches; `crate::jwks` decides when).
@@ -171,7 +175,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One entry of `keys`: a key id and its material.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StaticKey {
     pub kid: String,
     /// When set, the only algorithm this key verifies.
@@ -180,7 +184,7 @@ pub struct StaticKey {
 }
 
 /// A key as configured: an HMAC secret or a public key in PEM.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyMaterial {
     Secret(Secret),
     Pem(String),
@@ -582,6 +586,11 @@ impl Verifier {
         &self.keys
     }
 
+    /// An empty cache of about `entries` tokens for this provider (see [`Verifier::verify_cached`]).
+    pub fn token_cache(&self, entries: usize) -> TokenCache {
+        TokenCache::new(entries, self.leeway_secs)
+    }
+
     /// Whether this provider's keys come from a JWKS URL too.
     pub fn uses_jwks(&self) -> bool {
         self.jwks
@@ -600,13 +609,31 @@ impl Verifier {
         fetched: Option<&KeySet>,
         now: UnixMillis,
     ) -> Result<HeaderValue, AuthFailure> {
-        let mut values = headers.get_all(AUTHORIZATION).iter();
-        let value = values.next().ok_or(AuthFailure::Missing)?;
-        if values.next().is_some() {
-            return Err(AuthFailure::Malformed("more than one Authorization header"));
-        }
-        let token = bearer_token(value)?;
+        let token = request_token(headers)?;
         self.verify_token_with(token, fetched, now)
+    }
+
+    /// [`Verifier::verify_with`] through `cache` (this provider's): a token accepted before
+    /// and still inside its `nbf`/`exp` window costs a lookup. Same answers as without it;
+    /// see [`crate::token_cache`].
+    pub fn verify_cached(
+        &self,
+        headers: &HeaderMap,
+        fetched: Option<&Arc<KeySet>>,
+        cache: &mut TokenCache,
+        now: UnixMillis,
+    ) -> Result<HeaderValue, AuthFailure> {
+        if !cache.is_enabled() || (self.jwks && fetched.is_none()) {
+            return self.verify_with(headers, fetched.map(|k| &**k), now);
+        }
+        let token = request_token(headers)?;
+        cache.use_keys(fetched);
+        if let Some(user) = cache.get(token, now.as_secs()) {
+            return Ok(user);
+        }
+        let (user, window) = self.check_token(token, fetched.map(|k| &**k), now)?;
+        cache.put(token, &user, window);
+        Ok(user)
     }
 
     /// Verifies a bare token (no `Bearer ` prefix).
@@ -623,6 +650,16 @@ impl Verifier {
         fetched: Option<&KeySet>,
         now: UnixMillis,
     ) -> Result<HeaderValue, AuthFailure> {
+        self.check_token(token, fetched, now).map(|(user, _)| user)
+    }
+
+    /// The whole check of a bare token: its identity and the time window it is valid in.
+    fn check_token(
+        &self,
+        token: &str,
+        fetched: Option<&KeySet>,
+        now: UnixMillis,
+    ) -> Result<(HeaderValue, Window), AuthFailure> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| classify_bad_header(token))?;
         let Some((alg, validation)) =
             from_jwt(header.alg).and_then(|a| self.allowed.iter().find(|(x, _)| *x == a))
@@ -658,14 +695,19 @@ impl Verifier {
         &self,
         claims: &Map<String, Value>,
         now: UnixMillis,
-    ) -> Result<HeaderValue, AuthFailure> {
+    ) -> Result<(HeaderValue, Window), AuthFailure> {
         let now = now.as_secs();
+        let mut window = Window {
+            not_before: None,
+            expires: None,
+        };
         match claims.get("exp") {
             Some(v) => {
                 let exp = numeric_date(v).ok_or(AuthFailure::Malformed("exp is not a number"))?;
                 if now >= exp.saturating_add(self.leeway_secs) {
                     return Err(AuthFailure::Expired);
                 }
+                window.expires = Some(exp);
             }
             None if self.require_exp => return Err(AuthFailure::MissingClaim("exp")),
             None => {}
@@ -675,6 +717,7 @@ impl Verifier {
             if now.saturating_add(self.leeway_secs) < nbf {
                 return Err(AuthFailure::NotYetValid);
             }
+            window.not_before = Some(nbf);
         }
         if let Some(iss) = &self.issuer {
             match claims.get("iss") {
@@ -704,7 +747,7 @@ impl Verifier {
             }
         };
         match value {
-            Ok(v) if !v.is_empty() && v.len() <= 256 => Ok(v),
+            Ok(v) if !v.is_empty() && v.len() <= 256 => Ok((v, window)),
             _ => Err(AuthFailure::Malformed(
                 "identity claim is not a header-safe string",
             )),
@@ -731,6 +774,16 @@ fn numeric_date(v: &Value) -> Option<u64> {
         }),
         _ => None,
     }
+}
+
+/// The token of a request's one `Authorization` header.
+fn request_token(headers: &HeaderMap) -> Result<&str, AuthFailure> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let value = values.next().ok_or(AuthFailure::Missing)?;
+    if values.next().is_some() {
+        return Err(AuthFailure::Malformed("more than one Authorization header"));
+    }
+    bearer_token(value)
 }
 
 /// `Bearer <token>`, the scheme matched case-insensitively (RFC 9110 §11.1).
@@ -785,6 +838,7 @@ mod tests {
             audience: None,
             leeway: Duration::from_secs(30),
             require_exp: true,
+            token_cache: 0,
             keys: Vec::new(),
             jwks: None,
         }
@@ -1044,5 +1098,124 @@ mod tests {
         let f = v.verify_token(&t, NOW).unwrap_err();
         assert!(!f.to_string().contains("s3cret") && !f.to_string().contains(&t));
         assert!(!format!("{v:?}").contains("s3cret"));
+    }
+
+    /// The cache is invisible: over any sequence of tokens, times and fetched key sets
+    /// (including a rotation that drops a key, and a refetch of the same keys), the cached
+    /// verifier answers exactly what the plain one does.
+    mod cached {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn jwks_cfg() -> AuthConfig {
+            AuthConfig {
+                keys: vec![keyed("static", "s-static", None)],
+                jwks: Some(JwksConfig {
+                    url: "http://idp.test/jwks".into(),
+                    min_refresh: crate::auth::DEFAULT_MIN_REFRESH,
+                    max_refresh: crate::auth::DEFAULT_MAX_REFRESH,
+                    refetch_interval: crate::auth::DEFAULT_REFETCH_INTERVAL,
+                    max_stale: crate::auth::DEFAULT_MAX_STALE,
+                    timeout: crate::auth::DEFAULT_TIMEOUT,
+                    ready_timeout: crate::auth::DEFAULT_READY_TIMEOUT,
+                }),
+                ..cfg()
+            }
+        }
+
+        fn set(kids: &[&str]) -> Arc<KeySet> {
+            let keys = kids
+                .iter()
+                .map(|k| {
+                    Key::from_material(
+                        Some((*k).to_owned()),
+                        None,
+                        &KeyMaterial::Secret(Secret(format!("s-{k}"))),
+                    )
+                    .unwrap()
+                })
+                .collect();
+            Arc::new(KeySet { keys })
+        }
+
+        /// Tokens around NOW_S: valid, expiring, not yet valid, without exp, badly signed,
+        /// each signed by the unnamed secret, a static kid, or a fetched kid.
+        fn tokens() -> Vec<String> {
+            let mut out = Vec::new();
+            let claims = [
+                json!({"userId": "a", "exp": NOW_S + 100}),
+                json!({"userId": "b", "exp": NOW_S + 5}),
+                json!({"userId": "c", "exp": NOW_S + 100, "nbf": NOW_S + 50}),
+                json!({"userId": "d"}),
+                json!({"sub": 7, "exp": NOW_S + 60, "nbf": NOW_S - 10}),
+                json!({"exp": NOW_S + 60}),
+            ];
+            for c in claims {
+                out.push(hs_kid(c.clone(), "s3cret", None, Algorithm::HS256));
+                out.push(hs_kid(
+                    c.clone(),
+                    "s-static",
+                    Some("static"),
+                    Algorithm::HS256,
+                ));
+                out.push(hs_kid(c.clone(), "s-k1", Some("k1"), Algorithm::HS256));
+                out.push(hs_kid(c.clone(), "s-k2", Some("k2"), Algorithm::HS256));
+                out.push(hs_kid(c, "wrong", Some("k1"), Algorithm::HS256));
+            }
+            out.push("not.a.token".into());
+            out
+        }
+
+        #[test]
+        fn a_rotation_that_drops_a_key_drops_its_tokens() {
+            let v = Verifier::new(&jwks_cfg()).unwrap();
+            let mut cache = v.token_cache(64);
+            let t = hs_kid(
+                json!({"userId": "a", "exp": NOW_S + 100}),
+                "s-k1",
+                Some("k1"),
+                Algorithm::HS256,
+            );
+            let h = with_auth(&format!("Bearer {t}"));
+            let before = set(&["k1", "k2"]);
+            assert_eq!(
+                v.verify_cached(&h, Some(&before), &mut cache, NOW),
+                Ok(HeaderValue::from_static("a"))
+            );
+            assert_eq!(cache.stats().entries, 1);
+            let after = set(&["k2"]);
+            let plain = v.verify_with(&h, Some(&after), NOW);
+            assert!(plain.is_err());
+            assert_eq!(v.verify_cached(&h, Some(&after), &mut cache, NOW), plain);
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(300))]
+            #[test]
+            fn answers_as_without_it(
+                jwks in any::<bool>(),
+                entries in prop_oneof![Just(1usize), Just(4), Just(64)],
+                steps in proptest::collection::vec((0usize..31, 0u64..200, 0usize..4), 1..60),
+            ) {
+                let cfg = if jwks { jwks_cfg() } else { cfg() };
+                let v = Verifier::new(&cfg).unwrap();
+                let mut cache = v.token_cache(entries);
+                let tokens = tokens();
+                // Fetched sets: none (stale), {k1, k2}, the same again (a refetch), {k2}.
+                let both = set(&["k1", "k2"]);
+                let sets = [None, Some(both.clone()), Some(set(&["k1", "k2"])), Some(set(&["k2"]))];
+                let mut t = 0;
+                for (i, dt, k) in steps {
+                    // Time mostly moves forward, as on a worker; sometimes it steps back.
+                    t = if dt < 190 { t + dt / 32 } else { t.saturating_sub(dt - 180) };
+                    let now = UnixMillis((NOW_S - 20 + t) * 1000);
+                    let fetched = if jwks { sets[k].as_ref() } else { None };
+                    let h = with_auth(&format!("Bearer {}", tokens[i]));
+                    let plain = v.verify_with(&h, fetched.map(|f| &**f), now);
+                    let cached = v.verify_cached(&h, fetched, &mut cache, now);
+                    prop_assert_eq!(cached, plain, "token {} at +{}s with set {}", i, t, k);
+                }
+            }
+        }
     }
 }

@@ -586,6 +586,7 @@ struct RawAuth {
     audience: Option<String>,
     leeway: Option<String>,
     require_exp: Option<bool>,
+    token_cache: Option<i64>,
     keys: Option<Vec<RawKey>>,
     jwks_url: Option<String>,
     jwks_min_refresh: Option<String>,
@@ -1707,6 +1708,7 @@ fn validate_auth(
         audience: a.audience,
         leeway: duration(&p("leeway"), a.leeway.as_deref(), DEFAULT_LEEWAY)?,
         require_exp: a.require_exp.unwrap_or(true),
+        token_cache: count(&p("token_cache"), a.token_cache, 1024, 0)?,
         keys,
         jwks,
     };

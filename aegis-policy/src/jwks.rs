@@ -587,6 +587,7 @@ mod tests {
             audience: None,
             leeway: Duration::from_secs(30),
             require_exp: true,
+            token_cache: 0,
             keys: Vec::new(),
             jwks: None,
         }

@@ -52,6 +52,7 @@ pub mod ratelimit;
 pub mod retry;
 pub mod router;
 pub mod time;
+pub mod token_cache;
 
 pub use auth::{AuthFailure, Key, KeyFamily, KeySet, Verifier};
 pub use balancer::{
@@ -71,6 +72,7 @@ pub use ratelimit::{
 };
 pub use router::RouteId;
 pub use time::{Nanos, Now, UnixMillis};
+pub use token_cache::{CacheStats, TokenCache};
 
 // Re-exported so drivers use the same `http` types as the pipeline.
 pub use http;

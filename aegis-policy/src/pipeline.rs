@@ -39,6 +39,7 @@ use crate::ratelimit::{
 };
 use crate::router::{RouteId, RouteMatch, Router, host_without_port};
 use crate::time::{Now, ceil_secs_min1, format_duration};
+use crate::token_cache::TokenCache;
 
 pub const X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -517,6 +518,30 @@ impl Policy {
 
     /// [`Policy::on_request`] with the key sets the driver fetched from JWKS URLs.
     pub fn on_request_with(&self, req: &RequestView<'_>, keys: &dyn KeySource, now: Now) -> Step {
+        self.on_request_cached(req, keys, &mut [], now)
+    }
+
+    /// Empty token caches for [`Policy::on_request_cached`], one per provider, each sized by
+    /// its provider's `token_cache`.
+    pub fn token_caches(&self) -> Vec<TokenCache> {
+        self.config
+            .providers()
+            .into_iter()
+            .zip(&self.verifiers)
+            .map(|((_, a), (_, v))| v.token_cache(a.token_cache))
+            .collect()
+    }
+
+    /// [`Policy::on_request_with`] with the caller's token caches (from
+    /// [`Policy::token_caches`] of this policy; a slice too short for a provider means no
+    /// cache for it). The answers are the same as without them.
+    pub fn on_request_cached(
+        &self,
+        req: &RequestView<'_>,
+        keys: &dyn KeySource,
+        caches: &mut [TokenCache],
+        now: Now,
+    ) -> Step {
         let server = &self.config.server;
         if req.path_and_query.len() > server.max_uri_bytes {
             return Step::Respond(Reply::new(
@@ -607,7 +632,13 @@ impl Policy {
                 } else {
                     None
                 };
-                match verifier.verify_with(req.headers, fetched.as_deref(), now.wall) {
+                let verified = match caches.get_mut(p.0) {
+                    Some(cache) => {
+                        verifier.verify_cached(req.headers, fetched.as_ref(), cache, now.wall)
+                    }
+                    None => verifier.verify_with(req.headers, fetched.as_deref(), now.wall),
+                };
+                match verified {
                     Ok(u) => Some(u),
                     Err(AuthFailure::KeysUnavailable) => {
                         return Step::Respond(keys_unavailable(id));

@@ -147,6 +147,22 @@ pub fn handle(shared: &Shared, rt: &Runtime, parts: &Parts) -> Response<ProxyBod
                 .map(|h| (h.section.as_str(), h.config.url.as_str(), h.status(now)))
                 .collect();
             crate::observe::metrics::render_jwks(&mut text, &jwks);
+            let caches: Vec<(String, aegis_policy::CacheStats)> = rt
+                .policy
+                .config()
+                .providers()
+                .into_iter()
+                .zip(rt.token_caches.stats())
+                .map(|((name, _), st)| {
+                    let section = if name.is_empty() {
+                        "auth".to_owned()
+                    } else {
+                        format!("auth_providers.{name}")
+                    };
+                    (section, st)
+                })
+                .collect();
+            crate::observe::metrics::render_token_caches(&mut text, &caches);
             if let Some(tls) = &shared.tls {
                 let store = tls.store.load();
                 let certs: Vec<(&str, &str, u64)> = store

@@ -174,9 +174,12 @@ where
     // In a block: the ticket and the pick are dead before the upstream exchange's await, so
     // the request's future keeps no room for them (and does not copy them).
     let (fwd, max_body, _held) = {
-        let mut step = rt
-            .policy
-            .on_request_with(&view, &rt.fetched_keys(now.mono), now);
+        let mut step = rt.policy.on_request_cached(
+            &view,
+            &rt.fetched_keys(now.mono),
+            &mut rt.token_caches.mine(),
+            now,
+        );
         if let Step::Respond(r) = &step
             && let Some(p) = rt.policy.unknown_key_provider(r)
             && let Some(h) = &rt.jwks[p.0]
@@ -185,9 +188,12 @@ where
         {
             // The keys were fetched again: the token is checked against them.
             let now = shared.clock.now();
-            step = rt
-                .policy
-                .on_request_with(&view, &rt.fetched_keys(now.mono), now);
+            step = rt.policy.on_request_cached(
+                &view,
+                &rt.fetched_keys(now.mono),
+                &mut rt.token_caches.mine(),
+                now,
+            );
         }
         let ticket = match step {
             Step::Respond(r) => return reply(r, ex),

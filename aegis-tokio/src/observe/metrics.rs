@@ -21,7 +21,7 @@ const STATUS_SLOTS: usize = 600;
 
 /// Counter sets are kept per worker thread (up to this many; more share), each on its own
 /// cache lines: a request only touches its worker's, a scrape adds them up.
-const SHARDS: usize = 8;
+pub const SHARDS: usize = 8;
 
 thread_local! {
     static SHARD: Cell<usize> = const { Cell::new(0) };
@@ -32,7 +32,8 @@ pub fn set_shard(worker: usize) {
     SHARD.set(worker % SHARDS);
 }
 
-fn shard() -> usize {
+/// This thread's shard (0 on threads that are not workers).
+pub fn shard() -> usize {
     SHARD.get()
 }
 
@@ -375,6 +376,49 @@ pub fn render_certs(out: &mut String, certs: &[(&str, &str, u64)]) {
             "aegis_tls_certificate_not_after_seconds{{file=\"{}\",subject=\"{}\"}} {not_after}",
             esc(file),
             esc(subject)
+        );
+    }
+}
+
+/// The token caches of each auth provider: (section, summed over workers).
+pub fn render_token_caches(out: &mut String, providers: &[(String, aegis_policy::CacheStats)]) {
+    if providers.is_empty() {
+        return;
+    }
+    out.push_str(
+        "# HELP aegis_token_cache_hits_total Requests whose token was found in a worker's cache of accepted tokens (no signature check).\n\
+         # TYPE aegis_token_cache_hits_total counter\n",
+    );
+    for (p, st) in providers {
+        let _ = writeln!(
+            out,
+            "aegis_token_cache_hits_total{{provider=\"{}\"}} {}",
+            esc(p),
+            st.hits
+        );
+    }
+    out.push_str(
+        "# HELP aegis_token_cache_misses_total Requests whose token was checked in full (then cached if accepted).\n\
+         # TYPE aegis_token_cache_misses_total counter\n",
+    );
+    for (p, st) in providers {
+        let _ = writeln!(
+            out,
+            "aegis_token_cache_misses_total{{provider=\"{}\"}} {}",
+            esc(p),
+            st.misses
+        );
+    }
+    out.push_str(
+        "# HELP aegis_token_cache_entries Accepted tokens cached, summed over workers.\n\
+         # TYPE aegis_token_cache_entries gauge\n",
+    );
+    for (p, st) in providers {
+        let _ = writeln!(
+            out,
+            "aegis_token_cache_entries{{provider=\"{}\"}} {}",
+            esc(p),
+            st.entries
         );
     }
 }

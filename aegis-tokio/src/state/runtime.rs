@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use aegis_policy::config::RouteConfig;
-use aegis_policy::{Balancer, Config, Policy};
+use aegis_policy::{Balancer, CacheStats, Config, Policy, TokenCache};
 
 use super::jwks::{FetchedKeys, JwksHandle};
 use super::store::Store;
@@ -24,6 +24,51 @@ pub struct Runtime {
     pub jwks: Vec<Option<Arc<JwksHandle>>>,
     /// Whom https upstreams and JWKS URLs are trusted to be.
     pub tls_client: Arc<rustls::ClientConfig>,
+    /// Each worker's caches of accepted tokens.
+    pub token_caches: Arc<TokenCaches>,
+}
+
+/// Per worker (metrics shard), one [`TokenCache`] per auth provider, indexed by
+/// `ProviderId`. A worker locks only its own (threads past the shard count share one), so no
+/// lock is contended across cores on the request path.
+#[derive(Debug)]
+pub struct TokenCaches {
+    shards: Box<[ShardCaches]>,
+}
+
+#[derive(Debug)]
+#[repr(align(128))]
+struct ShardCaches(Mutex<Vec<TokenCache>>);
+
+impl TokenCaches {
+    fn new(policy: &Policy) -> TokenCaches {
+        TokenCaches {
+            shards: (0..crate::observe::metrics::SHARDS)
+                .map(|_| ShardCaches(Mutex::new(policy.token_caches())))
+                .collect(),
+        }
+    }
+
+    /// This worker's caches.
+    pub fn mine(&self) -> std::sync::MutexGuard<'_, Vec<TokenCache>> {
+        lock(&self.shards[crate::observe::metrics::shard()].0)
+    }
+
+    /// Per provider, the sum over workers.
+    pub fn stats(&self) -> Vec<CacheStats> {
+        let mut out: Vec<CacheStats> = Vec::new();
+        for shard in &self.shards {
+            let caches = lock(&shard.0);
+            out.resize(caches.len(), CacheStats::default());
+            for (sum, c) in out.iter_mut().zip(caches.iter()) {
+                let s = c.stats();
+                sum.hits += s.hits;
+                sum.misses += s.misses;
+                sum.entries += s.entries;
+            }
+        }
+        out
+    }
 }
 
 /// Per-route data the shell needs on the hot path.
@@ -127,7 +172,15 @@ impl Runtime {
                     .collect(),
             })
             .collect();
+        // Kept across reloads that leave every provider as it was: their tokens stay valid.
+        let token_caches = match old {
+            Some(o) if o.policy.config().providers() == config.providers() => {
+                o.token_caches.clone()
+            }
+            _ => Arc::new(TokenCaches::new(&policy)),
+        };
         Ok(Runtime {
+            token_caches,
             balancers,
             store,
             routes,
