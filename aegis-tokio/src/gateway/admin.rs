@@ -80,10 +80,27 @@ pub fn handle(shared: &Shared, rt: &Runtime, parts: &Parts) -> Response<ProxyBod
             )
         }
         _ => {
-            let text =
+            let mut text =
                 shared
                     .metrics
                     .render(&stats(shared, rt), rt.store.kind(), rt.store.is_healthy());
+            if let crate::state::store::Store::Redis(r) = &*rt.store {
+                let c = r.counts();
+                use std::fmt::Write;
+                let _ = write!(
+                    text,
+                    "# HELP aegis_store_calls_total Redis calls made (each decides one key's batch of requests).\n\
+                     # TYPE aegis_store_calls_total counter\n\
+                     aegis_store_calls_total {}\n\
+                     # HELP aegis_store_coalesced_total Limited requests decided in another request's Redis call.\n\
+                     # TYPE aegis_store_coalesced_total counter\n\
+                     aegis_store_coalesced_total {}\n\
+                     # HELP aegis_store_cached_refusals_total Limited requests refused from the local negative cache, without a Redis call.\n\
+                     # TYPE aegis_store_cached_refusals_total counter\n\
+                     aegis_store_cached_refusals_total {}\n",
+                    c.calls, c.coalesced, c.cached_refusals
+                );
+            }
             let mut r = Response::new(ProxyBody::full(text));
             r.headers_mut().insert(
                 CONTENT_TYPE,
