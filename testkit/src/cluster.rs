@@ -248,7 +248,7 @@ impl Drop for RedisCluster {
 }
 
 /// `redis-cli -p PORT args...`; an `(error)`-free reply, trimmed, or what went wrong.
-fn cli(port: u16, args: &[&str]) -> Result<String, String> {
+pub(crate) fn cli(port: u16, args: &[&str]) -> Result<String, String> {
     let out = Command::new("redis-cli")
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(args)

@@ -10,8 +10,10 @@
 
 pub mod cluster;
 pub mod h2raw;
+pub mod sentinel;
 
 pub use cluster::RedisCluster;
+pub use sentinel::RedisSentinel;
 
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read, Write};

@@ -326,7 +326,7 @@ impl Inner {
     /// A new connection (bounded by the connect timeout). The supervisor's also loads the
     /// script (on every node of a cluster), so that requests after a (re)connect are one
     /// EVALSHA; a worker's relies on that, and on EVAL when a node answers NOSCRIPT.
-    async fn connect(&self, load_script: bool) -> Result<Conn, String> {
+    async fn connect(&self, load_script: bool) -> Result<(Conn, Option<String>), String> {
         let connect_timeout = self.connect_timeout();
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(connect_timeout))
@@ -336,24 +336,25 @@ impl Inner {
                 Target::Node(client) => client
                     .get_multiplexed_async_connection_with_config(&config)
                     .await
-                    .map(Conn::Node)
+                    .map(|c| (Conn::Node(c), None))
                     .map_err(|e| format!("connect: {e}")),
                 Target::Cluster(client) => client
                     .get_async_connection()
                     .await
-                    .map(Conn::Cluster)
+                    .map(|c| (Conn::Cluster(c), None))
                     .map_err(|e| format!("connect to the cluster: {e}")),
                 Target::Sentinel(s) => {
                     let client = sentinel_primary(s).await?;
+                    let addr = address(client.get_connection_info().addr());
                     client
                         .get_multiplexed_async_connection_with_config(&config)
                         .await
-                        .map(Conn::Node)
+                        .map(|c| (Conn::Node(c), Some(addr)))
                         .map_err(|e| format!("connect to the primary {:?}: {e}", s.primary))
                 }
             }
         };
-        let mut conn = timeout(connect_timeout, made)
+        let (mut conn, primary) = timeout(connect_timeout, made)
             .await
             .map_err(|_| format!("connect timed out after {}ms", connect_timeout.as_millis()))??;
         if load_script {
@@ -364,8 +365,40 @@ impl Inner {
                 .map_err(|_| "SCRIPT LOAD timed out".to_owned())?
                 .map_err(|e| format!("SCRIPT LOAD: {e}"))?;
         }
-        Ok(conn)
+        Ok((conn, primary))
     }
+}
+
+/// `host:port` of a TCP address (what Sentinel answers).
+fn address(addr: &redis::ConnectionAddr) -> String {
+    match addr {
+        redis::ConnectionAddr::Tcp(host, port)
+        | redis::ConnectionAddr::TcpTls { host, port, .. } => {
+            format!("{host}:{port}")
+        }
+        other => format!("{other}"),
+    }
+}
+
+/// The primary's `host:port` as the first Sentinel that answers names it now.
+async fn sentinel_names(s: &SentinelUrl, within: Duration) -> Option<String> {
+    for h in &s.sentinels {
+        let ask = async {
+            let client = Client::open(format!("redis://{h}")).ok()?;
+            let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+            let (host, port): (String, u16) = redis::cmd("SENTINEL")
+                .arg("GET-MASTER-ADDR-BY-NAME")
+                .arg(&s.primary)
+                .query_async(&mut conn)
+                .await
+                .ok()?;
+            Some(format!("{host}:{port}"))
+        };
+        if let Ok(Some(addr)) = timeout(within, ask).await {
+            return Some(addr);
+        }
+    }
+    None
 }
 
 /// Asks the Sentinels for the primary (redis-rs checks its ROLE before answering).
@@ -495,7 +528,7 @@ impl Lane {
         }
         let epoch = inner.epoch.load(Ordering::Acquire);
         match inner.connect(false).await {
-            Ok(conn) => {
+            Ok((conn, _)) => {
                 *lock(&self.conn) = Some((epoch, conn.clone()));
                 Ok((epoch, conn))
             }
@@ -610,15 +643,16 @@ async fn pump_key(lane: Arc<Lane>, key: BatchKey) {
 /// reference, so it ends once every `RedisStore` clone is gone.
 async fn supervise(weak: Weak<Inner>, wake: Arc<Notify>) {
     let mut backoff = BACKOFF_MIN;
-    let mut conn: Option<(u64, Conn)> = None;
+    // The connection, the epoch it was made in, and (Sentinel) the primary it reaches.
+    let mut conn: Option<(u64, Conn, Option<String>)> = None;
     loop {
         let Some(inner) = weak.upgrade() else { return };
         match conn.take() {
             None => {
                 let epoch = inner.epoch.load(Ordering::Acquire);
                 match inner.connect(true).await {
-                    Ok(c) => {
-                        conn = Some((epoch, c));
+                    Ok((c, primary)) => {
+                        conn = Some((epoch, c, primary));
                         inner.mark_up();
                         backoff = BACKOFF_MIN;
                     }
@@ -630,7 +664,7 @@ async fn supervise(weak: Weak<Inner>, wake: Arc<Notify>) {
                     }
                 }
             }
-            Some((epoch, mut c)) => {
+            Some((epoch, mut c, primary)) => {
                 let woken = wake.notified();
                 let command_timeout = inner.command_timeout;
                 // Do not keep the store alive while waiting.
@@ -646,7 +680,7 @@ async fn supervise(weak: Weak<Inner>, wake: Arc<Notify>) {
                 )
                 .await;
                 let Some(inner) = weak.upgrade() else { return };
-                let failure = match ping {
+                let mut failure = match ping {
                     Ok(Ok(_)) => None,
                     Ok(Err(e)) if is_connection_error(&e) => Some(format!("PING: {e}")),
                     // e.g. LOADING: connected, Redis will answer soon
@@ -661,9 +695,20 @@ async fn supervise(weak: Weak<Inner>, wake: Arc<Notify>) {
                         command_timeout.as_millis()
                     )),
                 };
+                // A Sentinel failover whose old primary lives on (demoted later, or never, if
+                // it is cut off) would leave every connection writing to it: move all of
+                // them as soon as the Sentinels name another primary.
+                if let (None, Target::Sentinel(s), Some(was)) = (&failure, &inner.target, &primary)
+                    && let Some(now) = sentinel_names(s, command_timeout).await
+                    && &now != was
+                {
+                    failure = Some(format!("sentinel names a new primary, {now} (was {was})"));
+                }
                 match failure {
                     Some(why) => inner.lost(epoch, &why),
-                    None if inner.epoch.load(Ordering::Acquire) == epoch => conn = Some((epoch, c)),
+                    None if inner.epoch.load(Ordering::Acquire) == epoch => {
+                        conn = Some((epoch, c, primary));
+                    }
                     // Down since this connection was made (a worker's failure): reconnect.
                     None => {}
                 }
