@@ -1,6 +1,8 @@
 //! The Redis Lua mirror (`REDIS_SCRIPT`) and the pure `step` + `decide` agree: the same
 //! seeded random inputs (both algorithms, many keys, window and GCRA edges, clock skew between
-//! gateways) give identical replies, identical stored state and the same TTL.
+//! gateways, batches of `n` coalesced requests) give identical replies, identical stored state
+//! and the same TTL. A batch of `n` is compared with `n` calls of `step` in a row: the script
+//! admits exactly the requests, and leaves exactly the state, the sequential steps would.
 //!
 //! Each input runs in one MULTI/EXEC: PTTL and GET the stored state, EVALSHA, GET it again,
 //! PTTL. The inputs use virtual times while Redis expires keys in real time, so a key written
@@ -9,7 +11,7 @@
 //! state), and it must stay rare; everything else must be identical.
 
 use aegis_policy::config::LimitAlgorithm;
-use aegis_policy::ratelimit::{REDIS_SCRIPT, decide, step};
+use aegis_policy::ratelimit::{REDIS_SCRIPT, decide, step, step_batch};
 use aegis_policy::{ClientKey, CounterKey, CounterRequest, CounterState, Limit, UnixMillis};
 use aegis_testkit::RedisServer;
 
@@ -71,13 +73,13 @@ fn keys(rng: &mut Rng) -> Vec<(CounterKey, Limit)> {
     out
 }
 
-/// The key the script writes: the fixed window's start is appended to KEYS[1].
+/// The key the script writes (KEYS[1]: a fixed window's names its window).
 fn stored_key(req: &CounterRequest) -> String {
-    let (key, _) = req.redis_call(PREFIX);
-    match req.limit.algorithm {
-        LimitAlgorithm::FixedWindow => format!("{key}:{}", req.limit.window_start(req.now)),
-        LimitAlgorithm::Gcra => key,
+    let key = req.redis_key(PREFIX);
+    if req.limit.algorithm == LimitAlgorithm::FixedWindow {
+        assert!(key.ends_with(&format!("}}:{}", req.limit.window_start(req.now))));
     }
+    key
 }
 
 fn state_from(req: &CounterRequest, stored: Option<String>) -> Option<CounterState> {
@@ -108,6 +110,7 @@ fn run(seed: u64, base: u64, ops: usize) {
     let mut last_tat: Vec<Option<u64>> = vec![None; keys.len()];
     let mut now = base + rng.below(1_000_000);
     let (mut admitted, mut denied, mut edges, mut expired_in_flight) = (0u32, 0u32, 0u32, 0u32);
+    let (mut batches, mut split) = (0u32, 0u32);
 
     for op in 0..ops {
         let k = rng.below(keys.len() as u64) as usize;
@@ -148,8 +151,16 @@ fn run(seed: u64, base: u64, ops: usize) {
             limit: *limit,
             now: UnixMillis(t),
         };
-        let (redis_key, args) = req.redis_call(PREFIX);
+        // Mostly single requests; one in five a coalesced batch of 2-12.
+        let n = if rng.below(5) == 0 {
+            2 + rng.below(11)
+        } else {
+            1
+        };
+        let (redis_key, args) = req.redis_call(PREFIX, n);
+        assert_eq!(args[4], n);
         let skey = stored_key(&req);
+        assert_eq!(redis_key, skey);
         type Row = (i64, Option<String>, Vec<i64>, Option<String>, i64);
         let (pttl_before, before, values, after, pttl): Row = redis::pipe()
             .atomic()
@@ -165,6 +176,7 @@ fn run(seed: u64, base: u64, ops: usize) {
             .arg(args[1])
             .arg(args[2])
             .arg(args[3])
+            .arg(args[4])
             .cmd("GET")
             .arg(&skey)
             .cmd("PTTL")
@@ -173,25 +185,63 @@ fn run(seed: u64, base: u64, ops: usize) {
             .unwrap_or_else(|e| panic!("op {op}: redis error {e}"));
 
         let prev = state_from(&req, before);
-        let (mut want, mut ttl) = step(limit, prev, req.now);
-        let got = req
-            .redis_reply(&values)
-            .unwrap_or_else(|e| panic!("op {op}: {e}"));
-        let ctx =
-            || format!("op {op} seed {seed}: key {skey} limit {limit:?} now {t} prev {prev:?}");
-        if got != want && prev.is_some() && (0..=2).contains(&pttl_before) {
-            // The key expired (real time) between the GET and the script.
-            (want, ttl) = step(limit, None, req.now);
+        // The reference: n sequential steps.
+        let sequential = |prev: Option<CounterState>| {
+            let mut state = prev;
+            let mut out = Vec::new();
+            let mut ttl = 0;
+            for _ in 0..n {
+                let (r, t) = step(limit, state, req.now);
+                state = Some(r.state);
+                ttl = t;
+                out.push(r);
+            }
+            (out, ttl)
+        };
+        let (mut want, mut ttl) = sequential(prev);
+        let ctx = || {
+            format!("op {op} seed {seed}: key {skey} limit {limit:?} now {t} n {n} prev {prev:?}")
+        };
+        // The script's reply, read back through the pure model (which checks its count).
+        let got = match req.redis_reply(&values, n) {
+            Ok(b) => b,
+            Err(e) if prev.is_some() && (0..=2).contains(&pttl_before) => {
+                // The key expired (real time) between the GET and the script.
+                expired_in_flight += 1;
+                (want, ttl) = sequential(None);
+                let (b, _) = step_batch(limit, None, req.now, n);
+                assert_eq!(
+                    b.admitted,
+                    want.iter().filter(|r| r.admitted).count() as u64,
+                    "{}: {e}",
+                    ctx()
+                );
+                b
+            }
+            Err(e) => panic!("{}: {e}", ctx()),
+        };
+        let got_replies: Vec<_> = (0..n).map(|i| got.reply(i)).collect();
+        if got_replies != want && prev.is_some() && (0..=2).contains(&pttl_before) {
+            (want, ttl) = sequential(None);
             expired_in_flight += 1;
         }
-        assert_eq!(got, want, "{}", ctx());
-        assert_eq!(
-            decide(limit, &got, req.now),
-            decide(limit, &want, req.now),
-            "{}",
-            ctx()
-        );
-        // What Redis stored is the state the step returned (unless its 1-2 ms TTL already ran
+        assert_eq!(got_replies, want, "{}", ctx());
+        for (g, w) in got_replies.iter().zip(&want) {
+            assert_eq!(
+                decide(limit, g, req.now),
+                decide(limit, w, req.now),
+                "{}",
+                ctx()
+            );
+        }
+        if n > 1 {
+            batches += 1;
+            if got.admitted > 0 && got.admitted < n {
+                split += 1;
+            }
+        }
+        let want = *want.last().expect("n >= 1");
+        // What Redis stored is the state the steps left (unless its 1-2 ms TTL already ran
         // out, in real time, within this EXEC).
         let stored = state_from(&req, after);
         if stored.is_none() && ttl <= 2 {
@@ -222,6 +272,10 @@ fn run(seed: u64, base: u64, ops: usize) {
         "admitted {admitted}, denied {denied}"
     );
     assert!(edges > n / 20, "only {edges} edge inputs");
+    assert!(
+        batches > n / 10 && split > n / 100,
+        "{batches} batches, {split} split between admitted and refused"
+    );
     assert!(
         expired_in_flight < n / 100,
         "{expired_in_flight} inputs raced a real-time expiry: the comparison proves too little"

@@ -1,7 +1,9 @@
 //! The gateway's Redis counter store (`aegis_tokio::state::redis::RedisStore`) against a real
 //! redis-server: same answers as the in-memory store, keys prefixed and always with a TTL,
 //! NOSCRIPT recovery, fail-fast while Redis is down, bounded time while it hangs, and
-//! reconnection by itself when it returns.
+//! reconnection by itself when it returns; concurrent requests of one key coalesced into few
+//! calls that still admit exactly `max` (also across two stores: two gateways), and keys over
+//! their limit refused from the negative cache without a call.
 #![allow(clippy::disallowed_methods)] // real time: deadlines and Unix windows
 
 use std::time::{Duration, Instant};
@@ -150,7 +152,10 @@ async fn keys_are_prefixed_expire_and_noscript_is_recovered() {
     let start = now - now % 60_000;
     assert_eq!(
         keys,
-        [format!("pfx:/f|user:u:{start}"), "pfx:/g|user:u".to_owned()]
+        [
+            format!("pfx:{{/f|user:u}}:{start}"),
+            "pfx:{/g|user:u}".to_owned()
+        ]
     );
     for k in &keys {
         let pttl: i64 = redis::cmd("PTTL")
@@ -250,4 +255,175 @@ async fn hung_redis_is_bounded_by_the_command_timeout() {
     )
     .await;
     assert!(store.apply(&req("/r", "u", limit, now)).await.is_ok());
+}
+
+/// Calls of the script Redis has run (EVALSHA and EVAL), from `INFO commandstats`.
+async fn script_calls(con: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(con)
+        .await
+        .unwrap();
+    info.lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+/// `n` concurrent requests for one key on `stores` (round robin), all at `now`.
+async fn burst(
+    stores: &[RedisStore],
+    n: usize,
+    limit: Limit,
+    now: u64,
+) -> Vec<aegis_policy::CounterReply> {
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let store = stores[i % stores.len()].clone();
+        set.spawn(async move { store.apply(&req("/c", "hot", limit, now)).await });
+    }
+    let mut out = Vec::new();
+    while let Some(r) = set.join_next().await {
+        out.push(r.expect("task").expect("store answered"));
+    }
+    out
+}
+
+/// 300 concurrent requests of one key against `max = 100`: exactly 100 admitted, each with its
+/// own place in line (remaining 99 down to 0), in far fewer Redis calls than requests, for both
+/// algorithms; then the key's further requests are refused from the negative cache without a
+/// call, until a later window.
+#[tokio::test]
+async fn coalesced_requests_admit_exactly_max() {
+    let redis = RedisServer::start();
+    let store = connected(&redis, "co:").await;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    for algorithm in [LimitAlgorithm::FixedWindow, LimitAlgorithm::Gcra] {
+        let limit = Limit {
+            algorithm,
+            max: 100,
+            window_ms: 60_000,
+        };
+        let now = aegis_testkit::unix_millis();
+        let before = store.counts();
+        let calls_before = script_calls(&mut con).await;
+        let replies = burst(std::slice::from_ref(&store), 300, limit, now).await;
+        let admitted: Vec<_> = replies.iter().filter(|r| r.admitted).collect();
+        assert_eq!(admitted.len(), 100, "{algorithm:?}");
+        let mut remaining: Vec<u64> = admitted
+            .iter()
+            .map(|r| aegis_policy::ratelimit::decide(&limit, r, UnixMillis(now)).remaining)
+            .collect();
+        remaining.sort_unstable();
+        assert_eq!(remaining, (0..100).collect::<Vec<u64>>(), "{algorithm:?}");
+        let counts = store.counts();
+        let calls = counts.calls - before.calls;
+        assert_eq!(
+            script_calls(&mut con).await - calls_before,
+            calls,
+            "{algorithm:?}"
+        );
+        assert!(calls < 100, "{algorithm:?}: {calls} calls for 300 requests");
+        assert_eq!(
+            calls
+                + (counts.coalesced - before.coalesced)
+                + (counts.cached_refusals - before.cached_refusals),
+            300,
+            "{algorithm:?}: every request decided once: {counts:?}"
+        );
+
+        // Over its limit: refused here, Redis not asked.
+        let calls_before = script_calls(&mut con).await;
+        let cached_before = store.counts().cached_refusals;
+        for i in 0..50 {
+            let r = store
+                .apply(&req("/c", "hot", limit, now + i))
+                .await
+                .unwrap();
+            assert!(!r.admitted);
+        }
+        assert_eq!(script_calls(&mut con).await, calls_before, "{algorithm:?}");
+        assert_eq!(store.counts().cached_refusals - cached_before, 50);
+        // Another key is not affected.
+        assert!(
+            store
+                .apply(&req("/c", "cold", limit, now))
+                .await
+                .unwrap()
+                .admitted
+        );
+    }
+    // A fixed window's refusal ends with the window: the next one asks Redis again.
+    let short = Limit {
+        algorithm: LimitAlgorithm::FixedWindow,
+        max: 1,
+        window_ms: 1_000,
+    };
+    let now = aegis_testkit::unix_millis();
+    assert!(
+        store
+            .apply(&req("/s", "k", short, now))
+            .await
+            .unwrap()
+            .admitted
+    );
+    assert!(
+        !store
+            .apply(&req("/s", "k", short, now))
+            .await
+            .unwrap()
+            .admitted
+    );
+    let calls_before = script_calls(&mut con).await;
+    assert!(
+        !store
+            .apply(&req("/s", "k", short, now))
+            .await
+            .unwrap()
+            .admitted
+    );
+    assert_eq!(
+        script_calls(&mut con).await,
+        calls_before,
+        "refused from the cache"
+    );
+    let next = short.window_start(UnixMillis(now)) + 1_000;
+    assert!(
+        store
+            .apply(&req("/s", "k", short, next))
+            .await
+            .unwrap()
+            .admitted
+    );
+    assert_eq!(script_calls(&mut con).await, calls_before + 1);
+}
+
+/// Two stores (two gateways) on one Redis, each on its own threads, 400 concurrent requests
+/// of one key spread over both: exactly `max` admitted between them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_stores_share_one_exact_limit() {
+    let redis = RedisServer::start();
+    let a = connected(&redis, "two:").await;
+    let b = connected(&redis, "two:").await;
+    for algorithm in [LimitAlgorithm::FixedWindow, LimitAlgorithm::Gcra] {
+        let limit = Limit {
+            algorithm,
+            max: 100,
+            window_ms: 60_000,
+        };
+        let now = aegis_testkit::unix_millis();
+        let replies = burst(&[a.clone(), b.clone()], 400, limit, now).await;
+        let admitted = replies.iter().filter(|r| r.admitted).count();
+        assert_eq!(admitted, 100, "{algorithm:?}");
+        // Both reached Redis (neither answered everything from the other's cache).
+        assert!(a.counts().calls > 0 && b.counts().calls > 0);
+    }
 }

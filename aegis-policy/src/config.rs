@@ -230,12 +230,82 @@ pub enum OnStoreError {
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoreConfig {
     pub store: StoreKind,
+    /// One Redis (`redis://`, `rediss://`, a Unix socket) or a Sentinel-watched one
+    /// (`redis+sentinel://`); unused when `redis_cluster_nodes` is set.
     pub redis_url: String,
+    /// Redis Cluster seed nodes (`redis://` or `rediss://`, all alike): non-empty selects
+    /// cluster mode.
+    pub redis_cluster_nodes: Vec<String>,
+    /// A private CA that TLS connections to Redis (`rediss://`) trust, instead of the system's.
+    pub redis_tls_ca: Option<TlsCa>,
     pub key_prefix: String,
     pub on_store_error: OnStoreError,
     pub command_timeout: Duration,
     /// Bound on live keys in the in-memory store.
     pub memory_max_keys: usize,
+}
+
+/// A CA certificate file (PEM), read when the config is loaded.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TlsCa {
+    pub path: String,
+    pub pem: String,
+}
+
+impl fmt::Debug for TlsCa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsCa")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Which Redis the counters live in, as the config says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTopology {
+    /// One server (`redis://`, `rediss://`, `redis+unix://`, `unix://`).
+    Node(String),
+    /// Redis Cluster, by its seed nodes.
+    Cluster(Vec<String>),
+    /// A primary found through Sentinel.
+    Sentinel(SentinelUrl),
+}
+
+/// `redis+sentinel://[user:password@]host:port[,host:port...]/<primary name>[/<db>]`: the
+/// Sentinels to ask (without credentials) and the primary they watch (the credentials and db
+/// are the primary's).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SentinelUrl {
+    /// `host:port` of each Sentinel (port 26379 when left out).
+    pub sentinels: Vec<String>,
+    pub primary: String,
+    pub db: i64,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl fmt::Debug for SentinelUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the password.
+        f.debug_struct("SentinelUrl")
+            .field("sentinels", &self.sentinels)
+            .field("primary", &self.primary)
+            .field("db", &self.db)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StoreConfig {
+    /// The Redis these settings name (meaningful with `store = "redis"`).
+    pub fn redis_topology(&self) -> RedisTopology {
+        if !self.redis_cluster_nodes.is_empty() {
+            return RedisTopology::Cluster(self.redis_cluster_nodes.clone());
+        }
+        match parse_sentinel_url(&self.redis_url) {
+            Some(Ok(s)) => RedisTopology::Sentinel(s),
+            _ => RedisTopology::Node(self.redis_url.clone()),
+        }
+    }
 }
 
 /// Upstream HTTP statuses that count as breaker failures: a bitset over 0..640.
@@ -626,6 +696,8 @@ impl Default for RawRouteAuth {
 struct RawStore {
     store: Option<String>,
     redis_url: Option<String>,
+    redis_cluster_nodes: Option<Vec<String>>,
+    redis_tls_ca: Option<String>,
     key_prefix: Option<String>,
     on_store_error: Option<String>,
     command_timeout: Option<String>,
@@ -727,6 +799,8 @@ impl Config {
         if let Some(url) = redis_url {
             check_redis_url(url).map_err(|r| ConfigError::new("REDIS_URL", r))?;
             self.rate_limit.redis_url = url.to_owned();
+            // The variable names the one Redis to use: it replaces cluster nodes too.
+            self.rate_limit.redis_cluster_nodes.clear();
             self.rate_limit.store = StoreKind::Redis;
         }
         if let Some(secret) = jwt_secret {
@@ -940,6 +1014,9 @@ fn socket_addr(path: &str, s: &str) -> Result<SocketAddr, ConfigError> {
 }
 
 fn check_redis_url(url: &str) -> Result<(), String> {
+    if let Some(sentinel) = parse_sentinel_url(url) {
+        return sentinel.map(|_| ());
+    }
     let rest = url
         .strip_prefix("redis://")
         .or_else(|| url.strip_prefix("rediss://"))
@@ -950,6 +1027,113 @@ fn check_redis_url(url: &str) -> Result<(), String> {
         return Err(format!("{url:?} names no host"));
     }
     Ok(())
+}
+
+/// Parses a `redis+sentinel://` URL; `None` when `url` has another scheme. Errors never
+/// repeat the URL (it may hold a password).
+pub fn parse_sentinel_url(url: &str) -> Option<Result<SentinelUrl, String>> {
+    let rest = url.strip_prefix("redis+sentinel://")?;
+    Some(sentinel_parts(rest))
+}
+
+/// `%XX` escapes decoded (URL userinfo); `None` for a bad escape or bytes that are not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn sentinel_parts(rest: &str) -> Result<SentinelUrl, String> {
+    const FORM: &str =
+        "redis+sentinel://[user:password@]host:port[,host:port...]/<primary name>[/<db>]";
+    let (authority, path) = rest
+        .split_once('/')
+        .ok_or_else(|| format!("the sentinel URL names no primary ({FORM})"))?;
+    let (userinfo, hosts) = match authority.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, authority),
+    };
+    let (username, password) = match userinfo {
+        None => (None, None),
+        Some(u) => {
+            let (user, pass) = u.split_once(':').unwrap_or((u, ""));
+            let decode = |s: &str| {
+                percent_decode(s)
+                    .ok_or("the sentinel URL's credentials are not valid percent-encoded UTF-8")
+            };
+            let user = decode(user)?;
+            let pass = decode(pass)?;
+            (
+                (!user.is_empty()).then_some(user),
+                (!pass.is_empty()).then_some(pass),
+            )
+        }
+    };
+    let mut sentinels = Vec::new();
+    for h in hosts.split(',') {
+        let h = h.trim();
+        let (host, port) = match h.strip_prefix('[') {
+            Some(v6) => {
+                let (addr, after) = v6
+                    .split_once(']')
+                    .ok_or_else(|| format!("sentinel {h:?}: unclosed '['"))?;
+                (format!("[{addr}]"), after.strip_prefix(':'))
+            }
+            None => match h.split_once(':') {
+                Some((host, port)) if !port.contains(':') => (host.to_owned(), Some(port)),
+                Some(_) => {
+                    return Err(format!("sentinel {h:?}: write an IPv6 address in brackets"));
+                }
+                None => (h.to_owned(), None),
+            },
+        };
+        if host.is_empty() || host == "[]" {
+            return Err(format!("the sentinel URL has an empty host ({FORM})"));
+        }
+        let port = match port {
+            None => 26379,
+            Some(p) => p
+                .parse::<u16>()
+                .map_err(|_| format!("sentinel {h:?}: {p:?} is not a port number"))?,
+        };
+        sentinels.push(format!("{host}:{port}"));
+    }
+    let mut parts = path.split('/');
+    let primary = parts.next().unwrap_or_default();
+    if primary.is_empty() {
+        return Err(format!("the sentinel URL names no primary ({FORM})"));
+    }
+    let db = match parts.next() {
+        None | Some("") => 0,
+        Some(d) => d
+            .parse::<i64>()
+            .ok()
+            .filter(|d| *d >= 0)
+            .ok_or_else(|| format!("the sentinel URL's db {d:?} is not a number"))?,
+    };
+    if parts.next().is_some() {
+        return Err(format!(
+            "the sentinel URL has too many path segments ({FORM})"
+        ));
+    }
+    Ok(SentinelUrl {
+        sentinels,
+        primary: primary.to_owned(),
+        db,
+        username,
+        password,
+    })
 }
 
 fn validate(raw: RawConfig, env: &dyn ConfigEnv) -> Result<Config, ConfigError> {
@@ -977,7 +1161,7 @@ fn validate(raw: RawConfig, env: &dyn ConfigEnv) -> Result<Config, ConfigError> 
         let a = validate_auth(&section, a, env)?;
         auth_providers.insert(name, a);
     }
-    let rate_limit = validate_store(raw.rate_limit)?;
+    let rate_limit = validate_store(raw.rate_limit, env)?;
     let mut routes = Vec::with_capacity(raw.routes.len());
     if raw.routes.is_empty() {
         return Err(ConfigError::new(
@@ -1729,7 +1913,7 @@ fn bad_algorithm(n: &str) -> String {
     }
 }
 
-fn validate_store(s: RawStore) -> Result<StoreConfig, ConfigError> {
+fn validate_store(s: RawStore, env: &dyn ConfigEnv) -> Result<StoreConfig, ConfigError> {
     let store = match s.store.as_deref().unwrap_or("memory") {
         "memory" => StoreKind::Memory,
         "redis" => StoreKind::Redis,
@@ -1740,8 +1924,41 @@ fn validate_store(s: RawStore) -> Result<StoreConfig, ConfigError> {
             ));
         }
     };
+    let cluster = s.redis_cluster_nodes.unwrap_or_default();
+    if !cluster.is_empty() && s.redis_url.is_some() {
+        return Err(ConfigError::new(
+            "rate_limit.redis_cluster_nodes",
+            "set redis_url (one Redis) or redis_cluster_nodes (Redis Cluster), not both",
+        ));
+    }
     let redis_url = s.redis_url.unwrap_or_else(|| DEFAULT_REDIS_URL.to_owned());
     check_redis_url(&redis_url).map_err(|r| ConfigError::new("rate_limit.redis_url", r))?;
+    let redis_cluster_nodes = validate_cluster_nodes(cluster, store)?;
+    let tls = if redis_cluster_nodes.is_empty() {
+        redis_url.starts_with("rediss://")
+    } else {
+        redis_cluster_nodes[0].starts_with("rediss://")
+    };
+    let redis_tls_ca = match s.redis_tls_ca {
+        None => None,
+        Some(path) => {
+            const KEY: &str = "rate_limit.redis_tls_ca";
+            if !tls {
+                return Err(ConfigError::new(
+                    KEY,
+                    "is set but no rediss:// URL uses it (redis_url or redis_cluster_nodes)",
+                ));
+            }
+            let pem = env.read_file(&path).map_err(|e| ConfigError::new(KEY, e))?;
+            if !pem.contains("-----BEGIN CERTIFICATE-----") {
+                return Err(ConfigError::new(
+                    KEY,
+                    format!("{path:?} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"),
+                ));
+            }
+            Some(TlsCa { path, pem })
+        }
+    };
     let on_store_error = match s.on_store_error.as_deref().unwrap_or("allow") {
         "allow" => OnStoreError::Allow,
         "deny" => OnStoreError::Deny,
@@ -1762,6 +1979,8 @@ fn validate_store(s: RawStore) -> Result<StoreConfig, ConfigError> {
     Ok(StoreConfig {
         store,
         redis_url,
+        redis_cluster_nodes,
+        redis_tls_ca,
         key_prefix: s.key_prefix.unwrap_or_else(|| "aegis:rl:".to_owned()),
         on_store_error,
         command_timeout: positive_duration(
@@ -1771,6 +1990,44 @@ fn validate_store(s: RawStore) -> Result<StoreConfig, ConfigError> {
         )?,
         memory_max_keys: usize::try_from(memory_max_keys).unwrap_or(usize::MAX),
     })
+}
+
+fn validate_cluster_nodes(
+    nodes: Vec<String>,
+    store: StoreKind,
+) -> Result<Vec<String>, ConfigError> {
+    const KEY: &str = "rate_limit.redis_cluster_nodes";
+    if nodes.is_empty() {
+        return Ok(nodes);
+    }
+    if store != StoreKind::Redis {
+        return Err(ConfigError::new(
+            KEY,
+            "cluster nodes are set but store is \"memory\"; set store = \"redis\"",
+        ));
+    }
+    let tls = nodes[0].starts_with("rediss://");
+    for (i, n) in nodes.iter().enumerate() {
+        let at = || format!("{KEY}[{i}]");
+        let rest = n
+            .strip_prefix("redis://")
+            .or_else(|| n.strip_prefix("rediss://"))
+            .ok_or_else(|| {
+                ConfigError::new(at(), format!("{n:?} is not a redis:// or rediss:// URL"))
+            })?;
+        let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+        let host = host.split('/').next().unwrap_or_default();
+        if host.is_empty() {
+            return Err(ConfigError::new(at(), format!("{n:?} names no host")));
+        }
+        if n.starts_with("rediss://") != tls {
+            return Err(ConfigError::new(
+                at(),
+                "mixes redis:// and rediss://: every node of a cluster is reached the same way",
+            ));
+        }
+    }
+    Ok(nodes)
 }
 
 fn validate_breaker(b: RawBreaker, max_timeout: Duration) -> Result<BreakerConfig, ConfigError> {
@@ -2502,5 +2759,123 @@ mod tests {
             c.breaker.failure_statuses.contains(429) && c.breaker.failure_statuses.contains(599)
         );
         assert!(!c.breaker.failure_statuses.contains(404));
+    }
+
+    /// `[rate_limit]`'s Redis keys: cluster mode, Sentinel URLs, a private CA.
+    #[test]
+    fn redis_topologies_and_tls_ca() {
+        struct Files;
+        impl ConfigEnv for Files {
+            fn var(&self, name: &str) -> Option<String> {
+                (name == "JWT_SECRET").then(|| "s3cret".to_owned())
+            }
+            fn read_file(&self, path: &str) -> Result<String, String> {
+                match path {
+                    "ca.pem" => {
+                        Ok("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into())
+                    }
+                    "key.pem" => Ok("-----BEGIN PRIVATE KEY-----\n".into()),
+                    _ => Err(format!("cannot read {path:?}: no such file")),
+                }
+            }
+        }
+        let with = |lines: &str| SEED.replace("store = \"memory\"", lines);
+        let parse = |lines: &str| Config::from_toml(&with(lines), &Files).map(|c| c.rate_limit);
+        let err = |lines: &str| parse(lines).unwrap_err().to_string();
+
+        let c = parse("store = \"redis\"\nredis_cluster_nodes = [\"redis://10.0.0.1:7000\", \"redis://10.0.0.2:7000\"]").unwrap();
+        assert_eq!(
+            c.redis_topology(),
+            RedisTopology::Cluster(vec![
+                "redis://10.0.0.1:7000".into(),
+                "redis://10.0.0.2:7000".into()
+            ])
+        );
+        assert_eq!(
+            err("redis_cluster_nodes = [\"redis://a:1\"]"),
+            "rate_limit.redis_cluster_nodes: cluster nodes are set but store is \"memory\"; set store = \"redis\""
+        );
+        assert_eq!(
+            err(
+                "store = \"redis\"\nredis_url = \"redis://a:1\"\nredis_cluster_nodes = [\"redis://a:1\"]"
+            ),
+            "rate_limit.redis_cluster_nodes: set redis_url (one Redis) or redis_cluster_nodes (Redis Cluster), not both"
+        );
+        assert_eq!(
+            err("store = \"redis\"\nredis_cluster_nodes = [\"redis://a:1\", \"unix:///s\"]"),
+            "rate_limit.redis_cluster_nodes[1]: \"unix:///s\" is not a redis:// or rediss:// URL"
+        );
+        assert_eq!(
+            err("store = \"redis\"\nredis_cluster_nodes = [\"rediss://a:1\", \"redis://b:1\"]"),
+            "rate_limit.redis_cluster_nodes[1]: mixes redis:// and rediss://: every node of a cluster is reached the same way"
+        );
+        assert_eq!(
+            err("store = \"redis\"\nredis_cluster_nodes = [\"redis://\"]"),
+            "rate_limit.redis_cluster_nodes[0]: \"redis://\" names no host"
+        );
+        // REDIS_URL names one Redis: it replaces the cluster.
+        let mut full = Config::from_toml(
+            &with("store = \"redis\"\nredis_cluster_nodes = [\"redis://a:1\"]"),
+            &Files,
+        )
+        .unwrap();
+        full.apply_overrides(None, Some("redis://b:2"), None)
+            .unwrap();
+        assert_eq!(
+            full.rate_limit.redis_topology(),
+            RedisTopology::Node("redis://b:2".into())
+        );
+
+        // Sentinel: hosts (default port 26379), the primary's name, db, credentials.
+        let c = parse("store = \"redis\"\nredis_url = \"redis+sentinel://u:p%40ss@s1:26380,s2,[::1]:5/mymaster/2\"").unwrap();
+        let RedisTopology::Sentinel(s) = c.redis_topology() else {
+            panic!("{c:?}")
+        };
+        assert_eq!(s.sentinels, ["s1:26380", "s2:26379", "[::1]:5"]);
+        assert_eq!((s.primary.as_str(), s.db), ("mymaster", 2));
+        assert_eq!(
+            (s.username.as_deref(), s.password.as_deref()),
+            (Some("u"), Some("p@ss"))
+        );
+        assert!(
+            !format!("{s:?}").contains("p@ss"),
+            "Debug never shows the password"
+        );
+        for (url, why) in [
+            ("redis+sentinel://s1:26379", "names no primary"),
+            ("redis+sentinel://s1:26379/", "names no primary"),
+            ("redis+sentinel://s1:x/m", "\"x\" is not a port number"),
+            ("redis+sentinel://s1,,s2/m", "empty host"),
+            ("redis+sentinel://s1/m/x", "db \"x\" is not a number"),
+            ("redis+sentinel://::1/m", "IPv6 address in brackets"),
+        ] {
+            let e = err(&format!("store = \"redis\"\nredis_url = \"{url}\""));
+            assert!(
+                e.starts_with("rate_limit.redis_url: ") && e.contains(why),
+                "{url}: {e}"
+            );
+        }
+
+        // A private CA: read and checked at load; only with a rediss:// URL.
+        let c =
+            parse("store = \"redis\"\nredis_url = \"rediss://r:6380\"\nredis_tls_ca = \"ca.pem\"")
+                .unwrap();
+        assert_eq!(
+            c.redis_tls_ca.as_ref().map(|ca| ca.path.as_str()),
+            Some("ca.pem")
+        );
+        assert!(parse("store = \"redis\"\nredis_cluster_nodes = [\"rediss://a:1\"]\nredis_tls_ca = \"ca.pem\"").is_ok());
+        assert_eq!(
+            err("store = \"redis\"\nredis_tls_ca = \"ca.pem\""),
+            "rate_limit.redis_tls_ca: is set but no rediss:// URL uses it (redis_url or redis_cluster_nodes)"
+        );
+        assert_eq!(
+            err("redis_url = \"rediss://r:1\"\nredis_tls_ca = \"nope.pem\""),
+            "rate_limit.redis_tls_ca: cannot read \"nope.pem\": no such file"
+        );
+        assert_eq!(
+            err("redis_url = \"rediss://r:1\"\nredis_tls_ca = \"key.pem\""),
+            "rate_limit.redis_tls_ca: \"key.pem\" holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+        );
     }
 }

@@ -67,8 +67,8 @@ pub use pipeline::{
     Reply, RequestView, Step, Ticket, header,
 };
 pub use ratelimit::{
-    ClientKey, CounterKey, CounterReply, CounterRequest, CounterState, CounterStore, FixedHasher,
-    Limit, MemoryStore, RateDecision, StoreError,
+    Batch, ClientKey, CounterKey, CounterReply, CounterRequest, CounterState, CounterStore,
+    FixedHasher, Limit, MemoryStore, NegativeCache, RateDecision, Refusal, StoreError,
 };
 pub use router::RouteId;
 pub use time::{Nanos, Now, UnixMillis};

@@ -3,8 +3,16 @@
 //! The maths is separate from the storage (governor's `measure_and_replace`): [`step`] takes the
 //! stored state and `now` and returns the new state and whether the request was admitted;
 //! [`decide`] turns that reply into the headers a client sees. [`MemoryStore`] runs `step` under
-//! `&mut self`; the Redis store runs [`REDIS_SCRIPT`], which mirrors `step` line for line, and a
-//! test in aegis-tokio feeds both the same inputs.
+//! `&mut self`; the Redis store runs [`REDIS_SCRIPT`], which mirrors [`step_batch`] (that is,
+//! `step` applied `n` times in a row), and a test (tests/redis_parity.rs) feeds both the same
+//! inputs.
+//!
+//! Two decisions serve a store shared by many gateways without giving up exactness:
+//! [`step_batch`] decides `n` requests for one key in one atomic step (a gateway coalesces the
+//! concurrent requests of a key into one Redis call and hands each its place in line with
+//! [`Batch::reply`]), and [`refusal`] says until when a key is certain to refuse every request,
+//! so that a [`NegativeCache`] can answer those locally. Neither ever admits a request the
+//! sequential step would refuse.
 //!
 //! Time here is wall time ([`UnixMillis`]): a Redis shared by several gateways needs one clock.
 //!
@@ -173,6 +181,257 @@ pub fn step(limit: &Limit, prev: Option<CounterState>, now: UnixMillis) -> (Coun
                 )
             }
         }
+    }
+}
+
+/// `n` requests for one key, decided together at one `now`: exactly what `n` calls of [`step`]
+/// in a row would decide, in O(1). The first [`Batch::admitted`] of them in line are admitted
+/// and the rest refused; the stored state moves as the sequential steps would move it (refused
+/// requests do not count).
+///
+/// This is what lets a gateway coalesce the concurrent requests of one key into one store call
+/// (one `INCRBY`-like step instead of `n` round trips) without admitting more: across gateways
+/// each batch is atomic in the store, so two batches see each other's admissions as `n`
+/// sequential requests would.
+#[must_use]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batch {
+    /// Requests decided together.
+    pub n: u64,
+    /// How many of them, the first in line, are admitted.
+    pub admitted: u64,
+    /// The state before the first of them (a fixed window's count in *this* window; a GCRA TAT
+    /// no earlier than `now`).
+    pub before: CounterState,
+    /// GCRA emission interval, microseconds (unused for fixed windows).
+    interval_us: u64,
+}
+
+impl Batch {
+    /// The reply the `i`-th request of the batch (0-based, `i < n`) gets: the one the `i`-th of
+    /// `n` sequential steps would return.
+    pub fn reply(&self, i: u64) -> CounterReply {
+        let admitted = i < self.admitted;
+        // Admissions up to and including this request.
+        let done = if admitted { i + 1 } else { self.admitted };
+        CounterReply {
+            admitted,
+            state: self.after(done),
+        }
+    }
+
+    /// The state once the whole batch is applied (what the store keeps).
+    pub fn state(&self) -> CounterState {
+        self.after(self.admitted)
+    }
+
+    fn after(&self, admissions: u64) -> CounterState {
+        match self.before {
+            CounterState::Fixed {
+                window_start,
+                count,
+            } => CounterState::Fixed {
+                window_start,
+                count: count.saturating_add(admissions),
+            },
+            CounterState::Gcra { tat_us } => CounterState::Gcra {
+                tat_us: tat_us.saturating_add(admissions.saturating_mul(self.interval_us)),
+            },
+        }
+    }
+}
+
+/// Decides `n` requests for one key at `now` from the stored state `prev` (see [`Batch`]).
+/// Returns the batch and how long the new state must be kept (its TTL, at least 1 ms): the
+/// same as [`step`] gives for its last request.
+pub fn step_batch(
+    limit: &Limit,
+    prev: Option<CounterState>,
+    now: UnixMillis,
+    n: u64,
+) -> (Batch, u64) {
+    match limit.algorithm {
+        LimitAlgorithm::FixedWindow => {
+            let start = limit.window_start(now);
+            let count = match prev {
+                Some(CounterState::Fixed {
+                    window_start,
+                    count,
+                }) if window_start == start => count,
+                _ => 0,
+            };
+            let admitted = n.min(limit.max.saturating_sub(count));
+            let ttl = (start + limit.window_ms).saturating_sub(now.0).max(1);
+            let batch = Batch {
+                n,
+                admitted,
+                before: CounterState::Fixed {
+                    window_start: start,
+                    count,
+                },
+                interval_us: 0,
+            };
+            (batch, ttl)
+        }
+        LimitAlgorithm::Gcra => {
+            let now_us = now.0.saturating_mul(1000);
+            let t = limit.interval_us();
+            let burst = t.saturating_mul(limit.max);
+            let tat = match prev {
+                Some(CounterState::Gcra { tat_us }) => tat_us.max(now_us),
+                _ => now_us,
+            };
+            // The k-th request is admitted iff (tat - now) + k·T <= burst.
+            let room = burst.saturating_sub(tat - now_us);
+            let admitted = n.min(room / t);
+            let keep = tat.saturating_add(admitted.saturating_mul(t));
+            let ttl = (keep - now_us).div_ceil(1000).max(1);
+            let batch = Batch {
+                n,
+                admitted,
+                before: CounterState::Gcra { tat_us: tat },
+                interval_us: t,
+            };
+            (batch, ttl)
+        }
+    }
+}
+
+/// A key that refuses every request from `from` (inclusive) until `until` (exclusive), Unix
+/// ms, whatever other gateways sharing the store do meanwhile: see [`refusal`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    /// The state to answer with (the last one the store returned).
+    pub state: CounterState,
+    pub from: UnixMillis,
+    pub until: UnixMillis,
+}
+
+impl Refusal {
+    /// The store's answer for a request at `now`, if this refusal covers it.
+    pub fn answer(&self, now: UnixMillis) -> Option<CounterReply> {
+        (self.from <= now && now < self.until).then_some(CounterReply {
+            admitted: false,
+            state: self.state,
+        })
+    }
+}
+
+/// From the last state a store returned for a key (`state`, seen at `now`): the interval in
+/// which the store is certain to refuse that key, if there is one still to come.
+///
+/// Sound for any number of gateways because a key's state only ever moves toward refusal until
+/// its window ends: a fixed window's count only grows (and is refused once it reaches `max`,
+/// until the window's end), a GCRA TAT only grows (and a request at `t` is refused while
+/// `t < tat + T - burst`). Other gateways' requests can only push both further. So a locally
+/// cached refusal never refuses what the store would admit; it only saves the round trip.
+pub fn refusal(limit: &Limit, state: &CounterState, now: UnixMillis) -> Option<Refusal> {
+    let (from, until) = match *state {
+        CounterState::Fixed {
+            window_start,
+            count,
+        } => {
+            if count < limit.max {
+                return None;
+            }
+            (window_start, window_start.saturating_add(limit.window_ms))
+        }
+        CounterState::Gcra { tat_us } => {
+            let t = limit.interval_us();
+            let burst = t.saturating_mul(limit.max);
+            // First millisecond at which tat + T - now_us <= burst.
+            (
+                0,
+                tat_us
+                    .saturating_add(t)
+                    .saturating_sub(burst)
+                    .div_ceil(1000),
+            )
+        }
+    };
+    (until > now.0).then_some(Refusal {
+        state: *state,
+        from: UnixMillis(from),
+        until: UnixMillis(until),
+    })
+}
+
+/// A bounded map of keys known to be over their limit ([`refusal`]), so that their requests
+/// are refused without a store round trip until their window ends. Keyed by counter and limit:
+/// a reload that changes a route's limit never answers from the old one. When full, expired
+/// entries are dropped first; a new refusal that still does not fit is not cached (the store
+/// answers it, as it would without a cache).
+#[derive(Debug)]
+pub struct NegativeCache<S> {
+    map: HashMap<CounterKey, (Limit, Refusal), S>,
+    max_keys: usize,
+}
+
+impl<S: BuildHasher> NegativeCache<S> {
+    pub fn with_hasher(max_keys: usize, hasher: S) -> Self {
+        NegativeCache {
+            map: HashMap::with_hasher(hasher),
+            max_keys: max_keys.max(1),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// The store's certain answer for `key` under `limit` at `now`, if cached.
+    pub fn check(
+        &mut self,
+        key: &CounterKey,
+        limit: &Limit,
+        now: UnixMillis,
+    ) -> Option<CounterReply> {
+        if self.map.is_empty() {
+            return None;
+        }
+        let (l, r) = self.map.get(key)?;
+        if l == limit {
+            if let Some(reply) = r.answer(now) {
+                return Some(reply);
+            }
+            if now < r.from {
+                // A clock that went back: keep the entry, ask the store.
+                return None;
+            }
+        }
+        self.map.remove(key);
+        None
+    }
+
+    /// Learns from the state the store returned for `key` at `now`.
+    pub fn record(
+        &mut self,
+        key: &CounterKey,
+        limit: &Limit,
+        state: &CounterState,
+        now: UnixMillis,
+    ) {
+        let Some(r) = refusal(limit, state, now) else {
+            if !self.map.is_empty() {
+                self.map.remove(key);
+            }
+            return;
+        };
+        if let Some(slot) = self.map.get_mut(key) {
+            *slot = (*limit, r);
+            return;
+        }
+        if self.map.len() >= self.max_keys {
+            self.map.retain(|_, (_, r)| r.until > now);
+            if self.map.len() >= self.max_keys {
+                return;
+            }
+        }
+        self.map.insert(key.clone(), (*limit, r));
     }
 }
 
@@ -345,86 +604,102 @@ impl BuildHasher for FixedHasher {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The Redis mirror of `step`: kept here, beside the code it mirrors, as data. The adapter sends
-// it with EVALSHA; it must not decide anything the pure step would decide differently.
+// The Redis mirror of `step_batch`: kept here, beside the code it mirrors, as data. The adapter
+// sends it with EVALSHA; it must not decide anything the pure step would decide differently.
 
-/// KEYS[1] = counter key. ARGV = algorithm (0 fixed, 1 gcra), max, window_ms, now_ms.
-/// Returns `{admitted (0/1), a, b}`: fixed → `{admitted, window_start_ms, count}`,
-/// gcra → `{admitted, tat_us_high, tat_us_low}` (split so no value exceeds 2^53 in Lua).
+/// KEYS[1] = the counter's key ([`CounterRequest::redis_key`]: a fixed window's key names its
+/// window, so the script touches exactly the one key it is given, as Redis Cluster requires).
+/// ARGV = algorithm (0 fixed, 1 gcra), max, window_ms, now_ms, n (requests decided together).
+/// Returns `{admitted, a, b}`: how many of the `n` were admitted (the first in line), and the
+/// state *before* them: fixed → `{window_start_ms, count}`, gcra → the TAT no earlier than now,
+/// split as `{tat_us_high, tat_us_low}` (so no reply value nears 2^53). [`step_batch`] from that
+/// state gives every request's reply.
 pub const REDIS_SCRIPT: &str = r#"
 local alg = tonumber(ARGV[1])
 local max = tonumber(ARGV[2])
 local window = tonumber(ARGV[3])
 local now = tonumber(ARGV[4])
+local n = tonumber(ARGV[5])
 if alg == 0 then
   local start = now - (now % window)
-  local key = KEYS[1] .. ':' .. start
-  local count = tonumber(redis.call('GET', key) or '0')
+  local count = tonumber(redis.call('GET', KEYS[1]) or '0')
   local admitted = 0
   if count < max then
-    admitted = 1
-    count = redis.call('INCR', key)
+    admitted = math.min(n, max - count)
+    redis.call('INCRBY', KEYS[1], admitted)
   end
   local ttl = start + window - now
   if ttl < 1 then ttl = 1 end
-  redis.call('PEXPIRE', key, ttl)
+  redis.call('PEXPIRE', KEYS[1], ttl)
   return {admitted, start, count}
 else
   local now_us = now * 1000
   local t = math.floor(window * 1000 / max)
   if t < 1 then t = 1 end
   local burst = t * max
-  local stored = redis.call('GET', KEYS[1])
   local tat = now_us
+  local stored = redis.call('GET', KEYS[1])
   if stored then
     local s = tonumber(stored)
     if s > tat then tat = s end
   end
-  local new_tat = tat + t
   local admitted = 0
-  local keep = tat
-  if new_tat - now_us <= burst then
-    admitted = 1
-    keep = new_tat
-  end
+  local room = burst - (tat - now_us)
+  if room > 0 then admitted = math.min(n, math.floor(room / t)) end
+  local keep = tat + admitted * t
   local ttl = math.ceil((keep - now_us) / 1000)
   if ttl < 1 then ttl = 1 end
   redis.call('SET', KEYS[1], string.format('%.0f', keep), 'PX', ttl)
-  local high = math.floor(keep / 1000000)
-  return {admitted, high, keep - high * 1000000}
+  local high = math.floor(tat / 1000000)
+  return {admitted, high, tat - high * 1000000}
 end
 "#;
 
 impl CounterRequest {
-    /// The Redis key (`<prefix><route>|<client>`; the script appends the fixed window's start)
-    /// and the script's arguments.
-    pub fn redis_call(&self, prefix: &str) -> (String, [u64; 4]) {
+    /// The Redis key of this request's counter: `<prefix>{<route>|<client>}`, and for a fixed
+    /// window `:<window start>` after it. The braces are a Redis Cluster hash tag: every key of
+    /// one counter (each window of it) lives in one slot.
+    pub fn redis_key(&self, prefix: &str) -> String {
+        use std::fmt::Write;
+        let mut key = String::with_capacity(prefix.len() + self.key.route.len() + 48);
+        let _ = write!(key, "{prefix}{{{}}}", self.key);
+        if self.limit.algorithm == LimitAlgorithm::FixedWindow {
+            let _ = write!(key, ":{}", self.limit.window_start(self.now));
+        }
+        key
+    }
+
+    /// The script's key and arguments for `n` requests like this one decided together.
+    pub fn redis_call(&self, prefix: &str, n: u64) -> (String, [u64; 5]) {
         let alg = match self.limit.algorithm {
             LimitAlgorithm::FixedWindow => 0,
             LimitAlgorithm::Gcra => 1,
         };
-        let key = format!("{prefix}{}", self.key);
-        (key, [alg, self.limit.max, self.limit.window_ms, self.now.0])
+        let args = [alg, self.limit.max, self.limit.window_ms, self.now.0, n];
+        (self.redis_key(prefix), args)
     }
 
-    /// Reads the script's reply back into the pure model.
-    pub fn redis_reply(&self, values: &[i64]) -> Result<CounterReply, StoreError> {
+    /// Reads the script's reply to [`CounterRequest::redis_call`] back into the pure model: the
+    /// batch [`step_batch`] decides from the state the script saw. A script that admitted a
+    /// different number than the step would is an error (the mirror is broken), never trusted.
+    pub fn redis_reply(&self, values: &[i64], n: u64) -> Result<Batch, StoreError> {
         let bad = || StoreError(format!("unexpected script reply {values:?}"));
         let [admitted, a, b] = values else {
             return Err(bad());
         };
-        let admitted = match admitted {
-            0 => false,
-            1 => true,
-            _ => return Err(bad()),
-        };
+        let admitted = u64::try_from(*admitted).map_err(|_| bad())?;
         let a = u64::try_from(*a).map_err(|_| bad())?;
         let b = u64::try_from(*b).map_err(|_| bad())?;
-        let state = match self.limit.algorithm {
-            LimitAlgorithm::FixedWindow => CounterState::Fixed {
-                window_start: a,
-                count: b,
-            },
+        let prev = match self.limit.algorithm {
+            LimitAlgorithm::FixedWindow => {
+                if a != self.limit.window_start(self.now) {
+                    return Err(bad());
+                }
+                CounterState::Fixed {
+                    window_start: a,
+                    count: b,
+                }
+            }
             LimitAlgorithm::Gcra => CounterState::Gcra {
                 tat_us: a
                     .checked_mul(1_000_000)
@@ -432,7 +707,14 @@ impl CounterRequest {
                     .ok_or_else(bad)?,
             },
         };
-        Ok(CounterReply { admitted, state })
+        let (batch, _) = step_batch(&self.limit, Some(prev), self.now, n);
+        if batch.admitted != admitted {
+            return Err(StoreError(format!(
+                "the script admitted {admitted} of {n} where the step admits {}: {values:?}",
+                batch.admitted
+            )));
+        }
+        Ok(batch)
     }
 }
 
@@ -548,13 +830,95 @@ mod tests {
         let tat: u64 = 1_800_000_006_123_456;
         let high = (tat / 1_000_000) as i64;
         let low = (tat % 1_000_000) as i64;
-        let reply = r.redis_reply(&[1, high, low]).unwrap();
-        assert_eq!(reply.state, CounterState::Gcra { tat_us: tat });
-        assert!(r.redis_reply(&[2, 0, 0]).is_err());
-        assert!(r.redis_reply(&[1, 0]).is_err());
-        let (key, args) = r.redis_call("aegis:");
-        assert_eq!(key, "aegis:/r|user:a");
-        assert_eq!(args, [1, 10, 60_000, 1_800_000_000_123]);
+        let batch = r.redis_reply(&[1, high, low], 1).unwrap();
+        assert_eq!(batch.before, CounterState::Gcra { tat_us: tat });
+        assert_eq!(
+            batch.reply(0).state,
+            CounterState::Gcra {
+                tat_us: tat + 6_000_000
+            }
+        );
+        // 8 more fit in the burst (room 53.99 s at T = 6 s): a script that says otherwise is
+        // not believed.
+        assert_eq!(r.redis_reply(&[8, high, low], 20).unwrap().admitted, 8);
+        assert!(r.redis_reply(&[9, high, low], 20).is_err());
+        assert!(r.redis_reply(&[2, 0, 0], 1).is_err());
+        assert!(r.redis_reply(&[1, 0], 1).is_err());
+        let (key, args) = r.redis_call("aegis:", 3);
+        assert_eq!(key, "aegis:{/r|user:a}");
+        assert_eq!(args, [1, 10, 60_000, 1_800_000_000_123, 3]);
+        // A fixed window's key names its window, inside the counter's hash tag's slot.
+        let f = req(FIXED, "a", 1_800_000_000_123);
+        assert_eq!(f.redis_key("p:"), "p:{/r|user:a}:1800000000000");
+        let batch = f.redis_reply(&[3, 1_800_000_000_000, 7], 5).unwrap();
+        assert_eq!(
+            batch.state(),
+            CounterState::Fixed {
+                window_start: 1_800_000_000_000,
+                count: 10
+            }
+        );
+        assert!(
+            f.redis_reply(&[3, 1_799_999_940_000, 7], 5).is_err(),
+            "another window"
+        );
+    }
+
+    #[test]
+    fn negative_cache_follows_limits_and_stays_bounded() {
+        let mut c = NegativeCache::with_hasher(2, FixedHasher);
+        let t0 = 1_800_000_000_000;
+        let full = CounterState::Fixed {
+            window_start: t0,
+            count: 10,
+        };
+        let key = |k: &str| req(FIXED, k, t0).key;
+        c.record(&key("a"), &FIXED, &full, UnixMillis(t0 + 5));
+        assert_eq!(
+            c.check(&key("a"), &FIXED, UnixMillis(t0 + 6))
+                .map(|r| r.admitted),
+            Some(false)
+        );
+        // The window's end, a changed limit, an earlier window: the store is asked.
+        assert!(
+            c.check(&key("a"), &FIXED, UnixMillis(t0 + 60_000))
+                .is_none()
+        );
+        assert!(c.is_empty(), "expired entries go");
+        c.record(&key("a"), &FIXED, &full, UnixMillis(t0 + 5));
+        let raised = Limit { max: 11, ..FIXED };
+        assert!(c.check(&key("a"), &raised, UnixMillis(t0 + 6)).is_none());
+        c.record(&key("a"), &FIXED, &full, UnixMillis(t0 + 5));
+        assert!(c.check(&key("a"), &FIXED, UnixMillis(t0 - 1)).is_none());
+        assert_eq!(c.len(), 1, "a clock that went back keeps the entry");
+        // Not full: nothing cached; full: no more than max_keys entries.
+        let room = CounterState::Fixed {
+            window_start: t0,
+            count: 9,
+        };
+        c.record(&key("b"), &FIXED, &room, UnixMillis(t0 + 5));
+        assert_eq!(c.len(), 1);
+        for k in ["b", "c", "d"] {
+            c.record(&key(k), &FIXED, &full, UnixMillis(t0 + 5));
+        }
+        assert_eq!(c.len(), 2);
+        // A key whose store reply has room again is forgotten.
+        c.record(&key("a"), &FIXED, &room, UnixMillis(t0 + 7));
+        assert!(c.check(&key("a"), &FIXED, UnixMillis(t0 + 8)).is_none());
+        // GCRA: refused until the first instant a request fits (tat + T - burst).
+        let tat = (t0 + 60_000) * 1000; // a full burst of 10 x 6 s from t0
+        let r = refusal(&GCRA, &CounterState::Gcra { tat_us: tat }, UnixMillis(t0)).unwrap();
+        assert_eq!(r.until, UnixMillis(t0 + 6_000));
+        assert!(
+            refusal(
+                &GCRA,
+                &CounterState::Gcra {
+                    tat_us: tat - 6_000_000
+                },
+                UnixMillis(t0)
+            )
+            .is_none()
+        );
     }
 
     fn arb_limit(alg: LimitAlgorithm) -> impl Strategy<Value = Limit> {
@@ -605,6 +969,87 @@ mod tests {
                 let n = admitted[i..].iter().take_while(|&&b| b < a + l_ms).count() as u64;
                 prop_assert!(n <= bound, "{} admissions in [{}, {}+{}) > {}", n, a, a, l_ms, bound);
             }
+        }
+
+        /// A batch of `n` decides exactly what `n` sequential steps at the same `now` decide:
+        /// every reply in line, the number admitted (a prefix), the final state and its TTL.
+        #[test]
+        fn batch_is_n_sequential_steps(alg in prop_oneof![Just(LimitAlgorithm::FixedWindow), Just(LimitAlgorithm::Gcra)],
+                                       max in 1u64..12, window_ms in 1u64..5_000,
+                                       prev_kind in 0u8..3, count in 0u64..16,
+                                       tat_off_us in 0u64..30_000_000,
+                                       now_off in 0u64..10_000, n in 1u64..40) {
+            let limit = Limit { algorithm: alg, max, window_ms };
+            let now = UnixMillis(10_000_000 + now_off);
+            let this = limit.window_start(now);
+            let prev = match (prev_kind, alg) {
+                (0, _) => None,
+                (1, LimitAlgorithm::FixedWindow) => Some(CounterState::Fixed { window_start: this, count }),
+                (_, LimitAlgorithm::FixedWindow) => Some(CounterState::Fixed { window_start: this.saturating_sub(window_ms), count }),
+                // A TAT from 10 s in the past to 20 s ahead.
+                (_, LimitAlgorithm::Gcra) => Some(CounterState::Gcra { tat_us: now.0 * 1000 - 10_000_000 + tat_off_us }),
+            };
+            let (batch, ttl) = step_batch(&limit, prev, now, n);
+            let mut state = prev;
+            let mut last_ttl = 0;
+            let mut admitted = 0;
+            for i in 0..n {
+                let (r, t) = step(&limit, state, now);
+                prop_assert_eq!(batch.reply(i), r, "request {} of {}", i, n);
+                prop_assert_eq!(r.admitted, i < batch.admitted, "admitted ones come first");
+                state = Some(r.state);
+                last_ttl = t;
+                admitted += u64::from(r.admitted);
+            }
+            prop_assert_eq!(batch.admitted, admitted);
+            prop_assert_eq!(Some(batch.state()), state);
+            prop_assert_eq!(ttl, last_ttl);
+        }
+
+        /// Gateways with skewed clocks share one store (one Redis key per fixed window, as the
+        /// script keeps them), send batches, and each keeps its own negative cache: a cached
+        /// refusal is always what the store would answer, and no fixed window ever admits more
+        /// than `max`.
+        #[test]
+        fn negative_cache_refuses_only_what_the_store_refuses(
+            alg in prop_oneof![Just(LimitAlgorithm::FixedWindow), Just(LimitAlgorithm::Gcra)],
+            max in 1u64..6, window_ms in 1u64..3_000,
+            skew in prop::array::uniform3(0u64..200),
+            ops in prop::collection::vec((0usize..3, 0usize..2, 0u64..300, 1u64..6), 1..300)) {
+            let limit = Limit { algorithm: alg, max, window_ms };
+            let bucket = |now: UnixMillis| match alg {
+                LimitAlgorithm::FixedWindow => limit.window_start(now),
+                LimitAlgorithm::Gcra => 0,
+            };
+            let mut store: std::collections::BTreeMap<(usize, u64), CounterState> = Default::default();
+            let mut caches: Vec<_> = (0..3).map(|_| NegativeCache::with_hasher(100, FixedHasher)).collect();
+            let mut per_window = std::collections::BTreeMap::new();
+            let mut clock = 10_000_000u64;
+            let mut answered = 0;
+            for (g, k, gap, n) in ops {
+                clock += gap;
+                let now = UnixMillis(clock + skew[g]);
+                let key = req(limit, &k.to_string(), now.0).key;
+                let slot = (k, bucket(now));
+                if let Some(reply) = caches[g].check(&key, &limit, now) {
+                    prop_assert!(!reply.admitted);
+                    let (b, _) = step_batch(&limit, store.get(&slot).copied(), now, 1);
+                    prop_assert_eq!(b.admitted, 0, "cached refusal where the store admits at {}", now.0);
+                    prop_assert_eq!(decide(&limit, &reply, now).allowed, false);
+                    answered += 1;
+                    continue;
+                }
+                let (b, _) = step_batch(&limit, store.get(&slot).copied(), now, n);
+                store.insert(slot, b.state());
+                caches[g].record(&key, &limit, &b.state(), now);
+                *per_window.entry(slot).or_insert(0u64) += b.admitted;
+            }
+            if alg == LimitAlgorithm::FixedWindow {
+                for (w, admitted) in per_window {
+                    prop_assert!(admitted <= max, "window {:?} admitted {}", w, admitted);
+                }
+            }
+            let _ = answered;
         }
 
         /// Remaining never exceeds the limit, a denial always says when to retry, and a request

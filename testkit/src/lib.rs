@@ -8,8 +8,13 @@
 // End-to-end tests live in real time: deadlines and rate-limit windows read the real clocks.
 #![allow(clippy::disallowed_methods)]
 
+pub mod cluster;
 pub mod h2raw;
+pub mod sentinel;
 pub mod tls;
+
+pub use cluster::RedisCluster;
+pub use sentinel::RedisSentinel;
 
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -116,6 +121,25 @@ pub fn aegis_bin() -> PathBuf {
         let mut cmd = Command::new(env!("CARGO"));
         cmd.args(["build", "-p", "aegis-tokio", "--bin", "aegis"])
             .current_dir(env!("CARGO_MANIFEST_DIR"));
+        // Cargo sets these for the test process. Build scripts that watch them (ring's, via
+        // `rerun-if-env-changed`) would see a changed environment and rebuild, and the next
+        // plain `cargo build` would rebuild them back: build as from a shell.
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy();
+            if k.starts_with("CARGO_PKG_")
+                || k.starts_with("CARGO_MANIFEST_")
+                || matches!(
+                    &*k,
+                    "CARGO_CRATE_NAME"
+                        | "CARGO_BIN_NAME"
+                        | "CARGO_PRIMARY_PACKAGE"
+                        | "CARGO_TARGET_TMPDIR"
+                        | "OUT_DIR"
+                )
+            {
+                cmd.env_remove(&*k);
+            }
+        }
         if dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
@@ -229,16 +253,24 @@ pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     dir: TempDir,
+    /// More `redis-server` arguments (e.g. a TLS port and its certificates).
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     /// Starts on a free port and waits until it answers PING.
     pub fn start() -> RedisServer {
+        RedisServer::start_with(&[])
+    }
+
+    /// Like [`RedisServer::start`], with more `redis-server` arguments (the plain port stays,
+    /// for the readiness PING).
+    pub fn start_with(extra: &[String]) -> RedisServer {
         // Another process may grab the port between probe and bind: retry a few times.
         let mut last = String::new();
         for _ in 0..5 {
             let port = free_port();
-            match RedisServer::try_start_on(port) {
+            match RedisServer::try_start_with(port, extra) {
                 Ok(r) => return r,
                 Err(e) => last = e,
             }
@@ -248,11 +280,16 @@ impl RedisServer {
 
     /// Starts on `port` (e.g. to restart on the same address after [`RedisServer::stop`]).
     pub fn try_start_on(port: u16) -> Result<RedisServer, String> {
+        RedisServer::try_start_with(port, &[])
+    }
+
+    fn try_start_with(port: u16, extra: &[String]) -> Result<RedisServer, String> {
         let dir = temp_dir("redis");
         let mut server = RedisServer {
             child: None,
             port,
             dir,
+            extra: extra.to_vec(),
         };
         server.spawn()?;
         Ok(server)
@@ -267,6 +304,7 @@ impl RedisServer {
             .args(["--save", ""])
             .args(["--appendonly", "no"])
             .args(["--dir", &self.dir.path().display().to_string()])
+            .args(&self.extra)
             .stdout(Stdio::from(File::create(&log).expect("redis log file")))
             .stderr(Stdio::null())
             .spawn();
@@ -1045,6 +1083,44 @@ pub fn request(
 pub fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Response {
     request(addr, "GET", path, headers, b"")
         .unwrap_or_else(|e| panic!("GET http://{addr}{path}: {e}"))
+}
+
+/// `n` GETs in flight at once: `n` connections opened (spread round robin over `targets`),
+/// every request written, and only then every response read, so the servers hold all `n`
+/// requests at the same time. One thread, no sleeps; responses in request order.
+pub fn concurrent_gets(
+    targets: &[SocketAddr],
+    path: &str,
+    headers: &[(&str, &str)],
+    n: usize,
+) -> Vec<Response> {
+    let mut extra = String::new();
+    for (k, v) in headers {
+        extra.push_str(&format!("{k}: {v}\r\n"));
+    }
+    let mut conns = Vec::with_capacity(n);
+    for i in 0..n {
+        let addr = targets[i % targets.len()];
+        let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
+            .unwrap_or_else(|e| panic!("connect {addr} (connection {i} of {n}): {e}"));
+        s.set_read_timeout(Some(IO_TIMEOUT)).expect("read timeout");
+        s.set_nodelay(true).expect("nodelay");
+        conns.push((addr, s));
+    }
+    for (addr, s) in &mut conns {
+        let req =
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}\r\n");
+        s.write_all(req.as_bytes())
+            .unwrap_or_else(|e| panic!("write to {addr}: {e}"));
+    }
+    conns
+        .iter_mut()
+        .enumerate()
+        .map(|(i, (addr, s))| {
+            read_response(s, false)
+                .unwrap_or_else(|e| panic!("response {i} of {n} from {addr}: {e}"))
+        })
+        .collect()
 }
 
 /// Writes `bytes` as is and reads one response. A write error is ignored when a response can

@@ -178,6 +178,15 @@ pub fn handle(shared: &Shared, rt: &Runtime, parts: &Parts) -> Response<ProxyBod
                     .collect();
                 crate::observe::metrics::render_certs(&mut text, &certs);
             }
+            if let crate::state::store::Store::Redis(r) = &*rt.store {
+                let c = r.counts();
+                crate::observe::metrics::render_store_counts(
+                    &mut text,
+                    c.calls,
+                    c.coalesced,
+                    c.cached_refusals,
+                );
+            }
             let mut r = Response::new(ProxyBody::full(text));
             r.headers_mut().insert(
                 CONTENT_TYPE,

@@ -365,6 +365,23 @@ impl Metrics {
 }
 
 /// The certificates the TLS listener serves: (file, subject, notAfter in Unix seconds).
+/// The Redis store's call counts: calls made, requests coalesced into another request's call,
+/// refusals served from the negative cache.
+pub fn render_store_counts(out: &mut String, calls: u64, coalesced: u64, cached_refusals: u64) {
+    let _ = write!(
+        out,
+        "# HELP aegis_store_calls_total Redis calls made (each decides one key's batch of requests).\n\
+         # TYPE aegis_store_calls_total counter\n\
+         aegis_store_calls_total {calls}\n\
+         # HELP aegis_store_coalesced_total Limited requests decided in another request's Redis call.\n\
+         # TYPE aegis_store_coalesced_total counter\n\
+         aegis_store_coalesced_total {coalesced}\n\
+         # HELP aegis_store_cached_refusals_total Limited requests refused from the local negative cache, without a Redis call.\n\
+         # TYPE aegis_store_cached_refusals_total counter\n\
+         aegis_store_cached_refusals_total {cached_refusals}\n"
+    );
+}
+
 pub fn render_certs(out: &mut String, certs: &[(&str, &str, u64)]) {
     out.push_str(
         "# HELP aegis_tls_certificate_not_after_seconds When each served certificate expires (Unix time).\n\

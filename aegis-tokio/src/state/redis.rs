@@ -1,31 +1,53 @@
-//! The Redis rate-limit counter store: one EVALSHA of the policy's Lua mirror per decision, over
-//! a multiplexed connection that a background task keeps alive.
+//! The Redis rate-limit counter store: one Redis (`redis://`, `rediss://`, a Unix socket), a
+//! primary found through Sentinel (`redis+sentinel://`), or Redis Cluster. Decisions stay in
+//! aegis-policy: this module moves bytes (`CounterRequest::redis_call` → EVALSHA of
+//! `REDIS_SCRIPT` → `CounterRequest::redis_reply`) and keeps three exactness-preserving
+//! shortcuts, all on the worker that serves the request:
 //!
-//! Decisions stay in aegis-policy: this module only moves bytes
-//! (`CounterRequest::redis_call` → EVALSHA → `CounterRequest::redis_reply`).
+//! * **A connection per worker.** Each worker thread makes its own connection lazily, on its
+//!   own runtime (a [`Lane`]), so a limited request never crosses threads. Health stays
+//!   process-wide: one supervisor on the thread that built the store.
+//! * **Coalescing.** Concurrent requests of one counter on one worker share one Redis call:
+//!   while a call for the key is in flight, later requests queue; the queue goes out as one
+//!   call of `n` (`step_batch`: the script admits the first `max - count` of them atomically)
+//!   and each request gets its place in line (`Batch::reply`). Different keys' calls share the
+//!   connection's writes (redis-rs pipelines whatever is queued when it flushes).
+//! * **A negative cache.** A key the store said is over its limit is refused locally until its
+//!   window ends (`NegativeCache`, sound because counts and TATs only grow).
 //!
 //! ```text
-//!   Starting ──connect ok──▶ Up ◀──────────── reconnect ok (info, once) ──┐
-//!      │                      │                                           │
-//!      └──connect fails──▶ Down ◀── I/O error / timeout / failed PING ────┘
-//!                    (warn, once)        (warn, once per outage)
+//!   Starting ──supervisor connects──▶ Up ◀──────── reconnect ok (info, once) ──┐
+//!      │                               │                                        │
+//!      └──connect fails──▶ Down ◀── worker I/O error / timeout / failed PING ───┘
+//!                     (warn, once)     (warn, once per outage; epoch + 1)
 //! ```
 //!
-//! While Down, `apply` fails at once with a [`StoreError`] (no connection to wait on) and the
-//! pipeline's `on_store_error` decides; the background task retries with capped exponential
-//! backoff. While Up, the task PINGs once a second so that health reflects a Redis that died
-//! while no request was asking.
+//! While not Up, `apply` fails at once with a [`StoreError`] (nothing to wait on) and the
+//! pipeline's `on_store_error` decides; the supervisor reconnects with capped exponential
+//! backoff and, while Up, PINGs once a second so that health reflects a Redis that died while
+//! no request was asking. Every outage moves the *epoch*: a worker's connection made in an
+//! earlier epoch is replaced before its next use, so one outage is logged once, not once per
+//! worker connection that discovers it.
 
+use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
 use std::fmt;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use aegis_policy::config::{RedisTopology, SentinelUrl, StoreConfig};
 use aegis_policy::ratelimit::REDIS_SCRIPT;
-use aegis_policy::{CounterReply, CounterRequest, StoreError};
+use aegis_policy::{
+    Batch, CounterKey, CounterReply, CounterRequest, Limit, NegativeCache, StoreError, UnixMillis,
+};
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, ErrorKind, RedisError, ServerErrorKind};
-use tokio::sync::Notify;
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{
+    AsyncConnectionConfig, Client, Cmd, ErrorKind, RedisError, ServerErrorKind, TlsCertificates,
+};
+use tokio::sync::{Notify, oneshot};
 use tokio::time::{Instant, timeout};
 
 /// First reconnect delay; doubled per failed attempt up to [`BACKOFF_MAX`].
@@ -35,35 +57,67 @@ const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// How often an idle, connected store checks that Redis still answers.
 const PING_EVERY: Duration = Duration::from_secs(1);
-/// Connecting may take longer than one command (TCP + handshake), but not forever.
+/// Connecting may take longer than one command (TCP + TLS + handshake), but not forever.
 const CONNECT_TIMEOUT_MIN: Duration = Duration::from_millis(500);
+/// Keys remembered as over their limit, per worker (about 100 bytes each).
+const NEGATIVE_CACHE_KEYS: usize = 10_000;
 
 const STARTING: u8 = 0;
 const UP: u8 = 1;
 const DOWN: u8 = 2;
 
-/// A handle on the Redis counter store. Cheap to clone; all clones share one connection.
-/// The background task stops soon after the last clone is dropped.
+/// A handle on the Redis counter store. Cheap to clone; clones share the supervisor and the
+/// workers' connections. The supervisor stops soon after the last clone is dropped, and each
+/// worker's connection with it.
 #[derive(Clone, Debug)]
 pub struct RedisStore {
     inner: Arc<Inner>,
 }
 
+/// How to reach Redis. Built once per store: the size difference does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Target {
+    Node(Client),
+    Cluster(ClusterClient),
+    Sentinel(SentinelUrl),
+}
+
+/// One live connection, of whichever kind. Clones share it.
+#[derive(Clone)]
+enum Conn {
+    Node(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl Conn {
+    async fn query<T: redis::FromRedisValue>(&mut self, cmd: &Cmd) -> Result<T, RedisError> {
+        match self {
+            Conn::Node(c) => cmd.query_async(c).await,
+            Conn::Cluster(c) => cmd.query_async(c).await,
+        }
+    }
+}
+
 struct Inner {
-    client: Client,
+    /// Tells this store's worker lanes from those of a store an earlier config built.
+    id: u64,
+    target: Target,
     prefix: String,
     command_timeout: Duration,
     /// SHA1 of [`REDIS_SCRIPT`], computed once.
     sha: String,
-    /// The live connection and its generation (so that an error seen on an old connection
-    /// never drops a newer one). Held only to clone or swap: never across an `.await`.
-    conn: Mutex<Option<(u64, MultiplexedConnection)>>,
     state: AtomicU8,
-    /// Wakes the background task when a request saw the connection fail.
+    /// Moves on every transition to Down: connections made before it are not used again.
+    epoch: AtomicU64,
+    /// Wakes the supervisor when a worker saw its connection fail.
     wake: Arc<Notify>,
     /// Why the store is down (for error messages while it is) and since when (for the log line
     /// that ends the outage).
     down: Mutex<(String, Option<Instant>)>,
+    /// Redis calls made, and requests answered without one (for the metrics).
+    calls: AtomicU64,
+    coalesced: AtomicU64,
+    cached_refusals: AtomicU64,
 }
 
 impl fmt::Debug for Inner {
@@ -77,89 +131,164 @@ impl fmt::Debug for Inner {
     }
 }
 
+/// What the store did without Redis, since it was made (for `/gateway/metrics`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RedisCounts {
+    /// Redis calls (each decides one key's batch of requests).
+    pub calls: u64,
+    /// Requests decided by another request's call (coalesced into it).
+    pub coalesced: u64,
+    /// Requests refused from the negative cache, with no call.
+    pub cached_refusals: u64,
+}
+
 impl RedisStore {
-    /// No I/O here: connects in the background; the gateway starts even while Redis is down.
-    /// Fails on a malformed URL or when called outside a tokio runtime.
+    /// One Redis at `url` (no cluster, no CA): for tests and tools.
     pub fn new(
         url: &str,
         key_prefix: &str,
         command_timeout: Duration,
     ) -> Result<RedisStore, String> {
         let client = Client::open(url).map_err(|e| format!("redis url: {e}"))?;
+        RedisStore::start(Target::Node(client), key_prefix, command_timeout)
+    }
+
+    /// The store `[rate_limit]` describes. No I/O here: it connects in the background, and the
+    /// gateway starts even while Redis is down. Fails on a URL or certificate redis-rs refuses,
+    /// or when called outside a tokio runtime.
+    pub fn from_config(c: &StoreConfig) -> Result<RedisStore, String> {
+        // rediss:// runs on rustls with ring. Installed as the process default (a provider
+        // installed before is kept), so that redis-rs's `ClientConfig::builder()` finds one
+        // whatever rustls features other crates turn on.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let certs = c.redis_tls_ca.as_ref().map(|ca| TlsCertificates {
+            client_tls: None,
+            root_cert: Some(ca.pem.clone().into_bytes()),
+        });
+        let target = match c.redis_topology() {
+            RedisTopology::Node(url) => Target::Node(
+                match certs {
+                    Some(certs) => Client::build_with_tls(url.as_str(), certs),
+                    None => Client::open(url.as_str()),
+                }
+                .map_err(|e| format!("rate_limit.redis_url: {e}"))?,
+            ),
+            RedisTopology::Cluster(nodes) => {
+                let connect = c.command_timeout.max(CONNECT_TIMEOUT_MIN);
+                let mut b = redis::cluster::ClusterClientBuilder::new(nodes)
+                    .connection_timeout(connect)
+                    .response_timeout(connect);
+                if let Some(certs) = certs {
+                    b = b.certs(certs);
+                }
+                Target::Cluster(
+                    b.build()
+                        .map_err(|e| format!("rate_limit.redis_cluster_nodes: {e}"))?,
+                )
+            }
+            RedisTopology::Sentinel(s) => Target::Sentinel(s),
+        };
+        RedisStore::start(target, &c.key_prefix, c.command_timeout)
+    }
+
+    fn start(
+        target: Target,
+        key_prefix: &str,
+        command_timeout: Duration,
+    ) -> Result<RedisStore, String> {
+        static IDS: AtomicU64 = AtomicU64::new(1);
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| "the redis store must be created inside a tokio runtime".to_owned())?;
         let inner = Arc::new(Inner {
-            client,
+            id: IDS.fetch_add(1, Ordering::Relaxed),
+            target,
             prefix: key_prefix.to_owned(),
             command_timeout,
             sha: redis::Script::new(REDIS_SCRIPT).get_hash().to_owned(),
-            conn: Mutex::new(None),
             state: AtomicU8::new(STARTING),
+            epoch: AtomicU64::new(0),
             wake: Arc::new(Notify::new()),
             down: Mutex::new(("not connected yet".to_owned(), None)),
+            calls: AtomicU64::new(0),
+            coalesced: AtomicU64::new(0),
+            cached_refusals: AtomicU64::new(0),
         });
         runtime.spawn(supervise(Arc::downgrade(&inner), inner.wake.clone()));
         Ok(RedisStore { inner })
     }
 
-    /// One EVALSHA round trip of `REDIS_SCRIPT` (EVAL when Redis answers NOSCRIPT, which also
-    /// caches it), bounded by `command_timeout`. Fails at once while Redis is unreachable.
+    /// Decides `req` on the calling worker's connection: from the negative cache, or in the
+    /// next call for its key (alone, or coalesced with the key's other waiting requests),
+    /// bounded by `command_timeout`. Fails at once while Redis is unreachable.
     pub async fn apply(&self, req: &CounterRequest) -> Result<CounterReply, StoreError> {
-        let inner = &*self.inner;
-        let Some((generation, mut conn)) = inner.connection() else {
-            return Err(StoreError(format!(
-                "redis unavailable: {}",
-                lock(&inner.down).0
-            )));
-        };
-        let (key, args) = req.redis_call(&inner.prefix);
-        let result = timeout(inner.command_timeout, async {
-            match eval(&mut conn, "EVALSHA", &inner.sha, &key, &args).await {
-                Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                    eval(&mut conn, "EVAL", REDIS_SCRIPT, &key, &args).await
+        let inner = &self.inner;
+        let lane = Lane::of(inner);
+        if let Some(reply) = lock(&lane.negative).check(&req.key, &req.limit, req.now) {
+            inner.cached_refusals.fetch_add(1, Ordering::Relaxed);
+            return Ok(reply);
+        }
+        if !inner.is_up() {
+            return Err(inner.unavailable());
+        }
+        let (tx, rx) = oneshot::channel();
+        let waiter = Waiter { now: req.now, tx };
+        let key = BatchKey::of(req);
+        let pump = {
+            let mut queues = lock(&lane.queues);
+            match queues.get_mut(&key) {
+                Some(waiting) => {
+                    waiting.push(waiter);
+                    None
                 }
-                other => other,
+                None => {
+                    queues.insert(key.clone(), vec![waiter]);
+                    Some(key)
+                }
             }
-        })
-        .await;
-        match result {
-            Ok(Ok(values)) => req.redis_reply(&values),
-            Ok(Err(e)) if is_connection_error(&e) => {
-                let why = format!("{e}");
-                inner.lost(generation, &why);
-                Err(StoreError(format!("redis: {why}")))
-            }
-            // A script or type error: Redis is up, this request just failed.
-            Ok(Err(e)) => Err(StoreError(format!("redis: {e}"))),
-            Err(_) => {
-                let why = format!("no reply within {}ms", inner.command_timeout.as_millis());
-                // A connection that stops answering is replaced: it may be half-open.
-                inner.lost(generation, &why);
-                Err(StoreError(format!("redis: {why}")))
-            }
+        };
+        if let Some(key) = pump {
+            // On this worker's runtime: the key's calls run on the thread that serves it.
+            tokio::spawn(pump_key(lane, key));
+        }
+        match timeout(inner.command_timeout, rx).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(StoreError("redis: the store was dropped".to_owned())),
+            Err(_) => Err(StoreError(format!(
+                "redis: no reply within {}ms",
+                inner.command_timeout.as_millis()
+            ))),
         }
     }
 
     /// False while Redis is unreachable (for /gateway/health and metrics).
     pub fn is_healthy(&self) -> bool {
-        self.inner.state.load(Ordering::Acquire) == UP
+        self.inner.is_up()
+    }
+
+    /// What the store did since it was made.
+    pub fn counts(&self) -> RedisCounts {
+        RedisCounts {
+            calls: self.inner.calls.load(Ordering::Relaxed),
+            coalesced: self.inner.coalesced.load(Ordering::Relaxed),
+            cached_refusals: self.inner.cached_refusals.load(Ordering::Relaxed),
+        }
     }
 }
 
 impl Inner {
-    fn connection(&self) -> Option<(u64, MultiplexedConnection)> {
-        lock(&self.conn).clone()
+    fn is_up(&self) -> bool {
+        self.state.load(Ordering::Acquire) == UP
     }
 
-    /// A request (or the PING) saw connection `generation` fail: drop it, log the outage if it
-    /// is new, and let the background task reconnect.
-    fn lost(&self, generation: u64, why: &str) {
-        {
-            let mut conn = lock(&self.conn);
-            if !matches!(&*conn, Some((g, _)) if *g == generation) {
-                return; // already replaced or dropped by someone else
-            }
-            *conn = None;
+    fn unavailable(&self) -> StoreError {
+        StoreError(format!("redis unavailable: {}", lock(&self.down).0))
+    }
+
+    /// A connection of `epoch` failed (a worker's, or the supervisor's): if no newer outage was
+    /// noticed since, this is a new one: log it, and let the supervisor reconnect.
+    fn lost(&self, epoch: u64, why: &str) {
+        if self.epoch.load(Ordering::Acquire) != epoch {
+            return; // an outage already noticed; the connection is being replaced
         }
         self.mark_down(why);
         self.wake.notify_one();
@@ -169,6 +298,7 @@ impl Inner {
         let mut down = lock(&self.down);
         down.0 = why.to_owned();
         if self.state.swap(DOWN, Ordering::AcqRel) != DOWN {
+            self.epoch.fetch_add(1, Ordering::AcqRel);
             down.1 = Some(Instant::now());
             tracing::warn!(
                 error = why,
@@ -189,52 +319,115 @@ impl Inner {
         }
     }
 
-    async fn connect(&self) -> Result<MultiplexedConnection, String> {
-        let connect_timeout = self.command_timeout.max(CONNECT_TIMEOUT_MIN);
+    fn connect_timeout(&self) -> Duration {
+        self.command_timeout.max(CONNECT_TIMEOUT_MIN)
+    }
+
+    /// A new connection (bounded by the connect timeout). The supervisor's also loads the
+    /// script (on every node of a cluster), so that requests after a (re)connect are one
+    /// EVALSHA; a worker's relies on that, and on EVAL when a node answers NOSCRIPT.
+    async fn connect(&self, load_script: bool) -> Result<(Conn, Option<String>), String> {
+        let connect_timeout = self.connect_timeout();
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(connect_timeout))
             .set_response_timeout(Some(connect_timeout));
-        let mut conn = timeout(
-            connect_timeout,
-            self.client
-                .get_multiplexed_async_connection_with_config(&config),
-        )
-        .await
-        .map_err(|_| format!("connect timed out after {}ms", connect_timeout.as_millis()))?
-        .map_err(|e| format!("connect: {e}"))?;
-        // Load the script now, so the first request after a (re)connect is one EVALSHA.
-        timeout(
-            connect_timeout,
-            redis::cmd("SCRIPT")
-                .arg("LOAD")
-                .arg(REDIS_SCRIPT)
-                .query_async::<String>(&mut conn),
-        )
-        .await
-        .map_err(|_| "SCRIPT LOAD timed out".to_owned())?
-        .map_err(|e| format!("SCRIPT LOAD: {e}"))?;
-        Ok(conn)
+        let made = async {
+            match &self.target {
+                Target::Node(client) => client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await
+                    .map(|c| (Conn::Node(c), None))
+                    .map_err(|e| format!("connect: {e}")),
+                Target::Cluster(client) => client
+                    .get_async_connection()
+                    .await
+                    .map(|c| (Conn::Cluster(c), None))
+                    .map_err(|e| format!("connect to the cluster: {e}")),
+                Target::Sentinel(s) => {
+                    let client = sentinel_primary(s).await?;
+                    let addr = address(client.get_connection_info().addr());
+                    client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await
+                        .map(|c| (Conn::Node(c), Some(addr)))
+                        .map_err(|e| format!("connect to the primary {:?}: {e}", s.primary))
+                }
+            }
+        };
+        let (mut conn, primary) = timeout(connect_timeout, made)
+            .await
+            .map_err(|_| format!("connect timed out after {}ms", connect_timeout.as_millis()))??;
+        if load_script {
+            let mut load = redis::cmd("SCRIPT");
+            load.arg("LOAD").arg(REDIS_SCRIPT);
+            timeout(connect_timeout, conn.query::<redis::Value>(&load))
+                .await
+                .map_err(|_| "SCRIPT LOAD timed out".to_owned())?
+                .map_err(|e| format!("SCRIPT LOAD: {e}"))?;
+        }
+        Ok((conn, primary))
     }
 }
 
-async fn eval(
-    conn: &mut MultiplexedConnection,
-    command: &str,
-    script_or_sha: &str,
-    key: &str,
-    args: &[u64; 4],
-) -> Result<Vec<i64>, RedisError> {
-    let mut cmd = redis::cmd(command);
-    cmd.arg(script_or_sha).arg(1).arg(key);
-    for a in args {
-        cmd.arg(*a);
+/// `host:port` of a TCP address (what Sentinel answers).
+fn address(addr: &redis::ConnectionAddr) -> String {
+    match addr {
+        redis::ConnectionAddr::Tcp(host, port)
+        | redis::ConnectionAddr::TcpTls { host, port, .. } => {
+            format!("{host}:{port}")
+        }
+        other => format!("{other}"),
     }
-    cmd.query_async(conn).await
 }
 
-/// Errors after which the connection cannot be trusted: replace it.
+/// The primary's `host:port` as the first Sentinel that answers names it now.
+async fn sentinel_names(s: &SentinelUrl, within: Duration) -> Option<String> {
+    for h in &s.sentinels {
+        let ask = async {
+            let client = Client::open(format!("redis://{h}")).ok()?;
+            let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+            let (host, port): (String, u16) = redis::cmd("SENTINEL")
+                .arg("GET-MASTER-ADDR-BY-NAME")
+                .arg(&s.primary)
+                .query_async(&mut conn)
+                .await
+                .ok()?;
+            Some(format!("{host}:{port}"))
+        };
+        if let Ok(Some(addr)) = timeout(within, ask).await {
+            return Some(addr);
+        }
+    }
+    None
+}
+
+/// Asks the Sentinels for the primary (redis-rs checks its ROLE before answering).
+async fn sentinel_primary(s: &SentinelUrl) -> Result<Client, String> {
+    use redis::sentinel::{Sentinel, SentinelNodeConnectionInfo};
+    let urls: Vec<String> = s.sentinels.iter().map(|h| format!("redis://{h}")).collect();
+    let mut sentinel = Sentinel::build(urls).map_err(|e| format!("sentinel: {e}"))?;
+    let mut info = redis::RedisConnectionInfo::default().set_db(s.db);
+    if let Some(u) = &s.username {
+        info = info.set_username(u);
+    }
+    if let Some(p) = &s.password {
+        info = info.set_password(p);
+    }
+    let node = SentinelNodeConnectionInfo::default().set_redis_connection_info(info);
+    sentinel
+        .async_master_for(&s.primary, Some(&node))
+        .await
+        .map_err(|e| format!("sentinel: no primary {:?}: {e}", s.primary))
+}
+
+/// Errors after which the connection cannot be trusted: replace it. `READONLY` means a
+/// Sentinel failover demoted the server this connection reaches: ask again for the primary.
 fn is_connection_error(e: &RedisError) -> bool {
-    e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() || e.is_timeout()
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_unrecoverable_error()
+        || e.is_timeout()
+        || e.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -242,55 +435,282 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The background task: connect, reconnect with backoff, PING while idle. Holds only a weak
+// ---------------------------------------------------------------------------------------------
+// A worker's lane: its connection, its queues of waiting requests per key, its negative cache.
+
+thread_local! {
+    /// The lanes of the stores this thread has served (one, unless a reload replaced it).
+    static LANES: std::cell::RefCell<Vec<Arc<Lane>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// One worker thread's side of a store. Its locks are taken by that thread's tasks only
+/// (uncontended) and never across an `.await`.
+struct Lane {
+    store: u64,
+    inner: Weak<Inner>,
+    /// The connection and the epoch it was made in.
+    conn: Mutex<Option<(u64, Conn)>>,
+    /// One connect at a time.
+    connecting: tokio::sync::Mutex<()>,
+    /// Requests waiting for their key's next call. A key is present while its pump runs.
+    queues: Mutex<HashMap<BatchKey, Vec<Waiter>, RandomState>>,
+    negative: Mutex<NegativeCache<RandomState>>,
+}
+
+/// One counter's queue: a fixed window's requests are only ever batched with those of the
+/// same window (one Redis key).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct BatchKey {
+    key: CounterKey,
+    limit: Limit,
+    window: u64,
+}
+
+impl BatchKey {
+    fn of(req: &CounterRequest) -> BatchKey {
+        let window = match req.limit.algorithm {
+            aegis_policy::config::LimitAlgorithm::FixedWindow => req.limit.window_start(req.now),
+            aegis_policy::config::LimitAlgorithm::Gcra => 0,
+        };
+        BatchKey {
+            key: req.key.clone(),
+            limit: req.limit,
+            window,
+        }
+    }
+}
+
+struct Waiter {
+    now: UnixMillis,
+    tx: oneshot::Sender<Result<CounterReply, StoreError>>,
+}
+
+impl Lane {
+    /// This thread's lane of `inner`, made on first use (and the lanes of dropped stores let go).
+    fn of(inner: &Arc<Inner>) -> Arc<Lane> {
+        LANES.with(|lanes| {
+            let mut lanes = lanes.borrow_mut();
+            if let Some(l) = lanes.iter().find(|l| l.store == inner.id) {
+                return l.clone();
+            }
+            lanes.retain(|l| l.inner.strong_count() > 0);
+            let lane = Arc::new(Lane {
+                store: inner.id,
+                inner: Arc::downgrade(inner),
+                conn: Mutex::new(None),
+                connecting: tokio::sync::Mutex::new(()),
+                queues: Mutex::new(HashMap::default()),
+                negative: Mutex::new(NegativeCache::with_hasher(
+                    NEGATIVE_CACHE_KEYS,
+                    RandomState::new(),
+                )),
+            });
+            lanes.push(lane.clone());
+            lane
+        })
+    }
+
+    /// This lane's connection of the current epoch, made now if it has none.
+    async fn connection(&self, inner: &Inner) -> Result<(u64, Conn), StoreError> {
+        let current = || {
+            let epoch = inner.epoch.load(Ordering::Acquire);
+            match &*lock(&self.conn) {
+                Some((e, c)) if *e == epoch => Some((epoch, c.clone())),
+                _ => None,
+            }
+        };
+        if let Some(c) = current() {
+            return Ok(c);
+        }
+        let _one = self.connecting.lock().await;
+        if let Some(c) = current() {
+            return Ok(c);
+        }
+        let epoch = inner.epoch.load(Ordering::Acquire);
+        match inner.connect(false).await {
+            Ok((conn, _)) => {
+                *lock(&self.conn) = Some((epoch, conn.clone()));
+                Ok((epoch, conn))
+            }
+            Err(why) => {
+                inner.lost(epoch, &why);
+                Err(StoreError(format!("redis: {why}")))
+            }
+        }
+    }
+
+    /// One call for `n` requests like `req`: EVALSHA (EVAL when the node answers NOSCRIPT,
+    /// which also caches it there), bounded by `command_timeout`.
+    async fn call(&self, inner: &Inner, req: &CounterRequest, n: u64) -> Result<Batch, StoreError> {
+        if !inner.is_up() {
+            return Err(inner.unavailable());
+        }
+        let (epoch, mut conn) = self.connection(inner).await?;
+        let (key, args) = req.redis_call(&inner.prefix, n);
+        inner.calls.fetch_add(1, Ordering::Relaxed);
+        let result = timeout(inner.command_timeout, async {
+            match conn
+                .query::<Vec<i64>>(&eval("EVALSHA", &inner.sha, &key, &args))
+                .await
+            {
+                Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                    conn.query::<Vec<i64>>(&eval("EVAL", REDIS_SCRIPT, &key, &args))
+                        .await
+                }
+                other => other,
+            }
+        })
+        .await;
+        let why = match result {
+            Ok(Ok(values)) => return req.redis_reply(&values, n),
+            Ok(Err(e)) if is_connection_error(&e) => format!("{e}"),
+            // A script or type error: Redis is up, this call just failed.
+            Ok(Err(e)) => return Err(StoreError(format!("redis: {e}"))),
+            // A connection that stops answering is replaced: it may be half-open.
+            Err(_) => format!("no reply within {}ms", inner.command_timeout.as_millis()),
+        };
+        {
+            let mut conn = lock(&self.conn);
+            if matches!(&*conn, Some((e, _)) if *e == epoch) {
+                *conn = None;
+            }
+        }
+        inner.lost(epoch, &why);
+        Err(StoreError(format!("redis: {why}")))
+    }
+}
+
+fn eval(command: &str, script_or_sha: &str, key: &str, args: &[u64; 5]) -> Cmd {
+    let mut cmd = redis::cmd(command);
+    cmd.arg(script_or_sha).arg(1).arg(key);
+    for a in args {
+        cmd.arg(*a);
+    }
+    cmd
+}
+
+/// Sends one key's queued requests, a batch per call, until none is left waiting. Requests
+/// that gave up (timed out, or their client left) before their batch went out do not count.
+async fn pump_key(lane: Arc<Lane>, key: BatchKey) {
+    loop {
+        let batch: Vec<Waiter> = {
+            let mut queues = lock(&lane.queues);
+            let Some(waiting) = queues.get_mut(&key) else {
+                return;
+            };
+            waiting.retain(|w| !w.tx.is_closed());
+            if waiting.is_empty() {
+                queues.remove(&key);
+                return;
+            }
+            std::mem::take(waiting)
+        };
+        let n = batch.len() as u64;
+        // Decided at the latest of their arrival times: none is decided before it arrived.
+        let now = batch.iter().map(|w| w.now).max().unwrap_or(UnixMillis(0));
+        let req = CounterRequest {
+            key: key.key.clone(),
+            limit: key.limit,
+            now,
+        };
+        let answer = match lane.inner.upgrade() {
+            Some(inner) => {
+                inner.coalesced.fetch_add(n - 1, Ordering::Relaxed);
+                lane.call(&inner, &req, n).await
+            }
+            None => Err(StoreError("redis: the store was replaced".to_owned())),
+        };
+        match answer {
+            Ok(b) => {
+                lock(&lane.negative).record(&req.key, &req.limit, &b.state(), now);
+                for (i, w) in batch.into_iter().enumerate() {
+                    let _ = w.tx.send(Ok(b.reply(i as u64)));
+                }
+            }
+            Err(e) => {
+                for w in batch {
+                    let _ = w.tx.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The supervisor: health for the whole process.
+
+/// Connect, reconnect with backoff, PING while idle, on its own connection. Holds only a weak
 /// reference, so it ends once every `RedisStore` clone is gone.
 async fn supervise(weak: Weak<Inner>, wake: Arc<Notify>) {
-    let mut generation = 0u64;
     let mut backoff = BACKOFF_MIN;
+    // The connection, the epoch it was made in, and (Sentinel) the primary it reaches.
+    let mut conn: Option<(u64, Conn, Option<String>)> = None;
     loop {
         let Some(inner) = weak.upgrade() else { return };
-        match inner.connection() {
-            None => match inner.connect().await {
-                Ok(conn) => {
-                    generation += 1;
-                    *lock(&inner.conn) = Some((generation, conn));
-                    inner.mark_up();
-                    backoff = BACKOFF_MIN;
+        match conn.take() {
+            None => {
+                let epoch = inner.epoch.load(Ordering::Acquire);
+                match inner.connect(true).await {
+                    Ok((c, primary)) => {
+                        conn = Some((epoch, c, primary));
+                        inner.mark_up();
+                        backoff = BACKOFF_MIN;
+                    }
+                    Err(why) => {
+                        inner.mark_down(&why);
+                        drop(inner);
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                    }
                 }
-                Err(why) => {
-                    inner.mark_down(&why);
-                    drop(inner);
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                }
-            },
-            Some((g, mut conn)) => {
+            }
+            Some((epoch, mut c, primary)) => {
                 let woken = wake.notified();
                 let command_timeout = inner.command_timeout;
                 // Do not keep the store alive while waiting.
                 drop(inner);
                 tokio::select! {
-                    // A request dropped the connection: reconnect on the next turn.
+                    // A worker saw a failure: check with a fresh connection.
                     _ = woken => continue,
                     _ = tokio::time::sleep(PING_EVERY) => {}
                 }
                 let ping = timeout(
                     command_timeout,
-                    redis::cmd("PING").query_async::<String>(&mut conn),
+                    c.query::<redis::Value>(&redis::cmd("PING")),
                 )
                 .await;
                 let Some(inner) = weak.upgrade() else { return };
-                let failure = match ping {
+                let mut failure = match ping {
                     Ok(Ok(_)) => None,
                     Ok(Err(e)) if is_connection_error(&e) => Some(format!("PING: {e}")),
-                    Ok(Err(_)) => None, // e.g. LOADING: connected, Redis will answer soon
+                    // e.g. LOADING: connected, Redis will answer soon
+                    Ok(Err(e)) if e.kind() == ErrorKind::Server(ServerErrorKind::BusyLoading) => {
+                        None
+                    }
+                    // A cluster with a primary down answers some nodes and not others.
+                    Ok(Err(e)) if matches!(c, Conn::Cluster(_)) => Some(format!("PING: {e}")),
+                    Ok(Err(_)) => None,
                     Err(_) => Some(format!(
                         "PING: no reply within {}ms",
                         command_timeout.as_millis()
                     )),
                 };
-                if let Some(why) = failure {
-                    inner.lost(g, &why);
+                // A Sentinel failover whose old primary lives on (demoted later, or never, if
+                // it is cut off) would leave every connection writing to it: move all of
+                // them as soon as the Sentinels name another primary.
+                if let (None, Target::Sentinel(s), Some(was)) = (&failure, &inner.target, &primary)
+                    && let Some(now) = sentinel_names(s, command_timeout).await
+                    && &now != was
+                {
+                    failure = Some(format!("sentinel names a new primary, {now} (was {was})"));
+                }
+                match failure {
+                    Some(why) => inner.lost(epoch, &why),
+                    None if inner.epoch.load(Ordering::Acquire) == epoch => {
+                        conn = Some((epoch, c, primary));
+                    }
+                    // Down since this connection was made (a worker's failure): reconnect.
+                    None => {}
                 }
             }
         }

@@ -56,11 +56,7 @@ impl Store {
     pub fn from_config(c: &StoreConfig) -> Result<Store, String> {
         Ok(match c.store {
             StoreKind::Memory => Store::Memory(ShardedMemory::new(c.memory_max_keys)),
-            StoreKind::Redis => Store::Redis(RedisStore::new(
-                &c.redis_url,
-                &c.key_prefix,
-                c.command_timeout,
-            )?),
+            StoreKind::Redis => Store::Redis(RedisStore::from_config(c)?),
         })
     }
 
@@ -71,6 +67,8 @@ impl Store {
                 StoreKind::Memory => old.memory_max_keys == new.memory_max_keys,
                 StoreKind::Redis => {
                     old.redis_url == new.redis_url
+                        && old.redis_cluster_nodes == new.redis_cluster_nodes
+                        && old.redis_tls_ca == new.redis_tls_ca
                         && old.key_prefix == new.key_prefix
                         && old.command_timeout == new.command_timeout
                 }
