@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Memory of idle client connections: the gateway's RSS growth per idle HTTP/1.1 keep-alive
-connection and per idle h2c connection, each having served one request (GET /gateway/health).
+connection and per idle h2c connection, each having served one request (GET /gateway/health; for HTTP/1.1
+also with a browser's dozen headers).
 
     cargo build --release -p aegis-tokio --bin aegis
     python3 benches/load/idle-memory.py                 # N=2000, target/release/aegis
@@ -59,6 +60,16 @@ H2_GET = frame(
     + literal(b":path", b"/gateway/health"),
 )
 H1_GET = b"GET /gateway/health HTTP/1.1\r\nHost: x\r\n\r\n"
+# The same request with the dozen headers a browser sends ("http1-browser").
+H1_BROWSER = (
+    b"GET /gateway/health HTTP/1.1\r\nHost: gateway.example.com\r\n"
+    b"User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\r\n"
+    b"Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8\r\n"
+    b"Accept-Language: en-US,en;q=0.5\r\nAccept-Encoding: gzip, deflate, br, zstd\r\n"
+    b"Referer: https://gateway.example.com/app/\r\nCookie: session=0123456789abcdef0123456789abcdef\r\n"
+    b"Sec-Fetch-Dest: empty\r\nSec-Fetch-Mode: cors\r\nSec-Fetch-Site: same-origin\r\n"
+    b"Priority: u=0\r\nCache-Control: no-cache\r\nPragma: no-cache\r\n\r\n"
+)
 
 
 def rss_kib(pid):
@@ -141,7 +152,7 @@ def measure(mode):
                     s.sendall(H2_HELLO + H2_GET)
                     read_until(s, h2_done)
                 else:
-                    s.sendall(H1_GET)
+                    s.sendall(H1_BROWSER if mode == "http1-browser" else H1_GET)
                     read_until(s, h1_done)
                 return s
 
@@ -168,10 +179,10 @@ def main():
     if not os.path.exists(AEGIS):
         sys.exit(f"{AEGIS} not found: cargo build --release -p aegis-tokio --bin aegis")
     per = {}
-    for mode in ("http1", "h2"):
+    for mode in ("http1", "http1-browser", "h2"):
         before, after = measure(mode)
         per[mode] = (after - before) / N
-        print(f"{mode:5}: RSS {before} KiB -> {after} KiB with {N} more idle connections: {per[mode]:.1f} KiB each")
+        print(f"{mode:13}: RSS {before} KiB -> {after} KiB with {N} more idle connections: {per[mode]:.1f} KiB each")
     print(f"h2/http1: {per['h2'] / per['http1']:.2f}")
 
 

@@ -154,10 +154,23 @@ pub async fn serve<S>(
     // or a tunnel begins: they keep only what they need.
     match serve_h1(&conn, &peer, &shared, listener, &limits, &stop).await {
         Served::Closed => {}
-        Served::H2Preface => h2::serve(conn, peer, shared.clone(), listener, limits, &stop).await,
+        // Boxed, as the exchange below: an idle HTTP/1.1 connection's task holds only the
+        // loop's own state, not the largest future it might run (issue 13: memory per idle
+        // connection). One allocation per connection that becomes HTTP/2 or a tunnel.
+        Served::H2Preface => {
+            Box::pin(h2::serve(
+                conn,
+                peer,
+                shared.clone(),
+                listener,
+                limits,
+                &stop,
+            ))
+            .await;
+        }
         Served::Upgraded(up) => {
             if let Ok(io) = std::rc::Rc::try_unwrap(conn).map(std::cell::RefCell::into_inner) {
-                tunnel(&shared, io, *up).await;
+                Box::pin(tunnel(&shared, io, *up)).await;
             }
         }
     }
@@ -261,8 +274,11 @@ where
             ReqBody::new(conn, BodyDecoder::new(framing), expect_continue)
         };
         let rt = runtime.load();
+        // The exchange's future (routing, auth, the upstream client, retries) is the largest
+        // part of this loop's state; boxed, it exists only while a request is in flight, and an
+        // idle keep-alive connection's task stays small (one allocation per request).
         let watched = handle_watching(conn, limits, shared, rt, listener, peer, &mut parts, body);
-        let Some(answer) = watched.await else {
+        let Some(answer) = Box::pin(watched).await else {
             // The client left; the exchange was dropped (its outcome reported as cancelled).
             return Served::Closed;
         };
@@ -407,8 +423,9 @@ async fn read_head<S: AsyncRead + Unpin>(
         }
         let partial = !io.rbuf.is_empty();
         if !partial {
-            // Waiting for the next request: no buffer held meanwhile.
+            // Waiting for the next request: no buffer or header map held meanwhile.
             io.rbuf.park();
+            h1::park_headers(&mut parts.headers);
         }
         drop(guard);
         if !partial && stopped.as_mut().poll(cx).is_ready() {

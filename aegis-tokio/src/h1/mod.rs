@@ -24,7 +24,7 @@ mod reader;
 mod request;
 mod response;
 
-pub use buf::{ReadBuf, give_write_buf, take_write_buf};
+pub use buf::{ReadBuf, give_write_buf, park_headers, take_write_buf, unpark_headers};
 pub use decode::{BodyDecoder, Chunked, Decoded, Step};
 pub use encode::{
     FLUSH_AT, LAST_CHUNK, Pump, Pumped, date, put_chunk, put_header, put_status_line, put_u64,

@@ -149,12 +149,14 @@ fn too_large(buf: &[u8], max_uri: usize) -> HeadError {
     }
 }
 
-/// The header map of a parsed head, in `headers` (emptied first; its allocation is kept).
+/// The header map of a parsed head, in `headers` (emptied first; its allocation is kept, or
+/// taken from the thread's spares when the connection parked it while idle).
 /// Each value is copied out of the read buffer on its own: for the handful of headers a
 /// request carries that is cheaper than slicing one shared copy (an allocation to share it,
 /// then an atomic count per value). Room is made for one more (`X-User-ID`, set by the
 /// policy) so that the map does not regrow.
 fn header_map(parsed: &[httparse::Header<'_>], headers: &mut HeaderMap) -> Result<Meta, HeadError> {
+    super::buf::unpark_headers(headers);
     headers.clear();
     headers.reserve(parsed.len() + 1);
     let mut meta = Meta::default();
