@@ -213,6 +213,8 @@ pub struct Driver {
     open_for: Duration,
     probe_timeout: Duration,
     oracle: Option<Oracle>,
+    /// Keys fetched from JWKS URLs, by provider (`[idp]` scenarios set them as time passes).
+    pub keys: Vec<Option<std::sync::Arc<aegis_policy::KeySet>>>,
 }
 
 fn violation(now: Nanos, invariant: &'static str, detail: String) -> Violation {
@@ -269,6 +271,7 @@ impl Driver {
             violations: Vec::new(),
             ticks: Vec::new(),
             oracle: None,
+            keys: Vec::new(),
         }
     }
 
@@ -340,6 +343,19 @@ impl Driver {
         }
     }
 
+    /// `[idp]`: the IdP's document with `kids` reached the gateway at `mono` (the model
+    /// learns the keys from the world, not from the policy's cache).
+    pub fn jwks_fetched(
+        &mut self,
+        kids: Vec<String>,
+        max_age: Option<std::time::Duration>,
+        mono: u64,
+    ) {
+        if let Some(o) = self.oracle.as_mut() {
+            o.jwks_fetched(kids, max_age, mono);
+        }
+    }
+
     pub fn failed(&self) -> bool {
         !self.violations.is_empty()
     }
@@ -375,7 +391,7 @@ impl Driver {
         now: Now,
         ticket_o: Option<oracle::Ticket>,
     ) -> (Handled, Option<Answer>) {
-        let ticket = match self.policy.on_request(view, now) {
+        let ticket = match self.policy.on_request_with(view, &self.keys, now) {
             Step::Respond(reply) => return self.reply(request, &reply, now),
             Step::Admit(t) => t,
             Step::Count(pending) => {
@@ -856,7 +872,21 @@ impl Driver {
                 ));
             }
         }
-        if let Reason::Unauthorized(f) = &reply.reason {
+        if let Reason::Unauthorized(f @ aegis_policy::AuthFailure::KeysUnavailable) = &reply.reason
+        {
+            // Not the client's fault: a 503 that names the reason and when to come back.
+            let body: serde_json::Value = serde_json::from_str(&reply.body).unwrap_or_default();
+            if status != 503
+                || body["error"] != "auth_unavailable"
+                || body["reason"] != f.reason()
+                || body["retryAfter"].as_u64() != retry_after
+            {
+                problems.push(format!(
+                    "its body {} does not say keys_unavailable with Retry-After {retry_after:?}",
+                    reply.body
+                ));
+            }
+        } else if let Reason::Unauthorized(f) = &reply.reason {
             let body: serde_json::Value = serde_json::from_str(&reply.body).unwrap_or_default();
             let message = body["message"].as_str().unwrap_or_default();
             if body["error"] != "unauthorized" || body["reason"] != f.reason() {

@@ -10,9 +10,12 @@ use aegis_policy::http::{HeaderMap, Method};
 use aegis_policy::{BreakerState, Nanos, Now, Policy, RequestView, UnixMillis, UpstreamOutcome};
 
 use crate::driver::{Driver, FaultyStore, Handled, OUTCOMES};
+use crate::idp::{self, SimIdp};
 use crate::report::{LimitedKey, Report, TargetReport, TraceLine};
 use crate::rng::Rng;
-use crate::scenario::{Down, FaultKind, Latency, Scenario, ScenarioError, TokenKind, UpstreamSpec};
+use crate::scenario::{
+    Down, FaultKind, Latency, Plant, Scenario, ScenarioError, TokenKind, UpstreamSpec,
+};
 use crate::tokens::Minter;
 
 /// How to run a scenario.
@@ -35,6 +38,10 @@ enum Ev {
     /// The outcome of the request in this slot is lost (never reported to the policy).
     Lost(u32),
     Tick(u32),
+    /// `[idp]`: the JWKS cache's next scheduled fetch may be due.
+    IdpWake,
+    /// `[idp]`: the fetch in flight completes.
+    IdpFetched,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,7 +85,9 @@ impl Queue {
         };
         match ev {
             Ev::Load(_) | Ev::Script(_) => self.arrivals.push(e),
-            Ev::Done(_) | Ev::Lost(_) | Ev::Tick(_) => self.others.push(e),
+            Ev::Done(_) | Ev::Lost(_) | Ev::Tick(_) | Ev::IdpWake | Ev::IdpFetched => {
+                self.others.push(e)
+            }
         }
     }
 
@@ -218,7 +227,7 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
         .iter()
         .any(|l| l.tokens.iter().any(|(k, _)| *k != TokenKind::Missing))
         || s.requests.iter().any(|r| r.token != TokenKind::Missing);
-    if config.auth.is_some() && minter.is_none() && needs_tokens {
+    if config.auth.is_some() && minter.is_none() && needs_tokens && s.idp.is_none() {
         return Err(ScenarioError::new(
             "gateway.auth.algorithms",
             "allows no HS algorithm: the simulator mints HS tokens with the config's secret and \
@@ -240,6 +249,35 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
     );
     let mut driver = Driver::new(policy, store);
     driver.enable_oracle(&s.store_faults);
+    let mut idp = match &s.idp {
+        Some(spec) => Some(SimIdp::new(spec.clone(), &driver.policy)?),
+        None => None,
+    };
+    // [idp]: tokens are signed by the IdP's current key (a minter per signing kid).
+    let idp_minters: BTreeMap<String, Minter> = match (&s.idp, &idp) {
+        (Some(spec), Some(sim)) => {
+            let auth = driver.policy.config().providers()[sim.provider.0].1.clone();
+            spec.signing
+                .iter()
+                .filter_map(|(kid, _)| {
+                    Minter::with_key(
+                        &auth,
+                        kid,
+                        &idp::secret(kid),
+                        s.wall_start.as_secs(),
+                        end_secs,
+                    )
+                    .map(|m| (kid.clone(), m))
+                })
+                .collect()
+        }
+        _ => BTreeMap::new(),
+    };
+    let mut unknown_kids = 0u64;
+    let mut held: Vec<HeldReq> = Vec::new();
+    let mut idp_wake = 0u64;
+    // Plant::DropKeysOnFailure: the last fetch failed.
+    let mut last_fetch_failed = false;
 
     // Upstreams by URL, and each (route, target)'s index into them.
     let urls: Vec<&String> = s.upstreams.keys().collect();
@@ -263,6 +301,9 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
         .collect();
 
     let mut q = Queue::default();
+    if idp.is_some() {
+        q.push(0, Ev::IdpWake);
+    }
     let mut loads: Vec<LoadState> = s
         .loads
         .iter()
@@ -301,7 +342,68 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
             mono: Nanos(t),
             wall: wall_at(s, t),
         };
+        if let Some(sim) = idp.as_ref() {
+            driver.keys = if s.plant == Some(Plant::DropKeysOnFailure) && last_fetch_failed {
+                Vec::new()
+            } else {
+                sim.keys(t)
+            };
+        }
         match ev {
+            Ev::IdpWake | Ev::IdpFetched => {
+                let Some(sim) = idp.as_mut() else { continue };
+                if ev == Ev::IdpFetched {
+                    let kids = sim.complete(t);
+                    last_fetch_failed = kids.is_none();
+                    if let Some(kids) = kids {
+                        driver.jwks_fetched(kids, sim.spec.max_age, t);
+                    }
+                    driver.keys = if s.plant == Some(Plant::DropKeysOnFailure) && last_fetch_failed
+                    {
+                        Vec::new()
+                    } else {
+                        sim.keys(t)
+                    };
+                    // Requests held for this fetch are checked again.
+                    for h in std::mem::take(&mut held) {
+                        sim.report.held += 1;
+                        let mut req = Req {
+                            method: &h.method,
+                            host: h.host.as_deref(),
+                            path: &h.path,
+                            headers: &h.headers,
+                            peer: h.peer,
+                            cancel: None,
+                        };
+                        let status = send(
+                            &mut driver,
+                            &mut upstreams,
+                            &target_up,
+                            &mut q,
+                            &mut outcomes,
+                            opts.trace.then_some(&mut trace),
+                            &mut req,
+                            now,
+                        );
+                        check_published_key(&mut driver, sim, h.kind, status, t);
+                    }
+                } else if t != idp_wake {
+                    continue;
+                }
+                if sim.in_flight_until.is_none()
+                    && let Some(done) = sim.poll(t, &mut driver.violations)
+                {
+                    q.push(done, Ev::IdpFetched);
+                }
+                if let Some(w) = sim.next_wake()
+                    && w > t
+                    && w < s.duration
+                    && (idp_wake <= t || w < idp_wake)
+                {
+                    idp_wake = w;
+                    q.push(w, Ev::IdpWake);
+                }
+            }
             Ev::Tick(route) => driver.tick(route as usize, Nanos(t)),
             Ev::Done(slot) | Ev::Lost(slot) => {
                 let answered = match outcomes[slot as usize] {
@@ -355,27 +457,39 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
                     .map_or(TokenKind::Valid, |x| x.0);
                 let user = &spec.users[user_i as usize];
                 let fresh;
-                let headers: &HeaderMap =
-                    if (kind == TokenKind::Missing || minter.is_none()) && !spec.has_extras() {
-                        &empty
-                    } else if kind.per_request() {
-                        let mut h = mint(user, kind, now.wall.as_secs());
-                        add_extras(&mut h, spec, user_i as usize, user);
-                        fresh = h;
-                        &fresh
+                let headers: &HeaderMap = if let Some(sim) =
+                    idp.as_ref().filter(|_| kind != TokenKind::Missing)
+                {
+                    let m = &idp_minters[sim.spec.signing_kid(t)];
+                    let mut h = if kind == TokenKind::UnknownKid {
+                        unknown_kids += 1;
+                        m.headers_naming(format!("rnd-{unknown_kids}"), user, now.wall.as_secs())
                     } else {
-                        let slot = &mut st.headers[user_i as usize][kind.index()];
-                        if slot.is_none() {
-                            let mut h = if kind == TokenKind::Missing {
-                                HeaderMap::new()
-                            } else {
-                                mint(user, kind, now.wall.as_secs())
-                            };
-                            add_extras(&mut h, spec, user_i as usize, user);
-                            *slot = Some(h);
-                        }
-                        slot.as_ref().unwrap_or(&empty)
+                        m.headers(user, kind, now.wall.as_secs())
                     };
+                    add_extras(&mut h, spec, user_i as usize, user);
+                    fresh = h;
+                    &fresh
+                } else if (kind == TokenKind::Missing || minter.is_none()) && !spec.has_extras() {
+                    &empty
+                } else if kind.per_request() {
+                    let mut h = mint(user, kind, now.wall.as_secs());
+                    add_extras(&mut h, spec, user_i as usize, user);
+                    fresh = h;
+                    &fresh
+                } else {
+                    let slot = &mut st.headers[user_i as usize][kind.index()];
+                    if slot.is_none() {
+                        let mut h = if kind == TokenKind::Missing {
+                            HeaderMap::new()
+                        } else {
+                            mint(user, kind, now.wall.as_secs())
+                        };
+                        add_extras(&mut h, spec, user_i as usize, user);
+                        *slot = Some(h);
+                    }
+                    slot.as_ref().unwrap_or(&empty)
+                };
                 let cancel = (spec.cancel_ppm > 0).then_some((spec.cancel_ppm, &mut st.cancel));
                 let peer = spec.ips[ip_i as usize];
                 let mut req = Req {
@@ -386,6 +500,31 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
                     peer,
                     cancel,
                 };
+                if let Some(sim) = idp.as_mut() {
+                    if s.plant != Some(Plant::IgnoreUnknownKid)
+                        && hold_for_refetch(&driver, sim, &req, now)
+                    {
+                        held.push(HeldReq::of(&req, kind));
+                        if sim.in_flight_until.is_none()
+                            && let Some(done) = sim.poll(t, &mut driver.violations)
+                        {
+                            q.push(done, Ev::IdpFetched);
+                        }
+                        continue;
+                    }
+                    let status = send(
+                        &mut driver,
+                        &mut upstreams,
+                        &target_up,
+                        &mut q,
+                        &mut outcomes,
+                        opts.trace.then_some(&mut trace),
+                        &mut req,
+                        now,
+                    );
+                    check_published_key(&mut driver, sim, kind, status, t);
+                    continue;
+                }
                 send(
                     &mut driver,
                     &mut upstreams,
@@ -408,12 +547,20 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
                     q.push(t.saturating_add(r.every), Ev::Script(i));
                 }
                 let fresh;
-                let headers = if r.token.per_request() {
-                    fresh = mint(&r.user, r.token, now.wall.as_secs());
-                    &fresh
-                } else {
-                    &script_headers[i as usize]
-                };
+                let headers =
+                    if let Some(sim) = idp.as_ref().filter(|_| r.token != TokenKind::Missing) {
+                        fresh = idp_minters[sim.spec.signing_kid(t)].headers(
+                            &r.user,
+                            r.token,
+                            now.wall.as_secs(),
+                        );
+                        &fresh
+                    } else if r.token.per_request() {
+                        fresh = mint(&r.user, r.token, now.wall.as_secs());
+                        &fresh
+                    } else {
+                        &script_headers[i as usize]
+                    };
                 let mut req = Req {
                     method: &r.method,
                     host: r.host.as_deref(),
@@ -467,6 +614,7 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
         }
     }
     let mut report = build_report(s, seed, &driver, end, &finals);
+    report.jwks = idp.map(|sim| sim.report);
     report.expectations_failed = expectations_failed(&s.expect, &report);
     if !report.invariant_violations.is_empty() {
         report.reproduce = Some(format!(
@@ -482,6 +630,76 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
         report.trace = Some(trace);
     }
     Ok(report)
+}
+
+/// A request held while the JWKS refetch its unknown kid asked for runs.
+struct HeldReq {
+    method: Method,
+    host: Option<String>,
+    path: String,
+    headers: HeaderMap,
+    peer: IpAddr,
+    kind: TokenKind,
+}
+
+impl HeldReq {
+    fn of(r: &Req<'_>, kind: TokenKind) -> HeldReq {
+        HeldReq {
+            method: r.method.clone(),
+            host: r.host.map(str::to_owned),
+            path: r.path.to_owned(),
+            headers: r.headers.clone(),
+            peer: r.peer,
+            kind,
+        }
+    }
+}
+
+/// Whether the pipeline would refuse `req` for an unknown key of the IdP's provider and the
+/// cache starts (or has) a refetch for it: the request then waits for it, as in the gateway.
+/// `on_request_with` is pure, so looking first changes nothing.
+fn hold_for_refetch(driver: &Driver, sim: &mut SimIdp, req: &Req<'_>, now: Now) -> bool {
+    let view = RequestView {
+        method: req.method,
+        host: req.host,
+        path_and_query: req.path,
+        headers: req.headers,
+        peer: req.peer,
+    };
+    match driver.policy.on_request_with(&view, &driver.keys, now) {
+        aegis_policy::Step::Respond(r) => {
+            driver.policy.unknown_key_provider(&r) == Some(sim.provider)
+                && sim.on_unknown_kid(now.mono.0)
+        }
+        _ => false,
+    }
+}
+
+/// Invariant `published_key_accepted`: a token signed by the IdP's current signing key (a
+/// key it publishes) is never refused 401, unless the gateway could not have fetched it yet:
+/// an unknown-kid refetch began within `jwks_refetch_interval`, or one is in flight.
+fn check_published_key(
+    driver: &mut Driver,
+    sim: &SimIdp,
+    kind: TokenKind,
+    status: Option<u16>,
+    t: u64,
+) {
+    if kind != TokenKind::Valid {
+        return;
+    }
+    driver.counts.checks += 1;
+    let kid = sim.spec.signing_kid(t);
+    let published = sim.spec.published_at(t).contains(&kid);
+    if status == Some(401) && published && !sim.refetch_limited(t) {
+        driver.violations.push(crate::violation::Violation {
+            t_ms: t / 1_000_000,
+            invariant: "published_key_accepted",
+            detail: format!(
+                "a token signed by {kid}, which the IdP publishes, was refused 401 and no refetch was asked for"
+            ),
+        });
+    }
 }
 
 struct Req<'a> {
@@ -557,7 +775,7 @@ fn send(
     trace: Option<&mut Vec<TraceLine>>,
     req: &mut Req<'_>,
     now: Now,
-) {
+) -> Option<u16> {
     let view = RequestView {
         method: req.method,
         host: req.host,
@@ -582,6 +800,7 @@ fn send(
             if let Some(tr) = line.as_mut().and_then(|tr| tr.as_mut()) {
                 tr.status = status;
             }
+            Some(status)
         }
         Handled::Forward {
             slot,
@@ -623,6 +842,7 @@ fn send(
             if let Some(tr) = line.as_mut().and_then(|tr| tr.as_mut()) {
                 tr.target = Some(driver.balancers[route].url(target).to_owned());
             }
+            None
         }
     }
 }
@@ -778,6 +998,8 @@ fn build_report(
         invariant_checks: c.checks,
         invariant_violations: driver.violations.clone(),
         expectations_failed: Vec::new(),
+        jwks: None,
+        traffic: None,
         reproduce: None,
         trace: None,
     }

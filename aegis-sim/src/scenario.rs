@@ -164,10 +164,13 @@ pub enum TokenKind {
     Forged,
     /// `aud` as a list without the configured audience.
     WrongAudienceList,
+    /// `[idp]` scenarios: signed by a key the IdP never published, naming a fresh `kid` each
+    /// time (a flood of random kids).
+    UnknownKid,
 }
 
 impl TokenKind {
-    pub const ALL: [TokenKind; 20] = [
+    pub const ALL: [TokenKind; 21] = [
         TokenKind::Valid,
         TokenKind::Missing,
         TokenKind::Expired,
@@ -188,6 +191,7 @@ impl TokenKind {
         TokenKind::NegativeExp,
         TokenKind::Forged,
         TokenKind::WrongAudienceList,
+        TokenKind::UnknownKid,
     ];
 
     pub fn name(self) -> &'static str {
@@ -212,6 +216,7 @@ impl TokenKind {
             TokenKind::NegativeExp => "negative_exp",
             TokenKind::Forged => "forged",
             TokenKind::WrongAudienceList => "wrong_audience_list",
+            TokenKind::UnknownKid => "unknown_kid",
         }
     }
 
@@ -324,6 +329,49 @@ pub struct ClockJump {
     pub by_ms: i64,
 }
 
+/// `[idp]`, validated: a simulated identity provider serving the gateway's JWKS. Times in
+/// virtual nanoseconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdpSpec {
+    /// `"auth"` or the name of an `[auth_providers.NAME]`.
+    pub provider: String,
+    pub fetch_latency: u64,
+    /// The `Cache-Control: max-age` the endpoint sends.
+    pub max_age: Option<std::time::Duration>,
+    /// Published keys: (kid, from, until).
+    pub keys: Vec<(String, u64, u64)>,
+    /// The key that signs tokens from a time on: (kid, from), in time order.
+    pub signing: Vec<(String, u64)>,
+    /// The endpoint fails between these times.
+    pub outages: Vec<(u64, u64)>,
+}
+
+impl IdpSpec {
+    /// Whether the endpoint is down at `t`.
+    pub fn down_at(&self, t: u64) -> bool {
+        self.outages.iter().any(|(f, u)| *f <= t && t < *u)
+    }
+
+    /// The kids the document publishes at `t`.
+    pub fn published_at(&self, t: u64) -> Vec<&str> {
+        self.keys
+            .iter()
+            .filter(|(_, f, u)| *f <= t && t < *u)
+            .map(|(k, _, _)| k.as_str())
+            .collect()
+    }
+
+    /// The kid that signs tokens at `t`.
+    pub fn signing_kid(&self, t: u64) -> &str {
+        self.signing
+            .iter()
+            .rev()
+            .find(|(_, from)| *from <= t)
+            .or(self.signing.first())
+            .map_or("", |(k, _)| k.as_str())
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Expect {
     /// Liveness: once the load has ended and every outcome is in, every breaker is CLOSED.
@@ -376,6 +424,26 @@ pub struct Scenario {
     pub store_faults: Vec<StoreFault>,
     pub clock_jumps: Vec<ClockJump>,
     pub expect: Expect,
+    /// A simulated identity provider serving the gateway's JWKS (`[idp]`).
+    pub idp: Option<IdpSpec>,
+    /// A deliberate bug in the simulated shell (tests set it to see an invariant break).
+    pub plant: Option<Plant>,
+}
+
+/// A deliberate bug planted in the simulated shell (never in the policy): the tests that
+/// prove an invariant can fail set one on a loaded scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plant {
+    /// A token naming an unknown kid never asks the JWKS cache for a refetch: rotation is
+    /// only seen at the next scheduled refresh.
+    IgnoreUnknownKid,
+    /// The pipeline gets no keys once a JWKS fetch has failed (no stale-while-error).
+    DropKeysOnFailure,
+    /// A failed try is sent again whenever the policy's retry rule allows it, without
+    /// asking the retry budget.
+    RetryPastBudget,
+    /// Health probe results are never reported to the policy.
+    IgnoreHealthProbes,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -405,6 +473,96 @@ struct RawScenario {
     #[serde(default)]
     clock_jumps: Vec<RawClockJump>,
     expect: Option<RawExpect>,
+    idp: Option<RawIdp>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdp {
+    provider: Option<String>,
+    fetch_latency: Option<String>,
+    max_age: Option<String>,
+    keys: Vec<RawIdpKey>,
+    signing: Vec<RawIdpKey>,
+    #[serde(default)]
+    outages: Vec<RawWindow>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdpKey {
+    kid: String,
+    from: Option<String>,
+    until: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWindow {
+    from: String,
+    until: String,
+}
+
+fn idp(raw: RawIdp) -> Result<IdpSpec, ScenarioError> {
+    let mut keys = Vec::new();
+    for (i, k) in raw.keys.iter().enumerate() {
+        let p = format!("idp.keys[{i}]");
+        let from = opt_dur(&format!("{p}.from"), k.from.as_deref(), 0)?;
+        let until = opt_dur(&format!("{p}.until"), k.until.as_deref(), u64::MAX)?;
+        if until <= from {
+            return Err(ScenarioError::new(
+                format!("{p}.until"),
+                "must be later than from",
+            ));
+        }
+        keys.push((k.kid.clone(), from, until));
+    }
+    let mut signing: Vec<(String, u64)> = Vec::new();
+    for (i, k) in raw.signing.iter().enumerate() {
+        let p = format!("idp.signing[{i}]");
+        if k.until.is_some() {
+            return Err(ScenarioError::new(
+                format!("{p}.until"),
+                "a signing key signs until the next one's from",
+            ));
+        }
+        let from = opt_dur(&format!("{p}.from"), k.from.as_deref(), 0)?;
+        if signing.last().is_some_and(|(_, f)| *f > from) {
+            return Err(ScenarioError::new(
+                format!("{p}.from"),
+                "signing keys go in time order",
+            ));
+        }
+        signing.push((k.kid.clone(), from));
+    }
+    if signing.is_empty() {
+        return Err(ScenarioError::new(
+            "idp.signing",
+            "name at least one signing key",
+        ));
+    }
+    let outages = raw
+        .outages
+        .iter()
+        .enumerate()
+        .map(|(i, w)| window(&format!("idp.outages[{i}]"), &w.from, &w.until))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(IdpSpec {
+        provider: raw.provider.unwrap_or_else(|| "auth".to_owned()),
+        fetch_latency: opt_dur(
+            "idp.fetch_latency",
+            raw.fetch_latency.as_deref(),
+            50 * NS_PER_MS,
+        )?,
+        max_age: raw
+            .max_age
+            .as_deref()
+            .map(|m| dur("idp.max_age", m).map(std::time::Duration::from_nanos))
+            .transpose()?,
+        keys,
+        signing,
+        outages,
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -1167,6 +1325,8 @@ fn validate(raw: RawScenario, name: &str, base: &Path) -> Result<Scenario, Scena
         store_faults,
         clock_jumps,
         expect,
+        idp: raw.idp.map(idp).transpose()?,
+        plant: None,
     })
 }
 

@@ -304,10 +304,13 @@ fn redis_outage_open() {
 /// A scenario added to scenarios/ without a test above fails here.
 #[test]
 fn every_shipped_scenario_is_asserted() {
+    // The JWKS scenarios are asserted in tests/jwks_scenarios.rs.
     let tested = [
         "all-down",
         "flapping",
+        "idp-outage",
         "instance-dies",
+        "jwks-rotation",
         "redis-outage-closed",
         "redis-outage-open",
         "seed-walkthrough",

@@ -296,7 +296,7 @@ impl Oracle {
         }
         let user = if route.auth {
             let auth = self.auth.as_mut()?;
-            match auth.check(req.headers, wall_ms) {
+            match auth.check(req.headers, wall_ms, mono) {
                 Check::User(u) => Some(u),
                 Check::Refused(why) => {
                     let answer = Answer::Respond {
@@ -309,6 +309,16 @@ impl Oracle {
                     return Some((answer, None));
                 }
                 Check::Unknown => return None,
+                Check::KeysUnavailable => {
+                    let answer = Answer::Respond {
+                        status: 503,
+                        reason: "unauthorized",
+                        auth: Some("keys_unavailable"),
+                        route: Some(id),
+                        retry_after: Some(5),
+                    };
+                    return Some((answer, None));
+                }
             }
         } else {
             None
@@ -418,6 +428,19 @@ impl Oracle {
         rr.settle(mono, &self.rules);
         rr.circuits[ticket.target].outcome(ticket.sent, judged, mono, &self.rules);
         status
+    }
+
+    /// `[idp]`: the IdP's document with `kids` (sent with `max_age`) reached the gateway at
+    /// `mono`.
+    pub fn jwks_fetched(
+        &mut self,
+        kids: Vec<String>,
+        max_age: Option<std::time::Duration>,
+        mono: u64,
+    ) {
+        if let Some(a) = self.auth.as_mut() {
+            a.fetched(kids, max_age, mono);
+        }
     }
 
     /// Time passes on a route's circuits.
