@@ -68,6 +68,9 @@ pub enum Down {
     /// died). The client gets a 504 from the shell's own deadline; the policy's only way out
     /// is the breaker's `probe_timeout`.
     Lost,
+    /// Reads the request, then closes the connection without a response: a failure after
+    /// the request was sent (only an idempotent request may be sent again).
+    Reset,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -285,6 +288,9 @@ pub struct LoadSpec {
     /// Fraction (per million) of requests whose client goes away before the answer: the
     /// upstream attempt ends as `Cancelled` at a uniform instant before its outcome.
     pub cancel_ppm: u32,
+    /// Every request is an upgrade (WebSocket): the upstream answers `101` and the tunnel
+    /// stays open this long (ns).
+    pub tunnel: Option<u64>,
 }
 
 impl LoadSpec {
@@ -392,6 +398,10 @@ pub struct Expect {
     pub limited_keys: Option<BTreeMap<String, u64>>,
     pub store_errors: Option<u64>,
     pub admitted_unchecked: Option<u64>,
+    /// Exact number of retries (`[traffic] retries`).
+    pub retries: Option<u64>,
+    /// The exact health-check timeline: `"<t> <target url> UNHEALTHY|HEALTHY"`.
+    pub health_transitions: Option<Vec<String>>,
 }
 
 impl Expect {
@@ -428,6 +438,19 @@ pub struct Scenario {
     pub idp: Option<IdpSpec>,
     /// A deliberate bug in the simulated shell (tests set it to see an invariant break).
     pub plant: Option<Plant>,
+    pub traffic: TrafficSpec,
+}
+
+/// `[traffic]`: what the simulated shell does beyond one try per request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TrafficSpec {
+    /// Send failed tries again through the policy's retry rule and budget, as the gateway's
+    /// loop does. Off by default: the scenarios written before it expect one try each.
+    pub retries: bool,
+    /// The gateway drains from this instant (SIGTERM): no new requests are accepted, open
+    /// tunnels run until they end or `drain_timeout` has passed.
+    pub drain_at: Option<u64>,
+    pub drain_timeout: u64,
 }
 
 /// A deliberate bug planted in the simulated shell (never in the policy): the tests that
@@ -474,6 +497,15 @@ struct RawScenario {
     clock_jumps: Vec<RawClockJump>,
     expect: Option<RawExpect>,
     idp: Option<RawIdp>,
+    traffic: Option<RawTraffic>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTraffic {
+    retries: Option<bool>,
+    drain_at: Option<String>,
+    drain_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -636,6 +668,7 @@ struct RawLoad {
     header_budget: Option<usize>,
     forwarded_for: Option<bool>,
     cancel: Option<f64>,
+    tunnel: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -674,6 +707,8 @@ struct RawExpect {
     limited_keys: Option<BTreeMap<String, u64>>,
     store_errors: Option<u64>,
     admitted_unchecked: Option<u64>,
+    retries: Option<u64>,
+    health_transitions: Option<Vec<String>>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -810,6 +845,7 @@ fn down(path: &str, kind: &str, status_raw: Option<u16>) -> Result<Down, Scenari
         "refused" => Ok(Down::Refused),
         "hang" => Ok(Down::Hang),
         "lose" => Ok(Down::Lost),
+        "reset" => Ok(Down::Reset),
         "status" => Ok(Down::Status(status(
             &format!("{path}.status"),
             status_raw.unwrap_or(500),
@@ -817,7 +853,7 @@ fn down(path: &str, kind: &str, status_raw: Option<u16>) -> Result<Down, Scenari
         other => Err(ScenarioError::new(
             path,
             format!(
-                "{other:?} is not a way to be down (\"refused\", \"hang\", \"lose\" or \"status\")"
+                "{other:?} is not a way to be down (\"refused\", \"reset\", \"hang\", \"lose\" or \"status\")"
             ),
         )),
     }
@@ -827,7 +863,9 @@ fn fault(path: &str, f: &RawFault) -> Result<UpstreamFault, ScenarioError> {
     let (from, until) = window(path, &f.from, &f.until)?;
     let kp = format!("{path}.kind");
     let kind = match f.kind.as_str() {
-        "refused" | "hang" | "lose" | "status" => FaultKind::Down(down(&kp, &f.kind, f.status)?),
+        "refused" | "reset" | "hang" | "lose" | "status" => {
+            FaultKind::Down(down(&kp, &f.kind, f.status)?)
+        }
         "errors" => FaultKind::Errors {
             ppm: ppm(&format!("{path}.rate"), f.rate.unwrap_or(1.0))?,
             status: status(&format!("{path}.status"), f.status.unwrap_or(500))?,
@@ -1070,6 +1108,11 @@ fn load(i: usize, raw: &RawLoad) -> Result<LoadSpec, ScenarioError> {
         header_budget: raw.header_budget,
         forwarded_for: raw.forwarded_for.unwrap_or(false),
         cancel_ppm: ppm(&p("cancel"), raw.cancel.unwrap_or(0.0))?,
+        tunnel: raw
+            .tunnel
+            .as_deref()
+            .map(|t| dur(&p("tunnel"), t))
+            .transpose()?,
     })
 }
 
@@ -1310,8 +1353,26 @@ fn validate(raw: RawScenario, name: &str, base: &Path) -> Result<Scenario, Scena
         expect.limited_keys = e.limited_keys;
         expect.store_errors = e.store_errors;
         expect.admitted_unchecked = e.admitted_unchecked;
+        expect.retries = e.retries;
+        expect.health_transitions = e.health_transitions;
     }
 
+    let traffic = match &raw.traffic {
+        None => TrafficSpec::default(),
+        Some(t) => TrafficSpec {
+            retries: t.retries.unwrap_or(false),
+            drain_at: t
+                .drain_at
+                .as_deref()
+                .map(|d| dur("traffic.drain_at", d))
+                .transpose()?,
+            drain_timeout: opt_dur(
+                "traffic.drain_timeout",
+                t.drain_timeout.as_deref(),
+                30_000 * NS_PER_MS,
+            )?,
+        },
+    };
     Ok(Scenario {
         name: raw.name.unwrap_or_else(|| name.to_owned()),
         description: raw.description.unwrap_or_default(),
@@ -1327,6 +1388,7 @@ fn validate(raw: RawScenario, name: &str, base: &Path) -> Result<Scenario, Scena
         expect,
         idp: raw.idp.map(idp).transpose()?,
         plant: None,
+        traffic,
     })
 }
 
