@@ -50,6 +50,9 @@ enum Ev {
     TunnelEnd(u32),
     /// The drain's deadline: open tunnels are closed.
     DrainEnd,
+    /// The health-check bound is checked on this route (every `interval`, whatever the
+    /// prober does).
+    Bound(u32),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,7 +104,8 @@ impl Queue {
             | Ev::Health(_)
             | Ev::Probe(_)
             | Ev::TunnelEnd(_)
-            | Ev::DrainEnd => self.others.push(e),
+            | Ev::DrainEnd
+            | Ev::Bound(_) => self.others.push(e),
         }
     }
 
@@ -397,6 +401,7 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
         if route.health_check.is_some() {
             health_wake[r] = Some(0);
             q.push(0, Ev::Health(r as u32));
+            q.push(0, Ev::Bound(r as u32));
         }
     }
     let mut probes: Vec<(usize, usize, bool)> = Vec::new();
@@ -565,6 +570,17 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
                 driver.check_in_flight(now.mono);
             }
             Ev::DrainEnd => {}
+            Ev::Bound(route) => {
+                let r = route as usize;
+                check_health_bound(&mut driver, s, &upstreams, &target_up, r, t);
+                if let Some(h) = &config.routes[r].health_check {
+                    let next =
+                        t.saturating_add(u64::try_from(h.interval.as_nanos()).unwrap_or(u64::MAX));
+                    if next < s.duration {
+                        q.push(next, Ev::Bound(route));
+                    }
+                }
+            }
             Ev::Health(route) => {
                 let r = route as usize;
                 if health_wake[r] != Some(t) {
