@@ -183,6 +183,9 @@ struct BudgetWatch {
     window: u64,
     requests: std::collections::VecDeque<u64>,
     retries: std::collections::VecDeque<u64>,
+    /// Retries the policy may have taken from the budget and found no target for (it takes
+    /// one before it picks): counted against the room, never as granted.
+    maybe: std::collections::VecDeque<u64>,
 }
 
 impl BudgetWatch {
@@ -193,6 +196,7 @@ impl BudgetWatch {
             window: u64::try_from(c.window.as_nanos()).unwrap_or(u64::MAX),
             requests: std::collections::VecDeque::new(),
             retries: std::collections::VecDeque::new(),
+            maybe: std::collections::VecDeque::new(),
         }
     }
 
@@ -203,6 +207,9 @@ impl BudgetWatch {
         }
         while self.retries.front().is_some_and(|x| *x < from) {
             self.retries.pop_front();
+        }
+        while self.maybe.front().is_some_and(|x| *x < from) {
+            self.maybe.pop_front();
         }
     }
 
@@ -227,6 +234,18 @@ impl BudgetWatch {
         })
     }
 
+    fn describe(&self, t: u64) -> String {
+        let narrow = t.saturating_sub(self.window / 10 * 9);
+        format!(
+            "{} retries and {} requests in the window, {} requests in its last 9/10; ratio {}, floor {}",
+            self.retries.len(),
+            self.requests.len(),
+            Self::since(&self.requests, narrow),
+            self.ratio,
+            self.floor
+        )
+    }
+
     /// Whether the budget certainly has a retry left at `t`: fewer retries in the whole
     /// window than the allowance over its last nine tenths.
     fn has_room(&mut self, t: u64) -> bool {
@@ -234,7 +253,7 @@ impl BudgetWatch {
         let narrow = t.saturating_sub(self.window / 10 * 9);
         let requests = Self::since(&self.requests, narrow);
         let allowed = (self.ratio * requests as f64).max(self.floor);
-        (self.retries.len() as f64) + 1.0 < allowed
+        ((self.retries.len() + self.maybe.len()) as f64) + 1.0 < allowed
     }
 }
 
@@ -282,6 +301,9 @@ pub struct Traffic {
     pub check_in_flight: bool,
     /// Tries whose outcome was lost, per route and target (never given back).
     lost: Vec<Vec<u32>>,
+    /// Weighted routes: picks made among fewer than all targets (first tries without every
+    /// target admissible, and retries).
+    partial: Vec<u64>,
 }
 
 /// Counters for the report.
@@ -390,6 +412,7 @@ impl Driver {
             ..Counts::default()
         };
         let traffic = Traffic {
+            partial: vec![0; cfg.routes.len()],
             lost: cfg
                 .routes
                 .iter()
@@ -404,11 +427,11 @@ impl Driver {
                 .routes
                 .iter()
                 .map(|r| {
+                    // Weights steer round robin only (power of two choices weighs load).
                     let w = r.targets.first().map_or(1, |t| t.weight);
-                    r.targets
-                        .iter()
-                        .any(|t| t.weight != w)
-                        .then(|| vec![0; r.targets.len()])
+                    (r.balance == aegis_policy::config::Balance::RoundRobin
+                        && r.targets.iter().any(|t| t.weight != w))
+                    .then(|| vec![0; r.targets.len()])
                 })
                 .collect(),
             ..Traffic::default()
@@ -571,7 +594,10 @@ impl Driver {
 
     /// Invariant `weights_honoured`: on a route with differing weights, the first tries
     /// made while every target could take them are shared in proportion to the weights,
-    /// within the total weight plus 1 % of the requests.
+    /// within the total weight plus 1 % of the requests, plus one per pick made among fewer
+    /// targets (smooth weighted round robin: a target's count is its weight's share less
+    /// its change of credit over the total weight; a pick among fewer targets moves a
+    /// credit by at most the total weight, so a share by at most one).
     pub fn check_weights(&mut self, now: Nanos) {
         for (r, counts) in self.traffic.weighted.iter().enumerate() {
             let Some(counts) = counts else {
@@ -581,7 +607,7 @@ impl Driver {
             let weights: Vec<u64> = route.targets.iter().map(|t| u64::from(t.weight)).collect();
             let total_w: u64 = weights.iter().sum();
             let n: u64 = counts.iter().sum();
-            let tolerance = total_w + n / 100;
+            let tolerance = total_w + n / 100 + self.traffic.partial[r];
             self.counts.checks += 1;
             for (t, got) in counts.iter().enumerate() {
                 let want = n * weights[t] / total_w.max(1);
@@ -751,8 +777,12 @@ impl Driver {
             }
             ticket_o = Some(*t);
         }
-        if all_admissible && let Some(Some(w)) = self.traffic.weighted.get_mut(route) {
-            w[fwd.target()] += 1;
+        if let Some(Some(w)) = self.traffic.weighted.get_mut(route) {
+            if all_admissible {
+                w[fwd.target()] += 1;
+            } else {
+                self.traffic.partial[route] += 1;
+            }
         }
         let described = self.oracle.is_some().then(|| {
             let mut h = HeaderMap::new();
@@ -1066,14 +1096,18 @@ impl Driver {
                 Some(o) => !o.retry_targets(route, &ctx.tried, mono).is_empty(),
                 None => false,
             };
+            if allowed && !left {
+                self.traffic.budgets[route].maybe.push_back(mono);
+            }
             if allowed && room && left && mono < deadline {
                 self.violations.push(violation(
                     now.mono,
                     "retry_when_allowed",
                     format!(
-                        "request {request}: {} try {} failed ({outcome:?}); the rule, the budget and an untried target allow a retry, the policy made none",
+                        "request {request}: {} try {} failed ({outcome:?}); the rule, the budget ({}) and an untried target allow a retry, the policy made none",
                         ctx.method,
-                        ctx.tried.len()
+                        ctx.tried.len(),
+                        self.traffic.budgets[route].describe(mono),
                     ),
                 ));
             }
@@ -1102,18 +1136,6 @@ impl Driver {
                 format!("request {request} on route {name}: {why}"),
             ));
         }
-        if mono >= deadline {
-            // Past the route's deadline the gateway answers with the failure: the try it
-            // was given is given back unsent.
-            self.policy.on_upstream_result(
-                &mut self.balancers[route],
-                next.attempt,
-                UpstreamOutcome::Cancelled,
-                now,
-            );
-            self.drain(route);
-            return None;
-        }
         let ticket = match self.oracle.as_mut() {
             Some(o) => match o.retry(route, &ctx.tried, next.target(), mono) {
                 Ok(t) => Some(t),
@@ -1124,7 +1146,24 @@ impl Driver {
             },
             None => None,
         };
+        if mono >= deadline {
+            // Past the route's deadline the gateway answers with the failure: the try it
+            // was given is given back unsent (the aegis-tokio gateway drops it unreported;
+            // see the report of this branch).
+            if let (Some(o), Some(t)) = (self.oracle.as_mut(), ticket) {
+                o.outcome(t, UpstreamOutcome::Cancelled, mono);
+            }
+            self.policy.on_upstream_result(
+                &mut self.balancers[route],
+                next.attempt,
+                UpstreamOutcome::Cancelled,
+                now,
+            );
+            self.drain(route);
+            return None;
+        }
         self.traffic.report.retries += 1;
+        self.traffic.partial[route] += 1;
         let original = ctx.original.clone();
         ctx.fwd = next.clone();
         let left = Duration::from_nanos(deadline - mono);
