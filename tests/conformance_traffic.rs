@@ -52,7 +52,8 @@ fn simulated(empty_budget: bool) -> Vec<u16> {
         ));
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let s = Scenario::from_toml(&text, "conformance-retries", root).unwrap_or_else(|e| panic!("{e}"));
+    let s =
+        Scenario::from_toml(&text, "conformance-retries", root).unwrap_or_else(|e| panic!("{e}"));
     let r = aegis_sim::run(
         &s,
         &RunOptions {
