@@ -22,7 +22,7 @@ export CARGO_PROFILE_DEV_OPT_LEVEL=1
 export CARGO_PROFILE_DEV_DEBUG=0
 files=("$@")
 if [ ${#files[@]} -eq 0 ]; then
-    files=(auth balancer breaker path pipeline ratelimit router time)
+    files=(auth balancer breaker health jwks path pipeline ratelimit retry router time)
     files=("${files[@]/#/aegis-policy/src/}")
     files=("${files[@]/%/.rs}")
 fi

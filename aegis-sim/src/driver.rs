@@ -148,6 +148,162 @@ struct Flight {
     attempt: Attempt,
     probe_era: Option<u64>,
     oracle: Option<oracle::Ticket>,
+    /// With retries modelled: what a retry needs.
+    retry: Option<Box<RetryCtx>>,
+}
+
+/// What sending a request again needs: the policy's `Forward` (its tried targets), the
+/// method, the client's path, when the first try went out, and the targets tried.
+#[derive(Debug)]
+struct RetryCtx {
+    fwd: aegis_policy::Forward,
+    method: aegis_policy::http::Method,
+    original: String,
+    first_at: u64,
+    tried: Vec<usize>,
+}
+
+/// A try the policy sends again, for the runner to dispatch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryTry {
+    pub request: u64,
+    pub slot: u32,
+    pub route: usize,
+    pub target: usize,
+    pub timeout: Duration,
+    pub upstream_path: String,
+}
+
+/// Watches a route's retries against its `[retry_budget]`, restated from the config: over a
+/// window, at most `ratio` retries per request, or `min_per_second` × the window.
+#[derive(Debug)]
+struct BudgetWatch {
+    ratio: f64,
+    floor: f64,
+    window: u64,
+    requests: std::collections::VecDeque<u64>,
+    retries: std::collections::VecDeque<u64>,
+    /// Retries the policy may have taken from the budget and found no target for (it takes
+    /// one before it picks): counted against the room, never as granted.
+    maybe: std::collections::VecDeque<u64>,
+}
+
+impl BudgetWatch {
+    fn new(c: &aegis_policy::config::RetryBudgetConfig) -> BudgetWatch {
+        BudgetWatch {
+            ratio: c.ratio,
+            floor: f64::from(c.min_per_second) * c.window.as_secs_f64(),
+            window: u64::try_from(c.window.as_nanos()).unwrap_or(u64::MAX),
+            requests: std::collections::VecDeque::new(),
+            retries: std::collections::VecDeque::new(),
+            maybe: std::collections::VecDeque::new(),
+        }
+    }
+
+    fn prune(&mut self, t: u64) {
+        let from = t.saturating_sub(self.window);
+        while self.requests.front().is_some_and(|x| *x < from) {
+            self.requests.pop_front();
+        }
+        while self.retries.front().is_some_and(|x| *x < from) {
+            self.retries.pop_front();
+        }
+        while self.maybe.front().is_some_and(|x| *x < from) {
+            self.maybe.pop_front();
+        }
+    }
+
+    fn since(v: &std::collections::VecDeque<u64>, from: u64) -> usize {
+        v.iter().filter(|x| **x >= from).count()
+    }
+
+    /// The budget's window is kept in ten slots, so it spans between nine tenths of the
+    /// window and the whole of it: a retry granted at `t` means fewer retries in the last
+    /// nine tenths than the allowance over the whole window. `Some` explains a breach.
+    fn granted(&mut self, t: u64) -> Option<String> {
+        self.prune(t);
+        let narrow = t.saturating_sub(self.window / 10 * 9);
+        let retries = Self::since(&self.retries, narrow);
+        let requests = self.requests.len();
+        let allowed = (self.ratio * requests as f64).max(self.floor);
+        self.retries.push_back(t);
+        ((retries as f64) >= allowed).then(|| {
+            format!(
+                "a retry granted with {retries} retries already in the last 9/10 of the window,                  {requests} requests in the window: the budget allows {allowed:.1}"
+            )
+        })
+    }
+
+    fn describe(&self, t: u64) -> String {
+        let narrow = t.saturating_sub(self.window / 10 * 9);
+        format!(
+            "{} retries and {} requests in the window, {} requests in its last 9/10; ratio {}, floor {}",
+            self.retries.len(),
+            self.requests.len(),
+            Self::since(&self.requests, narrow),
+            self.ratio,
+            self.floor
+        )
+    }
+
+    /// Whether the budget certainly has a retry left at `t`: fewer retries in the whole
+    /// window than the allowance over its last nine tenths.
+    fn has_room(&mut self, t: u64) -> bool {
+        self.prune(t);
+        let narrow = t.saturating_sub(self.window / 10 * 9);
+        let requests = Self::since(&self.requests, narrow);
+        let allowed = (self.ratio * requests as f64).max(self.floor);
+        ((self.retries.len() + self.maybe.len()) as f64) + 1.0 < allowed
+    }
+}
+
+/// The route's retry rule, restated from the README: a try that was never sent (refused)
+/// goes to another target once each, whatever the method; a sent one again only if the
+/// method is idempotent, the outcome is a status in `retry_on`, a reset or a timeout, and
+/// fewer than `retries` retries were made.
+fn rule_allows(
+    route: &aegis_policy::config::RouteConfig,
+    method: &aegis_policy::http::Method,
+    outcome: UpstreamOutcome,
+    sent: bool,
+    tries: usize,
+) -> bool {
+    use aegis_policy::http::Method as M;
+    if !sent {
+        return matches!(
+            outcome,
+            UpstreamOutcome::ConnectError | UpstreamOutcome::Timeout
+        ) && tries < route.targets.len();
+    }
+    let idempotent = [M::GET, M::HEAD, M::OPTIONS, M::TRACE, M::PUT, M::DELETE].contains(method);
+    let retryable = match outcome {
+        UpstreamOutcome::Status(s) => route.retry.on.contains(s),
+        UpstreamOutcome::ConnectError | UpstreamOutcome::Timeout => true,
+        UpstreamOutcome::Cancelled => false,
+    };
+    idempotent && retryable && tries <= route.retry.retries as usize
+}
+
+/// Retries, health checks and tunnels: what the driver models beyond one try per request.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    /// Send failed tries again as the gateway does (scenarios opt in; see `Scenario`).
+    pub retries: bool,
+    /// Planted: the shell ignores health probe results.
+    pub ignore_probes: bool,
+    budgets: Vec<BudgetWatch>,
+    pub report: crate::report::TrafficReport,
+    /// A retry the runner must dispatch.
+    pub pending: Option<RetryTry>,
+    /// Weighted routes: forwards per target made while every target could take them.
+    pub weighted: Vec<Option<Vec<u64>>>,
+    /// Compare the balancers' in-flight counts with the tries out (traffic scenarios).
+    pub check_in_flight: bool,
+    /// Tries whose outcome was lost, per route and target (never given back).
+    lost: Vec<Vec<u32>>,
+    /// Weighted routes: picks made among fewer than all targets (first tries without every
+    /// target admissible, and retries).
+    partial: Vec<u64>,
 }
 
 /// Counters for the report.
@@ -213,6 +369,9 @@ pub struct Driver {
     open_for: Duration,
     probe_timeout: Duration,
     oracle: Option<Oracle>,
+    /// Keys fetched from JWKS URLs, by provider (`[idp]` scenarios set them as time passes).
+    pub keys: Vec<Option<std::sync::Arc<aegis_policy::KeySet>>>,
+    pub traffic: Traffic,
 }
 
 fn violation(now: Nanos, invariant: &'static str, detail: String) -> Violation {
@@ -252,6 +411,31 @@ impl Driver {
                 .collect(),
             ..Counts::default()
         };
+        let traffic = Traffic {
+            partial: vec![0; cfg.routes.len()],
+            lost: cfg
+                .routes
+                .iter()
+                .map(|r| vec![0; r.targets.len()])
+                .collect(),
+            budgets: cfg
+                .routes
+                .iter()
+                .map(|_| BudgetWatch::new(&cfg.retry_budget))
+                .collect(),
+            weighted: cfg
+                .routes
+                .iter()
+                .map(|r| {
+                    // Weights steer round robin only (power of two choices weighs load).
+                    let w = r.targets.first().map_or(1, |t| t.weight);
+                    (r.balance == aegis_policy::config::Balance::RoundRobin
+                        && r.targets.iter().any(|t| t.weight != w))
+                    .then(|| vec![0; r.targets.len()])
+                })
+                .collect(),
+            ..Traffic::default()
+        };
         Driver {
             open_for: cfg.breaker.open_for,
             probe_timeout: cfg.breaker.probe_timeout,
@@ -269,6 +453,8 @@ impl Driver {
             violations: Vec::new(),
             ticks: Vec::new(),
             oracle: None,
+            keys: Vec::new(),
+            traffic,
         }
     }
 
@@ -340,6 +526,164 @@ impl Driver {
         }
     }
 
+    /// Models retries: every failed try goes through the gateway's retry loop, and the
+    /// reference model follows every route's choice of target (a retry's is the policy's).
+    pub fn enable_retries(&mut self) {
+        self.traffic.retries = true;
+        if let Some(o) = self.oracle.as_mut() {
+            o.follow_all();
+        }
+    }
+
+    /// Planted: the shell builds its balancers without the config's `[retry_budget]` (each
+    /// keeps the balancer's built-in default).
+    pub fn plant_default_budget(&mut self) {
+        let cfg = self.policy.config();
+        self.balancers = cfg
+            .routes
+            .iter()
+            .map(|r| Balancer::new(r, &cfg.breaker))
+            .collect();
+    }
+
+    /// Health checks: the targets of `route` due for a probe at `now` (each is reported
+    /// once with [`Driver::probe_result`]), with the probe's path and timeout.
+    pub fn health_due(&mut self, route: usize, now: Nanos) -> (Vec<usize>, String, Duration) {
+        match self.balancers[route].health() {
+            Some(h) => (h.due(now), h.path().to_owned(), h.timeout()),
+            None => (Vec::new(), String::new(), Duration::ZERO),
+        }
+    }
+
+    /// When `route`'s next probe falls due.
+    pub fn health_next(&mut self, route: usize) -> Option<u64> {
+        self.balancers[route]
+            .health()
+            .and_then(|h| h.next_due())
+            .map(|n| n.0)
+    }
+
+    /// Invariant `in_flight_accounts_for_tries`: the balancer's requests in flight per target
+    /// (what power of two choices weighs) are the tries the driver has out, plus the ones
+    /// whose outcome was lost; a tunnel, once its 101 is in, is none.
+    pub fn check_in_flight(&mut self, now: Nanos) {
+        if !self.traffic.check_in_flight {
+            return;
+        }
+        self.counts.checks += 1;
+        let mut out: Vec<Vec<u32>> = self.balancers.iter().map(|b| vec![0; b.len()]).collect();
+        for f in self.flights.iter().flatten() {
+            out[f.route][f.attempt.target] += 1;
+        }
+        for (r, b) in self.balancers.iter().enumerate() {
+            let lines = b.snapshot(self.policy.route(RouteId(r)), now);
+            for (t, line) in lines.iter().enumerate() {
+                let want = out[r][t] + self.traffic.lost[r][t];
+                if line.in_flight != want {
+                    let detail = format!(
+                        "{} on route {} counts {} in flight; {} tries are out",
+                        line.target_url, line.route, line.in_flight, want
+                    );
+                    self.violations
+                        .push(violation(now, "in_flight_accounts_for_tries", detail));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Invariant `weights_honoured`: on a route with differing weights, the first tries
+    /// made while every target could take them are shared in proportion to the weights,
+    /// within the total weight plus 1 % of the requests, plus one per pick made among fewer
+    /// targets (smooth weighted round robin: a target's count is its weight's share less
+    /// its change of credit over the total weight; a pick among fewer targets moves a
+    /// credit by at most the total weight, so a share by at most one).
+    pub fn check_weights(&mut self, now: Nanos) {
+        for (r, counts) in self.traffic.weighted.iter().enumerate() {
+            let Some(counts) = counts else {
+                continue;
+            };
+            let route = &self.policy.config().routes[r];
+            let weights: Vec<u64> = route.targets.iter().map(|t| u64::from(t.weight)).collect();
+            let total_w: u64 = weights.iter().sum();
+            let n: u64 = counts.iter().sum();
+            let tolerance = total_w + n / 100 + self.traffic.partial[r];
+            self.counts.checks += 1;
+            for (t, got) in counts.iter().enumerate() {
+                let want = n * weights[t] / total_w.max(1);
+                if got.abs_diff(want) > tolerance {
+                    let detail = format!(
+                        "{} of route {} got {got} of {n} requests; weight {} of {total_w} gives {want} ± {tolerance}",
+                        route.targets[t].url, route.name, weights[t]
+                    );
+                    self.violations
+                        .push(violation(now, "weights_honoured", detail));
+                }
+            }
+        }
+    }
+
+    /// Whether the policy has `target` of `route` in rotation by its health checks.
+    pub fn is_healthy(&mut self, route: usize, target: usize) -> bool {
+        self.balancers[route]
+            .health()
+            .is_none_or(|h| h.is_healthy(target))
+    }
+
+    /// A probe's result, as the gateway's prober reports it; the model's standing must agree.
+    pub fn probe_result(&mut self, route: usize, target: usize, passed: bool, now: Nanos) {
+        self.traffic.report.health_probes += 1;
+        if self.traffic.ignore_probes {
+            return;
+        }
+        let Some(h) = self.balancers[route].health() else {
+            return;
+        };
+        h.on_probe(target, passed, now);
+        let got = h.is_healthy(target);
+        for change in self.balancers[route].drain_health_transitions() {
+            let routes = &self.policy.config().routes;
+            self.traffic
+                .report
+                .health_transitions
+                .push(crate::report::HealthReport {
+                    t_ms: change.at.as_millis(),
+                    route: routes[route].name.clone(),
+                    target: routes[route].targets[change.target].url.clone(),
+                    healthy: change.healthy,
+                });
+        }
+        self.counts.checks += 1;
+        if let Some(o) = self.oracle.as_mut() {
+            let want = o.probe(route, target, passed);
+            if want != got {
+                let url = self.balancers[route].url(target).to_owned();
+                self.disagree(
+                    now,
+                    format!(
+                        "after a {} probe of {url}, the reference model says {}; the policy's health checks say {}",
+                        if passed { "passed" } else { "failed" },
+                        if want { "healthy" } else { "unhealthy" },
+                        if got { "healthy" } else { "unhealthy" },
+                    ),
+                );
+            }
+        }
+    }
+
+    /// `[idp]`: the IdP's document with `kids` reached the gateway at `mono` (the model
+    /// learns the keys from the world, not from the policy's cache).
+    pub fn jwks_fetched(
+        &mut self,
+        kids: Vec<String>,
+        max_age: Option<std::time::Duration>,
+        mono: u64,
+    ) {
+        if let Some(o) = self.oracle.as_mut() {
+            o.jwks_fetched(kids, max_age, mono);
+        }
+    }
+
     pub fn failed(&self) -> bool {
         !self.violations.is_empty()
     }
@@ -349,11 +693,11 @@ impl Driver {
         let request = self.answered.len() as u64;
         self.answered.push(false);
         self.counts.requests += 1;
-        let expected = self
+        let mut expected = self
             .oracle
             .as_mut()
             .and_then(|o| o.request(view, now.mono.0, now.wall.0));
-        let (handled, got) = self.pipeline(request, view, now, expected.as_ref().and_then(|e| e.1));
+        let (handled, got) = self.pipeline(request, view, now, expected.as_mut());
         // No expectation: the oracle cannot judge this request's token (not HMAC-signed).
         if let (Some((want, _)), Some(got)) = (&expected, &got) {
             self.judge(request, view, now, want, got);
@@ -373,9 +717,9 @@ impl Driver {
         request: u64,
         view: &RequestView<'_>,
         now: Now,
-        ticket_o: Option<oracle::Ticket>,
+        expected: Option<&mut (Answer, Option<oracle::Ticket>)>,
     ) -> (Handled, Option<Answer>) {
-        let ticket = match self.policy.on_request(view, now) {
+        let ticket = match self.policy.on_request_with(view, &self.keys, now) {
             Step::Respond(reply) => return self.reply(request, &reply, now),
             Step::Admit(t) => t,
             Step::Count(pending) => {
@@ -409,10 +753,37 @@ impl Driver {
         let route = ticket.route().0;
         let result = self.policy.forward(ticket, &mut self.balancers[route], now);
         self.drain(route);
+        // The budget counts every request that reached the balancer.
+        if self.traffic.retries {
+            let b = &mut self.traffic.budgets[route];
+            b.requests.push_back(now.mono.0);
+            b.prune(now.mono.0);
+        }
         let fwd = match result {
             Ok(f) => f,
             Err(reply) => return self.reply(request, &reply, now),
         };
+        // A followed route: the policy's choice must be one the model allows.
+        let mut ticket_o = None;
+        let mut all_admissible = false;
+        if let Some((want, Some(t))) = expected {
+            if t.follows()
+                && let Some(o) = self.oracle.as_mut()
+            {
+                all_admissible = o.all_admissible(route);
+                if let Err((inv, detail)) = o.bind(t, want, fwd.target(), now.mono.0) {
+                    self.violations.push(violation(now.mono, inv, detail));
+                }
+            }
+            ticket_o = Some(*t);
+        }
+        if let Some(Some(w)) = self.traffic.weighted.get_mut(route) {
+            if all_admissible {
+                w[fwd.target()] += 1;
+            } else {
+                self.traffic.partial[route] += 1;
+            }
+        }
         let described = self.oracle.is_some().then(|| {
             let mut h = HeaderMap::new();
             fwd.apply_response_headers(&mut h);
@@ -473,6 +844,41 @@ impl Driver {
                 rate,
             }
         });
+        let retry = self.traffic.retries.then(|| {
+            Box::new(RetryCtx {
+                method: view.method.clone(),
+                original: view.path_and_query.to_owned(),
+                first_at: now.mono.0,
+                tried: Vec::new(),
+                fwd: fwd.clone(),
+            })
+        });
+        let (slot, target, timeout, upstream_path) =
+            self.launch(request, fwd, view.path_and_query, ticket_o, retry, now);
+        (
+            Handled::Forward {
+                request,
+                slot,
+                route,
+                target,
+                timeout,
+                upstream_path,
+            },
+            described,
+        )
+    }
+
+    /// A try goes out: the shadow model's checks, and a slot for its outcome.
+    fn launch(
+        &mut self,
+        request: u64,
+        fwd: aegis_policy::Forward,
+        original: &str,
+        ticket_o: Option<oracle::Ticket>,
+        retry: Option<Box<RetryCtx>>,
+        now: Now,
+    ) -> (u32, usize, Duration, Option<String>) {
+        let route = fwd.route.0;
         let target = fwd.target();
         self.counts.checks += 1;
         let url = &self.policy.config().routes[route].targets[target].url;
@@ -522,7 +928,6 @@ impl Driver {
         self.check_consistent(route, target, now.mono);
         self.counts.per_target[route][target].0 += 1;
         let timeout = fwd.timeout;
-        let original = view.path_and_query;
         let upstream_path = match fwd.path_and_query(original) {
             p if *p == *original => None,
             p => Some(p.into_owned()),
@@ -533,6 +938,7 @@ impl Driver {
             attempt: fwd.attempt,
             probe_era,
             oracle: ticket_o,
+            retry,
         };
         let slot = match self.free.pop() {
             Some(s) => {
@@ -544,17 +950,7 @@ impl Driver {
                 (self.flights.len() - 1) as u32
             }
         };
-        (
-            Handled::Forward {
-                request,
-                slot,
-                route,
-                target,
-                timeout,
-                upstream_path,
-            },
-            described,
-        )
+        (slot, target, timeout, upstream_path)
     }
 
     /// The upstream outcome of the request in `slot`, known at `now`. Returns the request id
@@ -563,6 +959,22 @@ impl Driver {
         &mut self,
         slot: u32,
         outcome: UpstreamOutcome,
+        now: Now,
+    ) -> Option<(u64, u16)> {
+        // A refused connection sent nothing; anything else was (at least partly) sent.
+        let sent = outcome != UpstreamOutcome::ConnectError;
+        self.complete_try(slot, outcome, sent, now)
+    }
+
+    /// [`Driver::complete`] saying whether any of the request was written (a reset after it
+    /// was sent is a `ConnectError` that was). With retries modelled, a failed try may be
+    /// sent again: then nothing is answered (`None`) and [`Traffic::pending`] holds the
+    /// try for the runner to dispatch.
+    pub fn complete_try(
+        &mut self,
+        slot: u32,
+        outcome: UpstreamOutcome,
+        sent: bool,
         now: Now,
     ) -> Option<(u64, u16)> {
         self.counts.checks += 1;
@@ -596,6 +1008,14 @@ impl Driver {
             .on_upstream_result(&mut self.balancers[route], flight.attempt, outcome, now);
         self.drain(route);
         self.check_consistent(route, target, now.mono);
+        if let Some(ctx) = flight.retry
+            && let Some(again) =
+                self.try_again(flight.request, route, target, outcome, sent, ctx, now)
+        {
+            self.compare_breakers(route, now.mono);
+            self.traffic.pending = Some(again);
+            return None;
+        }
         // 502/504 are the policy's answer, as in the gateway.
         let failed = self
             .policy
@@ -624,6 +1044,141 @@ impl Driver {
         Some((flight.request, status))
     }
 
+    /// After a failed try, what the gateway does (aegis-tokio's gateway loop): it asks the
+    /// policy for another try on a reset, a timeout, a refusal, or a status in `retry_on`
+    /// (when the route retries at all), and sends it if the route's deadline has not passed.
+    /// Checks the answer against the rule, the budget and the model's targets.
+    #[allow(clippy::too_many_arguments)]
+    fn try_again(
+        &mut self,
+        request: u64,
+        route: usize,
+        target: usize,
+        outcome: UpstreamOutcome,
+        sent: bool,
+        mut ctx: Box<RetryCtx>,
+        now: Now,
+    ) -> Option<RetryTry> {
+        let cfg = &self.policy.config().routes[route];
+        let asks = match outcome {
+            UpstreamOutcome::Status(s) => cfg.retry.retries > 0 && cfg.retry.on.contains(s),
+            UpstreamOutcome::Cancelled => false,
+            UpstreamOutcome::ConnectError | UpstreamOutcome::Timeout => true,
+        };
+        if !asks {
+            return None;
+        }
+        ctx.tried.push(target);
+        let allowed = rule_allows(cfg, &ctx.method, outcome, sent, ctx.tried.len());
+        let unsafe_method = !rule_allows(cfg, &ctx.method, UpstreamOutcome::Timeout, true, 0);
+        let name = cfg.name.clone();
+        let deadline = ctx
+            .first_at
+            .saturating_add(u64::try_from(ctx.fwd.deadline.as_nanos()).unwrap_or(u64::MAX));
+        let mono = now.mono.0;
+        let room = self.traffic.budgets[route].has_room(mono);
+        let next = self.policy.retry(
+            &ctx.fwd,
+            aegis_policy::FailedTry {
+                outcome,
+                sent,
+                method: &ctx.method,
+                idempotency_key: false,
+                body_replayable: true,
+            },
+            &mut self.balancers[route],
+            now,
+        );
+        self.drain(route);
+        self.counts.checks += 1;
+        let Some(next) = next else {
+            let left = match self.oracle.as_mut() {
+                Some(o) => !o.retry_targets(route, &ctx.tried, mono).is_empty(),
+                None => false,
+            };
+            if allowed && !left {
+                self.traffic.budgets[route].maybe.push_back(mono);
+            }
+            if allowed && room && left && mono < deadline {
+                self.violations.push(violation(
+                    now.mono,
+                    "retry_when_allowed",
+                    format!(
+                        "request {request}: {} try {} failed ({outcome:?}); the rule, the budget ({}) and an untried target allow a retry, the policy made none",
+                        ctx.method,
+                        ctx.tried.len(),
+                        self.traffic.budgets[route].describe(mono),
+                    ),
+                ));
+            }
+            return None;
+        };
+        if !allowed {
+            let inv = if sent && unsafe_method {
+                "no_replay_of_unsafe_method"
+            } else {
+                "retry_rule"
+            };
+            self.violations.push(violation(
+                now.mono,
+                inv,
+                format!(
+                    "request {request}: {} retried after try {} ended {outcome:?} (sent: {sent})",
+                    ctx.method,
+                    ctx.tried.len()
+                ),
+            ));
+        }
+        if let Some(why) = self.traffic.budgets[route].granted(mono) {
+            self.violations.push(violation(
+                now.mono,
+                "retry_budget_respected",
+                format!("request {request} on route {name}: {why}"),
+            ));
+        }
+        let ticket = match self.oracle.as_mut() {
+            Some(o) => match o.retry(route, &ctx.tried, next.target(), mono) {
+                Ok(t) => Some(t),
+                Err((inv, detail)) => {
+                    self.violations.push(violation(now.mono, inv, detail));
+                    None
+                }
+            },
+            None => None,
+        };
+        if mono >= deadline {
+            // Past the route's deadline the gateway answers with the failure: the try it
+            // was given is given back unsent (the aegis-tokio gateway drops it unreported;
+            // see the report of this branch).
+            if let (Some(o), Some(t)) = (self.oracle.as_mut(), ticket) {
+                o.outcome(t, UpstreamOutcome::Cancelled, mono);
+            }
+            self.policy.on_upstream_result(
+                &mut self.balancers[route],
+                next.attempt,
+                UpstreamOutcome::Cancelled,
+                now,
+            );
+            self.drain(route);
+            return None;
+        }
+        self.traffic.report.retries += 1;
+        self.traffic.partial[route] += 1;
+        let original = ctx.original.clone();
+        ctx.fwd = next.clone();
+        let left = Duration::from_nanos(deadline - mono);
+        let (slot, target, timeout, upstream_path) =
+            self.launch(request, next, &original, ticket, Some(ctx), now);
+        Some(RetryTry {
+            request,
+            slot,
+            route,
+            target,
+            timeout: timeout.min(left),
+            upstream_path: upstream_path.unwrap_or(original),
+        })
+    }
+
     /// The outcome of the request in `slot` is lost: neither the policy nor the model hears of
     /// it (only the breaker's `probe_timeout` frees a lost probe). The shell's own deadline
     /// answers the client 504.
@@ -638,6 +1193,7 @@ impl Driver {
             return None;
         };
         self.free.push(slot);
+        self.traffic.lost[flight.route][flight.attempt.target] += 1;
         self.answer(flight.request, 504, LOST, now.mono);
         Some((flight.request, 504))
     }
@@ -856,7 +1412,21 @@ impl Driver {
                 ));
             }
         }
-        if let Reason::Unauthorized(f) = &reply.reason {
+        if let Reason::Unauthorized(f @ aegis_policy::AuthFailure::KeysUnavailable) = &reply.reason
+        {
+            // Not the client's fault: a 503 that names the reason and when to come back.
+            let body: serde_json::Value = serde_json::from_str(&reply.body).unwrap_or_default();
+            if status != 503
+                || body["error"] != "auth_unavailable"
+                || body["reason"] != f.reason()
+                || body["retryAfter"].as_u64() != retry_after
+            {
+                problems.push(format!(
+                    "its body {} does not say keys_unavailable with Retry-After {retry_after:?}",
+                    reply.body
+                ));
+            }
+        } else if let Reason::Unauthorized(f) = &reply.reason {
             let body: serde_json::Value = serde_json::from_str(&reply.body).unwrap_or_default();
             let message = body["message"].as_str().unwrap_or_default();
             if body["error"] != "unauthorized" || body["reason"] != f.reason() {

@@ -10,6 +10,7 @@
 //! * [`run`]: the event loop (virtual clock, simulated clients and upstreams);
 //! * [`fuzz`]: random scenarios from seeds, a safety phase with faults then a liveness phase;
 //! * [`replay`]: a recorded JSON access log through a candidate config;
+//! * [`idp`]: a simulated identity provider serving the gateway's JWKS on virtual time;
 //! * [`rng`]: the seeded PRNG, written out so a seed means the same bytes everywhere;
 //! * [`violation`]: a broken invariant, shared by the driver and the reports.
 //!
@@ -19,6 +20,7 @@
 
 pub mod driver;
 pub mod fuzz;
+pub mod idp;
 pub mod oracle;
 pub mod replay;
 pub mod report;

@@ -48,6 +48,40 @@ pub struct TraceLine {
     pub target: Option<String>,
 }
 
+/// What the IdP and the JWKS cache did, for the report.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct JwksReport {
+    pub fetches_ok: u64,
+    pub fetches_failed: u64,
+    pub unknown_kid_fetches: u64,
+    pub unknown_kid_refused: u64,
+    /// Requests held while a refetch ran, then checked again.
+    pub held: u64,
+    /// Virtual ms of every fetch start and its reason.
+    pub fetch_log: Vec<(u64, &'static str)>,
+}
+
+/// A target's health-check standing changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HealthReport {
+    pub t_ms: u64,
+    pub route: String,
+    pub target: String,
+    pub healthy: bool,
+}
+
+/// Upstream traffic management: retries, health checks, tunnels.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct TrafficReport {
+    /// Tries after a request's first.
+    pub retries: u64,
+    pub health_probes: u64,
+    pub health_transitions: Vec<HealthReport>,
+    /// Long-lived (tunnel) requests forwarded, and the most open at once.
+    pub tunnels: u64,
+    pub max_tunnels_open: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Report {
     pub scenario: String,
@@ -72,6 +106,12 @@ pub struct Report {
     pub invariant_violations: Vec<Violation>,
     /// Failed `[expect]` entries of the scenario.
     pub expectations_failed: Vec<String>,
+    /// `[idp]` scenarios: the JWKS fetches and unknown-kid decisions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<JwksReport>,
+    /// Scenarios with retries, health checks or tunnels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<TrafficReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reproduce: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -119,6 +159,40 @@ impl Report {
                 .map(|(k, v)| format!("{k} {v}"))
                 .collect();
             let _ = writeln!(o, "  401 by reason: {}", u.join(", "));
+        }
+        if let Some(j) = &self.jwks {
+            let _ = writeln!(
+                o,
+                "  jwks: {} fetches ok, {} failed; unknown kid: {} refetches, {} refused; {} requests held for a refetch",
+                j.fetches_ok,
+                j.fetches_failed,
+                j.unknown_kid_fetches,
+                j.unknown_kid_refused,
+                j.held
+            );
+            let log: Vec<String> = j
+                .fetch_log
+                .iter()
+                .map(|(t, why)| format!("{} {why}", secs(*t)))
+                .collect();
+            let _ = writeln!(o, "  jwks fetches: {}", log.join(", "));
+        }
+        if let Some(t) = &self.traffic {
+            let _ = writeln!(
+                o,
+                "  traffic: {} retries, {} health probes, {} tunnels (at most {} open)",
+                t.retries, t.health_probes, t.tunnels, t.max_tunnels_open
+            );
+            for h in &t.health_transitions {
+                let _ = writeln!(
+                    o,
+                    "  health: {} {} on {} {}",
+                    secs(h.t_ms),
+                    h.target,
+                    h.route,
+                    if h.healthy { "healthy" } else { "UNHEALTHY" }
+                );
+            }
         }
         if self.store_errors > 0 {
             let _ = writeln!(

@@ -10,9 +10,12 @@ use aegis_policy::http::{HeaderMap, Method};
 use aegis_policy::{BreakerState, Nanos, Now, Policy, RequestView, UnixMillis, UpstreamOutcome};
 
 use crate::driver::{Driver, FaultyStore, Handled, OUTCOMES};
+use crate::idp::{self, SimIdp};
 use crate::report::{LimitedKey, Report, TargetReport, TraceLine};
 use crate::rng::Rng;
-use crate::scenario::{Down, FaultKind, Latency, Scenario, ScenarioError, TokenKind, UpstreamSpec};
+use crate::scenario::{
+    Down, FaultKind, Latency, Plant, Scenario, ScenarioError, TokenKind, UpstreamSpec,
+};
 use crate::tokens::Minter;
 
 /// How to run a scenario.
@@ -35,6 +38,21 @@ enum Ev {
     /// The outcome of the request in this slot is lost (never reported to the policy).
     Lost(u32),
     Tick(u32),
+    /// `[idp]`: the JWKS cache's next scheduled fetch may be due.
+    IdpWake,
+    /// `[idp]`: the fetch in flight completes.
+    IdpFetched,
+    /// A route's health probes may be due.
+    Health(u32),
+    /// A health probe's result arrives (index into the probes).
+    Probe(u32),
+    /// A tunnel ends (index into the tunnels).
+    TunnelEnd(u32),
+    /// The drain's deadline: open tunnels are closed.
+    DrainEnd,
+    /// The health-check bound is checked on this route (every `interval`, whatever the
+    /// prober does).
+    Bound(u32),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,7 +96,16 @@ impl Queue {
         };
         match ev {
             Ev::Load(_) | Ev::Script(_) => self.arrivals.push(e),
-            Ev::Done(_) | Ev::Lost(_) | Ev::Tick(_) => self.others.push(e),
+            Ev::Done(_)
+            | Ev::Lost(_)
+            | Ev::Tick(_)
+            | Ev::IdpWake
+            | Ev::IdpFetched
+            | Ev::Health(_)
+            | Ev::Probe(_)
+            | Ev::TunnelEnd(_)
+            | Ev::DrainEnd
+            | Ev::Bound(_) => self.others.push(e),
         }
     }
 
@@ -97,6 +124,35 @@ impl Queue {
 struct Upstream {
     spec: UpstreamSpec,
     rng: Rng,
+    probe_rng: Rng,
+}
+
+impl Upstream {
+    /// Whether a request at `t` meets a reset (written, then the connection closed).
+    fn resets_at(&self, t: u64) -> bool {
+        self.spec.faults.iter().any(|f| {
+            f.from <= t
+                && t < f.until
+                && match f.kind {
+                    FaultKind::Down(Down::Reset) => true,
+                    FaultKind::Flap {
+                        period,
+                        down_for,
+                        down: Down::Reset,
+                    } => (t - f.from) % period < down_for,
+                    _ => false,
+                }
+        })
+    }
+}
+
+/// An upstream try in flight: how it ends, whether the request was written, and, for an
+/// upgrade, how long its tunnel lives.
+#[derive(Debug, Clone, Copy, Default)]
+struct SlotOutcome {
+    outcome: Option<UpstreamOutcome>,
+    sent: bool,
+    tunnel: Option<u64>,
 }
 
 fn sample(rng: &mut Rng, l: Latency) -> u64 {
@@ -110,11 +166,46 @@ fn sample(rng: &mut Rng, l: Latency) -> u64 {
 }
 
 impl Upstream {
+    /// A health probe `GET path` at `t`: whether it passes (a 2xx within `timeout`), and
+    /// when its result is known. Probes draw from their own stream.
+    fn probe(&mut self, t: u64, path: &str, timeout: u64) -> (bool, u64) {
+        std::mem::swap(&mut self.rng, &mut self.probe_rng);
+        let (outcome, delay) = self.answer(t, path, timeout);
+        std::mem::swap(&mut self.rng, &mut self.probe_rng);
+        let passed = matches!(outcome, Some(UpstreamOutcome::Status(s)) if (200..300).contains(&s));
+        (passed, delay.min(timeout))
+    }
+
+    /// Whether a probe at `t` would fail for a fault (refused, reset, hang, lost, a non-2xx
+    /// status), and since when the faults have held without a break: the start of the latest
+    /// fault window (or flap phase) in force, which is no earlier than the real start.
+    fn down_since(&self, t: u64) -> Option<u64> {
+        let failing = |d: Down| !matches!(d, Down::Status(s) if (200..300).contains(&s));
+        self.spec
+            .faults
+            .iter()
+            .filter(|f| f.from <= t && t < f.until)
+            .filter_map(|f| match f.kind {
+                FaultKind::Down(d) if failing(d) => Some(f.from),
+                FaultKind::Flap {
+                    period,
+                    down_for,
+                    down: d,
+                } if failing(d) && (t - f.from) % period < down_for => {
+                    Some(f.from + (t - f.from) / period * period)
+                }
+                _ => None,
+            })
+            .max()
+    }
+
     /// How a request sent at `t` to `path` ends (`None`: its outcome is lost), and when
     /// (delay from `t`).
     fn answer(&mut self, t: u64, path: &str, timeout: u64) -> (Option<UpstreamOutcome>, u64) {
         let down = |d: Down, lat: u64, connect: u64| match d {
             Down::Refused => (Some(UpstreamOutcome::ConnectError), connect),
+            // Told apart from a refusal by `reset_at` (the request was written).
+            Down::Reset => (Some(UpstreamOutcome::ConnectError), lat.max(connect + 1)),
             Down::Hang => (Some(UpstreamOutcome::Timeout), timeout),
             Down::Lost => (None, timeout),
             Down::Status(s) => (Some(UpstreamOutcome::Status(s)), lat),
@@ -218,7 +309,7 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
         .iter()
         .any(|l| l.tokens.iter().any(|(k, _)| *k != TokenKind::Missing))
         || s.requests.iter().any(|r| r.token != TokenKind::Missing);
-    if config.auth.is_some() && minter.is_none() && needs_tokens {
+    if config.auth.is_some() && minter.is_none() && needs_tokens && s.idp.is_none() {
         return Err(ScenarioError::new(
             "gateway.auth.algorithms",
             "allows no HS algorithm: the simulator mints HS tokens with the config's secret and \
@@ -240,6 +331,35 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
     );
     let mut driver = Driver::new(policy, store);
     driver.enable_oracle(&s.store_faults);
+    let mut idp = match &s.idp {
+        Some(spec) => Some(SimIdp::new(spec.clone(), &driver.policy)?),
+        None => None,
+    };
+    // [idp]: tokens are signed by the IdP's current key (a minter per signing kid).
+    let idp_minters: BTreeMap<String, Minter> = match (&s.idp, &idp) {
+        (Some(spec), Some(sim)) => {
+            let auth = driver.policy.config().providers()[sim.provider.0].1.clone();
+            spec.signing
+                .iter()
+                .filter_map(|(kid, _)| {
+                    Minter::with_key(
+                        &auth,
+                        kid,
+                        &idp::secret(kid),
+                        s.wall_start.as_secs(),
+                        end_secs,
+                    )
+                    .map(|m| (kid.clone(), m))
+                })
+                .collect()
+        }
+        _ => BTreeMap::new(),
+    };
+    let mut unknown_kids = 0u64;
+    let mut held: Vec<HeldReq> = Vec::new();
+    let mut idp_wake = 0u64;
+    // Plant::DropKeysOnFailure: the last fetch failed.
+    let mut last_fetch_failed = false;
 
     // Upstreams by URL, and each (route, target)'s index into them.
     let urls: Vec<&String> = s.upstreams.keys().collect();
@@ -249,6 +369,7 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
         .map(|(url, spec)| Upstream {
             spec: spec.clone(),
             rng: Rng::derive(seed, &format!("upstream {url}")),
+            probe_rng: Rng::derive(seed, &format!("probes {url}")),
         })
         .collect();
     let target_up: Vec<Vec<usize>> = config
@@ -263,6 +384,36 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
         .collect();
 
     let mut q = Queue::default();
+    if idp.is_some() {
+        q.push(0, Ev::IdpWake);
+    }
+    if s.traffic.retries {
+        driver.enable_retries();
+    }
+    match s.plant {
+        Some(Plant::RetryPastBudget) => driver.plant_default_budget(),
+        Some(Plant::IgnoreHealthProbes) => driver.traffic.ignore_probes = true,
+        _ => {}
+    }
+    // Health checks: each route's prober wakes when its next probe is due.
+    let mut health_wake: Vec<Option<u64>> = vec![None; config.routes.len()];
+    for (r, route) in config.routes.iter().enumerate() {
+        if route.health_check.is_some() {
+            health_wake[r] = Some(0);
+            q.push(0, Ev::Health(r as u32));
+            q.push(0, Ev::Bound(r as u32));
+        }
+    }
+    let mut probes: Vec<(usize, usize, bool)> = Vec::new();
+    let mut tunnels: Vec<u64> = Vec::new();
+    let mut open_tunnels = 0u64;
+    if let Some(d) = s.traffic.drain_at {
+        q.push(d.saturating_add(s.traffic.drain_timeout), Ev::DrainEnd);
+    }
+    let traffic_report = s.traffic.retries
+        || config.routes.iter().any(|r| r.health_check.is_some())
+        || s.loads.iter().any(|l| l.tunnel.is_some());
+    driver.traffic.check_in_flight = traffic_report;
     let mut loads: Vec<LoadState> = s
         .loads
         .iter()
@@ -291,7 +442,7 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
     }
     let mut script_sent: Vec<u32> = vec![0; s.requests.len()];
 
-    let mut outcomes: Vec<Option<UpstreamOutcome>> = Vec::new();
+    let mut outcomes: Vec<SlotOutcome> = Vec::new();
     let mut trace: Vec<TraceLine> = Vec::new();
     let mut last_t = 0u64;
 
@@ -301,11 +452,74 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
             mono: Nanos(t),
             wall: wall_at(s, t),
         };
+        if let Some(sim) = idp.as_ref() {
+            driver.keys = if s.plant == Some(Plant::DropKeysOnFailure) && last_fetch_failed {
+                Vec::new()
+            } else {
+                sim.keys(t)
+            };
+        }
         match ev {
+            Ev::IdpWake | Ev::IdpFetched => {
+                let Some(sim) = idp.as_mut() else { continue };
+                if ev == Ev::IdpFetched {
+                    let kids = sim.complete(t);
+                    last_fetch_failed = kids.is_none();
+                    if let Some(kids) = kids {
+                        driver.jwks_fetched(kids, sim.spec.max_age, t);
+                    }
+                    driver.keys = if s.plant == Some(Plant::DropKeysOnFailure) && last_fetch_failed
+                    {
+                        Vec::new()
+                    } else {
+                        sim.keys(t)
+                    };
+                    // Requests held for this fetch are checked again.
+                    for h in std::mem::take(&mut held) {
+                        sim.report.held += 1;
+                        let mut req = Req {
+                            method: &h.method,
+                            host: h.host.as_deref(),
+                            path: &h.path,
+                            headers: &h.headers,
+                            peer: h.peer,
+                            cancel: None,
+                            tunnel: None,
+                        };
+                        let status = send(
+                            &mut driver,
+                            &mut upstreams,
+                            &target_up,
+                            &mut q,
+                            &mut outcomes,
+                            opts.trace.then_some(&mut trace),
+                            &mut req,
+                            now,
+                        );
+                        check_published_key(&mut driver, sim, h.kind, status, t);
+                    }
+                } else if t != idp_wake {
+                    continue;
+                }
+                if sim.in_flight_until.is_none()
+                    && let Some(done) = sim.poll(t, &mut driver.violations)
+                {
+                    q.push(done, Ev::IdpFetched);
+                }
+                if let Some(w) = sim.next_wake()
+                    && w > t
+                    && w < s.duration
+                    && (idp_wake <= t || w < idp_wake)
+                {
+                    idp_wake = w;
+                    q.push(w, Ev::IdpWake);
+                }
+            }
             Ev::Tick(route) => driver.tick(route as usize, Nanos(t)),
             Ev::Done(slot) | Ev::Lost(slot) => {
-                let answered = match outcomes[slot as usize] {
-                    Some(outcome) => driver.complete(slot, outcome, now),
+                let o = outcomes[slot as usize];
+                let answered = match o.outcome {
+                    Some(outcome) => driver.complete_try(slot, outcome, o.sent, now),
                     None => driver.lose(slot, now),
                 };
                 if let Some((req, status)) = answered
@@ -314,11 +528,90 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
                 {
                     line.status = status;
                 }
+                // An upgrade answered 101: the tunnel lives on, no longer a try.
+                if let (Some(hold), Some((_, 101))) = (o.tunnel, answered) {
+                    let end = match s.traffic.drain_at {
+                        Some(d) if t < d => t.saturating_add(hold).min(d + s.traffic.drain_timeout),
+                        Some(d) => t.min(d + s.traffic.drain_timeout),
+                        None => t.saturating_add(hold),
+                    };
+                    tunnels.push(end);
+                    open_tunnels += 1;
+                    let tr = &mut driver.traffic.report;
+                    tr.tunnels += 1;
+                    tr.max_tunnels_open = tr.max_tunnels_open.max(open_tunnels);
+                    q.push(end, Ev::TunnelEnd((tunnels.len() - 1) as u32));
+                }
+                // The gateway sends a failed try again: to its upstream.
+                if let Some(again) = driver.traffic.pending.take() {
+                    if opts.trace
+                        && let Some(line) = trace.get_mut(again.request as usize)
+                    {
+                        line.target =
+                            Some(driver.balancers[again.route].url(again.target).to_owned());
+                    }
+                    dispatch(
+                        &mut upstreams,
+                        &target_up,
+                        &mut q,
+                        &mut outcomes,
+                        (again.slot, again.route, again.target),
+                        &again.upstream_path,
+                        again.timeout,
+                        None,
+                        o.tunnel,
+                        now,
+                    );
+                }
+                driver.check_in_flight(now.mono);
+            }
+            Ev::TunnelEnd(_) => {
+                open_tunnels = open_tunnels.saturating_sub(1);
+                driver.check_in_flight(now.mono);
+            }
+            Ev::DrainEnd => {}
+            Ev::Bound(route) => {
+                let r = route as usize;
+                check_health_bound(&mut driver, s, &upstreams, &target_up, r, t);
+                if let Some(h) = &config.routes[r].health_check {
+                    let next =
+                        t.saturating_add(u64::try_from(h.interval.as_nanos()).unwrap_or(u64::MAX));
+                    if next < s.duration {
+                        q.push(next, Ev::Bound(route));
+                    }
+                }
+            }
+            Ev::Health(route) => {
+                let r = route as usize;
+                if health_wake[r] != Some(t) {
+                    continue;
+                }
+                health_wake[r] = None;
+                let (due, path, timeout) = driver.health_due(r, Nanos(t));
+                let timeout_ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
+                for target in due {
+                    let (passed, delay) =
+                        upstreams[target_up[r][target]].probe(t, &path, timeout_ns);
+                    probes.push((r, target, passed));
+                    q.push(
+                        t.saturating_add(delay),
+                        Ev::Probe((probes.len() - 1) as u32),
+                    );
+                }
+                wake_health(&mut driver, &mut q, &mut health_wake, r, t, s.duration);
+            }
+            Ev::Probe(i) => {
+                let (r, target, passed) = probes[i as usize];
+                driver.probe_result(r, target, passed, Nanos(t));
+                check_health_bound(&mut driver, s, &upstreams, &target_up, r, t);
+                wake_health(&mut driver, &mut q, &mut health_wake, r, t, s.duration);
             }
             Ev::Load(i) => {
                 let spec = &s.loads[i as usize];
                 let st = &mut loads[i as usize];
-                if t >= spec.until || t >= s.duration {
+                // Draining: the listener is closed, nothing new arrives.
+                if t >= spec.until || t >= s.duration || s.traffic.drain_at.is_some_and(|d| t >= d)
+                {
                     continue;
                 }
                 // Schedule the next arrival first, so the stream is independent of outcomes.
@@ -355,27 +648,39 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
                     .map_or(TokenKind::Valid, |x| x.0);
                 let user = &spec.users[user_i as usize];
                 let fresh;
-                let headers: &HeaderMap =
-                    if (kind == TokenKind::Missing || minter.is_none()) && !spec.has_extras() {
-                        &empty
-                    } else if kind.per_request() {
-                        let mut h = mint(user, kind, now.wall.as_secs());
-                        add_extras(&mut h, spec, user_i as usize, user);
-                        fresh = h;
-                        &fresh
+                let headers: &HeaderMap = if let Some(sim) =
+                    idp.as_ref().filter(|_| kind != TokenKind::Missing)
+                {
+                    let m = &idp_minters[sim.spec.signing_kid(t)];
+                    let mut h = if kind == TokenKind::UnknownKid {
+                        unknown_kids += 1;
+                        m.headers_naming(format!("rnd-{unknown_kids}"), user, now.wall.as_secs())
                     } else {
-                        let slot = &mut st.headers[user_i as usize][kind.index()];
-                        if slot.is_none() {
-                            let mut h = if kind == TokenKind::Missing {
-                                HeaderMap::new()
-                            } else {
-                                mint(user, kind, now.wall.as_secs())
-                            };
-                            add_extras(&mut h, spec, user_i as usize, user);
-                            *slot = Some(h);
-                        }
-                        slot.as_ref().unwrap_or(&empty)
+                        m.headers(user, kind, now.wall.as_secs())
                     };
+                    add_extras(&mut h, spec, user_i as usize, user);
+                    fresh = h;
+                    &fresh
+                } else if (kind == TokenKind::Missing || minter.is_none()) && !spec.has_extras() {
+                    &empty
+                } else if kind.per_request() {
+                    let mut h = mint(user, kind, now.wall.as_secs());
+                    add_extras(&mut h, spec, user_i as usize, user);
+                    fresh = h;
+                    &fresh
+                } else {
+                    let slot = &mut st.headers[user_i as usize][kind.index()];
+                    if slot.is_none() {
+                        let mut h = if kind == TokenKind::Missing {
+                            HeaderMap::new()
+                        } else {
+                            mint(user, kind, now.wall.as_secs())
+                        };
+                        add_extras(&mut h, spec, user_i as usize, user);
+                        *slot = Some(h);
+                    }
+                    slot.as_ref().unwrap_or(&empty)
+                };
                 let cancel = (spec.cancel_ppm > 0).then_some((spec.cancel_ppm, &mut st.cancel));
                 let peer = spec.ips[ip_i as usize];
                 let mut req = Req {
@@ -385,7 +690,33 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
                     headers,
                     peer,
                     cancel,
+                    tunnel: spec.tunnel,
                 };
+                if let Some(sim) = idp.as_mut() {
+                    if s.plant != Some(Plant::IgnoreUnknownKid)
+                        && hold_for_refetch(&driver, sim, &req, now)
+                    {
+                        held.push(HeldReq::of(&req, kind));
+                        if sim.in_flight_until.is_none()
+                            && let Some(done) = sim.poll(t, &mut driver.violations)
+                        {
+                            q.push(done, Ev::IdpFetched);
+                        }
+                        continue;
+                    }
+                    let status = send(
+                        &mut driver,
+                        &mut upstreams,
+                        &target_up,
+                        &mut q,
+                        &mut outcomes,
+                        opts.trace.then_some(&mut trace),
+                        &mut req,
+                        now,
+                    );
+                    check_published_key(&mut driver, sim, kind, status, t);
+                    continue;
+                }
                 send(
                     &mut driver,
                     &mut upstreams,
@@ -408,12 +739,20 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
                     q.push(t.saturating_add(r.every), Ev::Script(i));
                 }
                 let fresh;
-                let headers = if r.token.per_request() {
-                    fresh = mint(&r.user, r.token, now.wall.as_secs());
-                    &fresh
-                } else {
-                    &script_headers[i as usize]
-                };
+                let headers =
+                    if let Some(sim) = idp.as_ref().filter(|_| r.token != TokenKind::Missing) {
+                        fresh = idp_minters[sim.spec.signing_kid(t)].headers(
+                            &r.user,
+                            r.token,
+                            now.wall.as_secs(),
+                        );
+                        &fresh
+                    } else if r.token.per_request() {
+                        fresh = mint(&r.user, r.token, now.wall.as_secs());
+                        &fresh
+                    } else {
+                        &script_headers[i as usize]
+                    };
                 let mut req = Req {
                     method: &r.method,
                     host: r.host.as_deref(),
@@ -421,6 +760,7 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
                     headers,
                     peer: r.ip,
                     cancel: None,
+                    tunnel: None,
                 };
                 send(
                     &mut driver,
@@ -466,7 +806,17 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
             }
         }
     }
+    if !stopped_early {
+        driver.check_weights(end);
+        for r in 0..config.routes.len() {
+            check_health_bound(&mut driver, s, &upstreams, &target_up, r, end.0);
+        }
+    }
     let mut report = build_report(s, seed, &driver, end, &finals);
+    report.jwks = idp.map(|sim| sim.report);
+    if traffic_report {
+        report.traffic = Some(std::mem::take(&mut driver.traffic.report));
+    }
     report.expectations_failed = expectations_failed(&s.expect, &report);
     if !report.invariant_violations.is_empty() {
         report.reproduce = Some(format!(
@@ -484,6 +834,76 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
     Ok(report)
 }
 
+/// A request held while the JWKS refetch its unknown kid asked for runs.
+struct HeldReq {
+    method: Method,
+    host: Option<String>,
+    path: String,
+    headers: HeaderMap,
+    peer: IpAddr,
+    kind: TokenKind,
+}
+
+impl HeldReq {
+    fn of(r: &Req<'_>, kind: TokenKind) -> HeldReq {
+        HeldReq {
+            method: r.method.clone(),
+            host: r.host.map(str::to_owned),
+            path: r.path.to_owned(),
+            headers: r.headers.clone(),
+            peer: r.peer,
+            kind,
+        }
+    }
+}
+
+/// Whether the pipeline would refuse `req` for an unknown key of the IdP's provider and the
+/// cache starts (or has) a refetch for it: the request then waits for it, as in the gateway.
+/// `on_request_with` is pure, so looking first changes nothing.
+fn hold_for_refetch(driver: &Driver, sim: &mut SimIdp, req: &Req<'_>, now: Now) -> bool {
+    let view = RequestView {
+        method: req.method,
+        host: req.host,
+        path_and_query: req.path,
+        headers: req.headers,
+        peer: req.peer,
+    };
+    match driver.policy.on_request_with(&view, &driver.keys, now) {
+        aegis_policy::Step::Respond(r) => {
+            driver.policy.unknown_key_provider(&r) == Some(sim.provider)
+                && sim.on_unknown_kid(now.mono.0)
+        }
+        _ => false,
+    }
+}
+
+/// Invariant `published_key_accepted`: a token signed by the IdP's current signing key (a
+/// key it publishes) is never refused 401, unless the gateway could not have fetched it yet:
+/// an unknown-kid refetch began within `jwks_refetch_interval`, or one is in flight.
+fn check_published_key(
+    driver: &mut Driver,
+    sim: &SimIdp,
+    kind: TokenKind,
+    status: Option<u16>,
+    t: u64,
+) {
+    if kind != TokenKind::Valid {
+        return;
+    }
+    driver.counts.checks += 1;
+    let kid = sim.spec.signing_kid(t);
+    let published = sim.spec.published_at(t).contains(&kid);
+    if status == Some(401) && published && !sim.refetch_limited(t) {
+        driver.violations.push(crate::violation::Violation {
+            t_ms: t / 1_000_000,
+            invariant: "published_key_accepted",
+            detail: format!(
+                "a token signed by {kid}, which the IdP publishes, was refused 401 and no refetch was asked for"
+            ),
+        });
+    }
+}
+
 struct Req<'a> {
     method: &'a Method,
     host: Option<&'a str>,
@@ -492,6 +912,8 @@ struct Req<'a> {
     peer: IpAddr,
     /// The chance (per million) that the client goes away before its answer, and the dice.
     cancel: Option<(u32, &'a mut Rng)>,
+    /// An upgrade: how long its tunnel lives once the upstream answers 101.
+    tunnel: Option<u64>,
 }
 
 /// The load's other headers, for user number `i`: `x-api-key` (the user's name, or at the
@@ -553,11 +975,11 @@ fn send(
     upstreams: &mut [Upstream],
     target_up: &[Vec<usize>],
     q: &mut Queue,
-    outcomes: &mut Vec<Option<UpstreamOutcome>>,
+    outcomes: &mut Vec<SlotOutcome>,
     trace: Option<&mut Vec<TraceLine>>,
     req: &mut Req<'_>,
     now: Now,
-) {
+) -> Option<u16> {
     let view = RequestView {
         method: req.method,
         host: req.host,
@@ -582,6 +1004,7 @@ fn send(
             if let Some(tr) = line.as_mut().and_then(|tr| tr.as_mut()) {
                 tr.status = status;
             }
+            Some(status)
         }
         Handled::Forward {
             slot,
@@ -591,40 +1014,138 @@ fn send(
             upstream_path,
             ..
         } => {
-            let timeout_ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
-            // The path the upstream sees (after strip_prefix / base path).
-            let (mut outcome, mut delay) = upstreams[target_up[route][target]].answer(
-                now.mono.0,
-                upstream_path.as_deref().unwrap_or(req.path),
-                timeout_ns,
+            let path = upstream_path.as_deref().unwrap_or(req.path);
+            dispatch(
+                upstreams,
+                target_up,
+                q,
+                outcomes,
+                (slot, route, target),
+                path,
+                timeout,
+                req.cancel.as_mut().map(|(p, r)| (*p, &mut **r)),
+                req.tunnel,
+                now,
             );
-            // A client that goes away: at a uniform instant within twice the upstream's
-            // time; before the outcome, the attempt ends cancelled then.
-            if let Some((ppm, rng)) = req.cancel.as_mut()
-                && rng.chance_ppm(*ppm)
-            {
-                let at = rng.below(delay.saturating_mul(2).max(1));
-                if at < delay {
-                    outcome = Some(UpstreamOutcome::Cancelled);
-                    delay = at;
-                }
-            }
-            let slot_i = slot as usize;
-            if outcomes.len() <= slot_i {
-                outcomes.resize(slot_i + 1, None);
-            }
-            outcomes[slot_i] = outcome;
-            let ev = if outcome.is_some() {
-                Ev::Done(slot)
-            } else {
-                Ev::Lost(slot)
-            };
-            q.push(now.mono.0.saturating_add(delay), ev);
             if let Some(tr) = line.as_mut().and_then(|tr| tr.as_mut()) {
                 tr.target = Some(driver.balancers[route].url(target).to_owned());
             }
+            None
         }
     }
+}
+
+/// Schedules `route`'s prober for its next due probe (once per instant).
+fn wake_health(
+    driver: &mut Driver,
+    q: &mut Queue,
+    wake: &mut [Option<u64>],
+    route: usize,
+    t: u64,
+    duration: u64,
+) {
+    if let Some(next) = driver.health_next(route) {
+        let next = next.max(t);
+        if next < duration && wake[route].is_none_or(|w| next < w) {
+            wake[route] = Some(next);
+            q.push(next, Ev::Health(route as u32));
+        }
+    }
+}
+
+/// Invariant `unhealthy_within_bound`: a target whose probes have failed without a break
+/// since `d` (the scenario's faults say so) is out of rotation by
+/// `d + unhealthy_after × (interval × 1.1 + timeout)`: each of the failing probes comes at
+/// most a jittered interval after the previous result, which comes at most `timeout` after
+/// its probe.
+fn check_health_bound(
+    driver: &mut Driver,
+    s: &Scenario,
+    upstreams: &[Upstream],
+    target_up: &[Vec<usize>],
+    route: usize,
+    t: u64,
+) {
+    let Some(h) = s.config.routes[route].health_check.as_ref() else {
+        return;
+    };
+    let ns = |d: std::time::Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    let per_probe = ns(h.interval) / 10 * 11 + ns(h.timeout);
+    let bound = u64::from(h.unhealthy_after).saturating_mul(per_probe);
+    for (target, up) in target_up[route].iter().enumerate() {
+        driver.counts.checks += 1;
+        let Some(since) = upstreams[*up].down_since(t) else {
+            continue;
+        };
+        if t > since.saturating_add(bound) && driver.is_healthy(route, target) {
+            let url = &s.config.routes[route].targets[target].url;
+            driver.violations.push(crate::violation::Violation {
+                t_ms: t / 1_000_000,
+                invariant: "unhealthy_within_bound",
+                detail: format!(
+                    "{url} has failed its probes since {} ms and is still in rotation at {} ms (bound {} ms: unhealthy_after {} × (interval × 1.1 + timeout))",
+                    since / 1_000_000,
+                    t / 1_000_000,
+                    bound / 1_000_000,
+                    h.unhealthy_after
+                ),
+            });
+        }
+    }
+}
+
+/// Sends a try to its upstream: how and when it ends goes into its slot and the queue.
+#[allow(clippy::too_many_arguments)]
+fn dispatch(
+    upstreams: &mut [Upstream],
+    target_up: &[Vec<usize>],
+    q: &mut Queue,
+    outcomes: &mut Vec<SlotOutcome>,
+    (slot, route, target): (u32, usize, usize),
+    path: &str,
+    timeout: std::time::Duration,
+    cancel: Option<(u32, &mut Rng)>,
+    tunnel: Option<u64>,
+    now: Now,
+) {
+    let timeout_ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
+    let up = &mut upstreams[target_up[route][target]];
+    // The path the upstream sees (after strip_prefix / base path).
+    let (mut outcome, mut delay) = up.answer(now.mono.0, path, timeout_ns);
+    let sent = match outcome {
+        Some(UpstreamOutcome::ConnectError) => up.resets_at(now.mono.0),
+        _ => true,
+    };
+    // An upgrade the upstream accepts: 101, and the connection becomes a tunnel.
+    if tunnel.is_some() && outcome == Some(UpstreamOutcome::Status(200)) {
+        outcome = Some(UpstreamOutcome::Status(101));
+    }
+    // A client that goes away: at a uniform instant within twice the upstream's time;
+    // before the outcome, the attempt ends cancelled then.
+    if let Some((ppm, rng)) = cancel
+        && rng.chance_ppm(ppm)
+    {
+        let at = rng.below(delay.saturating_mul(2).max(1));
+        if at < delay {
+            outcome = Some(UpstreamOutcome::Cancelled);
+            delay = at;
+        }
+    }
+    let slot_i = slot as usize;
+    if outcomes.len() <= slot_i {
+        outcomes.resize(slot_i + 1, SlotOutcome::default());
+    }
+    outcomes[slot_i] = SlotOutcome {
+        outcome,
+        sent,
+        tunnel,
+    };
+    let ev = if outcome.is_some() {
+        Ev::Done(slot)
+    } else {
+        Ev::Lost(slot)
+    };
+    q.push(now.mono.0.saturating_add(delay), ev);
 }
 
 /// The scenario's `[expect]` entries the report does not meet.
@@ -704,6 +1225,33 @@ fn expectations_failed(e: &crate::scenario::Expect, r: &Report) -> Vec<String> {
             r.store_errors
         ));
     }
+    let traffic = r.traffic.clone().unwrap_or_default();
+    if let Some(want) = e.retries
+        && want != traffic.retries
+    {
+        failed.push(format!("retries: expected {want}, got {}", traffic.retries));
+    }
+    if let Some(want) = &e.health_transitions {
+        let got: Vec<String> = traffic
+            .health_transitions
+            .iter()
+            .map(|h| {
+                format!(
+                    "{} {} {}",
+                    crate::report::secs(h.t_ms),
+                    h.target,
+                    if h.healthy { "HEALTHY" } else { "UNHEALTHY" }
+                )
+            })
+            .collect();
+        if *want != got {
+            failed.push(format!(
+                "health_transitions: expected [{}], got [{}]",
+                want.join(", "),
+                got.join(", ")
+            ));
+        }
+    }
     if let Some(want) = e.admitted_unchecked
         && want != r.admitted_unchecked
     {
@@ -778,6 +1326,8 @@ fn build_report(
         invariant_checks: c.checks,
         invariant_violations: driver.violations.clone(),
         expectations_failed: Vec::new(),
+        jwks: None,
+        traffic: None,
         reproduce: None,
         trace: None,
     }

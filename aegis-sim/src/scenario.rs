@@ -68,6 +68,9 @@ pub enum Down {
     /// died). The client gets a 504 from the shell's own deadline; the policy's only way out
     /// is the breaker's `probe_timeout`.
     Lost,
+    /// Reads the request, then closes the connection without a response: a failure after
+    /// the request was sent (only an idempotent request may be sent again).
+    Reset,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,10 +167,13 @@ pub enum TokenKind {
     Forged,
     /// `aud` as a list without the configured audience.
     WrongAudienceList,
+    /// `[idp]` scenarios: signed by a key the IdP never published, naming a fresh `kid` each
+    /// time (a flood of random kids).
+    UnknownKid,
 }
 
 impl TokenKind {
-    pub const ALL: [TokenKind; 20] = [
+    pub const ALL: [TokenKind; 21] = [
         TokenKind::Valid,
         TokenKind::Missing,
         TokenKind::Expired,
@@ -188,6 +194,7 @@ impl TokenKind {
         TokenKind::NegativeExp,
         TokenKind::Forged,
         TokenKind::WrongAudienceList,
+        TokenKind::UnknownKid,
     ];
 
     pub fn name(self) -> &'static str {
@@ -212,6 +219,7 @@ impl TokenKind {
             TokenKind::NegativeExp => "negative_exp",
             TokenKind::Forged => "forged",
             TokenKind::WrongAudienceList => "wrong_audience_list",
+            TokenKind::UnknownKid => "unknown_kid",
         }
     }
 
@@ -280,6 +288,9 @@ pub struct LoadSpec {
     /// Fraction (per million) of requests whose client goes away before the answer: the
     /// upstream attempt ends as `Cancelled` at a uniform instant before its outcome.
     pub cancel_ppm: u32,
+    /// Every request is an upgrade (WebSocket): the upstream answers `101` and the tunnel
+    /// stays open this long (ns).
+    pub tunnel: Option<u64>,
 }
 
 impl LoadSpec {
@@ -324,6 +335,49 @@ pub struct ClockJump {
     pub by_ms: i64,
 }
 
+/// `[idp]`, validated: a simulated identity provider serving the gateway's JWKS. Times in
+/// virtual nanoseconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdpSpec {
+    /// `"auth"` or the name of an `[auth_providers.NAME]`.
+    pub provider: String,
+    pub fetch_latency: u64,
+    /// The `Cache-Control: max-age` the endpoint sends.
+    pub max_age: Option<std::time::Duration>,
+    /// Published keys: (kid, from, until).
+    pub keys: Vec<(String, u64, u64)>,
+    /// The key that signs tokens from a time on: (kid, from), in time order.
+    pub signing: Vec<(String, u64)>,
+    /// The endpoint fails between these times.
+    pub outages: Vec<(u64, u64)>,
+}
+
+impl IdpSpec {
+    /// Whether the endpoint is down at `t`.
+    pub fn down_at(&self, t: u64) -> bool {
+        self.outages.iter().any(|(f, u)| *f <= t && t < *u)
+    }
+
+    /// The kids the document publishes at `t`.
+    pub fn published_at(&self, t: u64) -> Vec<&str> {
+        self.keys
+            .iter()
+            .filter(|(_, f, u)| *f <= t && t < *u)
+            .map(|(k, _, _)| k.as_str())
+            .collect()
+    }
+
+    /// The kid that signs tokens at `t`.
+    pub fn signing_kid(&self, t: u64) -> &str {
+        self.signing
+            .iter()
+            .rev()
+            .find(|(_, from)| *from <= t)
+            .or(self.signing.first())
+            .map_or("", |(k, _)| k.as_str())
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Expect {
     /// Liveness: once the load has ended and every outcome is in, every breaker is CLOSED.
@@ -344,6 +398,10 @@ pub struct Expect {
     pub limited_keys: Option<BTreeMap<String, u64>>,
     pub store_errors: Option<u64>,
     pub admitted_unchecked: Option<u64>,
+    /// Exact number of retries (`[traffic] retries`).
+    pub retries: Option<u64>,
+    /// The exact health-check timeline: `"<t> <target url> UNHEALTHY|HEALTHY"`.
+    pub health_transitions: Option<Vec<String>>,
 }
 
 impl Expect {
@@ -376,6 +434,39 @@ pub struct Scenario {
     pub store_faults: Vec<StoreFault>,
     pub clock_jumps: Vec<ClockJump>,
     pub expect: Expect,
+    /// A simulated identity provider serving the gateway's JWKS (`[idp]`).
+    pub idp: Option<IdpSpec>,
+    /// A deliberate bug in the simulated shell (tests set it to see an invariant break).
+    pub plant: Option<Plant>,
+    pub traffic: TrafficSpec,
+}
+
+/// `[traffic]`: what the simulated shell does beyond one try per request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TrafficSpec {
+    /// Send failed tries again through the policy's retry rule and budget, as the gateway's
+    /// loop does. Off by default: the scenarios written before it expect one try each.
+    pub retries: bool,
+    /// The gateway drains from this instant (SIGTERM): no new requests are accepted, open
+    /// tunnels run until they end or `drain_timeout` has passed.
+    pub drain_at: Option<u64>,
+    pub drain_timeout: u64,
+}
+
+/// A deliberate bug planted in the simulated shell (never in the policy): the tests that
+/// prove an invariant can fail set one on a loaded scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plant {
+    /// A token naming an unknown kid never asks the JWKS cache for a refetch: rotation is
+    /// only seen at the next scheduled refresh.
+    IgnoreUnknownKid,
+    /// The pipeline gets no keys once a JWKS fetch has failed (no stale-while-error).
+    DropKeysOnFailure,
+    /// A failed try is sent again whenever the policy's retry rule allows it, without
+    /// asking the retry budget.
+    RetryPastBudget,
+    /// Health probe results are never reported to the policy.
+    IgnoreHealthProbes,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -405,6 +496,105 @@ struct RawScenario {
     #[serde(default)]
     clock_jumps: Vec<RawClockJump>,
     expect: Option<RawExpect>,
+    idp: Option<RawIdp>,
+    traffic: Option<RawTraffic>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTraffic {
+    retries: Option<bool>,
+    drain_at: Option<String>,
+    drain_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdp {
+    provider: Option<String>,
+    fetch_latency: Option<String>,
+    max_age: Option<String>,
+    keys: Vec<RawIdpKey>,
+    signing: Vec<RawIdpKey>,
+    #[serde(default)]
+    outages: Vec<RawWindow>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdpKey {
+    kid: String,
+    from: Option<String>,
+    until: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWindow {
+    from: String,
+    until: String,
+}
+
+fn idp(raw: RawIdp) -> Result<IdpSpec, ScenarioError> {
+    let mut keys = Vec::new();
+    for (i, k) in raw.keys.iter().enumerate() {
+        let p = format!("idp.keys[{i}]");
+        let from = opt_dur(&format!("{p}.from"), k.from.as_deref(), 0)?;
+        let until = opt_dur(&format!("{p}.until"), k.until.as_deref(), u64::MAX)?;
+        if until <= from {
+            return Err(ScenarioError::new(
+                format!("{p}.until"),
+                "must be later than from",
+            ));
+        }
+        keys.push((k.kid.clone(), from, until));
+    }
+    let mut signing: Vec<(String, u64)> = Vec::new();
+    for (i, k) in raw.signing.iter().enumerate() {
+        let p = format!("idp.signing[{i}]");
+        if k.until.is_some() {
+            return Err(ScenarioError::new(
+                format!("{p}.until"),
+                "a signing key signs until the next one's from",
+            ));
+        }
+        let from = opt_dur(&format!("{p}.from"), k.from.as_deref(), 0)?;
+        if signing.last().is_some_and(|(_, f)| *f > from) {
+            return Err(ScenarioError::new(
+                format!("{p}.from"),
+                "signing keys go in time order",
+            ));
+        }
+        signing.push((k.kid.clone(), from));
+    }
+    if signing.is_empty() {
+        return Err(ScenarioError::new(
+            "idp.signing",
+            "name at least one signing key",
+        ));
+    }
+    let outages = raw
+        .outages
+        .iter()
+        .enumerate()
+        .map(|(i, w)| window(&format!("idp.outages[{i}]"), &w.from, &w.until))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(IdpSpec {
+        provider: raw.provider.unwrap_or_else(|| "auth".to_owned()),
+        fetch_latency: opt_dur(
+            "idp.fetch_latency",
+            raw.fetch_latency.as_deref(),
+            50 * NS_PER_MS,
+        )?,
+        max_age: raw
+            .max_age
+            .as_deref()
+            .map(|m| dur("idp.max_age", m).map(std::time::Duration::from_nanos))
+            .transpose()?,
+        keys,
+        signing,
+        outages,
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -478,6 +668,7 @@ struct RawLoad {
     header_budget: Option<usize>,
     forwarded_for: Option<bool>,
     cancel: Option<f64>,
+    tunnel: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -516,6 +707,8 @@ struct RawExpect {
     limited_keys: Option<BTreeMap<String, u64>>,
     store_errors: Option<u64>,
     admitted_unchecked: Option<u64>,
+    retries: Option<u64>,
+    health_transitions: Option<Vec<String>>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -652,6 +845,7 @@ fn down(path: &str, kind: &str, status_raw: Option<u16>) -> Result<Down, Scenari
         "refused" => Ok(Down::Refused),
         "hang" => Ok(Down::Hang),
         "lose" => Ok(Down::Lost),
+        "reset" => Ok(Down::Reset),
         "status" => Ok(Down::Status(status(
             &format!("{path}.status"),
             status_raw.unwrap_or(500),
@@ -659,7 +853,7 @@ fn down(path: &str, kind: &str, status_raw: Option<u16>) -> Result<Down, Scenari
         other => Err(ScenarioError::new(
             path,
             format!(
-                "{other:?} is not a way to be down (\"refused\", \"hang\", \"lose\" or \"status\")"
+                "{other:?} is not a way to be down (\"refused\", \"reset\", \"hang\", \"lose\" or \"status\")"
             ),
         )),
     }
@@ -669,7 +863,9 @@ fn fault(path: &str, f: &RawFault) -> Result<UpstreamFault, ScenarioError> {
     let (from, until) = window(path, &f.from, &f.until)?;
     let kp = format!("{path}.kind");
     let kind = match f.kind.as_str() {
-        "refused" | "hang" | "lose" | "status" => FaultKind::Down(down(&kp, &f.kind, f.status)?),
+        "refused" | "reset" | "hang" | "lose" | "status" => {
+            FaultKind::Down(down(&kp, &f.kind, f.status)?)
+        }
         "errors" => FaultKind::Errors {
             ppm: ppm(&format!("{path}.rate"), f.rate.unwrap_or(1.0))?,
             status: status(&format!("{path}.status"), f.status.unwrap_or(500))?,
@@ -912,6 +1108,11 @@ fn load(i: usize, raw: &RawLoad) -> Result<LoadSpec, ScenarioError> {
         header_budget: raw.header_budget,
         forwarded_for: raw.forwarded_for.unwrap_or(false),
         cancel_ppm: ppm(&p("cancel"), raw.cancel.unwrap_or(0.0))?,
+        tunnel: raw
+            .tunnel
+            .as_deref()
+            .map(|t| dur(&p("tunnel"), t))
+            .transpose()?,
     })
 }
 
@@ -1152,8 +1353,26 @@ fn validate(raw: RawScenario, name: &str, base: &Path) -> Result<Scenario, Scena
         expect.limited_keys = e.limited_keys;
         expect.store_errors = e.store_errors;
         expect.admitted_unchecked = e.admitted_unchecked;
+        expect.retries = e.retries;
+        expect.health_transitions = e.health_transitions;
     }
 
+    let traffic = match &raw.traffic {
+        None => TrafficSpec::default(),
+        Some(t) => TrafficSpec {
+            retries: t.retries.unwrap_or(false),
+            drain_at: t
+                .drain_at
+                .as_deref()
+                .map(|d| dur("traffic.drain_at", d))
+                .transpose()?,
+            drain_timeout: opt_dur(
+                "traffic.drain_timeout",
+                t.drain_timeout.as_deref(),
+                30_000 * NS_PER_MS,
+            )?,
+        },
+    };
     Ok(Scenario {
         name: raw.name.unwrap_or_else(|| name.to_owned()),
         description: raw.description.unwrap_or_default(),
@@ -1167,6 +1386,9 @@ fn validate(raw: RawScenario, name: &str, base: &Path) -> Result<Scenario, Scena
         store_faults,
         clock_jumps,
         expect,
+        idp: raw.idp.map(idp).transpose()?,
+        plant: None,
+        traffic,
     })
 }
 

@@ -32,6 +32,8 @@ pub struct Minter {
     /// `exp` of expired ones: past even with the leeway.
     expired_exp: u64,
     leeway: u64,
+    /// The `kid` in the header (`[idp]` scenarios).
+    kid: Option<String>,
 }
 
 impl std::fmt::Debug for Minter {
@@ -92,7 +94,45 @@ impl Minter {
             exp: end_secs.saturating_add(DAY_SECS),
             expired_exp: start_secs.saturating_sub(leeway + DAY_SECS),
             leeway,
+            kid: None,
         })
+    }
+
+    /// A minter signing HS256 with `secret` and naming `kid` (a simulated IdP's key).
+    pub fn with_key(
+        auth: &AuthConfig,
+        kid: &str,
+        secret: &str,
+        start_secs: u64,
+        end_secs: u64,
+    ) -> Option<Minter> {
+        let mut a = auth.clone();
+        a.algorithms = vec![JwtAlgorithm::HS256];
+        a.secret = Some(aegis_policy::config::Secret(secret.to_owned()));
+        let mut m = Minter::new(&a, start_secs, end_secs)?;
+        m.kid = Some(kid.to_owned());
+        Some(m)
+    }
+
+    /// Request headers for a token signed like this minter's but naming another `kid` (an
+    /// unknown one, for [`TokenKind::UnknownKid`]).
+    pub fn headers_naming(&self, kid: String, user: &str, now_secs: u64) -> HeaderMap {
+        let m = Minter {
+            alg: self.alg,
+            other_alg: self.other_alg,
+            forged: self.forged,
+            key: self.key.clone(),
+            wrong_key: self.wrong_key.clone(),
+            user_claim: self.user_claim.clone(),
+            issuer: self.issuer.clone(),
+            audience: self.audience.clone(),
+            iat: self.iat,
+            exp: self.exp,
+            expired_exp: self.expired_exp,
+            leeway: self.leeway,
+            kid: Some(kid),
+        };
+        m.headers(user, TokenKind::UnknownKid, now_secs)
     }
 
     /// The bare token, or `None` for [`TokenKind::Missing`] and [`TokenKind::NotBearer`].
@@ -109,7 +149,7 @@ impl Minter {
             TokenKind::Missing | TokenKind::NotBearer => return None,
             TokenKind::Valid => {}
             TokenKind::Expired => exp = Some(self.expired_exp),
-            TokenKind::BadSignature => key = &self.wrong_key,
+            TokenKind::BadSignature | TokenKind::UnknownKid => key = &self.wrong_key,
             // Refused when now >= exp + leeway: one second short of that, and exactly that.
             TokenKind::ExpiredInLeeway => {
                 exp = Some((now_secs + 1).saturating_sub(self.leeway));
@@ -173,7 +213,9 @@ impl Minter {
             return Some(format!("{header}.{body}.{sig}"));
         }
         // Signing an in-memory JSON object with an HMAC key cannot fail.
-        jsonwebtoken::encode(&Header::new(alg), &claims, key).ok()
+        let mut header = Header::new(alg);
+        header.kid.clone_from(&self.kid);
+        jsonwebtoken::encode(&header, &claims, key).ok()
     }
 
     /// Request headers carrying `kind` for `user` at wall second `now_secs`.

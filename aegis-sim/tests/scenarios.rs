@@ -304,13 +304,22 @@ fn redis_outage_open() {
 /// A scenario added to scenarios/ without a test above fails here.
 #[test]
 fn every_shipped_scenario_is_asserted() {
+    // The JWKS scenarios are asserted in tests/jwks_scenarios.rs, the traffic ones in
+    // tests/traffic_scenarios.rs (with their own [expect]).
     let tested = [
         "all-down",
         "flapping",
+        "health-flap",
+        "idp-outage",
         "instance-dies",
+        "jwks-rotation",
+        "p2c",
         "redis-outage-closed",
         "redis-outage-open",
+        "retry-storm",
         "seed-walkthrough",
+        "websocket",
+        "weights",
     ];
     let mut shipped: Vec<String> = std::fs::read_dir(scenarios_dir())
         .expect("scenarios/ is readable")

@@ -6,7 +6,15 @@
 //! * [`route`]: path normalisation, route precedence, the upstream path;
 //! * [`auth`]: JWT checks, on tokens the oracle decodes and re-signs itself;
 //! * [`limit`]: fixed windows and GCRA from the route's `max` and `window`;
-//! * [`breaker`]: circuits and round robin from `[breaker]`.
+//! * [`breaker`]: circuits and round robin from `[breaker]`;
+//! * health checks: a target's standing from its probe results, `unhealthy_after` failures
+//!   or `healthy_after` passes in a row.
+//!
+//! Routes whose choice of target depends on draws or weights (`balance = "p2c"`, differing
+//! weights) or on health checks are *followed*: the model does not predict the target, it
+//! computes the targets that may take the request (circuit admits, health checks pass) and
+//! checks that the policy chose one of them ([`Oracle::bind`]); the rest (probe, breaker
+//! outcome, upstream path) is judged as on any route.
 //!
 //! The config is read through aegis-policy's `Config` (the config model is the input), but
 //! nothing derived from it by the policy (its `Limit`, its breakers) is.
@@ -148,6 +156,34 @@ pub struct Ticket {
     sent: Sent,
 }
 
+impl Ticket {
+    /// The model has not chosen the target: the policy's choice is checked by
+    /// [`Oracle::bind`].
+    pub fn follows(&self) -> bool {
+        self.target == FOLLOW
+    }
+}
+
+/// The target of a followed route's request until [`Oracle::bind`].
+pub const FOLLOW: usize = usize::MAX;
+
+/// One target's health-check standing.
+#[derive(Debug, Clone, Copy)]
+struct Standing {
+    healthy: bool,
+    /// Results in a row against the standing.
+    streak: u32,
+}
+
+/// The request being followed: what binding it needs.
+#[derive(Debug, Clone)]
+struct Following {
+    route: usize,
+    admissible: Vec<usize>,
+    normal: String,
+    query: Option<String>,
+}
+
 /// The fields of a `/gateway/stats` line the model predicts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatsLine {
@@ -179,6 +215,10 @@ pub struct Oracle {
     balancers: Vec<RoundRobin>,
     store_faults: Vec<StoreFault>,
     command_timeout: u64,
+    /// Routes whose target the model follows rather than predicts.
+    follow: Vec<bool>,
+    health: Vec<Vec<Standing>>,
+    following: Option<Following>,
 }
 
 fn ns(d: std::time::Duration) -> u64 {
@@ -234,8 +274,191 @@ impl Oracle {
                 .collect(),
             store_faults: store_faults.to_vec(),
             command_timeout: ns(config.rate_limit.command_timeout),
+            follow: config
+                .routes
+                .iter()
+                .map(|r| {
+                    let w = r.targets.first().map_or(1, |t| t.weight);
+                    r.balance == aegis_policy::config::Balance::P2c
+                        || r.targets.iter().any(|t| t.weight != w)
+                        || r.health_check.is_some()
+                })
+                .collect(),
+            health: config
+                .routes
+                .iter()
+                .map(|r| {
+                    vec![
+                        Standing {
+                            healthy: true,
+                            streak: 0
+                        };
+                        r.targets.len()
+                    ]
+                })
+                .collect(),
+            following: None,
             config: config.clone(),
         }
+    }
+
+    /// Whether every target of `route` could take the request being followed.
+    pub fn all_admissible(&self, route: usize) -> bool {
+        self.following.as_ref().is_some_and(|f| {
+            f.route == route && f.admissible.len() == self.config.routes[route].targets.len()
+        })
+    }
+
+    /// Whether the model follows `route`'s choice of target.
+    pub fn follows(&self, route: usize) -> bool {
+        self.follow.get(route).copied().unwrap_or(false)
+    }
+
+    /// Makes every route followed (the simulator retries: a retry's target is the policy's).
+    pub fn follow_all(&mut self) {
+        self.follow.iter_mut().for_each(|f| *f = true);
+    }
+
+    /// A health probe's result: the target's standing after it.
+    pub fn probe(&mut self, route: usize, target: usize, passed: bool) -> bool {
+        let hc = self.config.routes[route].health_check.as_ref();
+        let (down_after, up_after) = hc.map_or((1, 1), |h| (h.unhealthy_after, h.healthy_after));
+        let s = &mut self.health[route][target];
+        if passed == s.healthy {
+            s.streak = 0;
+        } else {
+            s.streak += 1;
+            if s.streak >= if s.healthy { down_after } else { up_after } {
+                s.healthy = passed;
+                s.streak = 0;
+            }
+        }
+        s.healthy
+    }
+
+    /// What the model says of a target's health checks.
+    pub fn healthy(&self, route: usize, target: usize) -> bool {
+        self.health[route][target].healthy
+    }
+
+    /// The targets of `route` that may take a request at `mono`, leaving out `tried`.
+    fn admissible(&mut self, route: usize, mono: u64, tried: &[usize]) -> Vec<usize> {
+        let rules = self.rules;
+        let rr = &mut self.balancers[route];
+        rr.settle(mono, &rules);
+        (0..rr.circuits.len())
+            .filter(|t| !tried.contains(t))
+            .filter(|&t| self.health[route][t].healthy && rr.circuits[t].admits(mono, &rules))
+            .collect()
+    }
+
+    /// The 503 for a followed route without an admissible target: the health-check
+    /// interval when some circuit would admit, else the soonest circuit's wait.
+    fn no_target(&mut self, route: usize, mono: u64, tried: &[usize]) -> u64 {
+        let rules = self.rules;
+        let rr = &mut self.balancers[route];
+        let left: Vec<usize> = (0..rr.circuits.len())
+            .filter(|t| !tried.contains(t))
+            .collect();
+        let waits: Vec<u64> = left
+            .iter()
+            .map(|&t| {
+                rr.circuits[t].settle(mono, &rules);
+                rr.circuits[t].wait(mono)
+            })
+            .collect();
+        match &self.config.routes[route].health_check {
+            Some(h) if waits.contains(&0) => ns(h.interval),
+            _ => waits.into_iter().min().unwrap_or(0),
+        }
+    }
+
+    /// The policy sent the followed request (`ticket`, `want`) to `target` at `mono`: an
+    /// admissible target? Fills in the expectation (target, probe, upstream path) and sends
+    /// on the model's circuit. `Err` names the rule broken.
+    pub fn bind(
+        &mut self,
+        ticket: &mut Ticket,
+        want: &mut Answer,
+        target: usize,
+        mono: u64,
+    ) -> Result<(), (&'static str, String)> {
+        let Some(f) = self.following.take() else {
+            return Err(("oracle_agrees", "no request is being followed".to_owned()));
+        };
+        self.check_choice(f.route, &f.admissible, target)?;
+        let sent = self.balancers[f.route].circuits[target].send(mono, &self.rules);
+        ticket.target = target;
+        ticket.sent = sent;
+        if let Answer::Forward {
+            target: t,
+            probe,
+            upstream,
+            ..
+        } = want
+        {
+            *t = target;
+            *probe = sent.probe;
+            *upstream = route::upstream_path(
+                &self.config.routes[f.route],
+                target,
+                &f.normal,
+                f.query.as_deref(),
+            );
+        }
+        Ok(())
+    }
+
+    fn check_choice(
+        &self,
+        route: usize,
+        admissible: &[usize],
+        target: usize,
+    ) -> Result<(), (&'static str, String)> {
+        if admissible.contains(&target) {
+            return Ok(());
+        }
+        let c = self.balancers[route].circuits.get(target);
+        let p2c = self.config.routes[route].balance == aegis_policy::config::Balance::P2c;
+        let open = c.is_some_and(|c| c.state == State::Open);
+        let invariant = if p2c && open {
+            "p2c_never_to_open_circuit"
+        } else if !self.health[route].get(target).is_none_or(|h| h.healthy) {
+            "no_forward_to_unhealthy"
+        } else {
+            "oracle_agrees"
+        };
+        Err((
+            invariant,
+            format!(
+                "route #{route} sent to target #{target}; the reference model allows only {admissible:?}"
+            ),
+        ))
+    }
+
+    /// A retry of a request on `route` after `tried` failed: the targets that may take it
+    /// (empty: the model expects no retry to find one).
+    pub fn retry_targets(&mut self, route: usize, tried: &[usize], mono: u64) -> Vec<usize> {
+        self.admissible(route, mono, tried)
+    }
+
+    /// The policy retried on `target` at `mono` (after `tried`): an admissible one? Sends on
+    /// the model's circuit.
+    pub fn retry(
+        &mut self,
+        route: usize,
+        tried: &[usize],
+        target: usize,
+        mono: u64,
+    ) -> Result<Ticket, (&'static str, String)> {
+        let admissible = self.admissible(route, mono, tried);
+        self.check_choice(route, &admissible, target)?;
+        let sent = self.balancers[route].circuits[target].send(mono, &self.rules);
+        Ok(Ticket {
+            route,
+            target,
+            sent,
+        })
     }
 
     /// What should happen to `req` at monotonic `mono` ns and wall `wall_ms`. The oracle's
@@ -296,7 +519,7 @@ impl Oracle {
         }
         let user = if route.auth {
             let auth = self.auth.as_mut()?;
-            match auth.check(req.headers, wall_ms) {
+            match auth.check(req.headers, wall_ms, mono) {
                 Check::User(u) => Some(u),
                 Check::Refused(why) => {
                     let answer = Answer::Respond {
@@ -309,6 +532,16 @@ impl Oracle {
                     return Some((answer, None));
                 }
                 Check::Unknown => return None,
+                Check::KeysUnavailable => {
+                    let answer = Answer::Respond {
+                        status: 503,
+                        reason: "unauthorized",
+                        auth: Some("keys_unavailable"),
+                        route: Some(id),
+                        retry_after: Some(5),
+                    };
+                    return Some((answer, None));
+                }
             }
         } else {
             None
@@ -378,6 +611,38 @@ impl Oracle {
             }
             _ => Rate::None,
         };
+        if self.follow[id] {
+            let max_body = route.max_body_bytes;
+            let admissible = self.admissible(id, mono, &[]);
+            if admissible.is_empty() {
+                let secs = limit::retry_secs(self.no_target(id, mono, &[]) / 1_000_000);
+                return Some((refuse(503, "no_healthy_target", Some(id), Some(secs)), None));
+            }
+            self.following = Some(Following {
+                route: id,
+                admissible,
+                normal: normal.clone(),
+                query: query.map(str::to_owned),
+            });
+            let answer = Answer::Forward {
+                route: id,
+                target: FOLLOW,
+                probe: false,
+                upstream: String::new(),
+                user,
+                rate,
+                max_body,
+            };
+            let ticket = Ticket {
+                route: id,
+                target: FOLLOW,
+                sent: Sent {
+                    era: 0,
+                    probe: false,
+                },
+            };
+            return Some((answer, Some(ticket)));
+        }
         match self.balancers[id].pick(mono, &self.rules) {
             Ok((target, sent)) => {
                 let upstream = route::upstream_path(route, target, &normal, query);
@@ -418,6 +683,19 @@ impl Oracle {
         rr.settle(mono, &self.rules);
         rr.circuits[ticket.target].outcome(ticket.sent, judged, mono, &self.rules);
         status
+    }
+
+    /// `[idp]`: the IdP's document with `kids` (sent with `max_age`) reached the gateway at
+    /// `mono`.
+    pub fn jwks_fetched(
+        &mut self,
+        kids: Vec<String>,
+        max_age: Option<std::time::Duration>,
+        mono: u64,
+    ) {
+        if let Some(a) = self.auth.as_mut() {
+            a.fetched(kids, max_age, mono);
+        }
     }
 
     /// Time passes on a route's circuits.
