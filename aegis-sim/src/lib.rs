@@ -8,6 +8,8 @@
 //! * [`oracle`]: the reference model: what the policy should decide, re-derived plainly from
 //!   the config's values;
 //! * [`run`]: the event loop (virtual clock, simulated clients and upstreams);
+//! * [`fleet`]: many gateways sharing one Redis-like store (coalescing, pipelining, the
+//!   negative cache, outages), with the invariant that no key is admitted past its limit;
 //! * [`fuzz`]: random scenarios from seeds, a safety phase with faults then a liveness phase;
 //! * [`replay`]: a recorded JSON access log through a candidate config;
 //! * [`rng`]: the seeded PRNG, written out so a seed means the same bytes everywhere;
@@ -18,6 +20,7 @@
 #![deny(clippy::disallowed_methods)]
 
 pub mod driver;
+pub mod fleet;
 pub mod fuzz;
 pub mod oracle;
 pub mod replay;
