@@ -299,9 +299,16 @@ fn fleet_fuzz(seeds: u64, first: u64, scenario: Option<PathBuf>, save: PathBuf) 
             return ExitCode::from(1);
         }
     };
+    if let Some(seed) = out.first_known {
+        println!(
+            "known hole: {} seeds broke only {} (a late call finds its counter's key expired; see README), first seed {seed}: aegis-sim fuzz --fleet --first {seed} --seeds 1",
+            out.known,
+            aegis_sim::fleet::check::STORE_KEY_EXPIRED_EARLY
+        );
+    }
     let Some((seed, report, text)) = out.failure else {
         println!(
-            "fuzz --fleet: {} seeds ({}..={}), {} requests: every invariant held",
+            "fuzz --fleet: {} seeds ({}..={}), {} requests: every other invariant held",
             out.seeds_run,
             first,
             first + out.seeds_run.saturating_sub(1),

@@ -10,6 +10,14 @@ use super::model::{BACKOFF_MAX, CONNECT_TIMEOUT_MIN, Outcome, ReqRecord};
 use super::scenario::{FleetScenario, MS};
 use crate::violation::Violation;
 
+/// A known hole, reported under its own name: the Redis script's TTL ends a counter's key when
+/// its window (or TAT) ends *as measured from the caller's `now`*, so a call for that window
+/// that reaches Redis after the key expired (it waited behind a slow call, the network was
+/// slow, or another gateway's clock is ahead and expired the key early) finds no key and
+/// admits up to `max` again; and a worker's negative cache then refuses what the store would
+/// (wrongly) admit.
+pub const STORE_KEY_EXPIRED_EARLY: &str = "store_key_expired_before_its_window_ended";
+
 /// At most this many violations of one invariant are listed (the rest are counted).
 const LIST: usize = 5;
 
@@ -66,7 +74,9 @@ pub fn check(sc: &FleetScenario, reqs: &[ReqRecord]) -> Checked {
     // can outlast command_timeout. After an outage, a gateway is back within one backoff, one
     // connect attempt begun during the outage, and a round trip; requests waiting then are
     // answered within command_timeout.
-    let slow_anyway = sc.latency_max.saturating_mul(2) > ct;
+    // A request queued behind its key's call in flight waits for that call and then its own:
+    // two round trips.
+    let slow_anyway = sc.latency_max.saturating_mul(4) > ct;
     let recovery = BACKOFF_MAX + ct.max(CONNECT_TIMEOUT_MIN) + 2 * sc.latency_max + ct;
     let near_fault = |t: u64| {
         slow_anyway
@@ -74,8 +84,8 @@ pub fn check(sc: &FleetScenario, reqs: &[ReqRecord]) -> Checked {
                 t.saturating_add(ct) >= o.from && t <= o.until.saturating_add(recovery + o.latency)
             })
     };
-    let mut per_window: BTreeMap<(u32, u64), u64> = BTreeMap::new();
-    let mut gcra: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+    let mut per_window: BTreeMap<(u32, u64), (u64, bool)> = BTreeMap::new();
+    let mut gcra: BTreeMap<u32, Vec<(u64, bool)>> = BTreeMap::new();
     for (i, r) in reqs.iter().enumerate() {
         acc.check(
             r.answers.len() == 1,
@@ -111,21 +121,33 @@ pub fn check(sc: &FleetScenario, reqs: &[ReqRecord]) -> Checked {
             Outcome::Admitted => match sc.limit.algorithm {
                 LimitAlgorithm::FixedWindow => {
                     let decided = r.decided_wall_ms.unwrap_or(r.wall_ms);
-                    *per_window.entry((r.key, decided / window)).or_default() += 1;
+                    let e = per_window.entry((r.key, decided / window)).or_default();
+                    e.0 += 1;
+                    e.1 |= r.reopened;
                 }
                 LimitAlgorithm::Gcra => gcra
                     .entry(r.key)
                     .or_default()
-                    .push(r.decided_wall_ms.unwrap_or(r.wall_ms)),
+                    .push((r.decided_wall_ms.unwrap_or(r.wall_ms), r.reopened)),
             },
             Outcome::CachedRefusal => {
                 let state = r.store_state_at_refusal.flatten();
                 let refuses = store_refuses(sc, state, r.wall_ms);
-                acc.check(refuses, t / MS, "cached_refusal_only_where_the_store_refuses", || {
+                // The store would admit only because the key expired before its window ended.
+                let early = !refuses && r.key_expired_at_refusal;
+                let invariant = if early {
+                    STORE_KEY_EXPIRED_EARLY
+                } else {
+                    "cached_refusal_only_where_the_store_refuses"
+                };
+                acc.check(refuses, t / MS, invariant, || {
                     format!(
-                        "request {i} (key {}) at wall {} refused from a worker's cache; the store holds {state:?}, which admits",
+                        "request {i} (key {}) at wall {} refused from a worker's cache; the store holds {state:?}{}, which admits",
                         key_name(r.key),
-                        r.wall_ms
+                        r.wall_ms,
+                        r.expired_state_at_refusal
+                            .map(|s| format!(" (its key, {s:?}, expired before the window's end)"))
+                            .unwrap_or_default()
                     )
                 });
             }
@@ -153,19 +175,22 @@ pub fn check(sc: &FleetScenario, reqs: &[ReqRecord]) -> Checked {
             Outcome::Limited => {}
         }
     }
-    for ((key, w), n) in &per_window {
-        acc.check(
-            *n <= max,
-            (w * window).saturating_sub(super::model::WALL_ORIGIN_MS),
-            "fixed_window_at_most_max",
-            || {
-                format!(
-                    "key {} admitted {n} in the window starting at wall {} (max {max})",
-                    key_name(*key),
-                    w * window
-                )
-            },
-        );
+    for ((key, w), (n, reopened)) in &per_window {
+        // Told apart: a window whose key expired in the store before a late call for it
+        // arrived (the store restarts the count: a known hole, see README), and any other.
+        let invariant = if *reopened {
+            STORE_KEY_EXPIRED_EARLY
+        } else {
+            "fixed_window_at_most_max"
+        };
+        let t_ms = (w * window).saturating_sub(super::model::WALL_ORIGIN_MS);
+        acc.check(*n <= max, t_ms, invariant, || {
+            format!(
+                "key {} admitted {n} in the window starting at wall {} (max {max})",
+                key_name(*key),
+                w * window
+            )
+        });
     }
     // GCRA: in any interval of length L, at most max + ceil(L / T) - 1 admissions, with
     // T = window / max in whole microseconds.
@@ -175,23 +200,30 @@ pub fn check(sc: &FleetScenario, reqs: &[ReqRecord]) -> Checked {
         for l_ms in [1, window.div_ceil(2), window, 2 * window] {
             let bound = max + (l_ms * 1000).div_ceil(t_us) - 1;
             let mut j = 0;
-            let mut worst = (0u64, 0u64);
-            for (i, &a) in times.iter().enumerate() {
+            // (count, start, index of the first) of the fullest interval.
+            let mut worst = (0u64, 0u64, 0usize);
+            for (i, &(a, _)) in times.iter().enumerate() {
                 j = j.max(i);
-                while j < times.len() && times[j] < a + l_ms {
+                while j < times.len() && times[j].0 < a + l_ms {
                     j += 1;
                 }
                 let n = (j - i) as u64;
                 if n > worst.0 {
-                    worst = (n, a);
+                    worst = (n, a, i);
                 }
             }
-            acc.check(worst.0 <= bound, worst.1.saturating_sub(super::model::WALL_ORIGIN_MS), "gcra_interval_bound", || {
+            let (n, a, first) = worst;
+            let reopened = times[first..first + n as usize].iter().any(|x| x.1);
+            let invariant = if reopened {
+                STORE_KEY_EXPIRED_EARLY
+            } else {
+                "gcra_interval_bound"
+            };
+            let t_ms = a.saturating_sub(super::model::WALL_ORIGIN_MS);
+            acc.check(n <= bound, t_ms, invariant, || {
                 format!(
-                    "key {} admitted {} in [{}, +{l_ms}ms) (bound {bound} = max + ceil(L/T) - 1)",
+                    "key {} admitted {n} in [{a}, +{l_ms}ms) (bound {bound} = max + ceil(L/T) - 1)",
                     key_name(key),
-                    worst.0,
-                    worst.1
                 )
             });
         }

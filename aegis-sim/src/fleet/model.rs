@@ -91,6 +91,14 @@ pub struct ReqRecord {
     pub decided_wall_ms: Option<u64>,
     /// For a cached refusal: the store's live state of the key at that instant.
     pub store_state_at_refusal: Option<Option<CounterState>>,
+    /// Its call reached the store after the key it counts on had expired there (the key
+    /// existed before): the store started that counter afresh.
+    pub reopened: bool,
+    /// For a cached refusal whose key had expired in the store: the state it held.
+    pub expired_state_at_refusal: Option<CounterState>,
+    /// For a cached refusal: the key had expired in the store at least once since it was
+    /// made (and may have been made afresh since).
+    pub key_expired_at_refusal: bool,
 }
 
 /// A store health transition a gateway logged (what `redis.rs` warns / infos).
@@ -121,6 +129,9 @@ pub struct Counts {
     pub call_errors: u64,
     /// Requests answered by on_store_error without a call (store known down).
     pub failed_fast: u64,
+    /// Calls that reached the store after their counter's key had expired there (a late call
+    /// for a window whose key is gone starts it afresh).
+    pub reopened: u64,
     pub pings: u64,
     pub connects: u64,
 }
@@ -208,6 +219,9 @@ pub(crate) struct Model<'a> {
     events: BTreeMap<(u64, u64), Ev>,
     /// Redis key → (state, expiry on the store's clock, Unix ms).
     store: BTreeMap<String, (CounterState, u64)>,
+    /// Calls that found their key expired although it had existed, and those keys.
+    reopened: u64,
+    reopened_keys: std::collections::BTreeSet<String>,
     gateways: Vec<Gateway>,
     reqs: Vec<Req>,
     records: Vec<ReqRecord>,
@@ -256,6 +270,8 @@ impl<'a> Model<'a> {
             seq: 0,
             events: BTreeMap::new(),
             store: BTreeMap::new(),
+            reopened: 0,
+            reopened_keys: std::collections::BTreeSet::new(),
             gateways,
             reqs: Vec::new(),
             records: Vec::new(),
@@ -294,6 +310,9 @@ impl<'a> Model<'a> {
                 answers: Vec::new(),
                 decided_wall_ms: None,
                 store_state_at_refusal: None,
+                reopened: false,
+                expired_state_at_refusal: None,
+                key_expired_at_refusal: false,
             });
             m.reqs.push(Req {
                 worker,
@@ -353,6 +372,7 @@ impl<'a> Model<'a> {
             .flat_map(|r| r.answers.iter().map(|a| a.0))
             .max()
             .unwrap_or(0);
+        self.counts.reopened = self.reopened;
         Outputs {
             requests: self.records,
             counts: self.counts,
@@ -433,6 +453,13 @@ impl<'a> Model<'a> {
         if let Some(reply) = cached {
             let live = self.live_state(&redis_key);
             self.records[r].store_state_at_refusal = Some(live);
+            if live.is_none() {
+                self.records[r].expired_state_at_refusal =
+                    self.store.get(&redis_key).map(|(s, _)| *s);
+            }
+            self.records[r].key_expired_at_refusal =
+                self.records[r].expired_state_at_refusal.is_some()
+                    || self.reopened_keys.contains(&redis_key);
             self.answer(r, Ok(reply));
             return;
         }
@@ -568,6 +595,9 @@ impl<'a> Model<'a> {
         let call = &self.calls[c];
         let n = call.waiters.len() as u64;
         let prev = self.live_state(&call.redis_key);
+        let reopened = prev.is_none() && self.store.contains_key(&call.redis_key);
+        // This call, or one before it, found the key expired before its window's end.
+        let counts_reopened = reopened || self.reopened_keys.contains(&call.redis_key);
         let (batch, ttl) = step_batch(&self.limit, prev, call.now, n);
         let kept = match (self.bug, batch.before) {
             (
@@ -592,6 +622,11 @@ impl<'a> Model<'a> {
         let decided = call.now.0;
         for &r in &call.waiters {
             self.records[r].decided_wall_ms = Some(decided);
+            self.records[r].reopened = counts_reopened;
+        }
+        self.reopened += u64::from(reopened);
+        if reopened {
+            self.reopened_keys.insert(self.calls[c].redis_key.clone());
         }
         self.at(returns, Ev::CallReturn(c));
     }
