@@ -12,6 +12,7 @@
 //!   negative cache, outages), with the invariant that no key is admitted past its limit;
 //! * [`fuzz`]: random scenarios from seeds, a safety phase with faults then a liveness phase;
 //! * [`replay`]: a recorded JSON access log through a candidate config;
+//! * [`replay_outage`]: the Redis store's outage windows in a gateway log, for replay;
 //! * [`rng`]: the seeded PRNG, written out so a seed means the same bytes everywhere;
 //! * [`violation`]: a broken invariant, shared by the driver and the reports.
 //!
@@ -24,6 +25,7 @@ pub mod fleet;
 pub mod fuzz;
 pub mod oracle;
 pub mod replay;
+pub mod replay_outage;
 pub mod report;
 pub mod rng;
 pub mod run;
