@@ -6,7 +6,7 @@
 use aegis_sim::replay::{AccessLog, ReplayOptions, replay, replay_files};
 
 mod common;
-use common::root;
+use common::{root, sim};
 
 const FIX: &str = "aegis-sim/tests/fixtures";
 
@@ -83,4 +83,21 @@ fn an_outage_still_open_when_the_log_ends_lasts_to_the_end() {
     // Every request from 1.99 s on meets the store down: 20 of the 30.
     assert_eq!(r.store_errors, 20, "{}", r.to_text());
     assert_eq!(r.store_outages[0].until_ms, None);
+}
+
+#[test]
+fn the_cli_says_which_outage_it_replayed() {
+    let o = sim(&[
+        "replay",
+        "--log",
+        &format!("{FIX}/access-redis-outage.jsonl"),
+        "--config",
+        &format!("{FIX}/candidate-outage-allow.toml"),
+    ]);
+    assert_eq!(o.status.code(), Some(0));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("store outage 1.990s-4.180s replayed (11 requests met it)"),
+        "{out}"
+    );
 }
