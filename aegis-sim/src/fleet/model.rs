@@ -19,7 +19,6 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
-use aegis_policy::config::OnStoreError;
 use aegis_policy::http::{HeaderMap, Method};
 use aegis_policy::ratelimit::{FixedHasher, NegativeCache, step_batch};
 use aegis_policy::{
@@ -516,11 +515,6 @@ impl<'a> Model<'a> {
                 }
             }
         };
-        debug_assert!(
-            !(failed && self.sc.on_store_error == OnStoreError::Allow)
-                || outcome == Outcome::AdmittedUnchecked
-                || !self.records[r].answers.is_empty()
-        );
         self.records[r].answers.push((self.now, outcome));
     }
 

@@ -194,7 +194,11 @@ impl FleetScenario {
                 } else {
                     path
                 },
-                e.into_inner().to_string(),
+                e.into_inner()
+                    .to_string()
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" "),
             )
         })?;
         validate(raw, name, text)
