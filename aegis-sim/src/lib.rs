@@ -8,9 +8,12 @@
 //! * [`oracle`]: the reference model: what the policy should decide, re-derived plainly from
 //!   the config's values;
 //! * [`run`]: the event loop (virtual clock, simulated clients and upstreams);
+//! * [`fleet`]: many gateways sharing one Redis-like store (coalescing, pipelining, the
+//!   negative cache, outages), with the invariant that no key is admitted past its limit;
 //! * [`fuzz`]: random scenarios from seeds, a safety phase with faults then a liveness phase;
 //! * [`replay`]: a recorded JSON access log through a candidate config;
 //! * [`idp`]: a simulated identity provider serving the gateway's JWKS on virtual time;
+//! * [`replay_outage`]: the Redis store's outage windows in a gateway log, for replay;
 //! * [`rng`]: the seeded PRNG, written out so a seed means the same bytes everywhere;
 //! * [`violation`]: a broken invariant, shared by the driver and the reports.
 //!
@@ -19,10 +22,12 @@
 #![deny(clippy::disallowed_methods)]
 
 pub mod driver;
+pub mod fleet;
 pub mod fuzz;
 pub mod idp;
 pub mod oracle;
 pub mod replay;
+pub mod replay_outage;
 pub mod report;
 pub mod rng;
 pub mod run;

@@ -116,6 +116,10 @@ pub struct AccessLog {
     pub lines: usize,
     /// JSON lines whose `message` is not `"request"` (startup, reload, store outages).
     pub other_messages: u64,
+    /// The Redis store's outage windows the log shows (its `unavailable` / `available again`
+    /// lines), replayed as store failures so that the candidate's `on_store_error` decides
+    /// the requests inside them.
+    pub store_outages: Vec<crate::replay_outage::OutageWindow>,
     /// Requests the gateway answered from its admin endpoints (`reason = "admin"`): not part
     /// of the pipeline, so not replayed.
     pub admin: u64,
@@ -202,6 +206,7 @@ impl AccessLog {
             return log;
         }
         let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+        let mut outages = crate::replay_outage::OutageLog::default();
         for (i, raw) in body.split(|b| *b == b'\n').enumerate() {
             let n = i + 1;
             log.lines = n;
@@ -219,6 +224,7 @@ impl AccessLog {
             };
             if o.get("message").and_then(Value::as_str) != Some("request") {
                 log.other_messages += 1;
+                outages.note(n, &o);
                 continue;
             }
             if o.get("reason").and_then(Value::as_str) == Some("admin") {
@@ -230,6 +236,7 @@ impl AccessLog {
                 Err(e) => log.malformed.push((n, e)),
             }
         }
+        log.store_outages = outages.finish();
         log
     }
 
@@ -371,6 +378,12 @@ pub struct ReplayReport {
     /// Virtual span of the replay: last `ts_ms` − first.
     pub span_ms: u64,
     pub other_messages: u64,
+    /// Store outage windows taken from the log (ms since the first request; `until_ms` null
+    /// for one that had not ended when the log did), and the requests that met them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub store_outages: Vec<ReplayedOutage>,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub store_errors: u64,
     pub admin_skipped: u64,
     pub not_json: BadLines,
     pub malformed: Malformed,
@@ -397,6 +410,20 @@ pub struct ReplayReport {
     pub transitions: Vec<TransitionReport>,
     pub invariant_checks: u64,
     pub invariant_violations: Vec<Violation>,
+}
+
+/// A store outage window the log showed, as replayed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReplayedOutage {
+    /// Since the first request.
+    pub from_ms: u64,
+    pub until_ms: Option<u64>,
+    /// The log line that began it (0: the log began during it).
+    pub line: usize,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Options of a replay.
@@ -465,9 +492,19 @@ pub fn replay(
         .and_then(|a| Minter::new(a, first / 1000, last / 1000 + 1));
     let policy = Policy::new(config.clone())
         .map_err(|e| ReplayError(format!("invalid config {}: {e}", opts.config_name)))?;
+    // The log's store outages, on the replay's clock (ns since the first request).
+    let faults = log
+        .store_outages
+        .iter()
+        .map(|w| crate::scenario::StoreFault {
+            from: w.from_ms.saturating_sub(first).saturating_mul(NS_PER_MS),
+            until: w.until_ms.saturating_sub(first).saturating_mul(NS_PER_MS),
+            slow: None,
+        })
+        .collect();
     let store = FaultyStore::new(
         config.rate_limit.memory_max_keys,
-        Vec::new(),
+        faults,
         config.rate_limit.command_timeout,
     );
     let mut driver = Driver::new(policy, store);
@@ -750,6 +787,16 @@ pub fn replay(
         requests: replayed as u64,
         span_ms: last - first,
         other_messages: log.other_messages,
+        store_outages: log
+            .store_outages
+            .iter()
+            .map(|w| ReplayedOutage {
+                from_ms: w.from_ms.saturating_sub(first),
+                until_ms: (w.until_ms != u64::MAX).then(|| w.until_ms.saturating_sub(first)),
+                line: w.line,
+            })
+            .collect(),
+        store_errors: driver.counts.store_errors,
         admin_skipped: log.admin,
         not_json: BadLines {
             count: log.not_json.len() as u64,
@@ -854,6 +901,21 @@ impl ReplayReport {
             skipped.push(format!(
                 "{} skipped",
                 plural(self.other_messages, "other log line")
+            ));
+        }
+        if !self.store_outages.is_empty() {
+            let w: Vec<String> = self
+                .store_outages
+                .iter()
+                .map(|o| match o.until_ms {
+                    Some(u) => format!("{}-{}", secs(o.from_ms), secs(u)),
+                    None => format!("{}-end", secs(o.from_ms)),
+                })
+                .collect();
+            skipped.push(format!(
+                "store outage {} replayed ({} requests met it)",
+                w.join(", "),
+                self.store_errors
             ));
         }
         if self.admin_skipped > 0 {

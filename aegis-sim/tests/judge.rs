@@ -21,6 +21,13 @@ fn the_simulator_finds_nothing_wrong_with_the_policy() {
         .collect();
     files.sort();
     for path in files {
+        if aegis_sim::fleet::is_fleet_file(&path) {
+            let s = aegis_sim::fleet::FleetScenario::load(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let r = aegis_sim::fleet::run(&s, s.seed, None, "").unwrap_or_else(|e| panic!("{e}"));
+            assert!(r.ok(), "{}", r.to_text());
+            continue;
+        }
         let s = Scenario::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let opts = RunOptions {
             seed: s.seed,
@@ -33,5 +40,9 @@ fn the_simulator_finds_nothing_wrong_with_the_policy() {
     let out = aegis_sim::fuzz::fuzz(1, seeds, None).expect("fuzz scenarios are valid");
     if let Some((seed, report, _)) = out.failure {
         panic!("fuzz seed {seed}:\n{}", report.to_text());
+    }
+    let out = aegis_sim::fleet::fuzz::fuzz(1, seeds, None).expect("fleet fuzz scenarios are valid");
+    if let Some((seed, report, _)) = out.failure {
+        panic!("fleet fuzz seed {seed}:\n{}", report.to_text());
     }
 }

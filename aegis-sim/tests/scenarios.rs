@@ -326,6 +326,8 @@ fn every_shipped_scenario_is_asserted() {
         .filter_map(|e| e.ok())
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        // Fleet scenarios are asserted in tests/fleet.rs.
+        .filter(|p| !aegis_sim::fleet::is_fleet_file(p))
         .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
         .collect();
     shipped.sort();
@@ -342,7 +344,7 @@ fn every_shipped_scenario_is_asserted() {
 fn every_shipped_scenario_states_its_expectations() {
     for entry in std::fs::read_dir(scenarios_dir()).expect("scenarios/ is readable") {
         let path = entry.expect("readable entry").path();
-        if path.extension().is_none_or(|x| x != "toml") {
+        if path.extension().is_none_or(|x| x != "toml") || aegis_sim::fleet::is_fleet_file(&path) {
             continue;
         }
         let s = Scenario::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
