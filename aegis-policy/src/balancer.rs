@@ -271,8 +271,14 @@ impl Balancer {
 
     /// Power of two choices' measure of a target: requests in flight, made heavier by recent
     /// failures, so that a target that fails fast (and so has few in flight) does not draw
-    /// the traffic (Traefik #12306).
+    /// the traffic (Traefik #12306). A HALF_OPEN circuit waiting for its probe weighs nothing:
+    /// its failures would otherwise lose it every comparison under light traffic, it would
+    /// never be probed and never close (found by the simulator, `scenarios/websocket.toml` with
+    /// P2C); the probe is one request.
     fn load(&self, i: usize) -> u64 {
+        if self.breakers[i].wants_probe() {
+            return 0;
+        }
         (u64::from(self.in_flight[i]) + 1) * (1 + u64::from(self.breakers[i].failures()))
     }
 

@@ -274,6 +274,11 @@ impl Breaker {
         matches!(self.inner, Inner::Closed | Inner::HalfOpen { probe: None })
     }
 
+    /// HALF_OPEN with no probe out: the next request it admits is the probe that can close it.
+    pub fn wants_probe(&self) -> bool {
+        matches!(self.inner, Inner::HalfOpen { probe: None })
+    }
+
     pub fn failures(&self) -> u32 {
         self.failures
     }

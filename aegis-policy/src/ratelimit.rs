@@ -125,6 +125,33 @@ pub struct CounterReply {
 #[error("rate-limit store: {0}")]
 pub struct StoreError(pub String);
 
+/// How long a store keeps a counter past the instant it stops mattering: a whole window, and
+/// at least 2 s (a call is late by at most its queueing and `command_timeout`, 250 ms by
+/// default, plus a clock skew of milliseconds).
+fn late_call_slack(limit: &Limit) -> u64 {
+    limit.window_ms.max(2_000)
+}
+
+/// How long a fixed window's counter is kept: [`late_call_slack`] after its window ends.
+/// The store counts TTLs on its own clock from the moment a call arrives, and a call may arrive
+/// late (queued behind its key's call, a slow network, a gateway whose clock runs behind its
+/// peers'): a key that expired at its window's end would be found missing by such a call,
+/// which would start the window's count again and admit up to `2·max` in it. A window's key
+/// names its window, so keeping it longer never carries a count into the next window. (Found
+/// by the fleet simulator: `aegis-sim/tests/fleet.rs`.)
+fn fixed_ttl(limit: &Limit, start: u64, now: UnixMillis) -> u64 {
+    (start + limit.window_ms + late_call_slack(limit))
+        .saturating_sub(now.0)
+        .max(1)
+}
+
+/// How long a GCRA state (its TAT) is kept: [`late_call_slack`] past the instant it stops mattering
+/// (`tat`), for the same late calls as [`fixed_ttl`]; a TAT in the past is harmless (the step
+/// takes the later of it and now).
+fn gcra_ttl(limit: &Limit, tat_us: u64, now_us: u64) -> u64 {
+    (tat_us.saturating_sub(now_us).div_ceil(1000) + late_call_slack(limit)).max(1)
+}
+
 /// The pure step. `prev` is the stored state, if any and not expired. Returns the reply and how
 /// long the new state must be kept (its TTL, at least 1 ms).
 pub fn step(limit: &Limit, prev: Option<CounterState>, now: UnixMillis) -> (CounterReply, u64) {
@@ -140,7 +167,7 @@ pub fn step(limit: &Limit, prev: Option<CounterState>, now: UnixMillis) -> (Coun
             };
             let admitted = count < limit.max;
             let count = if admitted { count + 1 } else { count };
-            let ttl = (start + limit.window_ms).saturating_sub(now.0).max(1);
+            let ttl = fixed_ttl(limit, start, now);
             (
                 CounterReply {
                     admitted,
@@ -162,7 +189,7 @@ pub fn step(limit: &Limit, prev: Option<CounterState>, now: UnixMillis) -> (Coun
             };
             let new_tat = tat.saturating_add(t);
             if new_tat - now_us <= burst {
-                let ttl = (new_tat - now_us).div_ceil(1000).max(1);
+                let ttl = gcra_ttl(limit, new_tat, now_us);
                 (
                     CounterReply {
                         admitted: true,
@@ -171,7 +198,7 @@ pub fn step(limit: &Limit, prev: Option<CounterState>, now: UnixMillis) -> (Coun
                     ttl,
                 )
             } else {
-                let ttl = (tat - now_us).div_ceil(1000).max(1);
+                let ttl = gcra_ttl(limit, tat, now_us);
                 (
                     CounterReply {
                         admitted: false,
@@ -261,7 +288,7 @@ pub fn step_batch(
                 _ => 0,
             };
             let admitted = n.min(limit.max.saturating_sub(count));
-            let ttl = (start + limit.window_ms).saturating_sub(now.0).max(1);
+            let ttl = fixed_ttl(limit, start, now);
             let batch = Batch {
                 n,
                 admitted,
@@ -285,7 +312,7 @@ pub fn step_batch(
             let room = burst.saturating_sub(tat - now_us);
             let admitted = n.min(room / t);
             let keep = tat.saturating_add(admitted.saturating_mul(t));
-            let ttl = (keep - now_us).div_ceil(1000).max(1);
+            let ttl = gcra_ttl(limit, keep, now_us);
             let batch = Batch {
                 n,
                 admitted,
@@ -628,7 +655,7 @@ if alg == 0 then
     admitted = math.min(n, max - count)
     redis.call('INCRBY', KEYS[1], admitted)
   end
-  local ttl = start + window - now
+  local ttl = start + window + math.max(window, 2000) - now
   if ttl < 1 then ttl = 1 end
   redis.call('PEXPIRE', KEYS[1], ttl)
   return {admitted, start, count}
@@ -647,7 +674,7 @@ else
   local room = burst - (tat - now_us)
   if room > 0 then admitted = math.min(n, math.floor(room / t)) end
   local keep = tat + admitted * t
-  local ttl = math.ceil((keep - now_us) / 1000)
+  local ttl = math.ceil((keep - now_us) / 1000) + math.max(window, 2000)
   if ttl < 1 then ttl = 1 end
   redis.call('SET', KEYS[1], string.format('%.0f', keep), 'PX', ttl)
   local high = math.floor(tat / 1000000)

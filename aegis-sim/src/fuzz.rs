@@ -767,18 +767,10 @@ pub fn generate(seed: u64, base: Option<&Base>) -> Result<Table, ScenarioError> 
             }
             loads.push(table(l));
         }
-        // Not under power of two choices: a half-open target may never be probed there
-        // under light load (a known policy bug; aegis-sim/tests/traffic_scenarios.rs).
-        let p2c = config
-            .routes
-            .iter()
-            .any(|r| r.balance == aegis_policy::config::Balance::P2c);
-        if !p2c {
-            doc.insert(
-                "expect".into(),
-                table(vec![("all_closed_at_end", Value::Boolean(true))]),
-            );
-        }
+        doc.insert(
+            "expect".into(),
+            table(vec![("all_closed_at_end", Value::Boolean(true))]),
+        );
     }
     doc.insert("load".into(), Value::Array(loads));
     Ok(doc)

@@ -132,14 +132,12 @@ fn tunnels_are_counted_and_drained() {
     assert!(t.max_tunnels_open > 45, "{t:?}");
 }
 
-/// A known policy bug, kept here until it is fixed: with power of two choices over two
-/// targets, a HALF_OPEN target's failure count weighs its load ((in flight + 1) × (1 +
-/// failures)), so under light traffic the other target always wins the comparison and the
-/// half-open one is never probed: its circuit stays HALF_OPEN long after it recovered.
-/// `scenarios/websocket.toml` with `balance = "p2c"`, seed 3: chat-2 HALF_OPEN from 33.7 s
-/// to the end (120 s).
+/// A policy bug the simulator found, fixed: with power of two choices over two targets, a
+/// HALF_OPEN target's failure count weighed its load ((in flight + 1) × (1 + failures)), so
+/// under light traffic the other target always won the comparison and the half-open one was
+/// never probed (`scenarios/websocket.toml` with `balance = "p2c"`, seed 3: HALF_OPEN from
+/// 33.7 s to the end). A circuit waiting for its probe now weighs nothing.
 #[test]
-#[ignore = "known bug: P2C never probes a half-open target under light load"]
 fn p2c_probes_a_half_open_target_under_light_load() {
     let (mut s, path) = load("websocket");
     s.config.routes[0].balance = aegis_policy::config::Balance::P2c;

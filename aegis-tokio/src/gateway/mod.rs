@@ -398,7 +398,11 @@ where
             }
             Err(e) => return body_failed(rt, &fwd, &mut guard, e, ex),
         };
-        if let Some((outcome, sent_any)) = failed {
+        // Past the route's deadline no retry is asked for: a try the policy granted would
+        // hold its target's in-flight count (and a half-open probe) with nobody to report it.
+        if let Some((outcome, sent_any)) = failed
+            && Instant::now() < all_tries_by
+        {
             let now = shared.clock.now();
             let again = {
                 let mut balancer = lock(&rt.balancers[route]);
@@ -415,9 +419,7 @@ where
                     now,
                 )
             };
-            if let Some(next) = again
-                && Instant::now() < all_tries_by
-            {
+            if let Some(next) = again {
                 metrics.retried();
                 body.rewind();
                 fwd = next;
