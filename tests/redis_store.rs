@@ -163,7 +163,9 @@ async fn keys_are_prefixed_expire_and_noscript_is_recovered() {
             .query_async(&mut con)
             .await
             .unwrap();
-        assert!(pttl > 0 && pttl <= 60_000, "{k}: PTTL {pttl}");
+        // A counter outlives its window by a window (at least 2 s): a call that reaches Redis
+        // late must still find its window's count (aegis-policy `late_call_slack`).
+        assert!(pttl > 0 && pttl <= 120_000, "{k}: PTTL {pttl}");
     }
 
     let () = redis::cmd("SCRIPT")

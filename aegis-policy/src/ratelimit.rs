@@ -132,6 +132,12 @@ fn late_call_slack(limit: &Limit) -> u64 {
     limit.window_ms.max(2_000)
 }
 
+/// What a store that no call reaches late (this process's memory store) keeps of a TTL that
+/// [`step`] gave: the instant the state stops mattering, without [`late_call_slack`].
+fn local_ttl(limit: &Limit, ttl: u64) -> u64 {
+    ttl.saturating_sub(late_call_slack(limit)).max(1)
+}
+
 /// How long a fixed window's counter is kept: [`late_call_slack`] after its window ends.
 /// The store counts TTLs on its own clock from the moment a call arrives, and a call may arrive
 /// late (queued behind its key's call, a slow network, a gateway whose clock runs behind its
@@ -153,7 +159,8 @@ fn gcra_ttl(limit: &Limit, tat_us: u64, now_us: u64) -> u64 {
 }
 
 /// The pure step. `prev` is the stored state, if any and not expired. Returns the reply and how
-/// long the new state must be kept (its TTL, at least 1 ms).
+/// long a shared store must keep the new state (its TTL, with [`late_call_slack`]; the memory
+/// store keeps it without).
 pub fn step(limit: &Limit, prev: Option<CounterState>, now: UnixMillis) -> (CounterReply, u64) {
     match limit.algorithm {
         LimitAlgorithm::FixedWindow => {
@@ -590,15 +597,15 @@ impl<S: BuildHasher> CounterStore for MemoryStore<S> {
             let prev = (*expires > now).then_some(*state);
             let (reply, ttl) = step(&req.limit, prev, req.now);
             *state = reply.state;
-            *expires = now.saturating_add(ttl);
+            *expires = now.saturating_add(local_ttl(&req.limit, ttl));
             return Ok(reply);
         }
         if self.map.len() >= self.max_keys {
             self.evict_oldest();
         }
         let (reply, ttl) = step(&req.limit, None, req.now);
-        self.map
-            .insert(req.key.clone(), (reply.state, now.saturating_add(ttl)));
+        let expires = now.saturating_add(local_ttl(&req.limit, ttl));
+        self.map.insert(req.key.clone(), (reply.state, expires));
         self.order.push_back(req.key.clone());
         Ok(reply)
     }

@@ -19,11 +19,10 @@
 //! a full set replaces its oldest entry. One cache serves one thread: the gateway keeps one per
 //! worker, so no lock is shared between cores.
 
+use std::any::Any;
 use std::sync::Arc;
 
 use http::HeaderValue;
-
-use crate::auth::KeySet;
 
 const WAYS: usize = 4;
 
@@ -72,8 +71,9 @@ pub struct TokenCache {
     sets: Vec<[Option<Entry>; WAYS]>,
     set_count: usize,
     leeway_secs: u64,
-    /// The fetched key set the entries were verified under (JWKS providers).
-    keys: Option<Arc<KeySet>>,
+    /// The fetched key set the entries were verified under (JWKS providers), held (so that
+    /// its address cannot be reused by another set) and compared by address.
+    keys: Option<Arc<dyn Any + Send + Sync>>,
     next_stamp: u64,
     stats: CacheStats,
 }
@@ -111,17 +111,17 @@ impl TokenCache {
 
     /// Tells the cache which fetched key set verification uses now. Another set than its
     /// entries were verified under empties it.
-    pub(crate) fn use_keys(&mut self, fetched: Option<&Arc<KeySet>>) {
+    pub(crate) fn use_keys<K: Any + Send + Sync>(&mut self, fetched: Option<&Arc<K>>) {
         let same = match (&self.keys, fetched) {
             (None, None) => true,
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (Some(a), Some(b)) => std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b)),
             _ => false,
         };
         if !same {
             for set in self.sets.iter_mut() {
                 *set = Default::default();
             }
-            self.keys = fetched.cloned();
+            self.keys = fetched.map(|k| Arc::clone(k) as Arc<dyn Any + Send + Sync>);
         }
     }
 
@@ -257,13 +257,13 @@ mod tests {
     #[test]
     fn another_key_set_empties_it() {
         let mut c = TokenCache::new(8, 0);
-        let first = Arc::new(KeySet::default());
+        let first = Arc::new(String::from("keys"));
         c.use_keys(Some(&first));
         c.put("t", &user("u"), OPEN);
         c.use_keys(Some(&first.clone()));
         assert_eq!(c.get("t", 1), Some(user("u")));
         // An equal but different set (a refetch) counts as another.
-        c.use_keys(Some(&Arc::new(KeySet::default())));
+        c.use_keys(Some(&Arc::new(String::from("keys"))));
         assert_eq!(c.get("t", 1), None);
     }
 

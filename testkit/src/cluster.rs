@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 
 use crate::{START_DEADLINE, TempDir, free_port, kill_child, read_lossy, temp_dir, wait_until};
 
-/// How long a node may be unreachable before the cluster marks it failed (and a replica
-/// takes over on its own): short, so that tests run in seconds.
+/// How long a node may be unreachable before the cluster marks it failed: short, so that
+/// tests run in seconds. Replicas never take over on their own
+/// (`cluster-replica-no-failover`): a test promotes one with [`RedisCluster::failover`], so the
+/// gap after a master dies lasts until then, however slow the machine is.
 pub const NODE_TIMEOUT_MS: u64 = 2_000;
 
 /// One node as `CLUSTER NODES` describes it.
@@ -92,6 +94,7 @@ impl RedisCluster {
                 .args(["--cluster-enabled", "yes"])
                 .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
                 .args(["--cluster-node-timeout", &NODE_TIMEOUT_MS.to_string()])
+                .args(["--cluster-replica-no-failover", "yes"])
                 .args(["--save", ""])
                 .args(["--appendonly", "no"])
                 .args(["--dir", &self.dir.path().display().to_string()])
@@ -169,13 +172,23 @@ impl RedisCluster {
 
     /// A replica of the master on `port`.
     pub fn replica_of(&self, port: u16) -> u16 {
-        let nodes = self.nodes();
-        let master = nodes.iter().find(|n| n.port == port).expect("known master");
-        nodes
-            .iter()
-            .find(|n| n.replica_of.as_deref() == Some(master.id.as_str()))
-            .unwrap_or_else(|| panic!("the master on {port} has no replica"))
-            .port
+        // The master's node table may not list its replica yet on a loaded machine: ask again
+        // until it does.
+        let mut found = None;
+        wait_until(
+            &format!("a replica of the master on {port}"),
+            START_DEADLINE,
+            || {
+                let nodes = self.nodes();
+                let master = nodes.iter().find(|n| n.port == port).expect("known master");
+                found = nodes
+                    .iter()
+                    .find(|n| n.replica_of.as_deref() == Some(master.id.as_str()))
+                    .map(|n| n.port);
+                found.is_some()
+            },
+        );
+        found.expect("waited for it")
     }
 
     /// SIGKILL the node on `port`, by PID: a crash.
