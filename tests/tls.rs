@@ -352,11 +352,20 @@ fn a_handshake_counts_in_the_connection_caps() {
     let up = Upstream::start("svc");
     let dir = temp_dir("tls-caps");
     let c = write_certs(dir.path());
-    let cfg = tls_config(&up, dir.path(), "").replace(
-        "listen = \"127.0.0.1:0\"\n",
-        "listen = \"127.0.0.1:0\"\nmax_connections_per_ip = 1\n",
-    );
-    let gw = Gateway::start(&cfg, &[]);
+    // A handshake timeout far longer than the test: the silent connection must hold its slot
+    // for as long as a loaded machine takes to try the second one (with the shared config's
+    // 1 s, the gateway could cut it first and the second connection got the slot).
+    let cfg = tls_config(&up, dir.path(), "")
+        .replace(
+            "listen = \"127.0.0.1:0\"\n",
+            "listen = \"127.0.0.1:0\"\nmax_connections_per_ip = 1\n",
+        )
+        .replace("handshake_timeout = \"1s\"", "handshake_timeout = \"60s\"");
+    assert!(cfg.contains("handshake_timeout = \"60s\""), "{cfg}");
+    // One worker: its listener accepts in the order the client connected. With two, the
+    // second connection could be accepted first (by the other worker), take the slot, and
+    // the silent one was the one closed at the cap.
+    let gw = Gateway::start_with(&cfg, &[], &["--workers", "1"]).unwrap_or_else(|e| panic!("{e}"));
     // One connection that has not finished its handshake holds the client's only slot.
     let _first = connect_raw(gw.addr, Duration::from_secs(5));
     wait_until(
