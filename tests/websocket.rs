@@ -18,7 +18,7 @@ const SECRET: &str = "ws-secret";
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A WebSocket echo server on a free port: every text or binary message comes back, `close`
-/// starts the close handshake. Counts the upgrades it accepted.
+/// starts the close handshake, `who` gets its name. Counts the upgrades it accepted.
 struct Echo {
     addr: SocketAddr,
     accepted: Arc<AtomicUsize>,
@@ -26,6 +26,10 @@ struct Echo {
 
 impl Echo {
     fn start() -> Echo {
+        Echo::start_named("echo")
+    }
+
+    fn start_named(name: &'static str) -> Echo {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -45,6 +49,11 @@ impl Echo {
                         match ws.read() {
                             Ok(Message::Text(t)) if t.as_str() == "close" => {
                                 let _ = ws.close(None);
+                            }
+                            Ok(Message::Text(t)) if t.as_str() == "who" => {
+                                if ws.send(Message::text(name)).is_err() {
+                                    return;
+                                }
                             }
                             Ok(m @ (Message::Text(_) | Message::Binary(_))) => {
                                 if ws.send(m).is_err() {
@@ -222,4 +231,59 @@ fn sigterm_lets_a_tunnel_run_until_the_drain_timeout() {
         .expect("the gateway exits");
     assert!(status.success(), "{status:?}");
     assert!(ws.read().is_err(), "the tunnel is closed with the process");
+}
+
+/// An open tunnel counts among its target's requests in flight until it closes: with
+/// `balance = "p2c"` (least-request) over two targets, new WebSockets go to the target that
+/// holds fewer, `/gateway/stats` shows them in `inFlight`, and closing them gives the count
+/// back (so the next ones go where the closed ones were).
+#[test]
+fn p2c_spreads_open_tunnels_and_counts_them_in_flight() {
+    let (a, b) = (Echo::start_named("a"), Echo::start_named("b"));
+    let gw = Gateway::start(
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n\n\
+             [[routes]]\npath = \"/ws\"\nbalance = \"p2c\"\ntargets = [\"http://{}\", \"http://{}\"]\n",
+            a.addr, b.addr
+        ),
+        &[],
+    );
+    let in_flight = |gw: &Gateway| -> Vec<u64> {
+        gw.stats()
+            .iter()
+            .map(|s| s["inFlight"].as_u64().unwrap())
+            .collect()
+    };
+    // Opens a tunnel and asks the upstream its name: the tunnel is open on both sides.
+    let open = || -> (Client, String) {
+        let mut ws = connect(&gw, None).expect("the upgrade through the gateway");
+        ws.send(Message::text("who")).unwrap();
+        let who = ws.read().unwrap().into_text().unwrap().as_str().to_owned();
+        (ws, who)
+    };
+    let first: Vec<(Client, String)> = (0..6).map(|_| open()).collect();
+    assert_eq!(in_flight(&gw), [3, 3]);
+    let on_a = first.iter().filter(|(_, w)| w == "a").count();
+    assert_eq!(on_a, 3, "P2C over two compares both: the tunnels alternate");
+    // The first target's tunnels close: its count goes back to 0, and the next three
+    // tunnels all go to it.
+    let (closing, kept): (Vec<_>, Vec<_>) = first.into_iter().partition(|(_, w)| w == "a");
+    drop(closing);
+    aegis_testkit::wait_until("a's tunnels closed", TIMEOUT, || in_flight(&gw) == [0, 3]);
+    let again: Vec<(Client, String)> = (0..3).map(|_| open()).collect();
+    assert!(
+        again.iter().all(|(_, w)| w == "a"),
+        "{:?}",
+        again.iter().map(|x| &x.1).collect::<Vec<_>>()
+    );
+    assert_eq!(in_flight(&gw), [3, 3]);
+    assert_eq!(
+        (
+            a.accepted.load(Ordering::SeqCst),
+            b.accepted.load(Ordering::SeqCst)
+        ),
+        (6, 3)
+    );
+    drop((kept, again));
+    aegis_testkit::wait_until("every tunnel closed", TIMEOUT, || in_flight(&gw) == [0, 0]);
 }

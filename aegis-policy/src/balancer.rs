@@ -83,7 +83,7 @@ pub struct TargetStats {
     /// Milliseconds since the last state change (absent if it never changed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub since_transition_ms: Option<u64>,
-    /// Requests sent to it and not answered yet.
+    /// Requests sent to it and not answered yet, and its open tunnels (WebSockets).
     pub in_flight: u32,
     /// Its weight, when the route's weights differ.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -91,6 +91,20 @@ pub struct TargetStats {
     /// What its health checks say, when the route has them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub healthy: Option<bool>,
+}
+
+/// An open tunnel's hold on its target's in-flight count: given back once, by
+/// [`Balancer::on_tunnel_closed`] (neither `Clone` nor `Copy`).
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "a tunnel's slot is given back with on_tunnel_closed when it closes"]
+pub struct TunnelSlot {
+    target: usize,
+}
+
+impl TunnelSlot {
+    pub fn target(&self) -> usize {
+        self.target
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -321,6 +335,24 @@ impl Balancer {
             UpstreamOutcome::Status(_) => Verdict::Success,
             UpstreamOutcome::ConnectError | UpstreamOutcome::Timeout => Verdict::Failure,
             UpstreamOutcome::Cancelled => Verdict::Neutral,
+        }
+    }
+
+    /// An upgrade to `target` was answered `101` (its outcome reported, a success): the
+    /// tunnel that follows counts as a request in flight until [`Balancer::on_tunnel_closed`],
+    /// so that power of two choices weighs open WebSockets as load (least-request, as for
+    /// any long request). The breaker has had its answer: a tunnel holds no probe slot.
+    pub fn on_tunnel_opened(&mut self, target: usize) -> TunnelSlot {
+        if let Some(n) = self.in_flight.get_mut(target) {
+            *n += 1;
+        }
+        TunnelSlot { target }
+    }
+
+    /// The tunnel closed (either side, the idle timeout or the drain).
+    pub fn on_tunnel_closed(&mut self, slot: TunnelSlot) {
+        if let Some(n) = self.in_flight.get_mut(slot.target) {
+            *n = n.saturating_sub(1);
         }
     }
 
@@ -675,6 +707,48 @@ mod tests {
             assert_ne!(a.target, 1);
             b.on_result(a, UpstreamOutcome::Status(200), t);
         }
+    }
+
+    /// Open tunnels count as load: with P2C, new WebSockets go to the target holding fewer,
+    /// and a closed tunnel gives its slot back. The breaker had its answer at the 101.
+    #[test]
+    fn p2c_weighs_open_tunnels_until_they_close() {
+        let (c, mut b) = route(
+            "[[routes]]\npath = \"/\"\nbalance = \"p2c\"\ntargets = [\"http://a:1\", \"http://b:1\"]\n",
+        );
+        let t = Nanos::from_millis(1);
+        let mut open: Vec<TunnelSlot> = Vec::new();
+        for _ in 0..40 {
+            let a = b.pick(t).unwrap();
+            let target = a.target;
+            b.on_result(a, UpstreamOutcome::Status(101), t);
+            open.push(b.on_tunnel_opened(target));
+        }
+        let on = |open: &[TunnelSlot], i| open.iter().filter(|s| s.target() == i).count();
+        // Of two targets, P2C compares both: every new tunnel goes to the one with fewer.
+        assert_eq!((on(&open, 0), on(&open, 1)), (20, 20));
+        let stats = b.snapshot(&c.routes[0], t);
+        assert_eq!((stats[0].in_flight, stats[1].in_flight), (20, 20));
+        assert_eq!(stats[0].state, BreakerState::Closed);
+        // Target 0's tunnels close: the next 20 all go to it.
+        let (zero, one): (Vec<_>, Vec<_>) = open.into_iter().partition(|s| s.target() == 0);
+        for s in zero {
+            b.on_tunnel_closed(s);
+        }
+        let picked: Vec<usize> = (0..20)
+            .map(|_| {
+                let a = b.pick(t).unwrap();
+                let target = a.target;
+                b.on_result(a, UpstreamOutcome::Status(101), t);
+                let _kept = b.on_tunnel_opened(target);
+                target
+            })
+            .collect();
+        assert_eq!(picked, vec![0; 20]);
+        for s in one {
+            b.on_tunnel_closed(s);
+        }
+        assert_eq!(b.snapshot(&c.routes[0], t)[1].in_flight, 0);
     }
 
     /// A target that fails fast has few requests in flight; its failures weigh on it so that

@@ -56,7 +56,8 @@ pub mod token_cache;
 
 pub use auth::{AuthFailure, Key, KeyFamily, KeySet, Verifier};
 pub use balancer::{
-    Attempt, Balancer, NoTarget, TargetStats, TargetTransition, Unavailable, UpstreamOutcome,
+    Attempt, Balancer, NoTarget, TargetStats, TargetTransition, TunnelSlot, Unavailable,
+    UpstreamOutcome,
 };
 pub use breaker::{Breaker, BreakerState, Permit, Transition, Verdict};
 pub use config::{Config, ConfigEnv, ConfigError, MapEnv};

@@ -301,6 +301,8 @@ pub struct Traffic {
     pub check_in_flight: bool,
     /// Tries whose outcome was lost, per route and target (never given back).
     lost: Vec<Vec<u32>>,
+    /// Open tunnels, per route and target: counted in flight until they close.
+    tunnels_open: Vec<Vec<u32>>,
     /// Weighted routes: picks made among fewer than all targets (first tries without every
     /// target admissible, and retries).
     partial: Vec<u64>,
@@ -413,6 +415,11 @@ impl Driver {
         };
         let traffic = Traffic {
             partial: vec![0; cfg.routes.len()],
+            tunnels_open: cfg
+                .routes
+                .iter()
+                .map(|r| vec![0; r.targets.len()])
+                .collect(),
             lost: cfg
                 .routes
                 .iter()
@@ -563,9 +570,29 @@ impl Driver {
             .map(|n| n.0)
     }
 
+    /// The route and target of the try in `slot` (before its outcome is reported).
+    pub fn flight_target(&self, slot: u32) -> Option<(usize, usize)> {
+        let f = self.flights.get(slot as usize)?.as_ref()?;
+        Some((f.route, f.attempt.target))
+    }
+
+    /// An upgrade's `101` went out: its tunnel counts in its target's in-flight requests
+    /// until [`Driver::tunnel_closed`], as in the gateway.
+    pub fn tunnel_opened(&mut self, route: usize, target: usize) -> aegis_policy::TunnelSlot {
+        self.traffic.tunnels_open[route][target] += 1;
+        self.balancers[route].on_tunnel_opened(target)
+    }
+
+    pub fn tunnel_closed(&mut self, route: usize, slot: aegis_policy::TunnelSlot) {
+        let t = &mut self.traffic.tunnels_open[route][slot.target()];
+        *t = t.saturating_sub(1);
+        self.balancers[route].on_tunnel_closed(slot);
+    }
+
     /// Invariant `in_flight_accounts_for_tries`: the balancer's requests in flight per target
     /// (what power of two choices weighs) are the tries the driver has out, plus the ones
-    /// whose outcome was lost; a tunnel, once its 101 is in, is none.
+    /// whose outcome was lost, plus the open tunnels (once its 101 is in, an upgrade is no
+    /// longer a try but holds its place until the tunnel closes).
     pub fn check_in_flight(&mut self, now: Nanos) {
         if !self.traffic.check_in_flight {
             return;
@@ -578,7 +605,7 @@ impl Driver {
         for (r, b) in self.balancers.iter().enumerate() {
             let lines = b.snapshot(self.policy.route(RouteId(r)), now);
             for (t, line) in lines.iter().enumerate() {
-                let want = out[r][t] + self.traffic.lost[r][t];
+                let want = out[r][t] + self.traffic.lost[r][t] + self.traffic.tunnels_open[r][t];
                 if line.in_flight != want {
                     let detail = format!(
                         "{} on route {} counts {} in flight; {} tries are out",

@@ -405,7 +405,8 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
         }
     }
     let mut probes: Vec<(usize, usize, bool)> = Vec::new();
-    let mut tunnels: Vec<u64> = Vec::new();
+    // Each tunnel's slot among its target's requests, while it is open.
+    let mut tunnels: Vec<Option<(usize, aegis_policy::TunnelSlot)>> = Vec::new();
     let mut open_tunnels = 0u64;
     if let Some(d) = s.traffic.drain_at {
         q.push(d.saturating_add(s.traffic.drain_timeout), Ev::DrainEnd);
@@ -518,6 +519,7 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
             Ev::Tick(route) => driver.tick(route as usize, Nanos(t)),
             Ev::Done(slot) | Ev::Lost(slot) => {
                 let o = outcomes[slot as usize];
+                let tried = driver.flight_target(slot);
                 let answered = match o.outcome {
                     Some(outcome) => driver.complete_try(slot, outcome, o.sent, now),
                     None => driver.lose(slot, now),
@@ -535,7 +537,11 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
                         Some(d) => t.min(d + s.traffic.drain_timeout),
                         None => t.saturating_add(hold),
                     };
-                    tunnels.push(end);
+                    // As in the gateway, the tunnel counts in its target's in-flight
+                    // requests (power of two choices weighs it) until it closes.
+                    let held =
+                        tried.map(|(route, target)| (route, driver.tunnel_opened(route, target)));
+                    tunnels.push(held);
                     open_tunnels += 1;
                     let tr = &mut driver.traffic.report;
                     tr.tunnels += 1;
@@ -565,8 +571,11 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
                 }
                 driver.check_in_flight(now.mono);
             }
-            Ev::TunnelEnd(_) => {
+            Ev::TunnelEnd(i) => {
                 open_tunnels = open_tunnels.saturating_sub(1);
+                if let Some((route, slot)) = tunnels.get_mut(i as usize).and_then(Option::take) {
+                    driver.tunnel_closed(route, slot);
+                }
                 driver.check_in_flight(now.mono);
             }
             Ev::DrainEnd => {}

@@ -195,6 +195,8 @@ struct Upgraded {
     method: Method,
     path_and_query: String,
     request_id: crate::record::RequestId,
+    /// The tunnel's count among its target's requests in flight, until it closes.
+    lease: Option<gateway::TunnelLease>,
 }
 
 /// The HTTP/1.1 loop: requests until the connection closes, the HTTP/2 preface, or an
@@ -304,6 +306,7 @@ where
                         .map_or("/", |p| p.as_str())
                         .to_owned(),
                     request_id: answer.request_id,
+                    lease: answer.tunnel,
                 })),
                 _ => Served::Closed,
             };
@@ -346,6 +349,7 @@ async fn tunnel<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared, io: conn::Io
         method,
         path_and_query: pq,
         request_id,
+        lease,
     } = up;
     let conn::Io {
         stream, mut rbuf, ..
@@ -373,6 +377,8 @@ async fn tunnel<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared, io: conn::Io
         let _open = crate::observe::metrics::GaugeGuard::enter(metrics.tunnels.mine());
         tunnel::run(client, upstream, idle).await
     };
+    // Closed: its target's in-flight count gives it back.
+    drop(lease);
     metrics.tunnel_bytes(done.up, done.down);
     tracing::info!(
         target: "aegis::access",

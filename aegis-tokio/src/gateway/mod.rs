@@ -31,6 +31,7 @@ use hyper::body::Body;
 pub use body::{LimitedBody, ProxyBody, RequestBody};
 use forward::{forwarding, request_host};
 use outcome::OutcomeGuard;
+pub use outcome::TunnelLease;
 use reply::reply;
 pub use reply::{error, json_response};
 
@@ -53,6 +54,9 @@ pub struct Answer {
     /// The protocol switched to, when the response is a `101` to an upgrade request: the
     /// connection becomes a tunnel to the upstream's.
     pub upgrade: Option<HeaderValue>,
+    /// With `upgrade`: the tunnel's count among its target's requests in flight, held for
+    /// as long as the tunnel is open.
+    pub tunnel: Option<TunnelLease>,
 }
 
 impl Answer {
@@ -90,6 +94,7 @@ fn admin_only(shared: &Shared, rt: &Runtime, parts: &http::request::Parts) -> An
         response,
         request_id: RequestId::of(&parts.headers),
         upgrade: None,
+        tunnel: None,
     }
 }
 
@@ -138,9 +143,15 @@ where
         None => shared.metrics.unrouted.response(status),
     }
     access::log(shared.log_format, &rt.policy, parts, &ex, status);
+    let upgrade = ex.upgrade.take().filter(|_| status == 101);
+    let tunnel = match (&upgrade, ex.route, ex.target) {
+        (Some(_), Some(route), Some(target)) => TunnelLease::open(rt, route, target),
+        _ => None,
+    };
     Answer {
         response: resp,
-        upgrade: ex.upgrade.take().filter(|_| status == 101),
+        upgrade,
+        tunnel,
         request_id: ex.request_id,
     }
 }

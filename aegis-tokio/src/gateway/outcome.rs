@@ -1,9 +1,11 @@
 //! Reports a forwarded request's outcome to its target's breaker exactly once, and logs the
 //! circuit transitions it causes.
 
+use std::sync::{Arc, Mutex};
+
 use tokio::time::Instant;
 
-use aegis_policy::{Attempt, UpstreamOutcome};
+use aegis_policy::{Attempt, Balancer, TunnelSlot, UpstreamOutcome};
 
 use crate::record::RequestId;
 use crate::state::{Runtime, Shared, lock};
@@ -59,5 +61,34 @@ impl OutcomeGuard<'_> {
 impl Drop for OutcomeGuard<'_> {
     fn drop(&mut self) {
         self.report(UpstreamOutcome::Cancelled);
+    }
+}
+
+/// An open tunnel's place among its target's requests in flight (power of two choices weighs
+/// open WebSockets as load): taken when the `101` goes out, given back when dropped (the
+/// tunnel closed, or the drain closed it), to the balancer it came from even if a reload has
+/// replaced the route's since.
+#[derive(Debug)]
+pub struct TunnelLease {
+    balancer: Arc<Mutex<Balancer>>,
+    slot: Option<TunnelSlot>,
+}
+
+impl TunnelLease {
+    pub(super) fn open(rt: &Runtime, route: usize, target: usize) -> Option<TunnelLease> {
+        let balancer = rt.balancers.get(route)?.clone();
+        let slot = lock(&balancer).on_tunnel_opened(target);
+        Some(TunnelLease {
+            balancer,
+            slot: Some(slot),
+        })
+    }
+}
+
+impl Drop for TunnelLease {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            lock(&self.balancer).on_tunnel_closed(slot);
+        }
     }
 }
