@@ -309,3 +309,99 @@ fn p2c_sends_more_to_the_target_with_fewer_requests_in_flight() {
     assert_eq!(s + f, 80);
     assert!(f > 60, "the fast target got {f} of 80");
 }
+
+/// `balance = "hash"`: every request of a key (here the `x-user` header) goes to one target,
+/// the keys spread over all targets, and a second gateway process sends each key to the same
+/// target (no state is shared: the ranking is a function of the key and the target URLs).
+/// When a target leaves (its health checks fail) only its keys move, and they come back with
+/// it.
+#[test]
+fn hash_keeps_each_key_on_one_target_and_moves_only_a_lost_targets_keys() {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let named = |name: &'static str, down: Option<Arc<AtomicBool>>| {
+        ScriptedUpstream::start(move |r| {
+            let failing = down.as_ref().is_some_and(|d| d.load(Ordering::SeqCst));
+            if failing && r.head.starts_with("GET /hc") {
+                Then::Answer(
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n".to_vec(),
+                )
+            } else {
+                Then::Answer(
+                    format!("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n{name}").into_bytes(),
+                )
+            }
+        })
+    };
+    let down = Arc::new(AtomicBool::new(false));
+    let ups = [
+        named("a", None),
+        named("b", Some(down.clone())),
+        named("c", None),
+    ];
+    let urls: Vec<String> = ups.iter().map(ScriptedUpstream::url).collect();
+    let route = "balance = \"hash\"\nhash_on = \"header:x-user\"\n\
+                 health_check = { path = \"/hc\", interval = \"200ms\", timeout = \"100ms\", unhealthy_after = 2, healthy_after = 2 }";
+    let gw = gateway(&urls, route, "");
+    let users: Vec<String> = (0..60).map(|i| format!("user-{i}")).collect();
+    let served = |gw: &Gateway, user: &str| -> String {
+        let r = gw.get("/x", &[("x-user", user)]);
+        assert_eq!(r.status, 200, "{r:?}");
+        r.text()
+    };
+    // Every request of a user on one target.
+    let mut home: HashMap<&str, String> = HashMap::new();
+    for u in &users {
+        let first = served(&gw, u);
+        for _ in 0..2 {
+            assert_eq!(served(&gw, u), first, "{u} moved");
+        }
+        home.insert(u, first);
+    }
+    for name in ["a", "b", "c"] {
+        let n = home.values().filter(|h| *h == name).count();
+        assert!(n >= 8, "{n} of 60 users on {name}: {home:?}");
+    }
+    // Another gateway process, same config: the same target for every user.
+    let gw2 = gateway(&urls, route, "");
+    for u in &users {
+        assert_eq!(
+            served(&gw2, u),
+            home[u.as_str()],
+            "{u} on the second gateway"
+        );
+    }
+    drop(gw2);
+    let healthy = |gw: &Gateway| -> Vec<bool> {
+        gw.stats()
+            .iter()
+            .map(|s| s["healthy"].as_bool().unwrap())
+            .collect()
+    };
+    // b leaves: only b's users move, none to b.
+    down.store(true, Ordering::SeqCst);
+    aegis_testkit::wait_until(
+        "b out of rotation",
+        std::time::Duration::from_secs(20),
+        || healthy(&gw) == [true, false, true],
+    );
+    for u in &users {
+        let now = served(&gw, u);
+        if home[u.as_str()] == "b" {
+            assert_ne!(now, "b", "{u}");
+        } else {
+            assert_eq!(now, home[u.as_str()], "{u} moved though its target stayed");
+        }
+    }
+    // b is back: every user is home again.
+    down.store(false, Ordering::SeqCst);
+    aegis_testkit::wait_until(
+        "b back in rotation",
+        std::time::Duration::from_secs(20),
+        || healthy(&gw) == [true, true, true],
+    );
+    for u in &users {
+        assert_eq!(served(&gw, u), home[u.as_str()], "{u} after b came back");
+    }
+}

@@ -125,6 +125,25 @@ pub struct Balancer {
     budget: RetryBudget,
     /// SplitMix64 state: the draws of power of two choices (seeded, never global).
     rng: u64,
+    /// Consistent hashing: each target's URL hashed, mixed with a request's key to rank it.
+    url_keys: Vec<u64>,
+}
+
+/// A request's key for consistent hashing (`hash_on`), as a number: FNV-1a, then a
+/// finaliser. Unkeyed on purpose: every gateway instance sends a key to the same target.
+pub fn affinity(bytes: &[u8]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for b in bytes {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+    }
+    mix(h)
+}
+
+/// SplitMix64's finaliser: every input bit moves every output bit.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 impl Balancer {
@@ -162,6 +181,11 @@ impl Balancer {
                 window: Duration::from_secs(10),
             }),
             rng: seed,
+            url_keys: route
+                .targets
+                .iter()
+                .map(|t| affinity(t.url.as_bytes()))
+                .collect(),
         }
     }
 
@@ -221,6 +245,18 @@ impl Balancer {
 
     /// [`Balancer::pick`] among the targets not in `tried` (a retry goes elsewhere).
     pub fn pick_excluding(&mut self, now: Nanos, tried: &[usize]) -> Result<Attempt, Unavailable> {
+        self.pick_keyed(now, tried, 0)
+    }
+
+    /// [`Balancer::pick_excluding`] for a request whose key (`hash_on`, see [`affinity`])
+    /// is `key`: with `balance = "hash"`, the target that ranks first for it among those that
+    /// would take the request (the next one when it is tried already or unavailable).
+    pub fn pick_keyed(
+        &mut self,
+        now: Nanos,
+        tried: &[usize],
+        key: u64,
+    ) -> Result<Attempt, Unavailable> {
         let n = self.breakers.len();
         let healthy =
             |h: &Option<HealthChecks>, i: usize| h.as_ref().is_none_or(|h| h.is_healthy(i));
@@ -251,6 +287,16 @@ impl Balancer {
         let chosen = match (self.balance, open.len()) {
             (_, 0) => return Err(self.unavailable(now, tried)),
             (_, 1) => open[0],
+            (Balance::Hash, _) => {
+                let mut best = (open[0], self.rank(open[0], key));
+                for &i in &open[1..] {
+                    let r = self.rank(i, key);
+                    if r > best.1 {
+                        best = (i, r);
+                    }
+                }
+                best.0
+            }
             (Balance::P2c, k) => {
                 let a = open[(self.next_random() % k as u64) as usize];
                 let mut b = open[(self.next_random() % (k as u64 - 1)) as usize];
@@ -294,6 +340,18 @@ impl Balancer {
             return 0;
         }
         (u64::from(self.in_flight[i]) + 1) * (1 + u64::from(self.breakers[i].failures()))
+    }
+
+    /// Rendezvous hashing's rank of target `i` for `key`: a uniform draw from the pair, and
+    /// with differing weights `weight / -ln(draw)` (a target ranks first for a share of the
+    /// keys proportional to its weight). Ties are as likely as two equal 53-bit draws.
+    fn rank(&self, i: usize, key: u64) -> f64 {
+        let h = mix(key ^ self.url_keys[i]);
+        let draw = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+        match &self.weights {
+            None => draw,
+            Some(w) => f64::from(w[i]) / -draw.ln(),
+        }
     }
 
     fn taken(&mut self, target: usize, permit: Permit) -> Attempt {
@@ -707,6 +765,59 @@ mod tests {
             assert_ne!(a.target, 1);
             b.on_result(a, UpstreamOutcome::Status(200), t);
         }
+    }
+
+    /// Consistent hashing: a key always gets the same target, keys spread by weight, and a
+    /// target that stops admitting moves only its own keys (and they come back with it).
+    #[test]
+    fn hash_is_sticky_weighted_and_moves_only_a_lost_targets_keys() {
+        let (_, mut b) = route(
+            "[breaker]\nfailure_threshold = 1\nopen_for = \"10s\"\n[[routes]]\npath = \"/\"\nbalance = \"hash\"\ntargets = [\"http://a:1\", \"http://b:1\", \"http://c:1\"]\n",
+        );
+        let t = Nanos::from_millis(1);
+        let pick = |b: &mut Balancer, key: u64, now: Nanos| {
+            let a = b.pick_keyed(now, &[], key).unwrap();
+            let target = a.target;
+            b.on_result(a, UpstreamOutcome::Status(200), now);
+            target
+        };
+        let keys: Vec<u64> = (0..3000u32).map(|i| affinity(&i.to_le_bytes())).collect();
+        let home: Vec<usize> = keys.iter().map(|&k| pick(&mut b, k, t)).collect();
+        assert_eq!(
+            keys.iter().map(|&k| pick(&mut b, k, t)).collect::<Vec<_>>(),
+            home,
+            "the same key, the same target"
+        );
+        for i in 0..3 {
+            let n = home.iter().filter(|&&h| h == i).count();
+            assert!((900..=1100).contains(&n), "target {i}: {n} of 3000 keys");
+        }
+        // b's circuit opens: its keys move, the others stay.
+        let k_b = keys[home.iter().position(|&h| h == 1).unwrap()];
+        let a = b.pick_keyed(t, &[], k_b).unwrap();
+        b.on_result(a, UpstreamOutcome::Status(500), t);
+        for (k, h) in keys.iter().zip(&home) {
+            let now = pick(&mut b, *k, t);
+            if *h == 1 {
+                assert_ne!(now, 1);
+            } else {
+                assert_eq!(now, *h);
+            }
+        }
+        // A retry of a key goes to its next-ranked target, not the one tried.
+        let k_a = keys[home.iter().position(|&h| h == 0).unwrap()];
+        let retry = b.pick_keyed(t, &[0], k_a).unwrap();
+        assert_eq!(retry.target, 2, "with b open, the only other one");
+        b.on_result(retry, UpstreamOutcome::Status(200), t);
+
+        let (_, mut w) = route(
+            "[[routes]]\npath = \"/\"\nbalance = \"hash\"\ntargets = [{ url = \"http://a:1\", weight = 3 }, \"http://b:1\"]\n",
+        );
+        let on_a = keys.iter().filter(|&&k| pick(&mut w, k, t) == 0).count();
+        assert!(
+            (2150..=2350).contains(&on_a),
+            "{on_a} of 3000 keys on the weight-3 target"
+        );
     }
 
     /// Open tunnels count as load: with P2C, new WebSockets go to the target holding fewer,

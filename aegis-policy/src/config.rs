@@ -445,6 +445,8 @@ pub struct RouteConfig {
     pub timeout: Duration,
     pub max_body_bytes: Option<u64>,
     pub balance: Balance,
+    /// With `balance = "hash"`: what a request's target is chosen by (`hash_on`).
+    pub hash_on: Option<LimitKeyKind>,
     pub retry: RetryConfig,
     pub health_check: Option<HealthCheckConfig>,
 }
@@ -458,6 +460,11 @@ pub enum Balance {
     /// flight (weighted by its recent failures, so a target that fails fast does not attract
     /// the traffic).
     P2c,
+    /// Consistent hashing (sticky routing): a request goes to the target that ranks first
+    /// for its key (`hash_on`) among those that would take it (rendezvous hashing, weighted),
+    /// so that a key stays on its target, on every gateway instance, and only the keys of a
+    /// target that leaves or joins move.
+    Hash,
 }
 
 /// When a failed try of a request goes to another target.
@@ -736,6 +743,7 @@ struct RawRoute {
     timeout: Option<String>,
     max_body_size: Option<RawSize>,
     balance: Option<String>,
+    hash_on: Option<String>,
     retries: Option<i64>,
     retry_on: Option<Vec<RawStatus>>,
     retry_idempotency_key: Option<bool>,
@@ -2260,33 +2268,7 @@ fn validate_route(
             if window > Duration::from_secs(366 * 86_400) {
                 return Err(ConfigError::new(lp("window"), "must be at most a year"));
             }
-            let key = match l.key.as_deref().unwrap_or("ip") {
-                "ip" => LimitKeyKind::Ip,
-                "user" => {
-                    if !auth {
-                        return Err(ConfigError::new(
-                            lp("key"),
-                            "\"user\" needs auth = true on the route (there is no user otherwise)",
-                        ));
-                    }
-                    LimitKeyKind::User
-                }
-                other => match other.strip_prefix("header:") {
-                    Some(name) => LimitKeyKind::Header(
-                        HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| {
-                            ConfigError::new(lp("key"), format!("{name:?} is not a header name"))
-                        })?,
-                    ),
-                    None => {
-                        return Err(ConfigError::new(
-                            lp("key"),
-                            format!(
-                                "{other:?} is not a key (\"ip\", \"user\" or \"header:<name>\")"
-                            ),
-                        ));
-                    }
-                },
-            };
+            let key = key_kind(&lp("key"), l.key.as_deref().unwrap_or("ip"), auth)?;
             let algorithm = match l.algorithm.as_deref().unwrap_or("fixed_window") {
                 "fixed_window" => LimitAlgorithm::FixedWindow,
                 "gcra" => LimitAlgorithm::Gcra,
@@ -2320,10 +2302,21 @@ fn validate_route(
     let balance = match r.balance.as_deref().unwrap_or("round_robin") {
         "round_robin" => Balance::RoundRobin,
         "p2c" => Balance::P2c,
+        "hash" => Balance::Hash,
         other => {
             return Err(ConfigError::new(
                 p("balance"),
-                format!("{other:?} is not \"round_robin\" or \"p2c\""),
+                format!("{other:?} is not \"round_robin\", \"p2c\" or \"hash\""),
+            ));
+        }
+    };
+    let hash_on = match (balance, r.hash_on.as_deref()) {
+        (Balance::Hash, on) => Some(key_kind(&p("hash_on"), on.unwrap_or("ip"), auth)?),
+        (_, None) => None,
+        (_, Some(_)) => {
+            return Err(ConfigError::new(
+                p("hash_on"),
+                "is only read with balance = \"hash\"",
             ));
         }
     };
@@ -2384,9 +2377,31 @@ fn validate_route(
         timeout,
         max_body_bytes,
         balance,
+        hash_on,
         retry,
         health_check,
     })
+}
+
+/// A request key: `"ip"`, `"user"` (the route needs `auth = true`) or `"header:<name>"`.
+fn key_kind(path: &str, raw: &str, auth: bool) -> Result<LimitKeyKind, ConfigError> {
+    match raw {
+        "ip" => Ok(LimitKeyKind::Ip),
+        "user" if !auth => Err(ConfigError::new(
+            path,
+            "\"user\" needs auth = true on the route (there is no user otherwise)",
+        )),
+        "user" => Ok(LimitKeyKind::User),
+        other => match other.strip_prefix("header:") {
+            Some(name) => HeaderName::from_bytes(name.trim().as_bytes())
+                .map(LimitKeyKind::Header)
+                .map_err(|_| ConfigError::new(path, format!("{name:?} is not a header name"))),
+            None => Err(ConfigError::new(
+                path,
+                format!("{other:?} is not a key (\"ip\", \"user\" or \"header:<name>\")"),
+            )),
+        },
+    }
 }
 
 /// Two routes with the same path and host whose methods overlap could never both be reached.
@@ -2876,6 +2891,45 @@ mod tests {
         assert_eq!(
             err("redis_url = \"rediss://r:1\"\nredis_tls_ca = \"key.pem\""),
             "rate_limit.redis_tls_ca: \"key.pem\" holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+        );
+    }
+
+    /// `balance = "hash"` and `hash_on`: the key defaults to the client IP; a bad key, a key
+    /// without the hash, and `"user"` without auth are refused naming the key.
+    #[test]
+    fn hash_on_is_checked() {
+        let route = |extra: &str| {
+            format!(
+                "[[routes]]\npath = \"/\"\ntargets = [\"http://a:1\", \"http://b:1\"]\n{extra}\n"
+            )
+        };
+        let c = Config::from_toml(&route("balance = \"hash\""), &env()).unwrap();
+        assert_eq!(c.routes[0].balance, Balance::Hash);
+        assert_eq!(c.routes[0].hash_on, Some(LimitKeyKind::Ip));
+        let c = Config::from_toml(
+            &route("balance = \"hash\"\nhash_on = \"header:X-Session\""),
+            &env(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.routes[0].hash_on,
+            Some(LimitKeyKind::Header(HeaderName::from_static("x-session")))
+        );
+        assert_eq!(
+            err(&route("hash_on = \"ip\"")),
+            "routes[0].hash_on: is only read with balance = \"hash\""
+        );
+        assert_eq!(
+            err(&route("balance = \"hash\"\nhash_on = \"cookie\"")),
+            "routes[0].hash_on: \"cookie\" is not a key (\"ip\", \"user\" or \"header:<name>\")"
+        );
+        assert_eq!(
+            err(&route("balance = \"hash\"\nhash_on = \"user\"")),
+            "routes[0].hash_on: \"user\" needs auth = true on the route (there is no user otherwise)"
+        );
+        assert_eq!(
+            err(&route("balance = \"sticky\"")),
+            "routes[0].balance: \"sticky\" is not \"round_robin\", \"p2c\" or \"hash\""
         );
     }
 }

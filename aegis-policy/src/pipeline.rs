@@ -171,6 +171,8 @@ pub struct Ticket {
     user: Option<HeaderValue>,
     rewrite: Option<String>,
     rate: RateHeaders,
+    /// The request's key for `balance = "hash"` (0 otherwise).
+    affinity: u64,
 }
 
 impl Ticket {
@@ -234,6 +236,8 @@ pub struct Forward {
     pub deadline: Duration,
     /// The targets tried before this one (a retry goes elsewhere).
     tried: Vec<usize>,
+    /// The request's key for `balance = "hash"` (0 otherwise).
+    affinity: u64,
     user: Option<HeaderValue>,
     rewrite: Option<String>,
     base_path: Option<String>,
@@ -444,6 +448,33 @@ impl Policy {
     /// The client address used for rate limiting: the socket peer, unless the peer is a trusted
     /// proxy, in which case the right-most `X-Forwarded-For` entry that is not itself a trusted
     /// proxy. A client can never choose its key by sending the header directly.
+    /// A request's key for consistent hashing (`hash_on`): the client IP, the verified user,
+    /// or a header's value (the IP when the header is absent, empty or over 256 bytes, as
+    /// for a rate-limit key).
+    fn affinity(
+        &self,
+        on: &LimitKeyKind,
+        req: &RequestView<'_>,
+        user: Option<&HeaderValue>,
+    ) -> u64 {
+        let ip = || match self.client_ip(req.peer, req.headers) {
+            IpAddr::V4(a) => crate::balancer::affinity(&a.octets()),
+            IpAddr::V6(a) => crate::balancer::affinity(&a.octets()),
+        };
+        match on {
+            LimitKeyKind::Ip => ip(),
+            LimitKeyKind::User => {
+                crate::balancer::affinity(user.map_or(&[][..], HeaderValue::as_bytes))
+            }
+            LimitKeyKind::Header(name) => match req.headers.get(name) {
+                Some(v) if !v.is_empty() && v.len() <= 256 => {
+                    crate::balancer::affinity(v.as_bytes())
+                }
+                _ => ip(),
+            },
+        }
+    }
+
     pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
         let trusted = &self.config.server.trusted_proxies;
         let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
@@ -659,11 +690,16 @@ impl Policy {
         }
 
         let rewrite = rewrite_path(route, raw_path, &path, query);
+        let affinity = match &route.hash_on {
+            Some(on) => self.affinity(on, req, user.as_ref()),
+            None => 0,
+        };
         let ticket = Ticket {
             route: id,
             user,
             rewrite,
             rate: RateHeaders::None,
+            affinity,
         };
         let Some((limit, key_kind, _)) = &rt.limit else {
             return Step::Admit(ticket);
@@ -767,13 +803,14 @@ impl Policy {
     ) -> Result<Forward, Reply> {
         let route = &self.config.routes[ticket.route.0];
         balancer.on_request(now.mono);
-        match balancer.pick(now.mono) {
+        match balancer.pick_keyed(now.mono, &[], ticket.affinity) {
             Ok(attempt) => Ok(Forward {
                 route: ticket.route,
                 attempt,
                 timeout: route.retry.try_timeout,
                 deadline: route.timeout,
                 tried: Vec::new(),
+                affinity: ticket.affinity,
                 base_path: Some(&route.targets[attempt.target].base_path)
                     .filter(|b| !b.is_empty())
                     .cloned(),
@@ -857,13 +894,14 @@ impl Policy {
         }
         let mut tried = fwd.tried.clone();
         tried.push(fwd.target());
-        let attempt = balancer.pick_excluding(now.mono, &tried).ok()?;
+        let attempt = balancer.pick_keyed(now.mono, &tried, fwd.affinity).ok()?;
         Some(Forward {
             route: fwd.route,
             attempt,
             timeout: fwd.timeout,
             deadline: fwd.deadline,
             tried,
+            affinity: fwd.affinity,
             base_path: Some(&route.targets[attempt.target].base_path)
                 .filter(|b| !b.is_empty())
                 .cloned(),

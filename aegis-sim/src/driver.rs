@@ -7,10 +7,10 @@
 //! Nothing here decides what happens to a request; the policy does. The driver only counts,
 //! keeps the bookkeeping a real gateway keeps (requests in flight), and watches.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use aegis_policy::config::LimitAlgorithm;
+use aegis_policy::config::{LimitAlgorithm, LimitKeyKind};
 use aegis_policy::http::header::RETRY_AFTER;
 use aegis_policy::http::{HeaderMap, HeaderName};
 use aegis_policy::pipeline::{
@@ -19,8 +19,8 @@ use aegis_policy::pipeline::{
 };
 use aegis_policy::{
     Attempt, Balancer, BreakerState, CounterKey, CounterReply, CounterRequest, CounterStore,
-    FixedHasher, MemoryStore, Nanos, Now, Policy, Reason, Reply, RequestView, RouteId, Step,
-    StoreError, UnixMillis, UpstreamOutcome, Verdict,
+    FixedHasher, Forward, MemoryStore, Nanos, Now, Policy, Reason, Reply, RequestView, RouteId,
+    Step, StoreError, UnixMillis, UpstreamOutcome, Verdict,
 };
 
 use crate::oracle::{self, Answer, Oracle, Rate};
@@ -306,6 +306,9 @@ pub struct Traffic {
     /// Weighted routes: picks made among fewer than all targets (first tries without every
     /// target admissible, and retries).
     partial: Vec<u64>,
+    /// `balance = "hash"` routes: each key's target, as chosen while every target could take
+    /// the request (its home).
+    homes: Vec<Option<BTreeMap<String, usize>>>,
 }
 
 /// Counters for the report.
@@ -415,6 +418,11 @@ impl Driver {
         };
         let traffic = Traffic {
             partial: vec![0; cfg.routes.len()],
+            homes: cfg
+                .routes
+                .iter()
+                .map(|r| r.hash_on.is_some().then(BTreeMap::new))
+                .collect(),
             tunnels_open: cfg
                 .routes
                 .iter()
@@ -587,6 +595,50 @@ impl Driver {
         let t = &mut self.traffic.tunnels_open[route][slot.target()];
         *t = t.saturating_sub(1);
         self.balancers[route].on_tunnel_closed(slot);
+    }
+
+    /// Invariant `hash_keeps_keys_on_their_target` (`balance = "hash"`): a key's home is the
+    /// target its requests went to while every target could take them; it never changes,
+    /// and a request goes home whenever its home could take it (a target that leaves moves
+    /// only its own keys). The key is read from the request here, not from the policy.
+    fn check_home(
+        &mut self,
+        route: usize,
+        view: &RequestView<'_>,
+        fwd: &Forward,
+        all_admissible: bool,
+        admissible: &[usize],
+        now: Nanos,
+    ) {
+        let Some(Some(homes)) = self.traffic.homes.get_mut(route) else {
+            return;
+        };
+        let ip = || format!("ip {}", self.policy.client_ip(view.peer, view.headers));
+        let key = match &self.policy.config().routes[route].hash_on {
+            Some(LimitKeyKind::Header(name)) => view
+                .headers
+                .get(name)
+                .filter(|v| !v.is_empty() && v.len() <= 256)
+                .map_or_else(ip, |v| format!("header {:?}", v.as_bytes())),
+            Some(LimitKeyKind::User) => format!("user {:?}", fwd.user()),
+            _ => ip(),
+        };
+        self.counts.checks += 1;
+        let chosen = fwd.target();
+        let detail = match homes.get(&key) {
+            Some(&home) if home != chosen && (all_admissible || admissible.contains(&home)) => {
+                format!(
+                    "key {key} went to target #{chosen} on route #{route}; its home #{home} could take it"
+                )
+            }
+            None if all_admissible => {
+                homes.insert(key, chosen);
+                return;
+            }
+            _ => return,
+        };
+        self.violations
+            .push(violation(now, "hash_keeps_keys_on_their_target", detail));
     }
 
     /// Invariant `in_flight_accounts_for_tries`: the balancer's requests in flight per target
@@ -793,16 +845,21 @@ impl Driver {
         // A followed route: the policy's choice must be one the model allows.
         let mut ticket_o = None;
         let mut all_admissible = false;
+        let mut admissible: Vec<usize> = Vec::new();
         if let Some((want, Some(t))) = expected {
             if t.follows()
                 && let Some(o) = self.oracle.as_mut()
             {
                 all_admissible = o.all_admissible(route);
+                admissible = o.admissible_now(route).unwrap_or_default().to_vec();
                 if let Err((inv, detail)) = o.bind(t, want, fwd.target(), now.mono.0) {
                     self.violations.push(violation(now.mono, inv, detail));
                 }
             }
             ticket_o = Some(*t);
+        }
+        if self.oracle.is_some() {
+            self.check_home(route, view, &fwd, all_admissible, &admissible, now.mono);
         }
         if let Some(Some(w)) = self.traffic.weighted.get_mut(route) {
             if all_admissible {

@@ -297,7 +297,10 @@ fn traffic_features(rng: &mut Rng, g: &mut Table) -> bool {
             }
         }
         if rng.chance_ppm(250_000) {
-            r.insert("balance".into(), s("p2c"));
+            // Without a draw of its own (the other draws stay as they were): consistent
+            // hashing on routes with an odd number of targets, P2C on the others.
+            let balance = if n % 2 == 1 { "hash" } else { "p2c" };
+            r.insert("balance".into(), s(balance));
         }
         if rng.chance_ppm(300_000) {
             let interval = rng.range(500, 5_000);

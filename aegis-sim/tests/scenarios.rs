@@ -318,6 +318,7 @@ fn every_shipped_scenario_is_asserted() {
         "redis-outage-open",
         "retry-storm",
         "seed-walkthrough",
+        "sticky",
         "websocket",
         "weights",
     ];

@@ -1,5 +1,5 @@
-//! The upstream traffic scenarios (issue 15): `retry-storm`, `health-flap`, `weights`, `p2c`
-//! and `websocket` in `scenarios/`. Each gives its written outcome on its own seed and holds
+//! The upstream traffic scenarios (issue 15): `retry-storm`, `health-flap`, `weights`, `p2c`,
+//! `websocket` and `sticky` in `scenarios/`. Each gives its written outcome on its own seed and holds
 //! every invariant on other seeds; planted bugs in the simulated shell are caught by name.
 
 use std::path::Path;
@@ -7,7 +7,14 @@ use std::path::Path;
 use aegis_sim::scenario::Plant;
 use aegis_sim::{Report, RunOptions, Scenario};
 
-const SCENARIOS: [&str; 5] = ["retry-storm", "health-flap", "weights", "p2c", "websocket"];
+const SCENARIOS: [&str; 6] = [
+    "retry-storm",
+    "health-flap",
+    "weights",
+    "p2c",
+    "websocket",
+    "sticky",
+];
 
 fn load(name: &str) -> (Scenario, String) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../scenarios/{name}.toml"));
@@ -143,4 +150,25 @@ fn p2c_probes_a_half_open_target_under_light_load() {
     s.config.routes[0].balance = aegis_policy::config::Balance::P2c;
     let r = run_with(&s, &path, 3);
     assert_eq!(broken(&r), Vec::<&str>::new(), "{}", r.to_text());
+}
+
+/// `sticky`: cart-2's clients move while its circuit is open and come back; the others never
+/// move, and the keys are spread over all three targets. The invariant is not vacuous: a
+/// policy that ignores `hash_on` (round robin in place of the hash, the key still set) breaks
+/// it.
+#[test]
+fn hash_keeps_keys_home_and_round_robin_is_caught() {
+    let (s, path) = load("sticky");
+    let r = run_with(&s, &path, s.seed);
+    assert_eq!(broken(&r), Vec::<&str>::new(), "{}", r.to_text());
+    let forwarded: Vec<u64> = r.per_target.iter().map(|t| t.requests).collect();
+    assert!(forwarded.iter().all(|n| *n > 500), "{forwarded:?}");
+    let mut rr = s.clone();
+    rr.config.routes[0].balance = aegis_policy::config::Balance::RoundRobin;
+    let r = run_with(&rr, &path, s.seed);
+    assert!(
+        broken(&r).contains(&"hash_keeps_keys_on_their_target"),
+        "{}",
+        r.to_text()
+    );
 }

@@ -10,8 +10,8 @@
 //! * health checks: a target's standing from its probe results, `unhealthy_after` failures
 //!   or `healthy_after` passes in a row.
 //!
-//! Routes whose choice of target depends on draws or weights (`balance = "p2c"`, differing
-//! weights) or on health checks are *followed*: the model does not predict the target, it
+//! Routes whose choice of target depends on draws, weights or keys (`balance = "p2c"`,
+//! differing weights, `balance = "hash"`) or on health checks are *followed*: the model does not predict the target, it
 //! computes the targets that may take the request (circuit admits, health checks pass) and
 //! checks that the policy chose one of them ([`Oracle::bind`]); the rest (probe, breaker
 //! outcome, upstream path) is judged as on any route.
@@ -279,7 +279,8 @@ impl Oracle {
                 .iter()
                 .map(|r| {
                     let w = r.targets.first().map_or(1, |t| t.weight);
-                    r.balance == aegis_policy::config::Balance::P2c
+                    r.balance != aegis_policy::config::Balance::RoundRobin
+                        || r.hash_on.is_some()
                         || r.targets.iter().any(|t| t.weight != w)
                         || r.health_check.is_some()
                 })
@@ -307,6 +308,14 @@ impl Oracle {
         self.following.as_ref().is_some_and(|f| {
             f.route == route && f.admissible.len() == self.config.routes[route].targets.len()
         })
+    }
+
+    /// The targets that could take the request being followed on `route`.
+    pub fn admissible_now(&self, route: usize) -> Option<&[usize]> {
+        self.following
+            .as_ref()
+            .filter(|f| f.route == route)
+            .map(|f| f.admissible.as_slice())
     }
 
     /// Whether the model follows `route`'s choice of target.
