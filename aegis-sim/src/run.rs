@@ -397,6 +397,8 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
     }
     // Health checks: each route's prober wakes when its next probe is due.
     let mut health_wake: Vec<Option<u64>> = vec![None; config.routes.len()];
+    // Per route: a health-check invariant already reported (each is reported once).
+    let mut health_faults: Vec<bool> = vec![false; config.routes.len()];
     for (r, route) in config.routes.iter().enumerate() {
         if route.health_check.is_some() {
             health_wake[r] = Some(0);
@@ -597,6 +599,21 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
                 }
                 health_wake[r] = None;
                 let (due, path, timeout) = driver.health_due(r, Nanos(t));
+                // Invariant `probes_go_to_the_health_path`: the configured path, not another.
+                let want = config.routes[r]
+                    .health_check
+                    .as_ref()
+                    .map(|h| h.path.as_str());
+                if want != Some(path.as_str()) && !health_faults[r] {
+                    health_faults[r] = true;
+                    driver.violations.push(crate::violation::Violation {
+                        t_ms: t / 1_000_000,
+                        invariant: "probes_go_to_the_health_path",
+                        detail: format!(
+                            "a probe of route #{r} asks for {path:?}; the config says {want:?}"
+                        ),
+                    });
+                }
                 let timeout_ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
                 for target in due {
                     let (passed, delay) =
@@ -606,6 +623,28 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
                         t.saturating_add(delay),
                         Ev::Probe((probes.len() - 1) as u32),
                     );
+                }
+                // Invariant `due_probes_are_handed_out`: a probe the policy says is due now
+                // was given to the shell by `due`. Otherwise the run would wake at this instant
+                // forever; it goes on a millisecond at a time instead.
+                if driver.health_next(r).is_some_and(|n| n <= t) {
+                    if !health_faults[r] {
+                        health_faults[r] = true;
+                        driver.violations.push(crate::violation::Violation {
+                            t_ms: t / 1_000_000,
+                            invariant: "due_probes_are_handed_out",
+                            detail: format!(
+                                "route #{r} has a probe due at {} ms that due() did not hand out",
+                                t / 1_000_000
+                            ),
+                        });
+                    }
+                    let next = t.saturating_add(1_000_000);
+                    if next < s.duration {
+                        health_wake[r] = Some(next);
+                        q.push(next, Ev::Health(route));
+                    }
+                    continue;
                 }
                 wake_health(&mut driver, &mut q, &mut health_wake, r, t, s.duration);
             }
