@@ -330,6 +330,11 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
         config.rate_limit.command_timeout,
     );
     let mut driver = Driver::new(policy, store);
+    // As the gateway seeds each process's balancers (P2C draws, probe jitter) from the
+    // system, the simulator seeds them from the run's seed: another seed, other draws.
+    for (i, b) in driver.balancers.iter_mut().enumerate() {
+        b.reseed(Rng::derive(seed, &format!("balancer {i}")).next_u64());
+    }
     driver.enable_oracle(&s.store_faults);
     let mut idp = match &s.idp {
         Some(spec) => Some(SimIdp::new(spec.clone(), &driver.policy)?),
