@@ -59,6 +59,8 @@ pub struct SimIdp {
     /// When the last good keys are due for a refresh.
     fresh_until: Option<u64>,
     pub report: JwksReport,
+    /// Violations found while answering the pipeline (moved to the driver's by the run).
+    pub violations: Vec<Violation>,
 }
 
 impl SimIdp {
@@ -106,6 +108,7 @@ impl SimIdp {
             unscheduled_failure: false,
             fresh_until: None,
             report: JwksReport::default(),
+            violations: Vec::new(),
         })
     }
 
@@ -241,10 +244,25 @@ impl SimIdp {
     }
 
     /// A token named an unknown kid at `t`: whether the request is held for a refetch.
+    /// Invariant `unknown_kid_refetch_when_allowed`: the refetch is refused only within
+    /// `jwks_refetch_interval` of the last unknown-kid fetch or while a fetch is in flight.
     pub fn on_unknown_kid(&mut self, t: u64) -> bool {
         let r = self.jwks.on_unknown_kid(Nanos(t));
         self.report.unknown_kid_refused = self.jwks.counters.unknown_kid_refused;
-        !matches!(r, Refetch::Refused { .. })
+        let refused = matches!(r, Refetch::Refused { .. });
+        if refused && !self.refetch_limited(t) {
+            self.violations.push(Violation {
+                t_ms: t / 1_000_000,
+                invariant: "unknown_kid_refetch_when_allowed",
+                detail: format!(
+                    "an unknown kid at {} ms was refused a refetch; the last unknown-kid fetch began at {:?} ms (interval {} ms)",
+                    t / 1_000_000,
+                    self.last_unknown_fetch.map(|l| l / 1_000_000),
+                    self.rules.refetch_interval / 1_000_000
+                ),
+            });
+        }
+        !refused
     }
 
     /// Whether an unknown-kid fetch started within `jwks_refetch_interval` before `t`, or one

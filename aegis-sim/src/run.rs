@@ -746,9 +746,10 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
                     tunnel: spec.tunnel,
                 };
                 if let Some(sim) = idp.as_mut() {
-                    if s.plant != Some(Plant::IgnoreUnknownKid)
-                        && hold_for_refetch(&driver, sim, &req, now)
-                    {
+                    let hold = s.plant != Some(Plant::IgnoreUnknownKid)
+                        && hold_for_refetch(&driver, sim, &req, now);
+                    driver.violations.append(&mut sim.violations);
+                    if hold {
                         held.push(HeldReq::of(&req, kind));
                         if sim.in_flight_until.is_none()
                             && let Some(done) = sim.poll(t, &mut driver.violations)
