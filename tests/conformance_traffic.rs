@@ -43,6 +43,23 @@ fn budget(empty: bool) -> &'static str {
     }
 }
 
+/// Runs the scenario `text` on seed 1 with a trace; every invariant must hold.
+fn simulate(text: &str, name: &str) -> aegis_sim::Report {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let s = Scenario::from_toml(text, name, root).unwrap_or_else(|e| panic!("{e}"));
+    let r = aegis_sim::run(
+        &s,
+        &RunOptions {
+            seed: 1,
+            trace: true,
+            scenario_ref: name.into(),
+        },
+    )
+    .unwrap();
+    assert_eq!(r.invariant_violations, Vec::new(), "{}", r.to_text());
+    r
+}
+
 fn simulated(empty_budget: bool) -> Vec<u16> {
     let mut text = format!(
         "name = \"conformance-retries\"\nseed = 1\n{}\n[gateway.breaker]\nfailure_threshold = 1000\n\n\
@@ -57,19 +74,7 @@ fn simulated(empty_budget: bool) -> Vec<u16> {
             100 * (i + 1)
         ));
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let s =
-        Scenario::from_toml(&text, "conformance-retries", root).unwrap_or_else(|e| panic!("{e}"));
-    let r = aegis_sim::run(
-        &s,
-        &RunOptions {
-            seed: 1,
-            trace: true,
-            scenario_ref: "conformance-retries".into(),
-        },
-    )
-    .unwrap();
-    assert_eq!(r.invariant_violations, Vec::new(), "{}", r.to_text());
+    let r = simulate(&text, "conformance-retries");
     r.trace.unwrap().iter().map(|l| l.status).collect()
 }
 
@@ -137,19 +142,7 @@ fn health_simulated() -> HealthRun {
             500 + 3000 * phase as u64 + 100 * i
         ));
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let s =
-        Scenario::from_toml(&text, "conformance-health", root).unwrap_or_else(|e| panic!("{e}"));
-    let r = aegis_sim::run(
-        &s,
-        &RunOptions {
-            seed: 1,
-            trace: true,
-            scenario_ref: "conformance-health".into(),
-        },
-    )
-    .unwrap();
-    assert_eq!(r.invariant_violations, Vec::new(), "{}", r.to_text());
+    let r = simulate(&text, "conformance-health");
     let name = |url: &str| {
         url.trim_start_matches("http://")
             .trim_end_matches(":80")

@@ -136,14 +136,7 @@ pub fn affinity(bytes: &[u8]) -> u64 {
     for b in bytes {
         h = (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
     }
-    mix(h)
-}
-
-/// SplitMix64's finaliser: every input bit moves every output bit.
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+    crate::mix::finish(h)
 }
 
 impl Balancer {
@@ -205,12 +198,7 @@ impl Balancer {
     }
 
     fn next_random(&mut self) -> u64 {
-        // SplitMix64.
-        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        crate::mix::splitmix64(&mut self.rng)
     }
 
     /// Carries breaker state over a reload: each target whose URL `old` also has keeps its
@@ -346,7 +334,7 @@ impl Balancer {
     /// with differing weights `weight / -ln(draw)` (a target ranks first for a share of the
     /// keys proportional to its weight). Ties are as likely as two equal 53-bit draws.
     fn rank(&self, i: usize, key: u64) -> f64 {
-        let h = mix(key ^ self.url_keys[i]);
+        let h = crate::mix::finish(key ^ self.url_keys[i]);
         let draw = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
         match &self.weights {
             None => draw,

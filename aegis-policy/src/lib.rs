@@ -46,6 +46,7 @@ pub mod breaker;
 pub mod config;
 pub mod health;
 pub mod jwks;
+mod mix;
 pub mod path;
 pub mod pipeline;
 pub mod ratelimit;

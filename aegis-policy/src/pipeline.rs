@@ -181,6 +181,13 @@ impl Ticket {
     }
 }
 
+/// A request's key (see `Policy::request_key`), borrowed from the request.
+enum RequestKey<'a> {
+    Ip(IpAddr),
+    User(&'a str),
+    Header(&'a str),
+}
+
 /// A request waiting for its rate-limit counter. Apply [`Pending::request`] on the store, then
 /// hand the reply to [`Policy::on_counter`].
 #[must_use]
@@ -445,36 +452,45 @@ impl Policy {
             .with_budget(&self.config.retry_budget)
     }
 
-    /// The client address used for rate limiting: the socket peer, unless the peer is a trusted
-    /// proxy, in which case the right-most `X-Forwarded-For` entry that is not itself a trusted
-    /// proxy. A client can never choose its key by sending the header directly.
-    /// A request's key for consistent hashing (`hash_on`): the client IP, the verified user,
-    /// or a header's value (the IP when the header is absent, empty or over 256 bytes, as
-    /// for a rate-limit key).
+    /// What a request is keyed by for a rate limit's `key` or a route's `hash_on`: the client
+    /// IP, the verified user, or a header's value (the IP when the header is absent, empty,
+    /// not visible ASCII or over 256 bytes).
+    fn request_key<'a>(
+        &self,
+        kind: &LimitKeyKind,
+        req: &RequestView<'a>,
+        user: Option<&'a HeaderValue>,
+    ) -> RequestKey<'a> {
+        match kind {
+            LimitKeyKind::Ip => RequestKey::Ip(self.client_ip(req.peer, req.headers)),
+            LimitKeyKind::User => {
+                RequestKey::User(user.and_then(|u| u.to_str().ok()).unwrap_or_default())
+            }
+            LimitKeyKind::Header(name) => match req.headers.get(name).and_then(|v| v.to_str().ok())
+            {
+                Some(v) if !v.is_empty() && v.len() <= 256 => RequestKey::Header(v),
+                _ => RequestKey::Ip(self.client_ip(req.peer, req.headers)),
+            },
+        }
+    }
+
+    /// A request's key for consistent hashing (`hash_on`), as a number.
     fn affinity(
         &self,
         on: &LimitKeyKind,
         req: &RequestView<'_>,
         user: Option<&HeaderValue>,
     ) -> u64 {
-        let ip = || match self.client_ip(req.peer, req.headers) {
-            IpAddr::V4(a) => crate::balancer::affinity(&a.octets()),
-            IpAddr::V6(a) => crate::balancer::affinity(&a.octets()),
-        };
-        match on {
-            LimitKeyKind::Ip => ip(),
-            LimitKeyKind::User => {
-                crate::balancer::affinity(user.map_or(&[][..], HeaderValue::as_bytes))
-            }
-            LimitKeyKind::Header(name) => match req.headers.get(name) {
-                Some(v) if !v.is_empty() && v.len() <= 256 => {
-                    crate::balancer::affinity(v.as_bytes())
-                }
-                _ => ip(),
-            },
+        match self.request_key(on, req, user) {
+            RequestKey::Ip(IpAddr::V4(a)) => crate::balancer::affinity(&a.octets()),
+            RequestKey::Ip(IpAddr::V6(a)) => crate::balancer::affinity(&a.octets()),
+            RequestKey::User(k) | RequestKey::Header(k) => crate::balancer::affinity(k.as_bytes()),
         }
     }
 
+    /// The client address used for rate limiting: the socket peer, unless the peer is a trusted
+    /// proxy, in which case the right-most `X-Forwarded-For` entry that is not itself a trusted
+    /// proxy. A client can never choose its key by sending the header directly.
     pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
         let trusted = &self.config.server.trusted_proxies;
         let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
@@ -704,21 +720,10 @@ impl Policy {
         let Some((limit, key_kind, _)) = &rt.limit else {
             return Step::Admit(ticket);
         };
-        let client = match key_kind {
-            LimitKeyKind::Ip => ClientKey::Ip(self.client_ip(req.peer, req.headers)),
-            LimitKeyKind::User => {
-                let u = ticket
-                    .user
-                    .as_ref()
-                    .and_then(|u| u.to_str().ok())
-                    .unwrap_or_default();
-                ClientKey::User(Arc::from(u))
-            }
-            LimitKeyKind::Header(name) => match req.headers.get(name).and_then(|v| v.to_str().ok())
-            {
-                Some(v) if !v.is_empty() && v.len() <= 256 => ClientKey::Header(Arc::from(v)),
-                _ => ClientKey::Ip(self.client_ip(req.peer, req.headers)),
-            },
+        let client = match self.request_key(key_kind, req, ticket.user.as_ref()) {
+            RequestKey::Ip(ip) => ClientKey::Ip(ip),
+            RequestKey::User(u) => ClientKey::User(Arc::from(u)),
+            RequestKey::Header(v) => ClientKey::Header(Arc::from(v)),
         };
         let request = CounterRequest {
             key: CounterKey {

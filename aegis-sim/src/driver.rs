@@ -618,8 +618,9 @@ impl Driver {
             Some(LimitKeyKind::Header(name)) => view
                 .headers
                 .get(name)
+                .and_then(|v| v.to_str().ok())
                 .filter(|v| !v.is_empty() && v.len() <= 256)
-                .map_or_else(ip, |v| format!("header {:?}", v.as_bytes())),
+                .map_or_else(ip, |v| format!("header {v}")),
             Some(LimitKeyKind::User) => format!("user {:?}", fwd.user()),
             _ => ip(),
         };

@@ -11,10 +11,10 @@
 //!   or `healthy_after` passes in a row.
 //!
 //! Routes whose choice of target depends on draws, weights or keys (`balance = "p2c"`,
-//! differing weights, `balance = "hash"`) or on health checks are *followed*: the model does not predict the target, it
-//! computes the targets that may take the request (circuit admits, health checks pass) and
-//! checks that the policy chose one of them ([`Oracle::bind`]); the rest (probe, breaker
-//! outcome, upstream path) is judged as on any route.
+//! differing weights, `balance = "hash"`) or on health checks are *followed*: the model does
+//! not predict the target, it computes the targets that may take the request (circuit admits,
+//! health checks pass) and checks that the policy chose one of them ([`Oracle::bind`]); the
+//! rest (probe, breaker outcome, upstream path) is judged as on any route.
 //!
 //! The config is read through aegis-policy's `Config` (the config model is the input), but
 //! nothing derived from it by the policy (its `Limit`, its breakers) is.
@@ -279,6 +279,8 @@ impl Oracle {
                 .iter()
                 .map(|r| {
                     let w = r.targets.first().map_or(1, |t| t.weight);
+                    // `hash_on` without the hash only in a test's config (a policy that
+                    // ignores the key must be caught), never from a file.
                     r.balance != aegis_policy::config::Balance::RoundRobin
                         || r.hash_on.is_some()
                         || r.targets.iter().any(|t| t.weight != w)
