@@ -4,6 +4,7 @@
 //! are exact again.
 #![allow(clippy::disallowed_methods)] // real time: Unix windows
 
+use std::thread;
 use std::time::Duration;
 
 use aegis_testkit::{
@@ -158,6 +159,12 @@ fn a_failover_shows_on_store_error_then_exact_limits() {
     wait_until("health to say so", Duration::from_secs(30), || {
         !healthy(&gw)
     });
+    // And it keeps saying so until a replica takes over: the supervisor's checks (one a
+    // second) ask every master, so a cluster answering on its other masters is not Up.
+    for _ in 0..12 {
+        thread::sleep(Duration::from_millis(250));
+        assert!(!healthy(&gw), "health says Up with a master dead");
+    }
 
     // Its replica takes over: service resumes by itself, and limits are exact again, on the
     // promoted node's slots and on the others.

@@ -24,8 +24,11 @@
 //!
 //! While not Up, `apply` fails at once with a [`StoreError`] (nothing to wait on) and the
 //! pipeline's `on_store_error` decides; the supervisor reconnects with capped exponential
-//! backoff and, while Up, PINGs once a second so that health reflects a Redis that died while
-//! no request was asking. Every outage moves the *epoch*: a worker's connection made in an
+//! backoff and, while Up, checks once a second so that health reflects a Redis that died while
+//! no request was asking. One Redis is checked with a PING. A cluster is checked node by node:
+//! every master that `CLUSTER SLOTS` names must answer `CLUSTER INFO` with `cluster_state:ok`
+//! on this connection (a cluster-wide PING would not do: redis-rs sends it only to the masters
+//! it is connected to, so a dead master's slots would fail every request while health said Up). Every outage moves the *epoch*: a worker's connection made in an
 //! earlier epoch is replaced before its next use, so one outage is logged once, not once per
 //! worker connection that discovers it.
 
@@ -430,6 +433,15 @@ fn is_connection_error(e: &RedisError) -> bool {
         || e.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly)
 }
 
+/// Errors of a cluster whose slots are not all served (a master down, not yet replaced).
+fn is_cluster_gap(e: &RedisError) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::ClusterConnectionNotFound
+            | ErrorKind::Server(ServerErrorKind::ClusterDown | ServerErrorKind::MasterDown)
+    )
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding these locks leaves plain data behind: keep going.
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -564,6 +576,12 @@ impl Lane {
         let why = match result {
             Ok(Ok(values)) => return req.redis_reply(&values, n),
             Ok(Err(e)) if is_connection_error(&e) => format!("{e}"),
+            // A cluster missing a master: the supervisor checks every master now, rather
+            // than at its next round.
+            Ok(Err(e)) if is_cluster_gap(&e) => {
+                inner.wake.notify_one();
+                return Err(StoreError(format!("redis: {e}")));
+            }
             // A script or type error: Redis is up, this call just failed.
             Ok(Err(e)) => return Err(StoreError(format!("redis: {e}"))),
             // A connection that stops answering is replaced: it may be half-open.
@@ -650,7 +668,18 @@ async fn supervise(weak: Weak<Inner>, wake: Arc<Notify>) {
         match conn.take() {
             None => {
                 let epoch = inner.epoch.load(Ordering::Acquire);
-                match inner.connect(true).await {
+                // A new cluster connection leaves out the masters it could not reach: it is
+                // Up only once every master answers.
+                let made = match inner.connect(true).await {
+                    Ok((mut c, primary)) if matches!(c, Conn::Cluster(_)) => {
+                        match check(&mut c, inner.command_timeout).await {
+                            None => Ok((c, primary)),
+                            Some(why) => Err(why),
+                        }
+                    }
+                    other => other,
+                };
+                match made {
                     Ok((c, primary)) => {
                         conn = Some((epoch, c, primary));
                         inner.mark_up();
@@ -674,27 +703,8 @@ async fn supervise(weak: Weak<Inner>, wake: Arc<Notify>) {
                     _ = woken => continue,
                     _ = tokio::time::sleep(PING_EVERY) => {}
                 }
-                let ping = timeout(
-                    command_timeout,
-                    c.query::<redis::Value>(&redis::cmd("PING")),
-                )
-                .await;
+                let mut failure = check(&mut c, command_timeout).await;
                 let Some(inner) = weak.upgrade() else { return };
-                let mut failure = match ping {
-                    Ok(Ok(_)) => None,
-                    Ok(Err(e)) if is_connection_error(&e) => Some(format!("PING: {e}")),
-                    // e.g. LOADING: connected, Redis will answer soon
-                    Ok(Err(e)) if e.kind() == ErrorKind::Server(ServerErrorKind::BusyLoading) => {
-                        None
-                    }
-                    // A cluster with a primary down answers some nodes and not others.
-                    Ok(Err(e)) if matches!(c, Conn::Cluster(_)) => Some(format!("PING: {e}")),
-                    Ok(Err(_)) => None,
-                    Err(_) => Some(format!(
-                        "PING: no reply within {}ms",
-                        command_timeout.as_millis()
-                    )),
-                };
                 // A Sentinel failover whose old primary lives on (demoted later, or never, if
                 // it is cut off) would leave every connection writing to it: move all of
                 // them as soon as the Sentinels name another primary.
@@ -715,6 +725,89 @@ async fn supervise(weak: Weak<Inner>, wake: Arc<Notify>) {
             }
         }
     }
+}
+
+/// Why the store should count as down, judged on the supervisor's connection; `None` if it
+/// answers. One Redis: a PING. A cluster: every master in `CLUSTER SLOTS` must answer
+/// `CLUSTER INFO` with `cluster_state:ok`, each on its own connection (see the module doc).
+async fn check(conn: &mut Conn, within: Duration) -> Option<String> {
+    let late = || format!("no reply within {}ms", within.as_millis());
+    let c = match conn {
+        Conn::Node(_) => {
+            return match timeout(within, conn.query::<redis::Value>(&redis::cmd("PING"))).await {
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) if is_connection_error(&e) => Some(format!("PING: {e}")),
+                // e.g. LOADING: connected, Redis will answer soon
+                Ok(Err(_)) => None,
+                Err(_) => Some(format!("PING: {}", late())),
+            };
+        }
+        Conn::Cluster(c) => c,
+    };
+    let slots = match timeout(within, redis::cmd("CLUSTER").arg("SLOTS").query_async(c)).await {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => return Some(format!("CLUSTER SLOTS: {e}")),
+        Err(_) => return Some(format!("CLUSTER SLOTS: {}", late())),
+    };
+    let masters = slot_masters(&slots);
+    if masters.is_empty() {
+        return Some("CLUSTER SLOTS names no master".to_owned());
+    }
+    for (host, port) in masters {
+        let node = redis::cluster_routing::RoutingInfo::SingleNode(
+            redis::cluster_routing::SingleNodeRoutingInfo::ByAddress {
+                host: host.clone(),
+                port,
+            },
+        );
+        let mut info = redis::cmd("CLUSTER");
+        info.arg("INFO");
+        let why = match timeout(within, c.route_command(info, node)).await {
+            Ok(Ok(v)) => match redis::from_redis_value::<String>(v) {
+                Ok(text) if text.contains("cluster_state:ok") => continue,
+                Ok(_) => "cluster_state is not ok".to_owned(),
+                Err(e) => format!("CLUSTER INFO: {e}"),
+            },
+            Ok(Err(e)) => format!("CLUSTER INFO: {e}"),
+            Err(_) => format!("CLUSTER INFO: {}", late()),
+        };
+        return Some(format!("cluster master {host}:{port}: {why}"));
+    }
+    None
+}
+
+/// The distinct masters (host, port) of a `CLUSTER SLOTS` reply, in order. A master announced
+/// without a usable host (empty, `?`, a wildcard) is left out: it cannot be addressed here.
+fn slot_masters(reply: &redis::Value) -> Vec<(String, u16)> {
+    use redis::Value;
+    let mut masters: Vec<(String, u16)> = Vec::new();
+    let Value::Array(ranges) = reply else {
+        return masters;
+    };
+    for range in ranges {
+        let Value::Array(fields) = range else {
+            continue;
+        };
+        let Some(Value::Array(master)) = fields.get(2) else {
+            continue;
+        };
+        let (Some(Value::BulkString(host)), Some(&Value::Int(port))) =
+            (master.first(), master.get(1))
+        else {
+            continue;
+        };
+        let host = String::from_utf8_lossy(host).into_owned();
+        let Ok(port) = u16::try_from(port) else {
+            continue;
+        };
+        if matches!(host.as_str(), "" | "?" | "0.0.0.0" | "::") {
+            continue;
+        }
+        if !masters.iter().any(|(h, p)| *h == host && *p == port) {
+            masters.push((host, port));
+        }
+    }
+    masters
 }
 
 #[cfg(test)]
@@ -743,6 +836,37 @@ mod tests {
         let err = store.apply(&req).await.unwrap_err();
         assert!(err.0.contains("redis unavailable"), "{err}");
         assert!(started.elapsed() < Duration::from_millis(100));
+    }
+
+    #[test]
+    fn slot_masters_lists_each_addressable_master_once() {
+        use redis::Value;
+        let node = |host: &str, port: i64| {
+            Value::Array(vec![
+                Value::BulkString(host.as_bytes().to_vec()),
+                Value::Int(port),
+                Value::BulkString(b"id".to_vec()),
+            ])
+        };
+        let range = |a: i64, b: i64, master: Value, replica: Value| {
+            Value::Array(vec![Value::Int(a), Value::Int(b), master, replica])
+        };
+        let reply = Value::Array(vec![
+            range(0, 99, node("127.0.0.1", 7000), node("127.0.0.1", 7003)),
+            range(100, 199, node("127.0.0.1", 7001), node("127.0.0.1", 7004)),
+            // A second range of the first master, and one announced without a host.
+            range(200, 299, node("127.0.0.1", 7000), node("127.0.0.1", 7003)),
+            range(300, 399, node("", 7002), node("127.0.0.1", 7005)),
+            Value::Int(3),
+        ]);
+        assert_eq!(
+            slot_masters(&reply),
+            vec![
+                ("127.0.0.1".to_owned(), 7000),
+                ("127.0.0.1".to_owned(), 7001)
+            ]
+        );
+        assert!(slot_masters(&Value::Nil).is_empty());
     }
 
     #[test]
