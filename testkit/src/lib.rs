@@ -565,6 +565,21 @@ impl Gateway {
         read_lossy(&self.stderr_path)
     }
 
+    /// Whether the gateway logs `needle` within 10 s. Its log lines are written by a
+    /// background thread, so a line about something that has happened may land a little later.
+    pub fn logged(&self, needle: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if self.stderr().contains(needle) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Every stdout line so far.
     pub fn stdout_lines(&self) -> Vec<String> {
         self.stdout.lock().unwrap().clone()
