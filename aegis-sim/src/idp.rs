@@ -124,6 +124,11 @@ impl SimIdp {
                 detail,
             });
         };
+        // Keys past their refresh with no failure pending are refreshed then, not later: a
+        // policy that misread the IdP's max-age (or ignored it) is late here.
+        if let Some(late) = self.refresh_overdue(t) {
+            broke("jwks_refresh_on_time", late);
+        }
         if reason == FetchReason::UnknownKid {
             if let Some(last) = self.last_unknown_fetch
                 && t.saturating_sub(last) < self.rules.refetch_interval
@@ -176,6 +181,33 @@ impl SimIdp {
         Some(done)
     }
 
+    /// Why the keys are overdue at `t`: good keys whose refresh was due before `t` (by the
+    /// IdP's max-age, clamped as configured), no fetch since, and none failing.
+    fn refresh_overdue(&self, t: u64) -> Option<String> {
+        let due = self.fresh_until?;
+        (t > due && self.failures == 0 && self.in_flight_until.is_none()).then(|| {
+            format!(
+                "keys due for a refresh at {} ms (max-age {}) still not refetched at {} ms",
+                due / 1_000_000,
+                self.spec
+                    .max_age
+                    .map_or("none".to_owned(), |m| format!("{}s", m.as_secs())),
+                t / 1_000_000
+            )
+        })
+    }
+
+    /// At the end of a run (virtual time `end`): a refresh that never came.
+    pub fn check_end(&self, end: u64, violations: &mut Vec<Violation>) {
+        if let Some(late) = self.refresh_overdue(end) {
+            violations.push(Violation {
+                t_ms: end / 1_000_000,
+                invariant: "jwks_refresh_on_time",
+                detail: late,
+            });
+        }
+    }
+
     /// When the cache next wants a fetch, if nothing else happens.
     pub fn next_wake(&self) -> Option<u64> {
         self.jwks.poll_timeout().map(|n| n.0)
@@ -208,7 +240,15 @@ impl SimIdp {
                     })
                     .collect();
                 let doc = serde_json::json!({ "keys": keys }).to_string();
-                jwks::parse_jwks(doc.as_bytes(), self.spec.max_age)
+                // The header the endpoint sends, read by the policy's own parser.
+                let cache_control = self
+                    .spec
+                    .max_age
+                    .map(|m| format!("public, max-age={}", m.as_secs()));
+                jwks::parse_jwks(
+                    doc.as_bytes(),
+                    cache_control.as_deref().and_then(jwks::max_age),
+                )
             }
         };
         // What counts as a failure for the schedule: no document, or one without keys.

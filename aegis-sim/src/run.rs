@@ -865,6 +865,9 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<Report, ScenarioError> {
         for r in 0..config.routes.len() {
             check_health_bound(&mut driver, s, &upstreams, &target_up, r, end.0);
         }
+        if let Some(sim) = idp.as_ref() {
+            sim.check_end(end.0, &mut driver.violations);
+        }
     }
     let mut report = build_report(s, seed, &driver, end, &finals);
     report.jwks = idp.map(|sim| sim.report);

@@ -342,7 +342,8 @@ pub struct IdpSpec {
     /// `"auth"` or the name of an `[auth_providers.NAME]`.
     pub provider: String,
     pub fetch_latency: u64,
-    /// The `Cache-Control: max-age` the endpoint sends.
+    /// The `Cache-Control: max-age` the endpoint sends (whole seconds; the gateway's policy
+    /// reads it from the header, as the real one does).
     pub max_age: Option<std::time::Duration>,
     /// Published keys: (kid, from, until).
     pub keys: Vec<(String, u64, u64)>,
@@ -589,7 +590,19 @@ fn idp(raw: RawIdp) -> Result<IdpSpec, ScenarioError> {
         max_age: raw
             .max_age
             .as_deref()
-            .map(|m| dur("idp.max_age", m).map(std::time::Duration::from_nanos))
+            .map(|m| {
+                let ns = dur("idp.max_age", m)?;
+                // It goes out as a Cache-Control header, which counts whole seconds.
+                if ns % 1_000_000_000 != 0 {
+                    return Err(ScenarioError::new(
+                        "idp.max_age",
+                        format!(
+                            "{m:?} is not whole seconds (Cache-Control: max-age counts seconds)"
+                        ),
+                    ));
+                }
+                Ok(std::time::Duration::from_nanos(ns))
+            })
             .transpose()?,
         keys,
         signing,

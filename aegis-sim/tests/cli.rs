@@ -119,6 +119,10 @@ fn bad_scenarios_exit_1_naming_the_key() {
             "bad-store-fault",
             "store_faults[0].until: \"10s\" must be later than from (\"20s\")",
         ),
+        (
+            "bad-max-age",
+            "idp.max_age: \"1500ms\" is not whole seconds (Cache-Control: max-age counts seconds)",
+        ),
     ];
     for (file, want) in cases {
         let path = format!("aegis-sim/tests/fixtures/{file}.toml");
