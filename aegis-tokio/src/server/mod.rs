@@ -83,6 +83,12 @@ async fn control(
     on_ready: impl FnOnce(SocketAddr),
 ) -> Result<(), String> {
     let workers = workers.max(1);
+    // Before anything is served: a signal that comes as soon as the workers accept (a
+    // supervisor that stops what it just started) must drain them, not kill the process.
+    // One that comes earlier waits here and is handled once serving begins.
+    let mut term = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM: {e}"))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT: {e}"))?;
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| format!("SIGHUP: {e}"))?;
     let shared = Arc::new(Shared::new(source, log_format)?);
     for w in shared.runtime.load().policy.config().warnings() {
         tracing::warn!("{w}");
@@ -174,9 +180,6 @@ async fn control(
     );
     on_ready(addr);
 
-    let mut term = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM: {e}"))?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT: {e}"))?;
-    let mut hup = signal(SignalKind::hangup()).map_err(|e| format!("SIGHUP: {e}"))?;
     let why = loop {
         tokio::select! {
             _ = term.recv() => break "SIGTERM",
