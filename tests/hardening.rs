@@ -536,5 +536,5 @@ fn running_out_of_file_descriptors_is_not_an_upstream_failure() {
     let stats: serde_json::Value = serde_json::from_slice(&stats.body).unwrap();
     assert_eq!(stats[0]["failures"], 0, "{stats}");
     assert_eq!(stats[0]["state"], "CLOSED", "{stats}");
-    assert!(gw.logged("cannot reach an upstream"), "{}", gw.stderr());
+    gw.wait_logged("cannot reach an upstream");
 }

@@ -68,7 +68,7 @@ fn a_get_is_retried_after_a_reset_and_a_post_never_is() {
     );
     assert!(failed > 0);
     // Retries show in the access log and the metrics.
-    assert!(gw.logged("attempts=2"), "{}", gw.stderr());
+    gw.wait_logged("attempts=2");
     let metrics = gw.get("/gateway/metrics", &[]).text();
     assert!(
         metrics
@@ -237,7 +237,7 @@ fn a_target_failing_its_health_checks_is_skipped_before_users_see_errors() {
             .iter()
             .any(|r| r.head.starts_with("GET /v/"))
     );
-    assert!(gw.logged("fails its health checks"), "{}", gw.stderr());
+    gw.wait_logged("fails its health checks");
 }
 
 /// Weights within 5 % over 10,000 requests (3:1 here).

@@ -565,19 +565,15 @@ impl Gateway {
         read_lossy(&self.stderr_path)
     }
 
-    /// Whether the gateway logs `needle` within 10 s. Its log lines are written by a
+    /// Waits up to 10 s for the gateway to log `needle`, and panics naming it if it does not
+    /// (the gateway's last log lines follow, from `Drop`). Its log lines are written by a
     /// background thread, so a line about something that has happened may land a little later.
-    pub fn logged(&self, needle: &str) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if self.stderr().contains(needle) {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
+    pub fn wait_logged(&self, needle: &str) {
+        wait_until(
+            &format!("the gateway to log {needle:?}"),
+            Duration::from_secs(10),
+            || self.stderr().contains(needle),
+        );
     }
 
     /// Every stdout line so far.

@@ -28,9 +28,10 @@
 //! no request was asking. One Redis is checked with a PING. A cluster is checked node by node:
 //! every master that `CLUSTER SLOTS` names must answer `CLUSTER INFO` with `cluster_state:ok`
 //! on this connection (a cluster-wide PING would not do: redis-rs sends it only to the masters
-//! it is connected to, so a dead master's slots would fail every request while health said Up). Every outage moves the *epoch*: a worker's connection made in an
-//! earlier epoch is replaced before its next use, so one outage is logged once, not once per
-//! worker connection that discovers it.
+//! it is connected to, so a dead master's slots would fail every request while health said
+//! Up). A new connection passes the same check before the store is Up. Every outage moves the
+//! *epoch*: a worker's connection made in an earlier epoch is replaced before its next use, so
+//! one outage is logged once, not once per worker connection that discovers it.
 
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
@@ -668,16 +669,14 @@ async fn supervise(weak: Weak<Inner>, wake: Arc<Notify>) {
         match conn.take() {
             None => {
                 let epoch = inner.epoch.load(Ordering::Acquire);
-                // A new cluster connection leaves out the masters it could not reach: it is
-                // Up only once every master answers.
+                // A new cluster connection leaves out the masters it could not reach: the
+                // store is Up only once the check passes on it too.
                 let made = match inner.connect(true).await {
-                    Ok((mut c, primary)) if matches!(c, Conn::Cluster(_)) => {
-                        match check(&mut c, inner.command_timeout).await {
-                            None => Ok((c, primary)),
-                            Some(why) => Err(why),
-                        }
-                    }
-                    other => other,
+                    Ok((mut c, primary)) => match check(&mut c, inner.command_timeout).await {
+                        None => Ok((c, primary)),
+                        Some(why) => Err(why),
+                    },
+                    Err(why) => Err(why),
                 };
                 match made {
                     Ok((c, primary)) => {
